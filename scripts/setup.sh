@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with every extra, keeping torch on the tested 2.13.0 release.
+# EXTRAS=dev bash scripts/setup.sh installs less; PYTHON=python3.12 picks another interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+EXTRAS=${EXTRAS:-build,ray,train,dev}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, alone: otherwise a dependency may pull the newest CUDA build.
+if [[ ",$EXTRAS," == *",train,"* ]]; then
+  .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
+fi
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[${EXTRAS}]"
+echo "mp16-reason installed in .venv ($(.venv/bin/python -c 'import mp16_reason; print(mp16_reason.__version__)'))"

@@ -1,0 +1,65 @@
+import json
+
+from click.testing import CliRunner
+
+from globe_train.cli import main as globe
+from mp16_reason.cli import main
+
+
+def run(*args, app=main):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_geocode_text_and_negative_coordinates():
+    res = run("geocode", "-33.8568", "151.2153")
+    assert res.exit_code == 0, res.output
+    assert "Sydney" in res.output and "Australia" in res.output
+
+
+def test_geocode_json_has_null_city_at_sea():
+    res = run("geocode", "0", "-30", "--json")
+    assert res.exit_code == 0
+    data = json.loads(res.output)
+    assert data["city"] is None and data["country"] is None
+
+
+def test_geocode_json_exact_distance():
+    data = json.loads(run("geocode", "48.8584", "2.2945", "--json", "--exact").output)
+    assert data["city"] == "Paris"
+    assert abs(data["city_distance_km_geodesic"] - data["city_distance_km"]) < 0.05
+
+
+def test_geocode_by_name():
+    data = json.loads(run("geocode", "--name", "München, Germany", "--json").output)
+    assert data["name"] == "Munich" and data["level"] == "city"
+    assert json.loads(run("geocode", "--name", "Peking", "--json").output)["name"] == "Beijing"
+    assert json.loads(run("geocode", "--name", "Nowhereville, Atlantis", "--json").output) is None
+    res = run("geocode", "--name", "Nowhereville, Atlantis")
+    assert res.exit_code != 0 and "no place called" in res.output
+
+
+def test_geocode_bad_input_names_the_value():
+    res = run("geocode", "95", "10")
+    assert res.exit_code == 2 and "latitude 95.0 is outside" in res.output
+    res = run("geocode", "abc", "10")
+    assert res.exit_code == 2 and "'abc' is not a number" in res.output
+    res = run("geocode", "10")
+    assert res.exit_code == 2 and "LAT and LON" in res.output
+
+
+def test_globe_match_compares_rules():
+    res = run(
+        "match",
+        "--pred-country",
+        "USA",
+        "--pred-city",
+        "NYC",
+        "--true-country",
+        "United States",
+        "--true-city",
+        "New York City",
+        "--json",
+        app=globe,
+    )
+    data = json.loads(res.output)
+    assert data["alias"]["r_geo"] == 1.0 and data["official"]["r_geo"] == 0.0
