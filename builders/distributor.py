@@ -1,0 +1,65 @@
+"""Running units of work: a local process pool (default) or Ray tasks, with one interface.
+
+``run(fn, tasks)`` yields each task's result as it finishes; a unit that raises is retried once and then
+re-raised, so a crash never passes silently.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+
+def run_local(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> Iterator[Any]:
+    tasks = list(tasks)
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield fn(task)
+        return
+    ctx = mp.get_context("spawn")  # safe with threads in the parent (progress bars, HTTP pools)
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(fn, t): t for t in tasks}
+        for fut in cf.as_completed(futures):
+            try:
+                yield fut.result()
+            except cf.process.BrokenProcessPool:
+                raise
+            except Exception:
+                yield fn(futures[fut])  # one retry in the parent; a second failure propagates
+
+
+def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> Iterator[Any]:
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--distributor ray needs Ray: pip install 'mp16-reason[ray]'") from None
+    if not ray.is_initialized():
+        # Joins a running cluster when RAY_ADDRESS is set; otherwise starts a local one.
+        ray.init(
+            num_cpus=None if _has_address() else workers,
+            include_dashboard=False,
+            ignore_reinit_error=True,
+            log_to_driver=False,
+        )
+    remote = ray.remote(max_retries=1, retry_exceptions=True)(fn)
+    pending = [remote.remote(t) for t in tasks]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
+
+
+def _has_address() -> bool:
+    import os
+
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+DISTRIBUTORS = {"local": run_local, "ray": run_ray}
+
+
+def run(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int, distributor: str = "local") -> Iterator[Any]:
+    if distributor not in DISTRIBUTORS:
+        raise ValueError(f"unknown distributor {distributor!r}; use one of {', '.join(DISTRIBUTORS)}")
+    return DISTRIBUTORS[distributor](fn, tasks, workers)

@@ -1,0 +1,92 @@
+"""Image preparation: decode-validate, orient, convert to RGB, refuse bombs, resize to a pixel budget, re-encode.
+
+``prepare()`` returns a :class:`PreparedImage` or raises :class:`ImageRejected` whose message is the reason
+recorded for the row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageRejected(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    jpeg: bytes
+    width: int
+    height: int
+    orig_width: int
+    orig_height: int
+    orig_format: str
+    sha256: str  # of the original bytes: exact duplicates share it
+
+
+def fit_budget(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """Largest size with the same aspect ratio and at most ``max_pixels`` pixels (never upscales)."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    w, h = max(1, int(width * scale)), max(1, int(height * scale))
+    while w * h > max_pixels:  # guard against rounding up past the budget
+        w, h = (w - 1, h) if w >= h else (w, h - 1)
+    return w, h
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: scale to 8 bits
+        img = img.point(lambda v: v / 256).convert("L") if img.mode != "I" else img.convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))  # alpha over white, as viewers show it
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB") if img.mode != "RGB" else img  # CMYK, YCbCr, L, 1, ...
+
+
+def prepare(
+    data: bytes, max_pixels: int, jpeg_quality: int = 90, max_source_pixels: int = 100_000_000, min_side: int = 28
+) -> PreparedImage:
+    if not data:
+        raise ImageRejected("zero-byte file")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or ""
+            w0, h0 = img.size
+            if w0 * h0 > max_source_pixels:
+                raise ImageRejected(f"decompression bomb refused: {w0}x{h0} exceeds {max_source_pixels:,} pixels")
+            rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps the axes
+            img.draft("RGB", fit_budget(w0, h0, max_pixels))  # JPEG: decode at reduced scale when possible
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+    orig_w, orig_h = (h0, w0) if rotated else (w0, h0)  # as a viewer shows it
+    if min(orig_w, orig_h) < min_side:
+        raise ImageRejected(f"image too small: {orig_w}x{orig_h} (min side {min_side})")
+    img = _to_rgb(img)
+    size = fit_budget(orig_w, orig_h, max_pixels)
+    if img.size != size:
+        img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=jpeg_quality, optimize=False)
+    return PreparedImage(buf.getvalue(), size[0], size[1], orig_w, orig_h, fmt, digest)

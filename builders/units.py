@@ -1,0 +1,184 @@
+"""One unit of work: fetch, prepare and geocode a slice of rows, then commit the result atomically.
+
+A unit's output is a single parquet file holding, for every row of the slice, either the prepared sample
+(``jpg`` and ``json`` bytes) or the stage and reason of its rejection. The file appears only when complete
+(write to a temporary name, fsync, rename), so a killed build never leaves half a unit behind.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mp16_reason.gazetteer import Gazetteer
+from mp16_reason.schema import BuildInfo, ImageInfo, Sample, Source, SourceLabels, to_json_bytes
+
+from .images import ImageRejected, prepare
+from .ingest import LABEL_COLUMNS
+from .recipe import Recipe
+from .sources import FetchError, open_source
+from .split import assign_split
+
+UNIT_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("id", pa.string()),
+        ("status", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("split", pa.string()),
+        ("sha256", pa.string()),
+        ("jpg", pa.binary()),
+        ("json", pa.binary()),
+        ("tar_bytes", pa.int64()),
+    ]
+)
+
+
+def tar_member_bytes(*sizes: int) -> int:
+    """Bytes the members take in a tar: a 512-byte header each, data padded to 512."""
+    return sum(512 + -(-n // 512) * 512 for n in sizes)
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    index: int
+    start: int
+    stop: int
+    recipe: dict
+    recipe_sha256: str
+    work_dir: str
+
+
+def unit_path(work_dir: str | Path, index: int) -> Path:
+    return Path(work_dir) / "units" / f"unit-{index:06d}.parquet"
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        pq.write_table(table, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Fetched:
+    data: bytes | None
+    error: str
+
+
+def process_unit(task: UnitTask) -> tuple[int, int, int]:
+    """Do one unit; returns ``(index, n_ok, n_rejected)``. Idempotent: a committed unit is not redone."""
+    out = unit_path(task.work_dir, task.index)
+    if out.exists():
+        meta = pq.read_table(out, columns=["status"]).column("status").to_pylist()
+        return task.index, meta.count("ok"), len(meta) - meta.count("ok")
+    recipe = Recipe.model_validate(task.recipe)
+    rows = pq.read_table(Path(task.work_dir) / "ingest.parquet").slice(task.start, task.stop - task.start)
+    rows = rows.to_pylist()
+    source = open_source(
+        recipe.input.images, Path(task.work_dir), recipe.fetch.timeout_s, recipe.fetch.retries, recipe.fetch.backoff_s
+    )
+
+    def fetch(row: dict) -> _Fetched:
+        ref = row["image"] or row["url"] or row["id"]
+        try:
+            return _Fetched(source.fetch(ref), "")
+        except FetchError as exc:
+            return _Fetched(None, str(exc))
+
+    threads = recipe.fetch.threads if recipe.input.images is None else 4
+    gaz = Gazetteer()
+    places = gaz.reverse_batch([r["lat"] for r in rows], [r["lon"] for r in rows])
+    build = BuildInfo(version=recipe.version, recipe_sha256=task.recipe_sha256)
+    columns: dict[str, list] = {name: [] for name in UNIT_SCHEMA.names}
+
+    def emit(
+        row: dict,
+        status: str,
+        stage: str = "",
+        reason: str = "",
+        split: str = "",
+        sha: str = "",
+        jpg: bytes | None = None,
+        js: bytes | None = None,
+    ) -> None:
+        size = tar_member_bytes(len(jpg), len(js)) if jpg is not None and js is not None else 0
+        values = (row["row"], row["id"], status, stage, reason, split, sha, jpg, js, size)
+        for key, value in zip(UNIT_SCHEMA.names, values):
+            columns[key].append(value)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for i, (row, fetched) in enumerate(zip(rows, pool.map(fetch, rows))):
+            if fetched.data is None:
+                emit(row, "rejected", "fetch", fetched.error)
+                continue
+            try:
+                img = prepare(
+                    fetched.data,
+                    recipe.image.max_pixels,
+                    recipe.image.jpeg_quality,
+                    recipe.image.max_source_pixels,
+                    recipe.image.min_side,
+                )
+            except ImageRejected as exc:
+                emit(row, "rejected", "image", str(exc))
+                continue
+            place = places.iloc[i]
+            if place["country"] is None:
+                emit(
+                    row,
+                    "rejected",
+                    "geocode",
+                    f"no populated place within {gaz.country_max_km:g} km of ({row['lat']:.5f}, {row['lon']:.5f})",
+                )
+                continue
+            has_city = place["city"] is not None
+            split = assign_split(
+                row["id"],
+                f"{place['country_code']}:{place['geonames_id']}" if has_city else "",
+                recipe.split.test_fraction,
+                recipe.split.seed,
+                recipe.split.hold_out_cities,
+            )
+            sample = Sample(
+                id=row["id"],
+                lat=row["lat"],
+                lon=row["lon"],
+                country=place["country"],
+                country_code=place["country_code"],
+                admin1=place["admin1"] or "",
+                city=place["city"] or "",
+                continent=place["continent"] or "",
+                geonames_id=int(place["geonames_id"]) if has_city else None,
+                city_distance_km=round(float(place["city_distance_km"]), 3) if has_city else None,
+                source=Source(
+                    dataset=recipe.input.dataset,
+                    url=row["url"],
+                    author=row["author"],
+                    license=row["license"],
+                    labels=SourceLabels(**{c: row[f"label_{c}"] for c in LABEL_COLUMNS}),
+                ),
+                image=ImageInfo(
+                    width=img.width,
+                    height=img.height,
+                    orig_width=img.orig_width,
+                    orig_height=img.orig_height,
+                    orig_format=img.orig_format,
+                    sha256=img.sha256,
+                ),
+                split=split,
+                build=build,
+            )
+            emit(row, "ok", split=split, sha=img.sha256, jpg=img.jpeg, js=to_json_bytes(sample))
+    write_atomic(pa.table(columns, schema=UNIT_SCHEMA), out)
+    n_ok = columns["status"].count("ok")
+    return task.index, n_ok, len(rows) - n_ok
