@@ -35,7 +35,12 @@ REJECTION_SCHEMA = pa.schema(
     [("row", pa.int64()), ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
 )
 TAR_MTIME = 0  # fixed member times keep shards byte-identical across runs
-TAR_END = 1024  # two zero blocks close a tar
+TAR_RECORD = 10240  # tarfile pads an archive to whole records of 20 blocks
+
+
+def tar_file_bytes(member_bytes: int) -> int:
+    """Size of a tar file whose members take ``member_bytes``: plus two zero blocks, padded to a record."""
+    return -(-(member_bytes + 1024) // TAR_RECORD) * TAR_RECORD
 
 
 class BuildError(RuntimeError):
@@ -198,7 +203,7 @@ class Build:
                 continue
             seen[sha] = sid
             split_shards = shards.setdefault(split, [])
-            if not split_shards or fill[split] + nbytes + TAR_END > budget:
+            if not split_shards or tar_file_bytes(fill[split] + nbytes) > budget:
                 split_shards.append(
                     {"path": f"data/{split}-{len(split_shards):06d}.tar", "split": split, "members": []}
                 )
@@ -230,7 +235,7 @@ class Build:
                 path = shard["path"]
                 if path not in open_writers:
                     tmp = data_dir / f".{Path(path).name}.tmp"
-                    fh = open(tmp, "wb")
+                    fh = open(tmp, "wb")  # noqa: SIM115 - closed when its shard is complete
                     open_writers[path] = (fh, wds.TarWriter(fh, user="mp16", group="mp16", mtime=TAR_MTIME), tmp)
                 _, writer, _ = open_writers[path]
                 writer.write(

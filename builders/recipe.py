@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -72,7 +72,7 @@ class Recipe(_Spec):
     workers: int = Field(default=2, ge=1)
     distributor: Literal["local", "ray"] = "local"
 
-    RUNTIME_FIELDS: frozenset[str] = frozenset({"out", "workers", "distributor"})
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"out", "workers", "distributor"})
 
     def output_dict(self) -> dict[str, Any]:
         """Every setting that changes the output (what the recipe hash covers)."""

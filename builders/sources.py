@@ -70,17 +70,16 @@ class TarSource:
                 zip(table.column("offset").to_pylist(), table.column("size").to_pylist()),
             )
         )
-        self._fh = None
+        self._fd: int | None = None
 
     def fetch(self, ref: str) -> bytes:
         entry = self._index.get(ref.removeprefix("./"))
         if entry is None:
             raise FetchError(f"missing tar member {ref}")
-        if self._fh is None:
-            self._fh = self.tar_path.open("rb")
+        if self._fd is None:
+            self._fd = os.open(self.tar_path, os.O_RDONLY)
         offset, size = entry
-        self._fh.seek(offset)
-        data = self._fh.read(size)
+        data = os.pread(self._fd, size, offset)  # no shared file position: safe across fetch threads
         if len(data) != size:
             raise FetchError(f"unreadable tar member {ref}: {len(data)} of {size} bytes (archive truncated?)")
         return data

@@ -1,0 +1,359 @@
+"""The build's data plane, end to end on the offline sample and on hand-made bad inputs."""
+
+import hashlib
+import io
+import json
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import webdataset as wds
+from click.testing import CliRunner
+from PIL import Image
+
+from builders.pipeline import BuildError, build, sample_key
+from builders.recipe import RecipeError, load_recipe
+from builders.sample import write_sample
+from mp16_reason import schema
+from mp16_reason.cli import main
+
+SAMPLE_N = 60
+
+
+@pytest.fixture(scope="session")
+def sample_input(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample-input")
+    write_sample(root, SAMPLE_N)
+    return root
+
+
+def sample_recipe(sample_input, out, **overrides):
+    base = {
+        "input.metadata": str(sample_input / "metadata.csv"),
+        "input.images": str(sample_input / "images"),
+        "out": str(out),
+        "unit_size": 16,
+        "shards.max_bytes": 150_000,
+        "workers": 1,
+        "image.max_pixels": 160 * 120,
+        "split.test_fraction": 0.25,
+    }
+    base.update(overrides)
+    return load_recipe(None, base)
+
+
+def shard_digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "data").glob("*.tar"))}
+
+
+@pytest.fixture(scope="session")
+def reference(sample_input, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    summary = build(sample_recipe(sample_input, out), progress=False)
+    return out, summary
+
+
+def test_sample_build_reconciles(reference):
+    out, summary = reference
+    manifest = json.loads((out / "manifest.json").read_text())
+    rejected = pd.read_parquet(out / "rejections.parquet")
+    t = manifest["totals"]
+    assert t["input_rows"] == SAMPLE_N + 9 == summary.input_rows
+    assert t["input_rows"] == t["written"] + t["rejected"]
+    assert len(rejected) == t["rejected"] == 9
+    reasons = dict(zip(rejected["id"], rejected["stage"] + ": " + rejected["reason"]))
+    assert reasons["bad/corrupt.jpg"].startswith("image: corrupt")
+    assert reasons["bad/truncated.jpg"].startswith("image: corrupt or truncated")
+    assert reasons["bad/empty.jpg"] == "image: zero-byte file"
+    assert reasons["bad/missing.jpg"] == "fetch: missing file missing.jpg"
+    assert reasons["bad/duplicate-image.jpg"].startswith("dedup: exact duplicate image of id 'sample/00000.jpg'")
+    assert reasons["bad/latitude.jpg"].startswith("ingest: latitude 123.4 is outside")
+    assert reasons["bad/open-sea.jpg"].startswith("geocode: no populated place")
+    assert reasons["bad/malformed.jpg"].startswith("ingest: malformed CSV line")
+    assert rejected["stage"].value_counts()["ingest"] == 3  # malformed line, bad latitude, duplicate id
+    assert "sample/00001.jpg" in set(rejected["id"])  # its second occurrence
+
+
+def test_manifest_matches_shards(reference):
+    out, _ = reference
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["shards"]) >= 3
+    for entry in manifest["shards"]:
+        path = out / entry["path"]
+        assert entry["path"].startswith(f"data/{entry['split']}-") and entry["path"].endswith(".tar")
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+        assert path.stat().st_size == entry["bytes"] <= 150_000
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+        assert len(names) == 2 * entry["samples"]
+    assert manifest["recipe_sha256"] and manifest["versions"]["webdataset"]
+
+
+def test_shards_load_with_webdataset_and_datasets(reference, tmp_path):
+    import datasets
+
+    out, summary = reference
+    urls = sorted(str(p) for p in (out / "data").glob("train-*.tar"))
+    rows = list(wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg", "json"))
+    assert len(rows) == summary.splits["train"]
+    for key, img, rec in rows:
+        assert "." not in key and key == sample_key(rec["id"])
+        sample = schema.validate(rec)
+        assert sample.split == "train" and sample.country and sample.image.sha256
+        assert img.size == (sample.image.width, sample.image.height)
+        assert img.width * img.height <= 160 * 120
+        assert (sample.image.orig_width, sample.image.orig_height) == (640, 480)
+    ds = datasets.load_dataset(
+        "webdataset", data_files={"train": urls}, split="train", features=schema.features(), cache_dir=str(tmp_path)
+    )
+    assert len(ds) == len(rows) and ds[0]["json"]["id"] == rows[0][2]["id"]
+
+
+def test_hold_out_cities_keeps_test_places_out_of_train(sample_input, tmp_path):
+    build(
+        sample_recipe(sample_input, tmp_path, **{"split.hold_out_cities": True, "split.test_fraction": 0.3}),
+        progress=False,
+    )
+    recs = [
+        json.loads(s["json"])
+        for s in wds.WebDataset(str(tmp_path / "data" / "{train,test}-000000.tar"), shardshuffle=False)
+    ]
+    cities = {
+        split: {(r["country_code"], r["city"]) for r in recs if r["split"] == split} for split in ("train", "test")
+    }
+    assert cities["test"] and cities["train"] and not cities["test"] & cities["train"]
+
+
+def test_second_run_does_nothing(sample_input, reference):
+    out, _ = reference
+    before = shard_digests(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "data").glob("*.tar")}
+    logs = []
+    summary = build(sample_recipe(sample_input, out, workers=2), progress=False, log=logs.append)
+    assert not summary.did_work and "nothing to do" in logs[0]
+    assert shard_digests(out) == before
+    assert {p: p.stat().st_mtime_ns for p in (out / "data").glob("*.tar")} == mtimes
+
+
+def test_other_recipe_in_same_out_is_refused(sample_input, reference):
+    out, _ = reference
+    with pytest.raises(BuildError, match="different recipe"):
+        build(sample_recipe(sample_input, out, **{"image.jpeg_quality": 70}), progress=False)
+
+
+def test_output_does_not_depend_on_workers(sample_input, reference, tmp_path):
+    build(sample_recipe(sample_input, tmp_path, workers=2), progress=False)
+    assert shard_digests(tmp_path) == shard_digests(reference[0])
+
+
+@pytest.mark.parametrize("delay", [0.8, 1.6, 2.4, 3.2])
+def test_sigkill_then_resume_is_byte_identical(sample_input, reference, tmp_path, delay):
+    cmd = [
+        sys.executable,
+        "-m",
+        "mp16_reason.cli",
+        "build",
+        "--metadata",
+        str(sample_input / "metadata.csv"),
+        "--images",
+        str(sample_input / "images"),
+        "--out",
+        str(tmp_path),
+        "--unit-size",
+        "16",
+        "--shard-bytes",
+        "150000",
+        "--workers",
+        "1",
+        "--max-pixels",
+        str(160 * 120),
+        "--test-fraction",
+        "0.25",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert shard_digests(tmp_path) == shard_digests(reference[0])
+    assert not list((tmp_path / "data").glob(".*"))  # no temporary leftovers
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["totals"] == json.loads((reference[0] / "manifest.json").read_text())["totals"]
+
+
+def test_kill_during_shard_writing_resumes(sample_input, reference, tmp_path):
+    """Leave a half-written shard and a missing one behind, as a crash in the shard stage would."""
+    build(sample_recipe(sample_input, tmp_path), progress=False)
+    shards = sorted((tmp_path / "data").glob("*.tar"))
+    half = shards[0].read_bytes()[:5000]
+    shards[0].unlink()
+    shards[1].unlink()
+    (tmp_path / "data" / f".{shards[0].name}.tmp").write_bytes(half)
+    (tmp_path / "manifest.json").unlink()
+    build(sample_recipe(sample_input, tmp_path), progress=False)
+    assert shard_digests(tmp_path) == shard_digests(reference[0])
+
+
+def test_ray_distributor_gives_identical_shards(sample_input, reference, tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    try:
+        build(sample_recipe(sample_input, tmp_path, distributor="ray", workers=2), progress=False)
+    finally:
+        ray.shutdown()
+    assert shard_digests(tmp_path) == shard_digests(reference[0])
+
+
+def test_cli_sample_build_and_rerun(tmp_path):
+    out = tmp_path / "sb"
+    res = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "20", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "29 input rows = 20 written" in res.output and "+ 9 rejected" in res.output
+    res = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "20", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0 and "nothing to do" in res.output
+
+
+def test_recipe_errors_are_clear(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("input: {metadata: m.csv}\nimage: {jpeg_qualty: 80}\n")
+    with pytest.raises(RecipeError, match=r"image\.jpeg_qualty"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    csv = tmp_path / "m.csv"
+    csv.write_text("photo,latitude_deg,lng\na,1,2\n")
+    res = CliRunner().invoke(
+        main, ["build", "--metadata", str(csv), "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]
+    )
+    assert res.exit_code != 0 and "no column for id, lat" in res.output and "input.columns" in res.output
+
+
+# -- images and sources ---------------------------------------------------------------------------------
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_image_preparation_modes():
+    from builders.images import prepare
+
+    rgba = Image.new("RGBA", (100, 80), (255, 0, 0, 0))  # fully transparent red -> white
+    out = Image.open(io.BytesIO(prepare(_encode(rgba, "PNG"), 10_000).jpeg))
+    assert out.mode == "RGB" and out.getpixel((50, 40))[0] > 240 and out.getpixel((50, 40))[1] > 240
+    cmyk = prepare(_encode(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG"), 10_000)
+    assert Image.open(io.BytesIO(cmyk.jpeg)).getpixel((32, 32))[0] > 200  # red stays red
+    pal = prepare(_encode(Image.new("RGB", (64, 64), "blue").convert("P"), "GIF"), 10_000)
+    assert pal.orig_format == "GIF"
+    deep = prepare(_encode(Image.new("I;16", (64, 64), 65535), "PNG"), 10_000)
+    assert Image.open(io.BytesIO(deep.jpeg)).getpixel((5, 5))[0] > 240
+    big = prepare(_encode(Image.new("RGB", (2000, 1000), "green"), "JPEG"), 200_000)
+    assert big.width * big.height <= 200_000 and abs(big.width / big.height - 2) < 0.02
+    assert (big.orig_width, big.orig_height) == (2000, 1000)
+
+
+def test_exif_orientation_is_applied():
+    from builders.images import prepare
+
+    img = Image.new("RGB", (120, 60), "white")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when shown
+    prep = prepare(_encode(img, "JPEG", exif=exif), 100_000)
+    assert (prep.width, prep.height) == (60, 120) and (prep.orig_width, prep.orig_height) == (60, 120)
+
+
+def test_decompression_bomb_is_refused():
+    from builders.images import ImageRejected, prepare
+
+    data = _encode(Image.new("1", (20000, 20000)), "PNG")
+    with pytest.raises(ImageRejected, match=r"decompression bomb refused: .*400000000 pixels"):
+        prepare(data, 1_000_000)
+    # Our own, lower limit speaks in the image's dimensions.
+    with pytest.raises(ImageRejected, match=r"decompression bomb refused: 5000x5000 exceeds 1,000,000 pixels"):
+        prepare(_encode(Image.new("1", (5000, 5000)), "PNG"), 10_000, max_source_pixels=1_000_000)
+
+
+def test_tar_source_random_access_and_bad_member(tmp_path):
+    from builders.sources import FetchError, TarSource
+
+    tar_path = tmp_path / "images.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name in ("a/1.jpg", "a/2.jpg", "b/3.jpg"):
+            data = name.encode() * 100
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    src = TarSource(tar_path, tmp_path / "index.parquet")
+    assert src.fetch("b/3.jpg") == b"b/3.jpg" * 100 and src.fetch("a/1.jpg") == b"a/1.jpg" * 100
+    with pytest.raises(FetchError, match="missing tar member"):
+        src.fetch("c/4.jpg")
+    # Truncate the archive: the index survives, the last member is unreadable.
+    raw = tar_path.read_bytes()
+    cut = raw.index(b"b/3.jpg" * 100) + 50
+    tar_path.write_bytes(raw[:cut])
+    with pytest.raises(FetchError, match=r"unreadable tar member b/3\.jpg"):
+        TarSource(tar_path, tmp_path / "index.parquet").fetch("b/3.jpg")
+
+
+def test_build_from_tar(sample_input, reference, tmp_path):
+    tar_path = tmp_path / "images.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for p in sorted((sample_input / "images").iterdir()):
+            tar.add(p, arcname=p.name)
+    build(sample_recipe(sample_input, tmp_path / "out", **{"input.images": str(tar_path)}), progress=False)
+
+    def images(out):  # records differ only in the recipe hash (another images path)
+        return [
+            (s["__key__"], s["jpg"])
+            for s in wds.WebDataset(sorted(map(str, (out / "data").glob("*.tar"))), shardshuffle=False)
+        ]
+
+    assert images(tmp_path / "out") == images(reference[0])
+
+
+def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
+    import http.server
+    import threading
+
+    from builders.sources import FetchError, UrlSource
+
+    hits = {"flaky": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/ok.jpg":
+                body, code = b"jpegbytes", 200
+            elif self.path == "/flaky.jpg":
+                hits["flaky"] += 1
+                body, code = (b"late", 200) if hits["flaky"] >= 3 else (b"", 503)
+            else:
+                body, code = b"", 404
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        src = UrlSource(timeout_s=2, retries=3, backoff_s=0.01)
+        assert src.fetch(f"{base}/ok.jpg") == b"jpegbytes"
+        assert src.fetch(f"{base}/flaky.jpg") == b"late" and hits["flaky"] == 3
+        with pytest.raises(FetchError, match=r"dead link \(HTTP 404\) after 1 attempt"):
+            src.fetch(f"{base}/gone.jpg")
+        with pytest.raises(FetchError, match="dead link"):
+            UrlSource(timeout_s=0.5, retries=1, backoff_s=0.01).fetch("http://127.0.0.1:9/none.jpg")
+    finally:
+        server.shutdown()
