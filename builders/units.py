@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mp16_reason.gazetteer import Gazetteer
+from mp16_reason.gazetteer import default_gazetteer
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, Source, SourceLabels, to_json_bytes
 
 from .images import ImageRejected, prepare
@@ -96,7 +96,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
             return _Fetched(None, str(exc))
 
     threads = recipe.fetch.threads if recipe.input.images is None else 4
-    gaz = Gazetteer()
+    gaz = default_gazetteer()  # once per worker process, not per unit
     places = gaz.reverse_batch([r["lat"] for r in rows], [r["lon"] for r in rows])
     build = BuildInfo(version=recipe.version, recipe_sha256=task.recipe_sha256)
     columns: dict[str, list] = {name: [] for name in UNIT_SCHEMA.names}
