@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -339,4 +339,4 @@ def build(recipe: Recipe, overwrite: bool = False, progress: bool = True, log=pr
     return Build(recipe, progress=progress, log=log).run(overwrite=overwrite)
 
 
-__all__ = ["BuildError", "Summary", "asdict", "build", "sample_key"]
+__all__ = ["BuildError", "Summary", "build", "sample_key"]
