@@ -46,7 +46,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.point(lambda v: v / 256).convert("L") if img.mode != "I" else img.convert("L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGBa"):
+    if img.mode in ("RGBA", "RGBa", "LA", "PA"):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))  # alpha over white, as viewers show it
         background.paste(rgba, mask=rgba.getchannel("A"))

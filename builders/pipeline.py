@@ -15,13 +15,15 @@ import os
 import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 from tqdm.auto import tqdm
+
+from mp16_reason.atomic import atomic_file
 
 from . import distributor
 from .ingest import ingest
@@ -57,7 +59,6 @@ class Summary:
     shards: int
     out: str
     did_work: bool = True
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         per_split = ", ".join(f"{k} {v:,}" for k, v in sorted(self.splits.items()))
@@ -87,9 +88,8 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as fh:
+        fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _sha256(path: Path) -> str:
@@ -144,7 +144,8 @@ class Build:
         rows = rows.sort_values(["_order", "row"]).drop(columns="_order").reset_index(drop=True)
         write_atomic(pa.Table.from_pylist(rejected, schema=REJECTION_SCHEMA), self.work / "ingest-rejected.parquet")
         table = pa.Table.from_pandas(rows, preserve_index=False)
-        write_atomic(table.replace_schema_metadata({"n_input": str(n_input)}), done)
+        # One row group per unit, so a unit reads its own rows and nothing else.
+        write_atomic(table.replace_schema_metadata({"n_input": str(n_input)}), done, self.recipe.unit_size)
         return len(rows)
 
     def _units(self, n_rows: int) -> None:
@@ -152,11 +153,11 @@ class Build:
         n_units = -(-n_rows // size)
         recipe = self.recipe.model_dump(mode="json")
         tasks = [
-            UnitTask(i, i * size, min(n_rows, (i + 1) * size), recipe, self.sha, str(self.work))
+            UnitTask(i, recipe, self.sha, str(self.work))
             for i in range(n_units)
             if not unit_path(self.work, i).exists()
         ]
-        done_rows = n_rows - sum(t.stop - t.start for t in tasks)
+        done_rows = n_rows - sum(min(size, n_rows - t.index * size) for t in tasks)
         if not tasks:
             return
         bar = tqdm(total=n_rows, initial=done_rows, unit="img", desc="prepare", disable=not self.progress)
@@ -167,7 +168,7 @@ class Build:
             bar.set_postfix(rejected=rejected, refresh=False)
         bar.close()
 
-    def _plan(self, n_rows: int) -> tuple[pa.Table, list[dict], dict[str, list[dict]]]:
+    def _plan(self, n_rows: int) -> tuple[list[dict], dict[str, list[dict]]]:
         """Read unit metadata, drop duplicate images, and assign every kept sample to a shard."""
         n_units = -(-n_rows // self.recipe.unit_size)
         parts = [
@@ -210,7 +211,7 @@ class Build:
                 fill[split] = 0
             split_shards[-1]["members"].append((unit_of[k], pos_in_unit[k]))
             fill[split] += nbytes
-        return meta, rejected, shards
+        return rejected, shards
 
     def _write_shards(self, shards: dict[str, list[dict]]) -> None:
         data_dir = self.out / "data"
@@ -221,17 +222,17 @@ class Build:
         if not todo:
             return
         # One pass over the units in order; each unit is read once, whatever the number of splits.
-        by_unit: dict[int, list[tuple[dict, int, int]]] = {}
+        by_unit: dict[int, list[tuple[dict, int]]] = {}
         for shard in todo:
             shard["remaining"] = len(shard["members"])
             for unit, pos in shard["members"]:
-                by_unit.setdefault(unit, []).append((shard, pos, 0))
+                by_unit.setdefault(unit, []).append((shard, pos))
         open_writers: dict[str, tuple] = {}
         bar = tqdm(total=sum(len(s["members"]) for s in todo), unit="img", desc="shards", disable=not self.progress)
         for unit in sorted(by_unit):
             table = pq.read_table(unit_path(self.work, unit), columns=["id", "jpg", "json"])
             ids, jpgs, jsons = (table.column(c) for c in ("id", "jpg", "json"))
-            for shard, pos, _ in by_unit[unit]:
+            for shard, pos in by_unit[unit]:
                 path = shard["path"]
                 if path not in open_writers:
                     tmp = data_dir / f".{Path(path).name}.tmp"
@@ -280,18 +281,8 @@ class Build:
         if written + len(rejected) != n_input:
             raise BuildError(f"counts do not reconcile: {n_input} in != {written} written + {len(rejected)} rejected")
         by_stage = Counter(r["stage"] for r in rejected)
-        by_reason = Counter(re.sub(r"\d+", "N", r["reason"].split(":")[0]) for r in rejected)
         write_atomic(pa.Table.from_pylist(rejected, schema=REJECTION_SCHEMA), self.out / REJECTIONS)
-        summary = Summary(
-            n_input,
-            written,
-            len(rejected),
-            dict(splits),
-            dict(by_stage),
-            len(entries),
-            str(self.out),
-            rejected_by_reason=dict(by_reason.most_common(20)),
-        )
+        summary = Summary(n_input, written, len(rejected), dict(splits), dict(by_stage), len(entries), str(self.out))
         manifest = {
             "name": "MP16-Reason",
             "version": self.recipe.version,
@@ -330,7 +321,7 @@ class Build:
             )
         n_rows = self._ingest()
         self._units(n_rows)
-        _, rejected, shards = self._plan(n_rows)
+        rejected, shards = self._plan(n_rows)
         self._write_shards(shards)
         return self._finish(shards, rejected)
 

@@ -7,7 +7,6 @@ A unit's output is a single parquet file holding, for every row of the slice, ei
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mp16_reason.atomic import atomic_file
 from mp16_reason.gazetteer import default_gazetteer
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, Source, SourceLabels, to_json_bytes
 
@@ -47,9 +47,9 @@ def tar_member_bytes(*sizes: int) -> int:
 
 @dataclass(frozen=True)
 class UnitTask:
+    """Unit ``index`` is row group ``index`` of ``ingest.parquet`` (written with one group per unit)."""
+
     index: int
-    start: int
-    stop: int
     recipe: dict
     recipe_sha256: str
     work_dir: str
@@ -59,14 +59,9 @@ def unit_path(work_dir: str | Path, index: int) -> Path:
     return Path(work_dir) / "units" / f"unit-{index:06d}.parquet"
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        pq.write_table(table, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def write_atomic(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
+    with atomic_file(path) as fh:
+        pq.write_table(table, fh, row_group_size=row_group_size)
 
 
 @dataclass
@@ -82,8 +77,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         meta = pq.read_table(out, columns=["status"]).column("status").to_pylist()
         return task.index, meta.count("ok"), len(meta) - meta.count("ok")
     recipe = Recipe.model_validate(task.recipe)
-    rows = pq.read_table(Path(task.work_dir) / "ingest.parquet").slice(task.start, task.stop - task.start)
-    rows = rows.to_pylist()
+    rows = pq.ParquetFile(Path(task.work_dir) / "ingest.parquet").read_row_group(task.index).to_pylist()
     source = open_source(
         recipe.input.images, Path(task.work_dir), recipe.fetch.timeout_s, recipe.fetch.retries, recipe.fetch.backoff_s
     )

@@ -151,9 +151,7 @@ def build(
     try:
         rec = load_recipe(recipe, overrides)
         summary = run_build(rec, overwrite=overwrite, progress=not quiet)
-    except (RecipeError, BuildError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except (FileNotFoundError, ValueError) as exc:
+    except (RecipeError, BuildError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     for line in summary.lines():
         click.echo(line)

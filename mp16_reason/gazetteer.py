@@ -30,7 +30,6 @@ import functools
 import importlib.metadata as md
 import json
 import os
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
+from .atomic import atomic_file
 from .coords import check_coordinate, coerce_coordinates
 from .distance import EARTH_RADIUS_KM, haversine_km
 from .names import country_code, country_table, normalize
@@ -72,18 +72,6 @@ def _chord_to_km(chord: np.ndarray) -> np.ndarray:
 
 def _km_to_chord(km: np.ndarray | float) -> np.ndarray:
     return 2.0 * np.sin(np.minimum(np.asarray(km, dtype=np.float64) / EARTH_RADIUS_KM, np.pi) * 0.5)
-
-
-def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _admin1_names() -> dict[tuple[str, str], dict[tuple[float, float], str]]:
@@ -247,8 +235,9 @@ class Gazetteer:
         if not path.exists():
             places, names = build_index(self._min_population)
             stem = self._cache / f"gazetteer-{self._version_tag()}"
-            _atomic_write_parquet(names, Path(f"{stem}-names.parquet"))
-            _atomic_write_parquet(places, Path(f"{stem}-places.parquet"))
+            for part, table in (("names", names), ("places", places)):
+                with atomic_file(f"{stem}-{part}.parquet") as fh:
+                    pq.write_table(table, fh)
         return pq.read_table(path)
 
     @functools.cached_property

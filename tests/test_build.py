@@ -151,35 +151,23 @@ def test_output_does_not_depend_on_workers(sample_input, reference, tmp_path):
     assert shard_digests(tmp_path) == shard_digests(reference[0])
 
 
-@pytest.mark.parametrize("delay", [0.8, 1.6, 2.4, 3.2])
-def test_sigkill_then_resume_is_byte_identical(sample_input, reference, tmp_path, delay):
-    cmd = [
-        sys.executable,
-        "-m",
-        "mp16_reason.cli",
-        "build",
-        "--metadata",
-        str(sample_input / "metadata.csv"),
-        "--images",
-        str(sample_input / "images"),
-        "--out",
-        str(tmp_path),
-        "--unit-size",
-        "16",
-        "--shard-bytes",
-        "150000",
-        "--workers",
-        "1",
-        "--max-pixels",
-        str(160 * 120),
-        "--test-fraction",
-        "0.25",
-        "--quiet",
-    ]
+@pytest.mark.parametrize(
+    "kill_when",
+    [".work/recipe.json", ".work/ingest.parquet", ".work/units/unit-000000.parquet", ".work/units/unit-000002.parquet"],
+)
+def test_sigkill_then_resume_is_byte_identical(sample_input, reference, tmp_path, kill_when):
+    """SIGKILL the CLI as soon as it reaches a given point, then rerun: nothing lost, nothing duplicated."""
+    cmd = [sys.executable, "-m", "mp16_reason.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
+           "--images", str(sample_input / "images"), "--out", str(tmp_path), "--unit-size", "16",
+           "--shard-bytes", "150000", "--workers", "1", "--max-pixels", str(160 * 120), "--test-fraction", "0.25",
+           "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / kill_when).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert (tmp_path / kill_when).exists() and not (tmp_path / "manifest.json").exists()  # really cut short
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert shard_digests(tmp_path) == shard_digests(reference[0])
@@ -199,6 +187,19 @@ def test_kill_during_shard_writing_resumes(sample_input, reference, tmp_path):
     (tmp_path / "manifest.json").unlink()
     build(sample_recipe(sample_input, tmp_path), progress=False)
     assert shard_digests(tmp_path) == shard_digests(reference[0])
+
+
+def test_parquet_metadata_builds_the_same_images(sample_input, reference, tmp_path):
+    table = pd.read_csv(sample_input / "metadata.csv", dtype=str, keep_default_na=False)
+    table[table["image"] != ""].to_parquet(tmp_path / "metadata.parquet")  # without the malformed line
+    recipe = sample_recipe(sample_input, tmp_path / "out", **{"input.metadata": str(tmp_path / "metadata.parquet")})
+    summary = build(recipe, progress=False)
+    assert summary.written == reference[1].written and summary.rejected == reference[1].rejected - 1  # no bad line
+    keys = sorted(s["__key__"] for s in wds.WebDataset(sorted(map(str, (tmp_path / "out" / "data").glob("*.tar"))),
+                                                        shardshuffle=False))  # fmt: skip
+    ref = sorted(s["__key__"] for s in wds.WebDataset(sorted(map(str, (reference[0] / "data").glob("*.tar"))),
+                                                       shardshuffle=False))  # fmt: skip
+    assert keys == ref
 
 
 def test_ray_distributor_gives_identical_shards(sample_input, reference, tmp_path):
