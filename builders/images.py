@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -54,27 +53,41 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img  # CMYK, YCbCr, L, 1, ...
 
 
+RESAMPLE = {
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
 def prepare(
-    data: bytes, max_pixels: int, jpeg_quality: int = 90, max_source_pixels: int = 100_000_000, min_side: int = 28
+    data: bytes,
+    max_pixels: int,
+    jpeg_quality: int = 90,
+    max_source_pixels: int = 100_000_000,
+    min_side: int = 28,
+    resample: str = "box",
 ) -> PreparedImage:
     if not data:
         raise ImageRejected("zero-byte file")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format or ""
-            w0, h0 = img.size
-            if w0 * h0 > max_source_pixels:
-                raise ImageRejected(f"decompression bomb refused: {w0}x{h0} exceeds {max_source_pixels:,} pixels")
-            rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps the axes
-            img.draft("RGB", fit_budget(w0, h0, max_pixels))  # JPEG: decode at reduced scale when possible
-            img.load()
-            img = ImageOps.exif_transpose(img)
+        # No warnings.catch_warnings() here: it is not thread-safe. The explicit pixel check below is the limit;
+        # Pillow's own DecompressionBombError still stops anything beyond twice its MAX_IMAGE_PIXELS.
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format or ""
+        w0, h0 = img.size
+        if w0 * h0 > max_source_pixels:
+            raise ImageRejected(f"decompression bomb refused: {w0}x{h0} exceeds {max_source_pixels:,} pixels")
+        rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps the axes
+        img.draft("RGB", fit_budget(w0, h0, max_pixels))  # JPEG: decode at reduced scale when possible
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy
     except ImageRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageRejected(f"decompression bomb refused: {exc}") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image (unrecognised format)") from None
@@ -86,7 +99,7 @@ def prepare(
     img = _to_rgb(img)
     size = fit_budget(orig_w, orig_h, max_pixels)
     if img.size != size:
-        img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        img = img.resize(size, RESAMPLE[resample])
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=jpeg_quality, optimize=False)
     return PreparedImage(buf.getvalue(), size[0], size[1], orig_w, orig_h, fmt, digest)

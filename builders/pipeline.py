@@ -9,18 +9,19 @@ byte-identical to an uninterrupted build; a finished build is left alone.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata as md
 import json
 import os
 import re
 import shutil
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 from tqdm.auto import tqdm
 
 from mp16_reason.atomic import atomic_file
@@ -160,6 +161,8 @@ class Build:
         done_rows = n_rows - sum(min(size, n_rows - t.index * size) for t in tasks)
         if not tasks:
             return
+        # webdataset imports torch when it is installed (~1 s): do it while the workers run, not after them.
+        threading.Thread(target=importlib.import_module, args=("webdataset",), daemon=True).start()
         bar = tqdm(total=n_rows, initial=done_rows, unit="img", desc="prepare", disable=not self.progress)
         rejected = 0
         for _, n_ok, n_rej in distributor.run(process_unit, tasks, self.recipe.workers, self.recipe.distributor):
@@ -214,6 +217,8 @@ class Build:
         return rejected, shards
 
     def _write_shards(self, shards: dict[str, list[dict]]) -> None:
+        import webdataset as wds  # imported in the background while units ran; see _units
+
         data_dir = self.out / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         for stale in data_dir.glob(".*.tmp"):

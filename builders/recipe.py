@@ -38,6 +38,10 @@ class ImageSpec(_Spec):
     jpeg_quality: int = Field(default=90, ge=1, le=100)
     max_source_pixels: int = Field(default=100_000_000, gt=0, description="larger sources are decompression bombs")
     min_side: int = Field(default=28, ge=1, description="smaller images are rejected")
+    resample: Literal["box", "bilinear", "hamming", "bicubic", "lanczos"] = Field(
+        default="box",
+        description="downscaling filter; box averages each output pixel's area (OpenCV's INTER_AREA) and is fastest",
+    )
 
 
 class FetchSpec(_Spec):

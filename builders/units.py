@@ -7,22 +7,30 @@ A unit's output is a single parquet file holding, for every row of the slice, ei
 
 from __future__ import annotations
 
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from mp16_reason.atomic import atomic_file
 from mp16_reason.gazetteer import default_gazetteer
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, Source, SourceLabels, to_json_bytes
 
-from .images import ImageRejected, prepare
+from .images import ImageRejected, PreparedImage, prepare
 from .ingest import LABEL_COLUMNS
 from .recipe import Recipe
 from .sources import FetchError, open_source
 from .split import assign_split
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 UNIT_SCHEMA = pa.schema(
     [
@@ -59,15 +67,25 @@ def unit_path(work_dir: str | Path, index: int) -> Path:
     return Path(work_dir) / "units" / f"unit-{index:06d}.parquet"
 
 
-def write_atomic(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
+def write_atomic(table: pa.Table, path: Path, row_group_size: int | None = None, **options) -> None:
     with atomic_file(path) as fh:
-        pq.write_table(table, fh, row_group_size=row_group_size)
+        pq.write_table(table, fh, row_group_size=row_group_size, **options)
 
 
-@dataclass
-class _Fetched:
-    data: bytes | None
-    error: str
+def ordered_map(fn: Callable[[T], R], items: list[T], threads: int) -> Iterator[R]:
+    """``fn`` over ``items`` on ``threads`` threads, results in input order, at most ``2 * threads`` in flight.
+
+    Unlike ``Executor.map`` it does not submit everything at once, so a unit never holds all its raw images.
+    """
+    window = 2 * threads
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def process_unit(task: UnitTask) -> tuple[int, int, int]:
@@ -77,18 +95,30 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         meta = pq.read_table(out, columns=["status"]).column("status").to_pylist()
         return task.index, meta.count("ok"), len(meta) - meta.count("ok")
     recipe = Recipe.model_validate(task.recipe)
+    # prepare() applies its own pixel limit; Pillow's warning below twice its limit would only be noise here.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     rows = pq.ParquetFile(Path(task.work_dir) / "ingest.parquet").read_row_group(task.index).to_pylist()
     source = open_source(
         recipe.input.images, Path(task.work_dir), recipe.fetch.timeout_s, recipe.fetch.retries, recipe.fetch.backoff_s
     )
 
-    def fetch(row: dict) -> _Fetched:
+    spec = recipe.image
+
+    def fetch_and_prepare(row: dict) -> PreparedImage | tuple[str, str]:
+        """The prepared image, or ``(stage, reason)``. Runs on a thread: Pillow releases the GIL while it works."""
         ref = row["image"] or row["url"] or row["id"]
         try:
-            return _Fetched(source.fetch(ref), "")
+            data = source.fetch(ref)
         except FetchError as exc:
-            return _Fetched(None, str(exc))
+            return "fetch", str(exc)
+        try:
+            return prepare(
+                data, spec.max_pixels, spec.jpeg_quality, spec.max_source_pixels, spec.min_side, spec.resample
+            )
+        except ImageRejected as exc:
+            return "image", str(exc)
 
+    # Downloads wait on the network; local reads need only enough threads to keep the cores busy.
     threads = recipe.fetch.threads if recipe.input.images is None else 4
     gaz = default_gazetteer()  # once per worker process, not per unit
     places = gaz.reverse_batch([r["lat"] for r in rows], [r["lon"] for r in rows])
@@ -110,69 +140,60 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         for key, value in zip(UNIT_SCHEMA.names, values):
             columns[key].append(value)
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for i, (row, fetched) in enumerate(zip(rows, pool.map(fetch, rows))):
-            if fetched.data is None:
-                emit(row, "rejected", "fetch", fetched.error)
-                continue
-            try:
-                img = prepare(
-                    fetched.data,
-                    recipe.image.max_pixels,
-                    recipe.image.jpeg_quality,
-                    recipe.image.max_source_pixels,
-                    recipe.image.min_side,
-                )
-            except ImageRejected as exc:
-                emit(row, "rejected", "image", str(exc))
-                continue
-            place = places.iloc[i]
-            if place["country"] is None:
-                emit(
-                    row,
-                    "rejected",
-                    "geocode",
-                    f"no populated place within {gaz.country_max_km:g} km of ({row['lat']:.5f}, {row['lon']:.5f})",
-                )
-                continue
-            has_city = place["city"] is not None
-            split = assign_split(
-                row["id"],
-                f"{place['country_code']}:{place['geonames_id']}" if has_city else "",
-                recipe.split.test_fraction,
-                recipe.split.seed,
-                recipe.split.hold_out_cities,
+    for i, (row, img) in enumerate(zip(rows, ordered_map(fetch_and_prepare, rows, threads))):
+        if isinstance(img, tuple):
+            emit(row, "rejected", *img)
+            continue
+        place = places.iloc[i]
+        if place["country"] is None:
+            emit(
+                row,
+                "rejected",
+                "geocode",
+                f"no populated place within {gaz.country_max_km:g} km of ({row['lat']:.5f}, {row['lon']:.5f})",
             )
-            sample = Sample(
-                id=row["id"],
-                lat=row["lat"],
-                lon=row["lon"],
-                country=place["country"],
-                country_code=place["country_code"],
-                admin1=place["admin1"] or "",
-                city=place["city"] or "",
-                continent=place["continent"] or "",
-                geonames_id=int(place["geonames_id"]) if has_city else None,
-                city_distance_km=round(float(place["city_distance_km"]), 3) if has_city else None,
-                source=Source(
-                    dataset=recipe.input.dataset,
-                    url=row["url"],
-                    author=row["author"],
-                    license=row["license"],
-                    labels=SourceLabels(**{c: row[f"label_{c}"] for c in LABEL_COLUMNS}),
-                ),
-                image=ImageInfo(
-                    width=img.width,
-                    height=img.height,
-                    orig_width=img.orig_width,
-                    orig_height=img.orig_height,
-                    orig_format=img.orig_format,
-                    sha256=img.sha256,
-                ),
-                split=split,
-                build=build,
-            )
-            emit(row, "ok", split=split, sha=img.sha256, jpg=img.jpeg, js=to_json_bytes(sample))
-    write_atomic(pa.table(columns, schema=UNIT_SCHEMA), out)
+            continue
+        has_city = place["city"] is not None
+        split = assign_split(
+            row["id"],
+            f"{place['country_code']}:{place['geonames_id']}" if has_city else "",
+            recipe.split.test_fraction,
+            recipe.split.seed,
+            recipe.split.hold_out_cities,
+        )
+        sample = Sample(
+            id=row["id"],
+            lat=row["lat"],
+            lon=row["lon"],
+            country=place["country"],
+            country_code=place["country_code"],
+            admin1=place["admin1"] or "",
+            city=place["city"] or "",
+            continent=place["continent"] or "",
+            geonames_id=int(place["geonames_id"]) if has_city else None,
+            city_distance_km=round(float(place["city_distance_km"]), 3) if has_city else None,
+            source=Source(
+                dataset=recipe.input.dataset,
+                url=row["url"],
+                author=row["author"],
+                license=row["license"],
+                labels=SourceLabels(**{c: row[f"label_{c}"] for c in LABEL_COLUMNS}),
+            ),
+            image=ImageInfo(
+                width=img.width,
+                height=img.height,
+                orig_width=img.orig_width,
+                orig_height=img.orig_height,
+                orig_format=img.orig_format,
+                sha256=img.sha256,
+            ),
+            split=split,
+            build=build,
+        )
+        emit(row, "ok", split=split, sha=img.sha256, jpg=img.jpeg, js=to_json_bytes(sample))
+    # JPEG bytes neither compress nor have useful dictionaries or min/max statistics: skip all three.
+    write_atomic(
+        pa.table(columns, schema=UNIT_SCHEMA), out, compression="none", use_dictionary=False, write_statistics=False
+    )
     n_ok = columns["status"].count("ok")
     return task.index, n_ok, len(rows) - n_ok

@@ -96,6 +96,11 @@ def geocode(coords: tuple[str, ...], name: str | None, as_json: bool, exact: boo
 @click.option("--hold-out-cities/--no-hold-out-cities", default=None, help="Keep whole cities out of train.")
 @click.option("--max-pixels", type=int, help="Resize budget in pixels.")
 @click.option("--jpeg-quality", type=int, help="JPEG quality of the re-encoded images.")
+@click.option(
+    "--resample",
+    type=click.Choice(["box", "bilinear", "hamming", "bicubic", "lanczos"]),
+    help="Downscaling filter (default box: area average).",
+)
 @click.option("--overwrite", is_flag=True, help="Delete a build of a different recipe found in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build(
@@ -112,8 +117,6 @@ def build(
       mp16-reason build builders/recipes/mp16pro.yaml --out /data/mp16-reason --workers 16
       mp16-reason build my.yaml --distributor ray             # units as Ray tasks
     """
-    from builders.pipeline import BuildError
-    from builders.pipeline import build as run_build
     from builders.recipe import RecipeError, load_recipe
 
     overrides = {
@@ -128,6 +131,7 @@ def build(
         "split.hold_out_cities": flags["hold_out_cities"],
         "image.max_pixels": flags["max_pixels"],
         "image.jpeg_quality": flags["jpeg_quality"],
+        "image.resample": flags["resample"],
         "out": out,
     }
     if sample:
@@ -150,8 +154,18 @@ def build(
         raise click.UsageError("give a RECIPE file, --metadata with --images, or --sample")
     try:
         rec = load_recipe(recipe, overrides)
+    except RecipeError as exc:
+        raise click.ClickException(str(exc)) from None
+    if rec.distributor == "local" and rec.workers > 1:
+        from builders.distributor import warm_up
+
+        warm_up()  # the workers' imports now overlap with the rest of ours
+    from builders.pipeline import BuildError
+    from builders.pipeline import build as run_build
+
+    try:
         summary = run_build(rec, overwrite=overwrite, progress=not quiet)
-    except (RecipeError, BuildError, FileNotFoundError, ValueError) as exc:
+    except (BuildError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     for line in summary.lines():
         click.echo(line)

@@ -282,6 +282,59 @@ def test_decompression_bomb_is_refused():
         prepare(_encode(Image.new("1", (5000, 5000)), "PNG"), 10_000, max_source_pixels=1_000_000)
 
 
+def test_every_resample_filter_fits_the_budget_and_is_applied():
+    from builders.images import RESAMPLE, prepare
+
+    src = _encode(Image.effect_noise((1024, 768), 80).convert("RGB"), "PNG")
+    outs = {name: prepare(src, 682 * 512, resample=name) for name in RESAMPLE}
+    for out in outs.values():
+        assert out.width * out.height <= 682 * 512 and abs(out.width / out.height - 4 / 3) < 0.01
+        assert out.width >= 680  # the budget is used, not just respected
+    assert len({out.jpeg for out in outs.values()}) == len(RESAMPLE)  # each filter really is a different one
+
+
+def test_resample_filter_is_a_recipe_setting_and_changes_the_hash(tmp_path):
+    base = load_recipe(None, {"input.metadata": "m.csv"})
+    lanczos = load_recipe(None, {"input.metadata": "m.csv", "image.resample": "lanczos"})
+    assert base.image.resample == "box" and lanczos.sha256() != base.sha256()
+    with pytest.raises(RecipeError, match=r"image\.resample"):
+        load_recipe(None, {"input.metadata": "m.csv", "image.resample": "cubic"})
+
+
+def test_ordered_map_keeps_order_and_bounds_work_in_flight():
+    import threading
+
+    from builders.units import ordered_map
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        with lock:
+            started.append(i)
+        time.sleep(0.001 * (i % 3))  # finish out of order
+        return i * i
+
+    seen = []
+    for k, value in enumerate(ordered_map(work, list(range(60)), threads=3)):
+        time.sleep(0.002)  # a slow consumer: the producer must wait, not run ahead
+        with lock:
+            assert len(started) <= k + 1 + 2 * 3  # never more than 2 x threads ahead of the consumer
+        seen.append(value)
+    assert seen == [i * i for i in range(60)]
+
+
+def test_prepare_on_threads_equals_serial():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from builders.images import prepare
+
+    srcs = [_encode(Image.effect_noise((300 + 10 * i, 200), 40 + i).convert("RGB"), "JPEG") for i in range(12)]
+    serial = [prepare(d, 20_000).jpeg for d in srcs]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda d: prepare(d, 20_000).jpeg, srcs)) == serial
+
+
 def test_tar_source_random_access_and_bad_member(tmp_path):
     from builders.sources import FetchError, TarSource
 
