@@ -171,6 +171,110 @@ def build(
         click.echo(line)
 
 
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", default=None, help="Repository id used in the usage snippets (default globe/mp16-reason).")
+def card(directory: str, repo: str | None) -> None:
+    """Render the dataset card DIRECTORY/README.md from a finished build.
+
+    \b
+    The YAML front matter declares every config and split (`configs`) and the record's types
+    (`dataset_info.features`, from the schema), so `load_dataset` needs no loading script and infers nothing.
+    The body holds the build's recipe, filters with counts, statistics and a world map (assets/world_map.png).
+    """
+    from builders.card import write_card
+
+    from .hub import REPO_ID
+
+    try:
+        path = write_card(directory, repo or REPO_ID)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {path}")
+
+
+@main.command("validate")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-card", is_flag=True, help="Do not require README.md (checked anyway when present).")
+def validate_cmd(directory: str, no_card: bool) -> None:
+    """Check a build or a downloaded copy: shards against manifest.json, records against the schema, the card.
+
+    Exits with status 1 and lists every problem when anything is off.
+    """
+    from builders.validate import ValidationFailed, validate_build
+
+    try:
+        summary = validate_build(directory, require_card=not no_card)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValidationFailed as exc:
+        raise click.ClickException(f"{directory} is not valid: {exc}") from None
+    splits = ", ".join(f"{k} {v:,}" for k, v in sorted(summary["splits"].items()))
+    click.echo(f"{directory} is valid: {summary['shards']} shard(s), {summary['samples']:,} samples ({splits})")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", required=True, help="Dataset repository, e.g. globe/mp16-reason.")
+@click.option("--revision", default=None, help="Branch to upload to (created if missing; default main).")
+@click.option("--tag", default=None, help="Tag the uploaded commit, e.g. v0.1.0 (default: v<dataset version>).")
+@click.option("--no-tag", is_flag=True, help="Do not tag the release.")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--dry-run", is_flag=True, help="Stage the exact repository tree locally and list it; upload nothing.")
+@click.option("--staging", type=click.Path(file_okay=False), help="Where to stage (default DIR/.work/publish).")
+def publish(
+    directory: str,
+    repo: str,
+    revision: str | None,
+    tag: str | None,
+    no_tag: bool,
+    private: bool,
+    dry_run: bool,
+    staging: str | None,
+) -> None:
+    """Validate a build, stage its repository tree, and upload it to the Hugging Face Hub.
+
+    \b
+    The token comes from HF_TOKEN or `hf auth login` and is never printed; HF_ENDPOINT selects a mirror.
+    Re-running an interrupted upload resumes it. Run `mp16-reason card DIR` first.
+    \b
+    Examples:
+      mp16-reason publish out/ --repo me/mp16-reason --dry-run
+      mp16-reason publish out/ --repo globe/mp16-reason --tag v1.0
+    """
+    from builders.publish import publish as run_publish
+    from builders.stats import read_manifest
+    from builders.validate import ValidationFailed
+
+    try:
+        version = read_manifest(directory)["version"]
+        plan = run_publish(
+            directory,
+            repo,
+            revision=revision,
+            tag=None if no_tag else (tag or f"v{version}"),
+            private=private,
+            dry_run=dry_run,
+            staging=staging,
+        )
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValidationFailed as exc:
+        raise click.ClickException(f"{directory} is not valid, nothing was uploaded: {exc}") from None
+    except Exception as exc:  # huggingface_hub's errors carry the server's message, never the token
+        if isinstance(exc, (ValueError, OSError)) or type(exc).__module__.startswith(("huggingface_hub", "httpx")):
+            raise click.ClickException(f"upload to {repo} failed: {exc}") from None
+        raise
+    for line in plan.lines():
+        click.echo(line)
+    if dry_run:
+        click.echo("dry run: nothing was uploaded")
+    else:
+        from huggingface_hub import constants
+
+        click.echo(f"uploaded to {constants.ENDPOINT}/datasets/{repo} (commit {plan.commit}, tag {plan.tag})")
+
+
 def _is_country(text: str) -> bool:
     from .names import country_code
 

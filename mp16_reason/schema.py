@@ -108,24 +108,24 @@ class Sample(_Model):
     """One MP16-Reason record (the ``json`` member of a shard sample; the image is the ``jpg`` member)."""
 
     id: str = Field(min_length=1, description="MP-16 image id")
-    lat: Latitude
-    lon: Longitude
+    lat: Latitude = Field(description="latitude of the photo, WGS-84 degrees")
+    lon: Longitude = Field(description="longitude of the photo, WGS-84 degrees")
     country: str = Field(default="", description="canonical English country name")
     country_code: str = Field(default="", description="ISO 3166-1 alpha-2")
     admin1: str = Field(default="", description="first-level region (state, province)")
-    city: str = ""
-    continent: str = ""
+    city: str = Field(default="", description="the city the photo is in (GeoNames name)")
+    continent: str = Field(default="", description="continent of the country")
     geonames_id: int | None = Field(default=None, description="GeoNames id of `city`")
-    city_distance_km: float | None = Field(default=None, ge=0.0)
-    localizable: bool | None = None
-    localizability: Score | None = None
-    reasoning: str = ""
-    entities: list[Entity] = Field(default_factory=list)
-    teachers: list[TeacherAnswer] = Field(default_factory=list)
-    source: Source = Field(default_factory=Source)
-    image: ImageInfo = Field(default_factory=ImageInfo)
-    split: Literal["train", "test", ""] = ""
-    build: BuildInfo = Field(default_factory=BuildInfo)
+    city_distance_km: float | None = Field(default=None, ge=0.0, description="km from the photo to `city`'s point")
+    localizable: bool | None = Field(default=None, description="the teachers' judgement: can the place be inferred?")
+    localizability: Score | None = Field(default=None, description="the teachers' localizability score, 0 to 1")
+    reasoning: str = Field(default="", description="the distilled reasoning about where the photo was taken")
+    entities: list[Entity] = Field(default_factory=list, description="visual cues named in the reasoning")
+    teachers: list[TeacherAnswer] = Field(default_factory=list, description="each teacher's answer and usage")
+    source: Source = Field(default_factory=Source, description="origin: dataset, url, author, license, labels")
+    image: ImageInfo = Field(default_factory=ImageInfo, description="size before and after preparation, sha256")
+    split: Literal["train", "test", ""] = Field(default="", description="train or test")
+    build: BuildInfo = Field(default_factory=BuildInfo, description="dataset, schema and prompt versions, recipe")
 
     @field_validator("country_code")
     @classmethod

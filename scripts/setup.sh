@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with every extra, keeping torch on the tested 2.13.0 release.
 # EXTRAS=dev bash scripts/setup.sh installs less; PYTHON=python3.12 picks another interpreter.
+# With the dev extra it also creates .venv-olah (a local read-only Hub for the tests; TEST_HUB=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -13,4 +14,9 @@ if [[ ",$EXTRAS," == *",train,"* ]]; then
   .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
 fi
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[${EXTRAS}]"
+# The tests serve datasets and models through olah, a read-only Hub mirror, from its own environment
+# (its pins would downgrade ours). TEST_HUB=0 skips it; the Hub tests then skip too.
+if [[ ",$EXTRAS," == *",dev,"* && "${TEST_HUB:-1}" != "0" ]]; then
+  [ -x .venv-olah/bin/olah-cli ] || { "$PYTHON" -m venv .venv-olah && .venv-olah/bin/python -m pip install -q olah; }
+fi
 echo "mp16-reason installed in .venv ($(.venv/bin/python -c 'import mp16_reason; print(mp16_reason.__version__)'))"

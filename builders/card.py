@@ -1,0 +1,128 @@
+"""`mp16-reason card DIR`: render the dataset card (``DIR/README.md``) from the build's manifest and shards.
+
+The YAML front matter is what makes ``load_dataset("globe/mp16-reason")`` work without a loading script:
+``configs`` maps every config and split to its shard files, and ``dataset_info.features`` declares the types
+from the schema module, so neither the Hub viewer nor ``datasets`` infers them from the first samples.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from cards import template
+from mp16_reason import REPO_ID, schema
+from mp16_reason.atomic import atomic_file
+
+from .stats import Stats, compute, read_manifest, size_category, world_map
+
+MAP_PATH = "assets/world_map.png"
+TASK_CATEGORIES = ["image-text-to-text", "visual-question-answering"]
+TAGS = ["geolocation", "geo-localization", "reasoning", "webdataset", "mp16", "flickr", "grpo"]
+
+
+def shard_groups(manifest: dict) -> dict[str, dict[str, list[dict]]]:
+    """config -> split -> the manifest's shard entries, in path order."""
+    groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for shard in sorted(manifest["shards"], key=lambda s: s["path"]):
+        groups[shard.get("config", "default")][shard["split"]].append(shard)
+    return groups
+
+
+def data_files_pattern(shards: list[dict]) -> str:
+    """``data/train-*.tar`` when every shard of the split follows the naming scheme, else the exact list."""
+    paths = [s["path"] for s in shards]
+    prefix = paths[0].rsplit("-", 1)[0]
+    return f"{prefix}-*.tar" if all(p.rsplit("-", 1)[0] == prefix for p in paths) else paths
+
+
+def card_data(manifest: dict, n_samples: int) -> DatasetCardData:
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+
+    groups = shard_groups(manifest)
+    data = DatasetCardData(
+        license="other",
+        license_name="mixed-flickr-cc",
+        pretty_name="MP16-Reason",
+        language=["en"],
+        task_categories=TASK_CATEGORIES,
+        size_categories=[size_category(n_samples)],
+        tags=TAGS,
+    )
+    configs = {
+        name: {
+            "data_files": [{"split": split, "path": data_files_pattern(shards)} for split, shards in splits.items()],
+            **({"default": True} if name == "default" else {}),
+        }
+        for name, splits in sorted(groups.items(), key=lambda kv: kv[0] != "default")
+    }
+    MetadataConfigs(configs).to_dataset_card_data(data)
+    DatasetInfosDict(
+        {name: DatasetInfo(features=schema.features(), config_name=name) for name in configs}
+    ).to_dataset_card_data(data)
+    return data
+
+
+def _field_rows() -> list[tuple[str, str]]:
+    return [(name, f.description or "") for name, f in schema.Sample.model_fields.items()]
+
+
+def render(root: str | Path, repo_id: str = REPO_ID, with_map: bool = True) -> str:
+    """The card's text for the build in ``root``; also writes the world map PNG there."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    stats: Stats = compute(root, manifest)
+    n_samples = sum(stats.samples.values())
+    if with_map:
+        world_map(stats, root / MAP_PATH)
+    groups = shard_groups(manifest)
+    split_rows = [
+        {
+            "config": config,
+            "split": split,
+            "samples": sum(s["samples"] for s in shards),
+            "shards": len(shards),
+            "bytes": sum(s["bytes"] for s in shards),
+        }
+        for config, splits in groups.items()
+        for split, shards in sorted(splits.items(), key=lambda kv: kv[0] != "train")
+    ]
+    bins = stats.localizability_bins
+    localizability_rows = [(f"{i / 10:.1f}–{(i + 1) / 10:.1f}", n) for i, n in enumerate(bins)] if any(bins) else []
+    recipe = manifest["recipe"]
+    card = DatasetCard.from_template(
+        card_data(manifest, n_samples),
+        template_str=template("dataset_card.md"),
+        repo_id=repo_id,
+        version=manifest["version"],
+        sample="sample" in manifest["version"] or "offline sample" in recipe["input"].get("dataset", ""),
+        map_path=MAP_PATH,
+        extra_configs=[c for c in groups if c != "default"],
+        split_rows=split_rows,
+        fields=_field_rows(),
+        recipe=recipe,
+        recipe_sha256=manifest["recipe_sha256"],
+        teachers=manifest.get("teachers", []),
+        prompt_version=manifest.get("prompt_version", ""),
+        totals=manifest["totals"],
+        rejected=sorted(Counter(manifest["totals"]["rejected_by_stage"]).items(), key=lambda kv: -kv[1]),
+        n_countries=len([c for c in stats.countries if c]),
+        n_cities=len(stats.cities),
+        continents=stats.continent_rows(),
+        top_countries=stats.top_countries(),
+        localizability_rows=localizability_rows,
+        multi_teacher=stats.multi_teacher,
+        teachers_agree=stats.teachers_agree,
+    )
+    return str(card)
+
+
+def write_card(root: str | Path, repo_id: str = REPO_ID) -> Path:
+    path = Path(root) / "README.md"
+    text = render(root, repo_id)
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
+    return path

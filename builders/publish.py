@@ -1,0 +1,116 @@
+"""`mp16-reason publish DIR --repo globe/mp16-reason`: stage the repository tree, then upload it to the Hub.
+
+Staging hard-links (or copies) exactly the files a user of the dataset needs into one folder, so that
+``--dry-run`` shows the very tree that would be uploaded. The upload is ``HfApi.upload_folder``: with
+``hf_xet`` installed (a dependency of huggingface_hub) it streams in several commits and resumes when re-run.
+The token comes from ``HF_TOKEN`` or ``hf auth login``; it is handed to huggingface_hub and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .card import MAP_PATH
+from .stats import read_manifest
+from .validate import validate_build
+
+# What a dataset repository holds; work files, inputs and caches stay behind.
+REPO_FILES = ("README.md", "manifest.json", "rejections.parquet", MAP_PATH)
+
+
+@dataclass
+class PublishPlan:
+    repo_id: str
+    revision: str
+    tag: str | None
+    private: bool
+    staging: Path
+    files: list[tuple[str, int]] = field(default_factory=list)  # (path in repo, bytes)
+    commit: str | None = None  # set after the upload
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(n for _, n in self.files)
+
+    def lines(self) -> list[str]:
+        head = f"{self.repo_id} (dataset) @ {self.revision}" + (f", tag {self.tag}" if self.tag else "")
+        body = [f"  {n:>15,}  {p}" for p, n in self.files]
+        return [head, *body, f"  {self.total_bytes:>15,}  bytes in {len(self.files)} files (staged in {self.staging})"]
+
+
+def repo_paths(root: Path, manifest: dict) -> list[str]:
+    paths = [p for p in REPO_FILES if (root / p).exists()]
+    return sorted(paths + [s["path"] for s in manifest["shards"]])
+
+
+def stage(root: str | Path, staging: str | Path) -> list[tuple[str, int]]:
+    """Build the repository tree in ``staging`` (hard links where possible) and return its files."""
+    root, staging = Path(root), Path(staging)
+    manifest = read_manifest(root)
+    if staging.exists():
+        shutil.rmtree(staging)
+    files = []
+    for rel in repo_paths(root, manifest):
+        src, dst = root / rel, staging / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copy2(src, dst)
+        files.append((rel, dst.stat().st_size))
+    return files
+
+
+def publish(
+    root: str | Path,
+    repo_id: str,
+    revision: str | None = None,
+    tag: str | None = None,
+    private: bool = False,
+    dry_run: bool = False,
+    staging: str | Path | None = None,
+    token: str | None = None,
+) -> PublishPlan:
+    """Validate the build, stage the tree, and (unless ``dry_run``) upload it and tag the release."""
+    root = Path(root)
+    validate_build(root, require_card=True)  # never publish what does not check out
+    manifest = read_manifest(root)
+    plan = PublishPlan(
+        repo_id=repo_id,
+        revision=revision or "main",
+        tag=tag,
+        private=private,
+        staging=Path(staging) if staging else root / ".work" / "publish",
+    )
+    plan.files = stage(root, plan.staging)
+    if dry_run:
+        return plan
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    if plan.revision != "main":
+        api.create_branch(repo_id, branch=plan.revision, repo_type="dataset", exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        repo_type="dataset",
+        folder_path=plan.staging,
+        revision=plan.revision,
+        commit_message=f"MP16-Reason {manifest['version']}",
+        commit_description=f"Built by mp16-reason; recipe sha256 {manifest['recipe_sha256']}.",
+    )
+    plan.commit = getattr(info, "oid", None)
+    if tag:
+        api.create_tag(
+            repo_id,
+            tag=tag,
+            tag_message=f"MP16-Reason {manifest['version']}",
+            revision=plan.commit or plan.revision,
+            repo_type="dataset",
+            exist_ok=True,
+        )
+    return plan

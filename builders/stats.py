@@ -1,0 +1,119 @@
+"""Statistics of a finished build, read back from its shards, and a world map of the sample locations.
+
+They feed the dataset card; reading the shards (not the work files) means the card describes exactly what
+is published.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+
+def read_manifest(root: str | Path) -> dict:
+    path = Path(root) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {root} a finished `mp16-reason build --out` folder?")
+    return json.loads(path.read_text())
+
+
+def iter_records(root: str | Path, manifest: dict | None = None) -> Iterator[tuple[str, dict]]:
+    """``(config, record)`` for every sample of every shard the manifest lists (JSON members only)."""
+    root = Path(root)
+    for shard in (manifest or read_manifest(root))["shards"]:
+        with tarfile.open(root / shard["path"]) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    yield shard.get("config", "default"), json.load(tar.extractfile(member))
+
+
+@dataclass
+class Stats:
+    samples: Counter = field(default_factory=Counter)  # (config, split) -> n
+    continents: Counter = field(default_factory=Counter)  # (continent, split) -> n, default config
+    countries: Counter = field(default_factory=Counter)
+    cities: set = field(default_factory=set)
+    localizable: Counter = field(default_factory=Counter)  # True / False / None
+    localizability_bins: list[int] = field(default_factory=lambda: [0] * 10)
+    judged_by_teachers: int = 0
+    teachers_agree: int = 0  # samples with >= 2 parsed answers that all name the same country
+    multi_teacher: int = 0
+    points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # split -> (lat, lon)
+
+    def top_countries(self, n: int = 15) -> list[tuple[str, int]]:
+        return self.countries.most_common(n)
+
+    def continent_rows(self) -> list[tuple[str, int, int]]:
+        names = sorted({c for c, _ in self.continents}, key=lambda c: (c == "", c))
+        return [(c or "(none)", self.continents[(c, "train")], self.continents[(c, "test")]) for c in names]
+
+
+def compute(root: str | Path, manifest: dict | None = None) -> Stats:
+    from mp16_reason.names import normalize
+
+    stats = Stats()
+    for config, rec in iter_records(root, manifest):
+        split = rec.get("split", "")
+        stats.samples[(config, split)] += 1
+        if config != "default":
+            continue
+        stats.continents[(rec.get("continent", ""), split)] += 1
+        stats.countries[rec.get("country", "")] += 1
+        if rec.get("geonames_id") is not None:
+            stats.cities.add(rec["geonames_id"])
+        stats.points.setdefault(split, []).append((rec["lat"], rec["lon"]))
+        stats.localizable[rec.get("localizable")] += 1
+        score = rec.get("localizability")
+        if score is not None:
+            stats.localizability_bins[min(9, int(score * 10))] += 1
+        answers = [t for t in rec.get("teachers", []) if t.get("parsed")]
+        if answers:
+            stats.judged_by_teachers += 1
+        if len(answers) >= 2:
+            stats.multi_teacher += 1
+            stats.teachers_agree += len({normalize(t.get("country", "")) for t in answers}) == 1
+    return stats
+
+
+def world_map(stats: Stats, path: str | Path, width: int = 1200) -> Path:
+    """An equirectangular PNG: populated places (GeoNames) as the land, samples on top, test in orange."""
+    from mp16_reason.gazetteer import default_gazetteer
+
+    height = width // 2
+    img = Image.new("RGB", (width, height), (18, 30, 48))
+    draw = ImageDraw.Draw(img)
+
+    def xy(lat: float, lon: float) -> tuple[int, int]:
+        return int((lon + 180.0) / 360.0 * (width - 1)), int((90.0 - lat) / 180.0 * (height - 1))
+
+    gaz = default_gazetteer()
+    land = Image.new("L", (width, height), 0)
+    px = land.load()
+    for lat, lon in zip(gaz.lat.tolist(), gaz.lon.tolist()):
+        x, y = xy(lat, lon)
+        px[x, y] = 255
+    img.paste((64, 80, 104), mask=land)
+    radius = max(1, round(width / 600))
+    for split, colour in (("train", (235, 64, 52)), ("test", (255, 176, 0))):
+        for lat, lon in stats.points.get(split, []):
+            x, y = xy(lat, lon)
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, optimize=True)
+    return path
+
+
+SIZE_CATEGORIES = ["n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B"]
+
+
+def size_category(n: int) -> str:
+    """The Hub's ``size_categories`` label for ``n`` samples."""
+    return SIZE_CATEGORIES[min(len(SIZE_CATEGORIES) - 1, max(0, int(math.log10(max(n, 1))) - 2))]
