@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 
 
 def read_manifest(root: str | Path) -> dict:
@@ -83,23 +83,11 @@ def compute(root: str | Path, manifest: dict | None = None) -> Stats:
 
 
 def world_map(stats: Stats, path: str | Path, width: int = 1200) -> Path:
-    """An equirectangular PNG: populated places (GeoNames) as the land, samples on top, test in orange."""
-    from mp16_reason.gazetteer import default_gazetteer
+    """An equirectangular PNG of the sample locations: train in red, test in orange."""
+    from mp16_reason.worldmap import base_map
 
-    height = width // 2
-    img = Image.new("RGB", (width, height), (18, 30, 48))
+    img, xy = base_map(width)
     draw = ImageDraw.Draw(img)
-
-    def xy(lat: float, lon: float) -> tuple[int, int]:
-        return int((lon + 180.0) / 360.0 * (width - 1)), int((90.0 - lat) / 180.0 * (height - 1))
-
-    gaz = default_gazetteer()
-    land = Image.new("L", (width, height), 0)
-    px = land.load()
-    for lat, lon in zip(gaz.lat.tolist(), gaz.lon.tolist()):
-        x, y = xy(lat, lon)
-        px[x, y] = 255
-    img.paste((64, 80, 104), mask=land)
     radius = max(1, round(width / 600))
     for split, colour in (("train", (235, 64, 52)), ("test", (255, 176, 0))):
         for lat, lon in stats.points.get(split, []):

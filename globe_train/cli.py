@@ -48,3 +48,71 @@ def match(pred_country: str, pred_city: str, true_country: str, true_city: str, 
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("eval")
+@click.argument("benchmark", type=click.Choice(["mp16-reason-test", "im2gps3k", "yfcc4k", "osv5m", "csv"]))
+@click.option("--data", help="The benchmark's CSV (IMG_ID/id, LAT/latitude, LON/longitude); for mp16-reason-test "
+              "a local build folder, or nothing for the Hub dataset.")  # fmt: skip
+@click.option("--images", type=click.Path(file_okay=False), help="Folder of the images (default: beside --data).")
+@click.option("--model", help="A local folder or Hub id of a model to run with transformers.")
+@click.option("--revision", help="Model revision (branch, tag or commit).")
+@click.option("--endpoint", help="Base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1.")
+@click.option("--endpoint-model", help="Model name to request from --endpoint (default: --model).")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Variable holding the API key.")
+@click.option("--concurrency", default=16, show_default=True, help="Requests in flight against --endpoint.")
+@click.option(
+    "--predictions",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Score an existing predictions file (JSONL, or the CSV of the released GLOBE evaluation).",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for predictions and metrics.")
+@click.option("--limit", type=int, help="Only the first N items.")
+@click.option("--max-new-tokens", default=512, show_default=True)
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for 95% intervals (0: off).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_cmd(benchmark: str, data, images, model, revision, endpoint, endpoint_model, api_key_env, concurrency,
+             predictions, out, limit, max_new_tokens, bootstrap, seed, quiet) -> None:  # fmt: skip
+    """Evaluate a model, an endpoint or a predictions file on a geo-localization benchmark, offline.
+
+    \b
+    Writes OUT/predictions.jsonl as answers arrive (re-run the same command to resume), then
+    OUT/metrics.json, OUT/scores.csv and OUT/error_map.png, and prints the table: accuracy within
+    1/25/200/750/2500 km, median error, GeoScore, country/city accuracy (alias and official rules),
+    unparseable answers, bootstrap 95% intervals and a per-continent breakdown.
+    \b
+    Examples:
+      globe eval mp16-reason-test --model globe/GLOBE-Qwen2.5-VL-7B --out runs/globe
+      globe eval im2gps3k --data im2gps3k_places365.csv --images im2gps3ktest \\
+          --endpoint http://localhost:8000/v1 --endpoint-model globe --out runs/im2gps3k
+      globe eval csv --data mp16-reason-test-12k.csv --predictions official_output.csv --out runs/official
+    """
+    from .benchmarks import load_benchmark
+    from .evaluate import evaluate, table
+    from .predictors import EndpointPredictor, FilePredictor, TransformersPredictor
+
+    chosen = [x for x in (model and not endpoint, endpoint, predictions) if x]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --model, --endpoint (with --endpoint-model) or --predictions")
+    try:
+        bench = load_benchmark(benchmark, data, images, limit)
+        if predictions:
+            predictor = FilePredictor(predictions)
+        elif endpoint:
+            if not (endpoint_model or model):
+                raise click.UsageError("--endpoint needs --endpoint-model (the model name the server expects)")
+            predictor = EndpointPredictor(
+                endpoint, endpoint_model or model, api_key_env, concurrency, max_tokens=max_new_tokens
+            )
+        else:
+            predictor = TransformersPredictor(model, revision=revision, max_new_tokens=max_new_tokens)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    report = evaluate(bench, predictor, out, bootstrap=bootstrap, seed=seed, progress=not quiet)
+    if report["n"] == 0:
+        raise click.ClickException(f"{benchmark}: no items to evaluate")
+    click.echo(table(report, f"{benchmark} - {predictor.name}"))
+    if bench.skipped:
+        click.echo(f"  ({bench.skipped} rows without valid coordinates were left out)")
+    click.echo(f"wrote {out}/metrics.json, scores.csv, error_map.png, predictions.jsonl")

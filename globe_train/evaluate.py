@@ -1,0 +1,268 @@
+"""`globe eval`: predict (or read predictions), score offline, report the standard geo-localization table.
+
+- Predictions are appended to ``predictions.jsonl`` as they arrive (one line per item, flushed), so an
+  interrupted run resumes where it stopped and never asks twice for a finished item.
+- Each answer becomes a coordinate: explicit ``lat``/``lon`` when the model gives them, else the offline
+  forward geocoder on (city, country); a country alone gives its capital. No answer, no coordinate: a miss.
+- Metrics: accuracy within 1/25/200/750/2500 km (distance <= threshold), median error, GeoScore, country and
+  city accuracy under the official and the alias rule, the share of unparseable answers and of failed
+  requests, bootstrap 95 % intervals, and a per-continent breakdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from mp16_reason.distance import THRESHOLDS_KM, haversine_km
+from mp16_reason.gazetteer import forward_geocode
+from mp16_reason.matching import city_match, country_match, official_match
+
+from .answer import official_extract, parse_answer
+from .benchmarks import Benchmark, EvalItem
+
+PREDICTIONS = "predictions.jsonl"
+GEOSCORE_SCALE_KM = 1492.7
+
+
+# -- predicting -----------------------------------------------------------------------------------------
+def _done_ids(path: Path) -> set[str]:
+    """Ids already answered. A torn last line (a crash mid-write) is cut off so the file stays valid JSONL."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        path.write_bytes(data)
+    return {json.loads(line)["id"] for line in data.decode().splitlines() if line.strip()}
+
+
+def predict(items: list[EvalItem], predictor, out_dir: str | Path, progress: bool = True) -> Path:
+    """Ask ``predictor`` about every item not yet in ``out_dir/predictions.jsonl``; returns that file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / PREDICTIONS
+    done = _done_ids(path)
+    todo = [i for i in items if i.id not in done]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="img", desc="predict", disable=not progress)
+    with path.open("a", encoding="utf-8") as fh:
+
+        def write(item: EvalItem, text: str, error: str, seconds: float) -> None:
+            line = {"id": item.id, "text": text, "error": error, "model": predictor.name, "seconds": round(seconds, 3)}
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(1)
+
+        if hasattr(predictor, "apredict"):
+            asyncio.run(_predict_async(todo, predictor, write))
+        else:
+            for item in todo:
+                t0 = time.perf_counter()
+                text, error = predictor.predict(item)
+                write(item, text, error, time.perf_counter() - t0)
+    bar.close()
+    return path
+
+
+async def _predict_async(items: list[EvalItem], predictor, write) -> None:
+    limit = asyncio.Semaphore(predictor.concurrency)
+
+    async def one(item: EvalItem) -> None:
+        async with limit:
+            t0 = time.perf_counter()
+            text, error = await predictor.apredict(item)
+            write(item, text, error, time.perf_counter() - t0)  # in arrival order
+
+    # Bounded: at most a few batches of tasks exist at once, however long the benchmark.
+    window = max(64, 4 * predictor.concurrency)
+    for start in range(0, len(items), window):
+        await asyncio.gather(*(one(i) for i in items[start : start + window]))
+
+
+def read_predictions(path: str | Path) -> dict[str, dict]:
+    out = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["id"]] = row
+    return out
+
+
+# -- scoring --------------------------------------------------------------------------------------------
+def score(items: Iterable[EvalItem], predictions: dict[str, dict]) -> pd.DataFrame:
+    """One row per item: parsed answer, coordinate and how it was obtained, distance, name matches."""
+    rows = []
+    for item in items:
+        pred = predictions.get(item.id) or predictions.get(item.id.removesuffix(".jpg"))
+        text = (pred or {}).get("text", "") or ""
+        error = (pred or {}).get("error", "") if pred else "no prediction"
+        ans = parse_answer(text)
+        lat, lon, source = ans.lat, ans.lon, "coordinates" if ans.lat is not None else ""
+        if lat is None and (ans.city or ans.country):
+            match = forward_geocode(ans.city or None, ans.country or None)
+            if match is not None:
+                lat, lon, source = match.lat, match.lon, match.level
+        off_country, off_city = official_extract(text)
+        rows.append(
+            {
+                "id": item.id,
+                "continent": item.continent or "(none)",
+                "true_lat": item.lat,
+                "true_lon": item.lon,
+                "true_country": item.country,
+                "true_city": item.city,
+                "pred_country": ans.country,
+                "pred_city": ans.city,
+                "pred_lat": lat,
+                "pred_lon": lon,
+                "coordinate_source": source,
+                "parsed": ans.parsed,
+                "error": error,
+                "country_official": official_match(off_country, item.country) if item.country else False,
+                "city_official": official_match(off_city, item.city) if item.city else False,
+                "country_alias": country_match(ans.country, item.country),
+                "city_alias": city_match(ans.city, item.city, item.country) if item.city else False,
+            }
+        )
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    resolved = df["pred_lat"].notna()
+    df["distance_km"] = np.nan
+    df.loc[resolved, "distance_km"] = haversine_km(
+        df.loc[resolved, "true_lat"].to_numpy(float),
+        df.loc[resolved, "true_lon"].to_numpy(float),
+        df.loc[resolved, "pred_lat"].to_numpy(float),
+        df.loc[resolved, "pred_lon"].to_numpy(float),
+    )
+    return df
+
+
+def _per_item(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each metric as a per-item array whose mean is the metric (what the bootstrap resamples)."""
+    d = df["distance_km"].to_numpy(float)
+    found = np.isfinite(d)
+    cols = {f"acc_{t:g}km": np.where(found, d <= t, False).astype(float) for t in THRESHOLDS_KM}
+    cols["geoscore"] = np.where(found, 5000.0 * np.exp(-np.where(found, d, 0.0) / GEOSCORE_SCALE_KM), 0.0)
+    for name in ("country_official", "city_official", "country_alias", "city_alias"):
+        cols[name] = df[name].to_numpy(bool).astype(float)
+    cols["unparseable"] = (~df["parsed"].to_numpy(bool)).astype(float)
+    cols["failed"] = (df["error"].astype(str) != "").to_numpy(float)
+    return cols
+
+
+def _median_km(d: np.ndarray) -> float | None:
+    """Median error with misses counted as infinitely far; None when more than half are misses."""
+    d = np.where(np.isfinite(d), d, np.inf)
+    m = float(np.median(d)) if len(d) else float("inf")
+    return round(m, 3) if np.isfinite(m) else None
+
+
+def metrics(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """The report: point estimates, bootstrap 95 % intervals, and the per-continent breakdown."""
+    n = len(df)
+    if n == 0:
+        return {"n": 0}
+    cols = _per_item(df)
+    report: dict = {"n": n}
+    report["metrics"] = {k: round(float(v.mean()) * (1 if k == "geoscore" else 100), 4) for k, v in cols.items()}
+    d = df["distance_km"].to_numpy(float)
+    report["metrics"]["median_km"] = _median_km(d)
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(bootstrap, n))
+        ci = {}
+        for k, v in cols.items():
+            means = v[idx].mean(axis=1) * (1 if k == "geoscore" else 100)
+            ci[k] = [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+        medians = np.median(np.where(np.isfinite(d), d, np.inf)[idx], axis=1)
+        lo, hi = np.percentile(medians, [2.5, 97.5])
+        ci["median_km"] = [round(float(v), 3) if np.isfinite(v) else None for v in (lo, hi)]
+        report["ci95"] = ci
+        report["bootstrap"] = {"resamples": bootstrap, "seed": seed}
+    report["coordinate_source"] = df["coordinate_source"].replace("", "none").value_counts().to_dict()
+    per = {}
+    for continent, part in df.groupby("continent"):
+        c = _per_item(part)
+        per[continent] = {"n": len(part), **{k: round(float(c[k].mean()) * 100, 2) for k in c if k.startswith("acc_")}}
+        per[continent]["country_alias"] = round(float(c["country_alias"].mean()) * 100, 2)
+        per[continent]["median_km"] = _median_km(part["distance_km"].to_numpy(float))
+    report["per_continent"] = per
+    return report
+
+
+def table(report: dict, title: str = "") -> str:
+    """The report as the paper's table plus the name accuracies, for a terminal."""
+    m, ci = report["metrics"], report.get("ci95", {})
+
+    def cell(key: str, unit: str = "%") -> str:
+        lo, hi = ci.get(key, [None, None])
+        span = f" [{lo:.1f}, {hi:.1f}]" if lo is not None and hi is not None else ""
+        value = m[key]
+        return "n/a" if value is None else f"{value:.2f}{unit}{span}"
+
+    lines = [title or "evaluation", f"  items: {report['n']:,}"]
+    for t in THRESHOLDS_KM:
+        lines.append(f"  within {t:>6g} km   {cell(f'acc_{t:g}km')}")
+    lines += [
+        f"  median error     {cell('median_km', ' km')}",
+        f"  GeoScore         {cell('geoscore', '')}",
+        f"  country (alias)  {cell('country_alias')}     official {cell('country_official')}",
+        f"  city (alias)     {cell('city_alias')}     official {cell('city_official')}",
+        f"  unparseable      {cell('unparseable')}     failed requests {cell('failed')}",
+        "  per continent:    n    25km   200km  2500km  country  median km",
+    ]
+    for name, p in sorted(report["per_continent"].items(), key=lambda kv: -kv[1]["n"]):
+        med = "n/a" if p["median_km"] is None else f"{p['median_km']:.0f}"
+        lines.append(
+            f"    {name:<14}{p['n']:>5} {p['acc_25km']:>7.1f} {p['acc_200km']:>7.1f} {p['acc_2500km']:>7.1f}"
+            f" {p['country_alias']:>8.1f}  {med:>9}"
+        )
+    return "\n".join(lines)
+
+
+def error_map(df: pd.DataFrame, path: str | Path, width: int = 1200) -> Path:
+    """Truth in white, a line to each prediction coloured by its error (green < 25 km ... red > 2500 km)."""
+    from PIL import ImageDraw
+
+    from mp16_reason.worldmap import base_map
+
+    img, xy = base_map(width)
+    draw = ImageDraw.Draw(img)
+    colours = [(25, (46, 204, 113)), (200, (241, 196, 15)), (750, (230, 126, 34)), (2500, (231, 76, 60))]
+    for row in df.itertuples():
+        tx, ty = xy(row.true_lat, row.true_lon)
+        if np.isfinite(row.distance_km):
+            colour = next((c for limit, c in colours if row.distance_km <= limit), (155, 89, 182))
+            px, py = xy(row.pred_lat, row.pred_lon)
+            if abs(px - tx) < width / 2:  # do not draw across the antimeridian
+                draw.line([tx, ty, px, py], fill=colour, width=1)
+        draw.point((tx, ty), fill=(255, 255, 255))
+    path = Path(path)
+    img.save(path, optimize=True)
+    return path
+
+
+def evaluate(
+    bench: Benchmark, predictor, out_dir: str | Path, bootstrap: int = 1000, seed: int = 0, progress: bool = True
+) -> dict:
+    """Predict what is missing, score everything, and write ``metrics.json``, ``scores.csv`` and ``error_map.png``."""
+    out = Path(out_dir)
+    path = predict(bench.items, predictor, out, progress=progress)
+    df = score(bench.items, read_predictions(path))
+    report = {"benchmark": bench.name, "model": predictor.name, "skipped_rows": bench.skipped}
+    report.update(metrics(df, bootstrap=bootstrap, seed=seed))
+    df.to_csv(out / "scores.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if len(df):
+        error_map(df, out / "error_map.png")
+    return report
