@@ -81,7 +81,7 @@ def _check_shard(root: Path, shard: dict, ids: Counter, problems: list[str]) -> 
         except (schema.SchemaError, ValueError) as exc:
             problems.append(f"{where}: record fails the schema: {exc}")
             continue
-        ids[record.id] += 1
+        ids[(shard.get("config", "default"), record.id)] += 1  # unique within a config
         if record.split != shard["split"]:
             problems.append(f"{where}: record split {record.split!r} in a {shard['split']!r} shard")
         try:
@@ -173,9 +173,10 @@ def validate_build(root: str | Path, require_card: bool = True) -> dict:
         rel = extra.relative_to(root).as_posix()
         if rel not in listed:
             problems.append(f"{rel}: in data/ but not in manifest.json; delete it or rebuild")
-    dupes = [i for i, n in ids.items() if n > 1]
+    dupes = [key for key, n in ids.items() if n > 1]
     if dupes:
-        problems.append(f"{len(dupes)} id(s) appear more than once, e.g. {dupes[0]!r}")
+        config, first = dupes[0]
+        problems.append(f"{len(dupes)} id(s) appear more than once in a config, e.g. {first!r} in {config!r}")
     totals = manifest["totals"]
     if sum(per_split.values()) != totals["written"]:
         problems.append(f"shards hold {sum(per_split.values())} samples, totals.written says {totals['written']}")

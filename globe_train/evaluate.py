@@ -184,9 +184,9 @@ def metrics(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dict:
         for k, v in cols.items():
             means = v[idx].mean(axis=1) * (1 if k == "geoscore" else 100)
             ci[k] = [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
-        medians = np.median(np.where(np.isfinite(d), d, np.inf)[idx], axis=1)
-        lo, hi = np.percentile(medians, [2.5, 97.5])
-        ci["median_km"] = [round(float(v), 3) if np.isfinite(v) else None for v in (lo, hi)]
+        far = 1e12  # stands for "a miss" so that percentiles never subtract infinities
+        medians = np.median(np.where(np.isfinite(d), d, far)[idx], axis=1)
+        ci["median_km"] = [round(float(v), 3) if v < far else None for v in np.percentile(medians, [2.5, 97.5])]
         report["ci95"] = ci
         report["bootstrap"] = {"resamples": bootstrap, "seed": seed}
     report["coordinate_source"] = df["coordinate_source"].replace("", "none").value_counts().to_dict()

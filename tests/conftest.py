@@ -24,3 +24,12 @@ def mp16_coordinates():
     if not path.exists():
         pytest.skip(f"{path} not found")
     return pd.read_csv(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Qwen2.5-VL checkpoint (real architecture and processor), built offline."""
+    pytest.importorskip("transformers")
+    from globe_train.tiny import make_tiny_qwen25vl
+
+    return make_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"))

@@ -328,3 +328,30 @@ def test_cli_sample_build_card_validate(tmp_path):
     assert "This is the offline sample" in (out / "README.md").read_text()
     result = runner.invoke(main, ["validate", str(out)])
     assert result.exit_code == 0, result.output
+
+
+def test_a_second_config_gets_its_own_configs_entry_and_loads(built, tmp_path):
+    """The localizability config (every judged image) sits beside the default one in the same repository."""
+    copy = _copy(built, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "data" / "localizability").mkdir()
+    extra = []
+    for shard in [s for s in manifest["shards"] if s["split"] == "train"]:
+        name = Path(shard["path"]).name
+        shutil.copy(copy / shard["path"], copy / "data" / "localizability" / name)
+        extra.append({**shard, "path": f"data/localizability/{name}", "config": "localizability"})
+    manifest["shards"] += extra
+    manifest["totals"]["written"] += sum(s["samples"] for s in extra)
+    manifest["totals"]["input_rows"] += sum(s["samples"] for s in extra)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    write_card(copy)
+    meta = front_matter(copy / "README.md")
+    configs = {c["config_name"]: c for c in meta["configs"]}
+    assert configs["localizability"]["data_files"] == [{"split": "train", "path": "data/localizability/train-*.tar"}]
+    assert configs["default"]["default"] is True and "default" not in configs["localizability"]
+    assert 'load_dataset("globe/mp16-reason", "localizability", split="train")' in (copy / "README.md").read_text()
+    validate_build(copy)
+    from mp16_reason import load
+
+    ds = load(path=copy, config="localizability", split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == sum(s["samples"] for s in extra)
