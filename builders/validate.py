@@ -13,7 +13,6 @@ Problems are collected, not raised one by one, so a single run lists everything 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 from collections import Counter
@@ -24,6 +23,7 @@ from PIL import Image
 
 from mp16_reason import schema
 
+from .pipeline import sha256_file
 from .stats import read_manifest
 
 MAX_PROBLEMS = 50
@@ -38,14 +38,6 @@ class ValidationFailed(Exception):
         )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_shard(root: Path, shard: dict, ids: Counter, problems: list[str]) -> int:
     path = root / shard["path"]
     name = shard["path"]
@@ -55,7 +47,7 @@ def _check_shard(root: Path, shard: dict, ids: Counter, problems: list[str]) -> 
     size = path.stat().st_size
     if size != shard["bytes"]:
         problems.append(f"{name}: {size:,} bytes, manifest says {shard['bytes']:,}; the file is truncated or changed")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != shard["sha256"]:
         problems.append(f"{name}: sha256 {digest[:16]}... differs from the manifest's {shard['sha256'][:16]}...")
     samples: dict[str, dict[str, bytes]] = {}
