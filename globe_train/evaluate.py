@@ -74,18 +74,17 @@ def predict(items: list[EvalItem], predictor, out_dir: str | Path, progress: boo
 
 
 async def _predict_async(items: list[EvalItem], predictor, write) -> None:
-    limit = asyncio.Semaphore(predictor.concurrency)
+    """``concurrency`` workers share one iterator: each item is taken once, and no more requests are in
+    flight (or tasks alive) than the cap, however long the benchmark."""
+    todo = iter(items)
 
-    async def one(item: EvalItem) -> None:
-        async with limit:
+    async def worker() -> None:
+        for item in todo:
             t0 = time.perf_counter()
             text, error = await predictor.apredict(item)
             write(item, text, error, time.perf_counter() - t0)  # in arrival order
 
-    # Bounded: at most a few batches of tasks exist at once, however long the benchmark.
-    window = max(64, 4 * predictor.concurrency)
-    for start in range(0, len(items), window):
-        await asyncio.gather(*(one(i) for i in items[start : start + window]))
+    await asyncio.gather(*(worker() for _ in range(max(1, predictor.concurrency))))
 
 
 def read_predictions(path: str | Path) -> dict[str, dict]:
