@@ -1,0 +1,113 @@
+"""GLOBE's rewards as plain functions with TRL's reward signature.
+
+Each takes ``completions`` (TRL's conversational form ``[[{"role": "assistant", "content": ...}], ...]`` or
+plain strings) and the dataset's extra columns as keyword lists aligned with them, and returns one float per
+completion. The localizability reward, which needs a reward model, lives with the reward-model code.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from mp16_reason.distance import haversine_km
+from mp16_reason.gazetteer import forward_geocode
+from mp16_reason.matching import location_score
+
+from .answer import official_extract, parse_answer
+
+# The whole completion: <think>...</think>, optional whitespace, <answer>...</answer>, nothing after.
+_FORMAT = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>", re.S)  # used with fullmatch
+_COUNTRY_LINE = re.compile(r"^[ \t]*country:[ \t]*\S", re.M)
+_CITY_LINE = re.compile(r"^[ \t]*city:[ \t]*\S", re.M)
+
+
+def _text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion:
+        content = completion[-1].get("content", "")
+        if isinstance(content, list):  # content parts
+            return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return str(content)
+    return ""
+
+
+def format_reward(completions: list, **kwargs: Any) -> list[float]:
+    """1.0 when the whole completion is ``<think>…</think><answer>…</answer>`` with ``country:`` and ``city:``
+    lines in the answer, else 0.0."""
+    out = []
+    for c in completions:
+        m = _FORMAT.fullmatch(_text(c))
+        ok = bool(m and _COUNTRY_LINE.search(m.group(1)) and _CITY_LINE.search(m.group(1)))
+        out.append(1.0 if ok else 0.0)
+    return out
+
+
+def geo_accuracy(
+    completions: list,
+    country: list[str],
+    city: list[str],
+    rule: str = "alias",
+    city_weight: float = 1.0,
+    country_weight: float = 0.2,
+    **kwargs: Any,
+) -> list[float]:
+    """R_geo: ``city_weight`` when country and city match, ``country_weight`` when only the country does,
+    else 0 (the released values 1.0 / 0.2). ``rule="official"`` also reads the answer the released way."""
+    out = []
+    for c, true_country, true_city in zip(completions, country, city):
+        text = _text(c)
+        if rule == "official":
+            pred_country, pred_city = official_extract(text)
+        else:
+            ans = parse_answer(text)
+            pred_country, pred_city = ans.country, ans.city
+        out.append(location_score(pred_country, pred_city, true_country, true_city, rule, city_weight, country_weight))
+    return out
+
+
+def visual_grounding(completions: list, entities: list[list[Any]], **kwargs: Any) -> list[float]:
+    """R_vis: the fraction of the sample's reference entity texts mentioned in the ``<think>`` part
+    (case-insensitive substring; 0 when the sample has no entities), as the released code computes it."""
+    out = []
+    for c, refs in zip(completions, entities):
+        texts = {(e.get("text", "") if isinstance(e, dict) else str(e)).strip().lower() for e in refs or []}
+        texts.discard("")
+        if not texts:
+            out.append(0.0)
+            continue
+        text = _text(c)
+        think = text.split("</think>", 1)[0].replace("<think>", "").lower() if "</think>" in text else ""
+        out.append(sum(t in think for t in texts) / len(texts))
+    return out
+
+
+def coordinate_reward(
+    completions: list, lat: list[float], lon: list[float], scale_km: float = 750.0, **kwargs: Any
+) -> list[float]:
+    """A continuous reward exp(-d / scale_km) from the great-circle distance between the answer's location
+    (its own lat/lon, else the forward-geocoded city/country) and the truth; 0 without a location."""
+    out = []
+    for c, true_lat, true_lon in zip(completions, lat, lon):
+        ans = parse_answer(_text(c))
+        plat, plon = ans.lat, ans.lon
+        if plat is None and (ans.city or ans.country):
+            match = forward_geocode(ans.city or None, ans.country or None)
+            if match is not None:
+                plat, plon = match.lat, match.lon
+        if plat is None or true_lat is None:
+            out.append(0.0)
+            continue
+        d = float(haversine_km(true_lat, true_lon, plat, plon))
+        out.append(math.exp(-d / scale_km))
+    return out
+
+
+REWARDS = {
+    "format": format_reward,
+    "geo_accuracy": geo_accuracy,
+    "visual_grounding": visual_grounding,
+    "coordinate": coordinate_reward,
+}

@@ -1,0 +1,77 @@
+"""GLOBE reward functions on hand-written completions (TRL's call signature)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from globe_train.rewards import coordinate_reward, format_reward, geo_accuracy, visual_grounding
+
+
+def conv(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+GOOD = "<think>Red double-decker bus and a black cab.</think><answer>country: United Kingdom\ncity: London</answer>"
+
+
+@pytest.mark.parametrize(
+    ("text", "score"),
+    [
+        (GOOD, 1.0),
+        ("<think>x</think>\n<answer>country: France\ncity: Paris</answer>", 1.0),
+        (GOOD + "\n", 0.0),  # something after </answer>
+        (" " + GOOD, 0.0),  # something before <think>
+        ("<answer>country: France\ncity: Paris</answer>", 0.0),  # no think
+        ("<think>x</think><answer>country: France</answer>", 0.0),  # no city line
+        ("<think>x</think><answer>country: France, city: Paris</answer>", 0.0),  # one line
+        ("<think>x</think><answer>country: \ncity: </answer>", 0.0),  # empty values
+        ("", 0.0),
+    ],
+)
+def test_format_reward(text, score):
+    assert format_reward([conv(text)]) == [score]
+
+
+def test_geo_accuracy_values_and_rules():
+    completions = [
+        conv(GOOD),
+        conv("<think>x</think><answer>country: UK\ncity: Manchester</answer>"),
+        conv("<think>x</think><answer>country: France\ncity: London</answer>"),  # right city, wrong country
+        conv("<think>x</think><answer>country: USA\ncity: NYC</answer>"),
+        conv("<think>x</think><answer>Country: United Kingdom\nCity: London</answer>"),
+        conv("no answer at all"),
+    ]
+    truth_country = ["United Kingdom", "United Kingdom", "United Kingdom", "United States", "United Kingdom", "France"]
+    truth_city = ["London", "London", "London", "New York City", "London", "Paris"]
+    alias = geo_accuracy(completions, country=truth_country, city=truth_city)
+    assert alias == [1.0, 0.2, 0.0, 1.0, 1.0, 0.0]
+    official = geo_accuracy(completions, country=truth_country, city=truth_city, rule="official")
+    assert official == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # no aliases; capital labels are not read
+    weighted = geo_accuracy(completions[:2], country=truth_country[:2], city=truth_city[:2], country_weight=0.5)
+    assert weighted == [1.0, 0.5]
+
+
+def test_visual_grounding_is_recall_of_reference_entities_in_think():
+    text = "<think>A Red Double-Decker Bus passes a phone box.</think><answer>country: UK\ncity: London</answer>"
+    entities = [[{"text": "red double-decker bus"}, {"text": "phone box"}, {"text": "black cab"}]]
+    assert visual_grounding([conv(text)], entities=entities) == [pytest.approx(2 / 3)]
+    assert visual_grounding([conv(text)], entities=[["black cab"]]) == [0.0]
+    assert visual_grounding([conv(text)], entities=[[]]) == [0.0]  # no references: nothing to reward
+    in_answer_only = "<think>hm</think><answer>country: UK\ncity: London phone box</answer>"
+    assert visual_grounding([conv(in_answer_only)], entities=[["phone box"]]) == [0.0]
+
+
+def test_coordinate_reward_decays_with_distance():
+    exact = "<think>x</think><answer>country: France\ncity: Paris\nlat: 48.8566\nlon: 2.3522</answer>"
+    named = "<think>x</think><answer>country: France\ncity: Lyon</answer>"  # forward-geocoded, ~392 km away
+    scores = coordinate_reward([conv(exact), conv(named), conv("nothing")], lat=[48.8566] * 3, lon=[2.3522] * 3)
+    assert scores[0] == pytest.approx(1.0)
+    assert math.exp(-420 / 750) < scores[1] < math.exp(-380 / 750)
+    assert scores[2] == 0.0
+
+
+def test_plain_string_completions_work_too():
+    assert format_reward([GOOD]) == [1.0]
+    assert geo_accuracy([GOOD], country=["United Kingdom"], city=["London"]) == [1.0]
