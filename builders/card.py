@@ -15,6 +15,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from cards import template
 from mp16_reason import REPO_ID, schema
 from mp16_reason.atomic import atomic_file
+from mp16_reason.hub import DEFAULT_CONFIG, config_of
 
 from .stats import Stats, compute, read_manifest, size_category, world_map
 
@@ -27,11 +28,11 @@ def shard_groups(manifest: dict) -> dict[str, dict[str, list[dict]]]:
     """config -> split -> the manifest's shard entries, in path order."""
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for shard in sorted(manifest["shards"], key=lambda s: s["path"]):
-        groups[shard.get("config", "default")][shard["split"]].append(shard)
+        groups[config_of(shard)][shard["split"]].append(shard)
     return groups
 
 
-def data_files_pattern(shards: list[dict]) -> str:
+def data_files_pattern(shards: list[dict]) -> str | list[str]:
     """``data/train-*.tar`` when every shard of the split follows the naming scheme, else the exact list."""
     paths = [s["path"] for s in shards]
     prefix = paths[0].rsplit("-", 1)[0]
@@ -55,9 +56,9 @@ def card_data(manifest: dict, n_samples: int) -> DatasetCardData:
     configs = {
         name: {
             "data_files": [{"split": split, "path": data_files_pattern(shards)} for split, shards in splits.items()],
-            **({"default": True} if name == "default" else {}),
+            **({"default": True} if name == DEFAULT_CONFIG else {}),
         }
-        for name, splits in sorted(groups.items(), key=lambda kv: kv[0] != "default")
+        for name, splits in sorted(groups.items(), key=lambda kv: kv[0] != DEFAULT_CONFIG)
     }
     MetadataConfigs(configs).to_dataset_card_data(data)
     DatasetInfosDict(
@@ -70,14 +71,13 @@ def _field_rows() -> list[tuple[str, str]]:
     return [(name, f.description or "") for name, f in schema.Sample.model_fields.items()]
 
 
-def render(root: str | Path, repo_id: str = REPO_ID, with_map: bool = True) -> str:
+def render(root: str | Path, repo_id: str = REPO_ID) -> str:
     """The card's text for the build in ``root``; also writes the world map PNG there."""
     root = Path(root)
     manifest = read_manifest(root)
     stats: Stats = compute(root, manifest)
     n_samples = sum(stats.samples.values())
-    if with_map:
-        world_map(stats, root / MAP_PATH)
+    world_map(stats, root / MAP_PATH)
     groups = shard_groups(manifest)
     split_rows = [
         {
@@ -100,7 +100,7 @@ def render(root: str | Path, repo_id: str = REPO_ID, with_map: bool = True) -> s
         version=manifest["version"],
         sample="sample" in manifest["version"] or "offline sample" in recipe["input"].get("dataset", ""),
         map_path=MAP_PATH,
-        extra_configs=[c for c in groups if c != "default"],
+        extra_configs=[c for c in groups if c != DEFAULT_CONFIG],
         split_rows=split_rows,
         fields=_field_rows(),
         recipe=recipe,

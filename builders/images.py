@@ -10,6 +10,7 @@ import hashlib
 import io
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -53,13 +54,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img  # CMYK, YCbCr, L, 1, ...
 
 
-RESAMPLE = {
-    "box": Image.Resampling.BOX,
-    "bilinear": Image.Resampling.BILINEAR,
-    "hamming": Image.Resampling.HAMMING,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+# Downscaling filters by their Pillow names; box averages each output pixel's area (OpenCV's INTER_AREA).
+ResampleFilter = Literal["box", "bilinear", "hamming", "bicubic", "lanczos"]
+RESAMPLE = {name: Image.Resampling[name.upper()] for name in get_args(ResampleFilter)}
 
 
 def prepare(
@@ -68,7 +65,7 @@ def prepare(
     jpeg_quality: int = 90,
     max_source_pixels: int = 100_000_000,
     min_side: int = 28,
-    resample: str = "box",
+    resample: ResampleFilter = "box",
 ) -> PreparedImage:
     if not data:
         raise ImageRejected("zero-byte file")

@@ -93,7 +93,7 @@ def _write_json_atomic(data: dict, path: Path) -> None:
         fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def sha256_file(path: Path) -> str:
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -275,7 +275,7 @@ class Build:
                         "split": s["split"],
                         "samples": len(s["members"]),
                         "bytes": path.stat().st_size,
-                        "sha256": sha256_file(path),
+                        "sha256": _sha256(path),
                     }
                 )
         entries.sort(key=lambda e: e["path"])

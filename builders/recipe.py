@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mp16_reason.schema import SCHEMA_VERSION
 
+from .images import ResampleFilter
+
 # The Qwen2.5-VL recipe of 1280 visual tokens of 28x28 pixels: ~1 MP, about 1000x1000.
 QWEN25VL_MAX_PIXELS = 1280 * 28 * 28
 
@@ -38,7 +40,7 @@ class ImageSpec(_Spec):
     jpeg_quality: int = Field(default=90, ge=1, le=100)
     max_source_pixels: int = Field(default=100_000_000, gt=0, description="larger sources are decompression bombs")
     min_side: int = Field(default=28, ge=1, description="smaller images are rejected")
-    resample: Literal["box", "bilinear", "hamming", "bicubic", "lanczos"] = Field(
+    resample: ResampleFilter = Field(
         default="box",
         description="downscaling filter; box averages each output pixel's area (OpenCV's INTER_AREA) and is fastest",
     )

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import ImageDraw
 
+from mp16_reason.hub import DEFAULT_CONFIG, config_of
+
 
 def read_manifest(root: str | Path) -> dict:
     path = Path(root) / "manifest.json"
@@ -31,7 +33,7 @@ def iter_records(root: str | Path, manifest: dict | None = None) -> Iterator[tup
         with tarfile.open(root / shard["path"]) as tar:
             for member in tar:
                 if member.name.endswith(".json"):
-                    yield shard.get("config", "default"), json.load(tar.extractfile(member))
+                    yield config_of(shard), json.load(tar.extractfile(member))
 
 
 @dataclass
@@ -62,7 +64,7 @@ def compute(root: str | Path, manifest: dict | None = None) -> Stats:
     for config, rec in iter_records(root, manifest):
         split = rec.get("split", "")
         stats.samples[(config, split)] += 1
-        if config != "default":
+        if config != DEFAULT_CONFIG:
             continue
         stats.continents[(rec.get("continent", ""), split)] += 1
         stats.countries[rec.get("country", "")] += 1

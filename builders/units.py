@@ -7,7 +7,6 @@ A unit's output is a single parquet file holding, for every row of the slice, ei
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,6 @@ from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from mp16_reason.atomic import atomic_file
 from mp16_reason.gazetteer import default_gazetteer
@@ -95,8 +93,6 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         meta = pq.read_table(out, columns=["status"]).column("status").to_pylist()
         return task.index, meta.count("ok"), len(meta) - meta.count("ok")
     recipe = Recipe.model_validate(task.recipe)
-    # prepare() applies its own pixel limit; Pillow's warning below twice its limit would only be noise here.
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     rows = pq.ParquetFile(Path(task.work_dir) / "ingest.parquet").read_row_group(task.index).to_pylist()
     source = open_source(
         recipe.input.images, Path(task.work_dir), recipe.fetch.timeout_s, recipe.fetch.retries, recipe.fetch.backoff_s

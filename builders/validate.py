@@ -13,6 +13,7 @@ Problems are collected, not raised one by one, so a single run lists everything 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from collections import Counter
@@ -22,8 +23,8 @@ from pathlib import Path
 from PIL import Image
 
 from mp16_reason import schema
+from mp16_reason.hub import config_of
 
-from .pipeline import sha256_file
 from .stats import read_manifest
 
 MAX_PROBLEMS = 50
@@ -38,7 +39,43 @@ class ValidationFailed(Exception):
         )
 
 
+class _HashingReader:
+    """A file wrapper that hashes what is read through it, so a shard is checked in a single pass."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.sha256 = fh, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.sha256.update(data)
+        return data
+
+
+def _check_sample(where: str, shard: dict, parts: dict[str, bytes], ids: Counter, problems: list[str]) -> None:
+    if set(parts) != {"jpg", "json"}:
+        problems.append(f"{where}: members {sorted(parts)}, expected exactly jpg and json")
+        return
+    try:
+        record = schema.from_json_bytes(parts["json"])
+    except (schema.SchemaError, ValueError) as exc:
+        problems.append(f"{where}: record fails the schema: {exc}")
+        return
+    ids[(config_of(shard), record.id)] += 1  # unique within a config
+    if record.split != shard["split"]:
+        problems.append(f"{where}: record split {record.split!r} in a {shard['split']!r} shard")
+    try:
+        with Image.open(io.BytesIO(parts["jpg"])) as img:
+            img.verify()
+            size_ok = img.size == (record.image.width, record.image.height)
+    except Exception as exc:  # Pillow raises many types for a bad image
+        problems.append(f"{where}: image does not decode ({exc})")
+        return
+    if not size_ok:
+        problems.append(f"{where}: image size differs from the record's {record.image.width}x{record.image.height}")
+
+
 def _check_shard(root: Path, shard: dict, ids: Counter, problems: list[str]) -> int:
+    """Streams the shard once: its sha256 and every sample, one sample in memory at a time."""
     path = root / shard["path"]
     name = shard["path"]
     if not path.exists():
@@ -47,45 +84,37 @@ def _check_shard(root: Path, shard: dict, ids: Counter, problems: list[str]) -> 
     size = path.stat().st_size
     if size != shard["bytes"]:
         problems.append(f"{name}: {size:,} bytes, manifest says {shard['bytes']:,}; the file is truncated or changed")
-    digest = sha256_file(path)
+    keys: set[str] = set()
+    with open(path, "rb") as fh:
+        reader = _HashingReader(fh)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                key, parts = None, {}
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    member_key, _, ext = member.name.partition(".")
+                    if member_key != key:  # a sample's members are adjacent, as webdataset reads them
+                        if key is not None:
+                            _check_sample(f"{name}:{key}", shard, parts, ids, problems)
+                        if member_key in keys:
+                            problems.append(f"{name}:{member_key}: members are not adjacent or the key repeats")
+                        key, parts = member_key, {}
+                        keys.add(member_key)
+                    parts[ext] = tar.extractfile(member).read()
+                if key is not None:
+                    _check_sample(f"{name}:{key}", shard, parts, ids, problems)
+        except (tarfile.TarError, OSError) as exc:
+            problems.append(f"{name}: not a readable tar ({exc})")
+            return 0
+        while reader.read(1 << 20):  # the end-of-archive padding counts in the hash too
+            pass
+    digest = reader.sha256.hexdigest()
     if digest != shard["sha256"]:
         problems.append(f"{name}: sha256 {digest[:16]}... differs from the manifest's {shard['sha256'][:16]}...")
-    samples: dict[str, dict[str, bytes]] = {}
-    try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError) as exc:
-        problems.append(f"{name}: not a readable tar ({exc})")
-        return 0
-    if len(samples) != shard["samples"]:
-        problems.append(f"{name}: {len(samples)} samples, manifest says {shard['samples']}")
-    for key, parts in samples.items():
-        where = f"{name}:{key}"
-        if set(parts) != {"jpg", "json"}:
-            problems.append(f"{where}: members {sorted(parts)}, expected exactly jpg and json")
-            continue
-        try:
-            record = schema.from_json_bytes(parts["json"])
-        except (schema.SchemaError, ValueError) as exc:
-            problems.append(f"{where}: record fails the schema: {exc}")
-            continue
-        ids[(shard.get("config", "default"), record.id)] += 1  # unique within a config
-        if record.split != shard["split"]:
-            problems.append(f"{where}: record split {record.split!r} in a {shard['split']!r} shard")
-        try:
-            with Image.open(io.BytesIO(parts["jpg"])) as img:
-                img.verify()
-                size_ok = img.size == (record.image.width, record.image.height)
-        except Exception as exc:  # Pillow raises many types for a bad image
-            problems.append(f"{where}: image does not decode ({exc})")
-            continue
-        if not size_ok:
-            problems.append(f"{where}: image size differs from the record's {record.image.width}x{record.image.height}")
-    return len(samples)
+    if len(keys) != shard["samples"]:
+        problems.append(f"{name}: {len(keys)} samples, manifest says {shard['samples']}")
+    return len(keys)
 
 
 def _front_matter(text: str) -> dict:

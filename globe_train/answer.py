@@ -75,6 +75,20 @@ def parse_answer(text: str | None) -> Answer:
     return Answer(field("country"), field("city"), lat, lon, think.group(1).strip() if think else "", bool(block))
 
 
+def answer_location(ans: Answer) -> tuple[float, float, str] | None:
+    """Where an answer puts the photo: ``(lat, lon, source)``, source being "coordinates" (given by the model),
+    "city" or "country" (the offline forward geocoder; a country alone gives its capital); None without one."""
+    if ans.lat is not None and ans.lon is not None:
+        return ans.lat, ans.lon, "coordinates"
+    if ans.city or ans.country:
+        from mp16_reason.gazetteer import forward_geocode
+
+        match = forward_geocode(ans.city or None, ans.country or None)
+        if match is not None:
+            return match.lat, match.lon, match.level
+    return None
+
+
 def official_extract(text: str | None) -> tuple[str, str]:
     """``(country, city)`` exactly as the released GLOBE evaluation reads them."""
     if not text:

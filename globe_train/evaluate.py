@@ -23,10 +23,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from mp16_reason.distance import THRESHOLDS_KM, haversine_km
-from mp16_reason.gazetteer import forward_geocode
 from mp16_reason.matching import city_match, country_match, official_match
 
-from .answer import official_extract, parse_answer
+from .answer import answer_location, official_extract, parse_answer
 from .benchmarks import Benchmark, EvalItem
 
 PREDICTIONS = "predictions.jsonl"
@@ -101,15 +100,11 @@ def score(items: Iterable[EvalItem], predictions: dict[str, dict]) -> pd.DataFra
     """One row per item: parsed answer, coordinate and how it was obtained, distance, name matches."""
     rows = []
     for item in items:
-        pred = predictions.get(item.id) or predictions.get(item.id.removesuffix(".jpg"))
+        pred = predictions.get(item.id)
         text = (pred or {}).get("text", "") or ""
         error = (pred or {}).get("error", "") if pred else "no prediction"
         ans = parse_answer(text)
-        lat, lon, source = ans.lat, ans.lon, "coordinates" if ans.lat is not None else ""
-        if lat is None and (ans.city or ans.country):
-            match = forward_geocode(ans.city or None, ans.country or None)
-            if match is not None:
-                lat, lon, source = match.lat, match.lon, match.level
+        lat, lon, source = answer_location(ans) or (None, None, "")
         off_country, off_city = official_extract(text)
         rows.append(
             {

@@ -27,11 +27,12 @@ def image_bytes(item: EvalItem, max_pixels: int | None = None) -> bytes:
         return data
     from PIL import Image
 
+    from builders.images import fit_budget
+
     img = Image.open(io.BytesIO(data))
     if img.width * img.height <= max_pixels:
         return data
-    scale = (max_pixels / (img.width * img.height)) ** 0.5
-    img = img.convert("RGB").resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))))
+    img = img.convert("RGB").resize(fit_budget(img.width, img.height, max_pixels), Image.Resampling.BOX)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     return buf.getvalue()

@@ -12,10 +12,9 @@ import re
 from typing import Any
 
 from mp16_reason.distance import haversine_km
-from mp16_reason.gazetteer import forward_geocode
 from mp16_reason.matching import location_score
 
-from .answer import official_extract, parse_answer
+from .answer import answer_location, official_extract, parse_answer
 
 # The whole completion: <think>...</think>, optional whitespace, <answer>...</answer>, nothing after.
 _FORMAT = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>", re.S)  # used with fullmatch
@@ -91,16 +90,11 @@ def coordinate_reward(
     (its own lat/lon, else the forward-geocoded city/country) and the truth; 0 without a location."""
     out = []
     for c, true_lat, true_lon in zip(completions, lat, lon):
-        ans = parse_answer(_text(c))
-        plat, plon = ans.lat, ans.lon
-        if plat is None and (ans.city or ans.country):
-            match = forward_geocode(ans.city or None, ans.country or None)
-            if match is not None:
-                plat, plon = match.lat, match.lon
-        if plat is None or true_lat is None:
+        where = answer_location(parse_answer(_text(c)))
+        if where is None or true_lat is None:
             out.append(0.0)
             continue
-        d = float(haversine_km(true_lat, true_lon, plat, plon))
+        d = float(haversine_km(true_lat, true_lon, where[0], where[1]))
         out.append(math.exp(-d / scale_km))
     return out
 

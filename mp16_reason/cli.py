@@ -96,11 +96,7 @@ def geocode(coords: tuple[str, ...], name: str | None, as_json: bool, exact: boo
 @click.option("--hold-out-cities/--no-hold-out-cities", default=None, help="Keep whole cities out of train.")
 @click.option("--max-pixels", type=int, help="Resize budget in pixels.")
 @click.option("--jpeg-quality", type=int, help="JPEG quality of the re-encoded images.")
-@click.option(
-    "--resample",
-    type=click.Choice(["box", "bilinear", "hamming", "bicubic", "lanczos"]),
-    help="Downscaling filter (default box: area average).",
-)
+@click.option("--resample", help="Downscaling filter: box (area average, the default), bilinear, bicubic, ...")
 @click.option("--overwrite", is_flag=True, help="Delete a build of a different recipe found in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build(

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 REPO_ID = "globe/mp16-reason"  # the dataset on the Hub
+DEFAULT_CONFIG = "default"
+
+
+def config_of(shard: dict) -> str:
+    """The config a manifest shard entry belongs to (entries without one are the default config's)."""
+    return shard.get("config", DEFAULT_CONFIG)
 
 
 def load(
@@ -50,9 +56,9 @@ def shard_paths(
 ) -> list[str]:
     """The shards of one split, from the manifest: local file paths, or paths inside the Hub repository."""
     manifest = _manifest(repo_id, revision, path)
-    shards = [s["path"] for s in manifest["shards"] if s["split"] == split and s.get("config", "default") == config]
+    shards = [s["path"] for s in manifest["shards"] if s["split"] == split and config_of(s) == config]
     if not shards:
-        have = sorted({(s.get("config", "default"), s["split"]) for s in manifest["shards"]})
+        have = sorted({(config_of(s), s["split"]) for s in manifest["shards"]})
         raise ValueError(f"no shards for config {config!r}, split {split!r}; the dataset has {have}")
     return [str(Path(path) / s) for s in shards] if path is not None else shards
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from globe_train.answer import official_extract, parse_answer
-from globe_train.benchmarks import Benchmark, EvalItem, load_benchmark
+from globe_train.benchmarks import EvalItem, load_benchmark
 from globe_train.cli import main
 from globe_train.evaluate import metrics, predict, read_predictions, score
 from globe_train.predictors import EndpointPredictor, FilePredictor
@@ -183,6 +183,20 @@ def test_official_csv_predictions_are_scored(tmp_path):
     assert m["acc_25km"] == 100.0  # both resolve to the right city centre
     assert "within     25 km" in result.output and (out / "error_map.png").exists()
     assert len(read_predictions(out / "predictions.jsonl")) == 2
+
+
+def test_images_are_sent_within_the_pixel_budget():
+    import io
+
+    from globe_train.predictors import image_bytes
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1000, 800), "red").save(buf, "PNG")
+    item = _item(0)
+    item.image = buf.getvalue()
+    assert image_bytes(item) == buf.getvalue()  # no budget: the file as it is
+    small = Image.open(io.BytesIO(image_bytes(item, max_pixels=50_000)))
+    assert small.width * small.height <= 50_000 and abs(small.width / small.height - 1.25) < 0.02
 
 
 def test_jsonl_predictions_with_fields(tmp_path):
@@ -356,4 +370,3 @@ def test_mp16_reason_test_from_a_local_build(tmp_path):
     bench = load_benchmark("mp16-reason-test", tmp_path / "out")
     assert len(bench.items) == summary.splits["test"]
     assert all(isinstance(i.image, bytes) and i.country and i.continent for i in bench.items)
-    assert isinstance(bench, Benchmark)

@@ -61,12 +61,7 @@ def local_records(root: Path) -> dict[str, tuple[bytes, dict]]:
     """id -> (jpg bytes, record) straight from the tar files."""
     out = {}
     for tar_path in sorted((root / "data").glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            members: dict[str, dict[str, bytes]] = {}
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                members.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        for parts in members.values():
+        for parts in _tar_samples(tar_path):
             rec = json.loads(parts["json"])
             out[rec["id"]] = (parts["jpg"], rec)
     return out
