@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import webdataset as wds
 from click.testing import CliRunner
+from helpers import sample_recipe
 from PIL import Image
 
 from builders.pipeline import BuildError, build, sample_key
@@ -30,21 +31,6 @@ def sample_input(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample-input")
     write_sample(root, SAMPLE_N)
     return root
-
-
-def sample_recipe(sample_input, out, **overrides):
-    base = {
-        "input.metadata": str(sample_input / "metadata.csv"),
-        "input.images": str(sample_input / "images"),
-        "out": str(out),
-        "unit_size": 16,
-        "shards.max_bytes": 150_000,
-        "workers": 1,
-        "image.max_pixels": 160 * 120,
-        "split.test_fraction": 0.25,
-    }
-    base.update(overrides)
-    return load_recipe(None, base)
 
 
 def shard_digests(out: Path) -> dict[str, str]:

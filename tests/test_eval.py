@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import sample_recipe
 from PIL import Image
 
 from globe_train.answer import official_extract, parse_answer
@@ -351,20 +352,11 @@ def test_csv_benchmarks_and_their_errors(tmp_path):
 
 def test_mp16_reason_test_from_a_local_build(tmp_path):
     from builders.pipeline import build
-    from builders.recipe import load_recipe
     from builders.sample import write_sample
 
     write_sample(tmp_path / "in", 30)
-    recipe = load_recipe(
-        None,
-        {
-            "input.metadata": str(tmp_path / "in" / "metadata.csv"),
-            "input.images": str(tmp_path / "in" / "images"),
-            "out": str(tmp_path / "out"),
-            "workers": 1,
-            "image.max_pixels": 96 * 72,
-            "split.test_fraction": 0.5,
-        },
+    recipe = sample_recipe(
+        tmp_path / "in", tmp_path / "out", **{"image.max_pixels": 96 * 72, "split.test_fraction": 0.5}
     )
     summary = build(recipe, progress=False)
     bench = load_benchmark("mp16-reason-test", tmp_path / "out")

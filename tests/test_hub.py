@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import sample_recipe
 from hub_servers import HubWriteServer, OlahHub, olah_cli
 from PIL import Image
 
 from builders.card import MAP_PATH, write_card
 from builders.pipeline import build
 from builders.publish import publish, repo_paths
-from builders.recipe import load_recipe
 from builders.sample import write_sample
 from builders.validate import ValidationFailed, validate_build
 from mp16_reason import schema
@@ -39,20 +39,7 @@ def built(tmp_path_factory) -> Path:
     inputs = tmp_path_factory.mktemp("hub-input")
     write_sample(inputs, 48)
     out = tmp_path_factory.mktemp("hub-build")
-    recipe = load_recipe(
-        None,
-        {
-            "input.metadata": str(inputs / "metadata.csv"),
-            "input.images": str(inputs / "images"),
-            "out": str(out),
-            "unit_size": 16,
-            "shards.max_bytes": 120_000,
-            "workers": 1,
-            "image.max_pixels": 160 * 120,
-            "split.test_fraction": 0.3,
-        },
-    )
-    build(recipe, progress=False)
+    build(sample_recipe(inputs, out, **{"shards.max_bytes": 120_000, "split.test_fraction": 0.3}), progress=False)
     write_card(out)
     return out
 
