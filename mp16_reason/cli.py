@@ -97,10 +97,24 @@ def geocode(coords: tuple[str, ...], name: str | None, as_json: bool, exact: boo
 @click.option("--max-pixels", type=int, help="Resize budget in pixels.")
 @click.option("--jpeg-quality", type=int, help="JPEG quality of the re-encoded images.")
 @click.option("--resample", help="Downscaling filter: box (area average, the default), bilinear, bicubic, ...")
+@click.option("--teacher-cache", type=click.Path(dir_okay=False), help="Teacher reply cache (SQLite) to use.")
+@click.option("--offline", is_flag=True, default=None, help="Send no teacher request; use cached replies only.")
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Prepare the images, then print the teacher requests, tokens and cost the build would spend; send nothing.",
+)
 @click.option("--overwrite", is_flag=True, help="Delete a build of a different recipe found in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build(
-    recipe: str | None, sample: bool, sample_size: int, out: str | None, quiet: bool, overwrite: bool, **flags
+    recipe: str | None,
+    sample: bool,
+    sample_size: int,
+    out: str | None,
+    quiet: bool,
+    overwrite: bool,
+    estimate: bool,
+    **flags,
 ) -> None:
     """Build MP16-Reason shards from image metadata and images.
 
@@ -128,6 +142,8 @@ def build(
         "image.max_pixels": flags["max_pixels"],
         "image.jpeg_quality": flags["jpeg_quality"],
         "image.resample": flags["resample"],
+        "distill.cache": flags["teacher_cache"],
+        "distill.offline": flags["offline"],
         "out": out,
     }
     if sample:
@@ -144,7 +160,14 @@ def build(
             write_sample(inputs, sample_size)
         recipe = str(resources.files("builders.recipes").joinpath("sample.yaml"))
         overrides.update(
-            {"input.metadata": str(inputs / "metadata.csv"), "input.images": str(inputs / "images"), "out": str(target)}
+            {
+                "input.metadata": str(inputs / "metadata.csv"),
+                "input.images": str(inputs / "images"),
+                "out": str(target),
+                # The authored teacher replies go into a cache of the sample's own, never the user's.
+                "distill.cache": str(inputs / "teacher-cache.sqlite"),
+                "distill.import_cache": str(inputs / "teacher-cache.jsonl"),
+            }
         )
     elif not recipe and not flags["metadata"]:
         raise click.UsageError("give a RECIPE file, --metadata with --images, or --sample")
@@ -152,14 +175,23 @@ def build(
         rec = load_recipe(recipe, overrides)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None
+    if sample and not (inputs / "teacher-cache.jsonl").exists():
+        from builders.sample_replies import write_cache
+
+        write_cache(inputs, rec)
     if rec.distributor == "local" and rec.workers > 1:
         from builders.distributor import warm_up
 
         warm_up()  # the workers' imports now overlap with the rest of ours
     from builders.pipeline import BuildError
     from builders.pipeline import build as run_build
+    from builders.pipeline import estimate as run_estimate
 
     try:
+        if estimate:
+            for line in run_estimate(rec, overwrite=overwrite, progress=not quiet):
+                click.echo(line)
+            return
         summary = run_build(rec, overwrite=overwrite, progress=not quiet)
     except (BuildError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

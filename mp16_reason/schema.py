@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: teachers[].origin; no per-record cache flag (records must not depend on it)
 PROMPT_VERSION_UNSET = ""
 
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
@@ -65,7 +65,9 @@ class TeacherAnswer(_Model):
     raw: str = Field(default="", description="the raw reply, kept only when it could not be parsed")
     input_tokens: Count = 0
     output_tokens: Count = 0
-    cached: bool = False
+    origin: Literal["endpoint", "authored"] = Field(
+        default="endpoint", description="endpoint: a model's reply; authored: written by hand (the offline sample)"
+    )
 
 
 class SourceLabels(_Model):

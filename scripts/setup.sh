@@ -10,7 +10,7 @@ EXTRAS=${EXTRAS:-build,ray,train,dev}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, alone: otherwise a dependency may pull the newest CUDA build.
-if [[ ",$EXTRAS," == *",train,"* ]]; then
+if [[ ",$EXTRAS," == *",train,"* || ",$EXTRAS," == *",build,"* ]]; then
   .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
 fi
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[${EXTRAS}]"

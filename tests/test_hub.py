@@ -323,8 +323,7 @@ def test_a_second_config_gets_its_own_configs_entry_and_loads(built, tmp_path):
         shutil.copy(copy / shard["path"], copy / "data" / "localizability" / name)
         extra.append({**shard, "path": f"data/localizability/{name}", "config": "localizability"})
     manifest["shards"] += extra
-    manifest["totals"]["written"] += sum(s["samples"] for s in extra)
-    manifest["totals"]["input_rows"] += sum(s["samples"] for s in extra)
+    manifest["totals"]["configs"] = {"localizability": {"train": sum(s["samples"] for s in extra)}}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     write_card(copy)
     meta = front_matter(copy / "README.md")

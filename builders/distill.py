@@ -1,0 +1,274 @@
+"""The teacher stage of the build: ask every teacher about every prepared image, then curate, unit by unit.
+
+It runs in the build's main process on one event loop: a fixed pool of asynchronous workers takes
+(image, teacher) jobs from a bounded queue that a producer fills unit by unit, so memory holds a few units
+whatever the size of the input, while each teacher's own cap and rates decide what is in flight. Answers come
+from the reply cache when present; each new reply is committed to the cache as soon as it arrives. When all
+jobs of a unit are done, a single curation thread filters it and commits ``distilled/unit-NNNNNN.parquet``
+atomically. A killed build therefore resumes with committed units skipped and every reply that arrived
+already paid for; at most the requests in flight at the moment of the kill are sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from mp16_reason.schema import TeacherAnswer, from_json_bytes, to_json_bytes
+
+from .curate import Curator
+from .recipe import Recipe, TeacherSpec
+from .teacher_cache import CachedReply, ReplyCache, cache_key, default_path
+from .teacher_prompt import PROMPT_VERSION
+from .teachers import PROMPT_TOKENS, Teacher, TeacherFailed, data_url, image_tokens, to_answer
+from .units import UNIT_SCHEMA, tar_member_bytes, unit_path, write_atomic
+
+DEFAULT = "default"
+LOCALIZABILITY = "localizability"
+DISTILLED_SCHEMA = UNIT_SCHEMA.append(pa.field("config", pa.string()))
+
+
+def distilled_path(work_dir: str | Path, index: int) -> Path:
+    return Path(work_dir) / "distilled" / f"unit-{index:06d}.parquet"
+
+
+def open_cache(recipe: Recipe) -> ReplyCache:
+    cache = ReplyCache(Path(recipe.distill.cache).expanduser() if recipe.distill.cache else default_path())
+    if recipe.distill.import_cache:
+        cache.import_(recipe.distill.import_cache)
+    return cache
+
+
+def spec_key(spec: TeacherSpec, image_sha256: str) -> str:
+    return cache_key(image_sha256, PROMPT_VERSION, spec.model, spec.request_params())
+
+
+@dataclass
+class _Unit:
+    index: int
+    table: pa.Table
+    jobs: int
+    results: dict[tuple[int, int], TeacherAnswer | str] = field(default_factory=dict)
+
+
+@dataclass
+class TeacherTotals:
+    """Per teacher, over the whole build (every judged image, resumed runs included)."""
+
+    answers: int = 0
+    parsed: int = 0
+    authored: int = 0  # written by hand, not by the model (the offline sample)
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class Distiller:
+    def __init__(self, recipe: Recipe, work_dir: Path, progress: bool = True, log=print) -> None:
+        self.recipe, self.work = recipe, Path(work_dir)
+        self.specs = recipe.teachers
+        self.progress, self.log = progress, log
+        self.curator = Curator(recipe.curation, len(self.specs))
+        self.sent: Counter = Counter()  # requests completed in this run, per teacher
+        self.hits: Counter = Counter()  # answers served from the cache in this run
+
+    # -- one job ---------------------------------------------------------------------------------------------
+    async def _answer(self, teacher: Teacher | None, spec: TeacherSpec, sha: str, jpeg: bytes, size) -> object:
+        key = spec_key(spec, sha)
+        reply = self.cache.get(key)
+        if reply is not None:
+            self.hits[spec.name] += 1
+            return to_answer(spec, reply)
+        if key in self.inflight:  # the same image twice in flight (a duplicate): one request
+            reply = await asyncio.shield(self.inflight[key])
+            return to_answer(spec, reply) if reply else f"teacher {spec.name}: duplicate request failed"
+        if teacher is None:
+            return f"teacher {spec.name}: no cached reply and the build is offline (distill.offline)"
+        future: asyncio.Future[CachedReply | None] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            url = await asyncio.to_thread(data_url, jpeg, spec.max_pixels)
+            expected = PROMPT_TOKENS + image_tokens(*size, spec.max_pixels) + spec.max_tokens
+            reply = await teacher.ask(sha, url, expected)
+        except TeacherFailed as exc:
+            future.set_result(None)
+            return teacher.scrub(str(exc))
+        finally:
+            self.inflight.pop(key, None)
+        self.cache.put(reply)
+        self.sent[spec.name] += 1
+        future.set_result(reply)
+        return to_answer(spec, reply)
+
+    # -- one unit --------------------------------------------------------------------------------------------
+    def _finish(self, unit: _Unit) -> None:
+        """Curate a unit whose answers are all in and commit it (runs on the curation thread)."""
+        rows = unit.table.to_pylist()
+        cols: dict[str, list] = {name: [] for name in DISTILLED_SCHEMA.names}
+
+        def emit(row: dict, config: str = DEFAULT, **update) -> None:
+            values = {**row, "config": config, **update}
+            for name in DISTILLED_SCHEMA.names:
+                cols[name].append(values.get(name))
+
+        for pos, row in enumerate(rows):
+            if row["status"] != "ok":
+                emit(row)
+                continue
+            results = [unit.results[(pos, t)] for t in range(len(self.specs))]
+            answers = [r for r in results if isinstance(r, TeacherAnswer)]
+            failures = [r for r in results if isinstance(r, str)]
+            d = self.curator.curate(from_json_bytes(row["json"]), row["jpg"], answers, failures)
+            js = to_json_bytes(d.record)
+            size = tar_member_bytes(len(row["jpg"]), len(js))
+            if d.kept:
+                emit(row, json=js, tar_bytes=size)
+            else:  # the record stays (with every answer) for inspection; the image does not
+                emit(row, status="rejected", stage=d.stage, reason=d.reason, json=js, jpg=None, tar_bytes=0)
+            if d.judged:
+                emit(row, LOCALIZABILITY, status="ok", stage="", reason="", json=js, tar_bytes=size)
+        table = pa.table(cols, schema=DISTILLED_SCHEMA)
+        write_atomic(table, distilled_path(self.work, unit.index), compression="none", use_dictionary=False)
+
+    # -- the stage -------------------------------------------------------------------------------------------
+    async def _run(self, todo: list[int], n_jobs: int) -> None:
+        offline = self.recipe.distill.offline
+        teachers = [None if offline else Teacher(s) for s in self.specs]
+        loop = asyncio.get_running_loop()
+        n_workers = sum(s.max_concurrency for s in self.specs)
+        queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
+        curation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate")
+        room = asyncio.Semaphore(2)  # units loaded or curating at once: bounds memory
+        finishing: list[asyncio.Future] = []
+        bar = tqdm(total=n_jobs, unit="ask", desc="teachers", disable=not self.progress)
+
+        def done(unit: _Unit) -> None:
+            fut = loop.run_in_executor(curation, self._finish, unit)
+            fut.add_done_callback(lambda _: room.release())
+            finishing.append(fut)
+
+        async def produce() -> None:
+            for index in todo:
+                await room.acquire()
+                table = await asyncio.to_thread(pq.read_table, unit_path(self.work, index))
+                ok = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "ok"]
+                unit = _Unit(index, table, len(ok) * len(self.specs))
+                if not unit.jobs:
+                    done(unit)
+                    continue
+                records = table.column("json").to_pylist()
+                jpgs = table.column("jpg")
+                for pos in ok:
+                    img = from_json_bytes(records[pos]).image
+                    for t in range(len(self.specs)):
+                        await queue.put((unit, pos, t, img.sha256, jpgs[pos].as_py(), (img.width, img.height)))
+            for _ in range(n_workers):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (job := await queue.get()) is not None:
+                unit, pos, t, sha, jpeg, size = job
+                unit.results[(pos, t)] = await self._answer(teachers[t], self.specs[t], sha, jpeg, size)
+                unit.jobs -= 1
+                bar.update(1)
+                if unit.jobs == 0:
+                    done(unit)
+
+        try:
+            await asyncio.gather(produce(), *(work() for _ in range(n_workers)))
+            await asyncio.gather(*finishing)
+        finally:
+            bar.close()
+            curation.shutdown(wait=True)
+            for t in teachers:
+                if t is not None:
+                    await t.close()
+
+    def run(self, n_units: int) -> None:
+        todo = [i for i in range(n_units) if not distilled_path(self.work, i).exists()]
+        if not todo:
+            return
+        n_jobs = len(self.specs) * sum(
+            pq.read_table(unit_path(self.work, i), columns=["status"]).column("status").to_pylist().count("ok")
+            for i in todo
+        )
+        if not self.progress:  # model loading in curation shows bars of its own
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        self.cache = open_cache(self.recipe)
+        self.inflight: dict[str, asyncio.Future] = {}
+        try:
+            asyncio.run(self._run(todo, n_jobs))
+        finally:
+            self.cache.close()
+        per = ", ".join(f"{s.name} {self.sent[s.name]:,} sent + {self.hits[s.name]:,} cached" for s in self.specs)
+        self.log(f"teacher replies: {per}")
+
+
+def teacher_totals(work_dir: Path, n_units: int, specs: list[TeacherSpec]) -> dict[str, TeacherTotals]:
+    """Answers, cache hits and tokens per teacher, summed over every curated record of the build."""
+    totals = {s.name: TeacherTotals() for s in specs}
+    for i in range(n_units):
+        t = pq.read_table(distilled_path(work_dir, i), columns=["json", "config"])
+        for js, config in zip(t.column("json").to_pylist(), t.column("config").to_pylist()):
+            if js is None or config != DEFAULT:
+                continue
+            for a in from_json_bytes(js).teachers:
+                tt = totals.setdefault(a.teacher, TeacherTotals())
+                tt.answers += 1
+                tt.parsed += a.parsed
+                tt.authored += a.origin == "authored"
+                tt.input_tokens += a.input_tokens
+                tt.output_tokens += a.output_tokens
+    return totals
+
+
+@dataclass
+class Estimate:
+    teacher: str
+    images: int
+    cached: int
+    input_tokens: int
+    output_tokens: int
+    cost: float | None
+
+    @property
+    def requests(self) -> int:
+        return self.images - self.cached
+
+
+def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
+    """What the teacher stage would send: requests, tokens (image tokens at each teacher's budget, the
+    prompt, and ``expected_output_tokens``) and cost, with replies already in the cache left out."""
+    sizes: list[tuple[str, int, int]] = []
+    for i in range(n_units):
+        if distilled_path(work_dir, i).exists():
+            continue  # already curated: nothing more to send
+        t = pq.read_table(unit_path(work_dir, i), columns=["status", "json"])
+        for status, js in zip(t.column("status").to_pylist(), t.column("json").to_pylist()):
+            if status == "ok":
+                img = from_json_bytes(js).image
+                sizes.append((img.sha256, img.width, img.height))
+    cache = open_cache(recipe)
+    try:
+        out = []
+        for spec in recipe.teachers:
+            todo = [(w, h) for sha, w, h in sizes if cache.get(spec_key(spec, sha)) is None]
+            tokens_in = sum(PROMPT_TOKENS + image_tokens(w, h, spec.max_pixels) for w, h in todo)
+            tokens_out = len(todo) * spec.expected_output_tokens
+            cost = None
+            if spec.price_input_per_1k is not None or spec.price_output_per_1k is not None:
+                cost = tokens_in / 1000 * (spec.price_input_per_1k or 0) + tokens_out / 1000 * (
+                    spec.price_output_per_1k or 0
+                )
+            out.append(Estimate(spec.name, len(sizes), len(sizes) - len(todo), tokens_in, tokens_out, cost))
+        return out
+    finally:
+        cache.close()

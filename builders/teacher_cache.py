@@ -1,0 +1,109 @@
+"""The teacher reply cache: every paid-for reply, keyed by what determines it.
+
+The key is a hash of (image content hash, prompt version, model, request parameters): neither the endpoint
+URL nor any key or token is part of it or stored in it, so a cache can be shared and published. It is a
+SQLite file in WAL mode, and every reply is committed as soon as it arrives, so a killed build loses at most
+the requests that were in flight. ``export``/``import_`` move it as JSON Lines, to rebuild without endpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mp16_reason.gazetteer import cache_dir
+
+
+def default_path() -> Path:
+    return cache_dir() / "teacher-replies.sqlite"
+
+
+def cache_key(image_sha256: str, prompt_version: str, model: str, params: dict[str, Any]) -> str:
+    blob = json.dumps(
+        {"image": image_sha256, "prompt": prompt_version, "model": model, "params": params},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedReply:
+    key: str
+    model: str
+    prompt_version: str
+    image_sha256: str
+    params: str  # canonical JSON
+    text: str
+    input_tokens: int
+    output_tokens: int
+    origin: str = "endpoint"  # or "authored" for hand-written replies (the offline sample)
+
+
+_COLUMNS = tuple(CachedReply.__dataclass_fields__)
+
+
+class ReplyCache:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: one reply, one commit
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, which is what we need
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, "
+            "image_sha256 TEXT, params TEXT, text TEXT, input_tokens INTEGER, output_tokens INTEGER, "
+            "origin TEXT, created REAL)"
+        )
+
+    def get(self, key: str) -> CachedReply | None:
+        row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM replies WHERE key = ?", (key,)).fetchone()
+        return CachedReply(*row) if row else None
+
+    def put(self, reply: CachedReply) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO replies ({', '.join(_COLUMNS)}, created) VALUES ({', '.join('?' * 10)})",
+            (*astuple(reply), time.time()),
+        )
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+
+    def __iter__(self) -> Iterator[CachedReply]:
+        for row in self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM replies ORDER BY key"):
+            yield CachedReply(*row)
+
+    def export(self, path: str | Path) -> int:
+        """Write every reply as one JSON line (sorted by key, so exports of equal caches are equal)."""
+        n = 0
+        with open(path, "w", encoding="utf-8") as fh:
+            for reply in self:
+                fh.write(json.dumps(asdict(reply), ensure_ascii=False, sort_keys=True) + "\n")
+                n += 1
+        return n
+
+    def import_(self, path: str | Path) -> int:
+        """Add the replies of an export; existing keys are kept. Returns how many were new."""
+        before = len(self)
+        with open(path, encoding="utf-8") as fh:
+            rows = [CachedReply(**json.loads(line)) for line in fh if line.strip()]
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            f"INSERT OR IGNORE INTO replies ({', '.join(_COLUMNS)}, created) VALUES ({', '.join('?' * 10)})",
+            [(*astuple(r), time.time()) for r in rows],
+        )
+        self._db.execute("COMMIT")
+        return len(self) - before
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def astuple(reply: CachedReply) -> tuple:
+    return tuple(getattr(reply, c) for c in _COLUMNS)

@@ -1,0 +1,233 @@
+"""Asking teacher LVLMs through any OpenAI-compatible endpoint.
+
+One :class:`Teacher` per recipe entry: an ``openai.AsyncOpenAI`` client with its own retries off, a cap on
+requests in flight, optional request and token rates (leaky buckets), and retries with exponential backoff and
+jitter on 429, 5xx, timeouts, dropped connections and malformed bodies that honour ``Retry-After``. A request
+that still fails is *quarantined*: :class:`TeacherFailed` carries the reason, and the build records it. The
+API key is read from the environment variable the recipe names and is scrubbed from every message we keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import openai
+from aiolimiter import AsyncLimiter
+
+from mp16_reason.schema import Entity, TeacherAnswer
+
+from .images import fit_budget
+from .recipe import TeacherSpec
+from .teacher_cache import CachedReply, cache_key
+from .teacher_prompt import INSTRUCTION, PROMPT_VERSION, SYSTEM, messages, parse_reply, response_format
+
+PIXELS_PER_TOKEN = 28 * 28  # Qwen2.5-VL and InternVL3 both spend about one token per 28x28 patch
+
+
+class TeacherFailed(Exception):
+    """A request that could not be completed (after retries, or at once when retrying cannot help)."""
+
+    def __init__(self, teacher: str, reason: str, attempts: int) -> None:
+        super().__init__(f"teacher {teacher}: {reason} (after {attempts} attempt(s))")
+        self.teacher, self.reason, self.attempts = teacher, reason, attempts
+
+
+class MissingApiKey(ValueError):
+    pass
+
+
+@dataclass
+class Usage:
+    """What one teacher cost in a run."""
+
+    requests: int = 0  # completed requests (paid for)
+    cached: int = 0  # answers served from the cache
+    retries: int = 0
+    failed: int = 0  # quarantined
+    unparsed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def cost(self, spec: TeacherSpec) -> float | None:
+        if spec.price_input_per_1k is None and spec.price_output_per_1k is None:
+            return None
+        return self.input_tokens / 1000 * (spec.price_input_per_1k or 0.0) + self.output_tokens / 1000 * (
+            spec.price_output_per_1k or 0.0
+        )
+
+
+def data_url(jpeg: bytes, max_pixels: int) -> str:
+    """The image as a base64 JPEG ``data:`` URL, downscaled to ``max_pixels`` when larger."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(jpeg))
+    if img.width * img.height > max_pixels:
+        img = img.convert("RGB").resize(fit_budget(img.width, img.height, max_pixels), Image.Resampling.BOX)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        jpeg = buf.getvalue()
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def image_tokens(width: int, height: int, max_pixels: int) -> int:
+    w, h = fit_budget(width, height, max_pixels) if width * height > max_pixels else (width, height)
+    return max(1, round(w * h / PIXELS_PER_TOKEN))
+
+
+PROMPT_TOKENS = (len(SYSTEM) + len(INSTRUCTION)) // 4 + 20  # ~4 characters a token, plus chat-template tokens
+
+
+def retry_after(response: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    if response is None:
+        return None
+    headers = response.headers
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class Teacher:
+    def __init__(self, spec: TeacherSpec) -> None:
+        self.spec = spec
+        key = "EMPTY"  # vLLM and transformers serve accept any key
+        if spec.api_key_env:
+            key = os.environ.get(spec.api_key_env, "")
+            if not key:
+                raise MissingApiKey(
+                    f"teacher {spec.name!r} reads its API key from ${spec.api_key_env}, which is not set; "
+                    f"export it, or drop api_key_env from the recipe for endpoints without keys"
+                )
+        self._secret = key if spec.api_key_env else ""
+        self.client = openai.AsyncOpenAI(base_url=spec.base_url, api_key=key, max_retries=0, timeout=spec.timeout_s)
+        self.slots = asyncio.Semaphore(spec.max_concurrency)
+        self.request_rate = AsyncLimiter(spec.requests_per_minute, 60) if spec.requests_per_minute else None
+        self.token_rate = AsyncLimiter(spec.tokens_per_minute, 60) if spec.tokens_per_minute else None
+        self.usage = Usage()
+        self.params = spec.request_params()
+
+    def key(self, image_sha256: str) -> str:
+        return cache_key(image_sha256, PROMPT_VERSION, self.spec.model, self.params)
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _request(self, url: str) -> dict[str, Any]:
+        s = self.spec
+        req: dict[str, Any] = {"model": s.model, "messages": messages(url), "temperature": s.temperature}
+        req["max_tokens"] = s.max_tokens
+        if s.top_p is not None:
+            req["top_p"] = s.top_p
+        if s.seed is not None:
+            req["seed"] = s.seed
+        if s.structured_output:
+            req["response_format"] = response_format()
+        if s.extra_body:
+            req["extra_body"] = s.extra_body
+        return req
+
+    async def ask(self, image_sha256: str, url: str, expected_tokens: int) -> CachedReply:
+        """One reply for one image; raises :class:`TeacherFailed` when it cannot be had."""
+        s = self.spec
+        request = self._request(url)
+        for attempt in range(s.max_retries + 1):
+            wait: float | None = None
+            try:
+                async with self.slots:
+                    if self.request_rate:
+                        await self.request_rate.acquire()
+                    if self.token_rate:
+                        await self.token_rate.acquire(min(expected_tokens, s.tokens_per_minute or expected_tokens))
+                    resp = await self.client.chat.completions.create(**request)
+                if not resp.choices:
+                    raise ValueError("the reply has no choices")
+                text = resp.choices[0].message.content or ""
+                usage = resp.usage
+                reply = CachedReply(
+                    key=self.key(image_sha256),
+                    model=s.model,
+                    prompt_version=PROMPT_VERSION,
+                    image_sha256=image_sha256,
+                    params=json.dumps(self.params, sort_keys=True, separators=(",", ":")),
+                    text=text,
+                    input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                    output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                )
+                self.usage.requests += 1
+                self.usage.input_tokens += reply.input_tokens
+                self.usage.output_tokens += reply.output_tokens
+                return reply
+            except openai.APIStatusError as exc:
+                code = exc.status_code
+                retryable = code in (408, 409, 429) or code >= 500
+                wait = retry_after(exc.response)
+                reason = f"HTTP {code}: {str(exc.message)[:300]}"
+            except openai.APITimeoutError:
+                retryable, reason = True, f"timed out after {s.timeout_s:g} s"
+            except openai.APIConnectionError as exc:
+                retryable, reason = True, f"connection failed: {exc.__cause__ or exc}"
+            except (openai.APIResponseValidationError, ValueError, AttributeError, TypeError) as exc:
+                retryable, reason = True, f"malformed response: {type(exc).__name__}: {str(exc)[:300]}"
+            reason = self.scrub(reason)
+            self.usage.errors[reason.split(":")[0]] = self.usage.errors.get(reason.split(":")[0], 0) + 1
+            if not retryable or attempt == s.max_retries:
+                self.usage.failed += 1
+                raise TeacherFailed(s.name, reason, attempt + 1)
+            self.usage.retries += 1
+            if wait is None:  # exponential backoff with full jitter
+                wait = random.uniform(0, min(s.max_backoff_s, s.backoff_s * 2**attempt))
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def to_answer(spec: TeacherSpec, reply: CachedReply) -> TeacherAnswer:
+    """A reply, parsed into the record's :class:`TeacherAnswer` (raw text kept only when unparsed)."""
+    parsed = parse_reply(reply.text)
+    base = {
+        "teacher": spec.name,
+        "model": reply.model,
+        "prompt_version": reply.prompt_version,
+        "input_tokens": reply.input_tokens,
+        "output_tokens": reply.output_tokens,
+        "origin": reply.origin,
+    }
+    if parsed.reply is None:
+        return TeacherAnswer(**base, parsed=False, raw=reply.text)
+    r = parsed.reply
+    return TeacherAnswer(
+        **base,
+        parsed=True,
+        localizable=parsed.localizable,
+        localizability=parsed.localizability,
+        reasoning=r.reasoning.strip(),
+        entities=[Entity(text=e.text.strip(), category=e.category) for e in r.entities if e.text.strip()],
+        country=r.country.strip(),
+        city=r.city.strip(),
+        lat=r.lat,
+        lon=r.lon,
+    )

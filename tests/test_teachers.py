@@ -1,0 +1,209 @@
+"""Teacher prompt parsing, the reply cache, and the client against a scripted server that injects faults."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from builders.recipe import TeacherSpec, load_recipe
+from builders.teacher_cache import CachedReply, ReplyCache, cache_key
+from builders.teacher_prompt import parse_reply
+from builders.teachers import MissingApiKey, Teacher, TeacherFailed, data_url, retry_after, to_answer
+from teacher_server import TeacherServer
+
+GOOD = {
+    "localizable": True,
+    "localizability": 0.8,
+    "reasoning": "The sign reads PARIS.",
+    "entities": [{"text": "shop sign", "category": "signage"}],
+    "country": "France",
+    "city": "Paris",
+    "lat": 48.85,
+    "lon": 2.35,
+}
+
+
+def _jpeg(w: int = 64, h: int = 48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 120, 30)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+# -- parsing ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps(GOOD),
+        "Here is my answer:\n```json\n" + json.dumps(GOOD) + "\n```\nHope it helps.",
+        "Sure! " + json.dumps(GOOD) + " That's it.",
+    ],
+)
+def test_parse_reply_reads_json_wherever_it_is(text):
+    p = parse_reply(text)
+    assert p.reply is not None and not p.error
+    assert (p.reply.country, p.reply.city, p.localizable, p.localizability) == ("France", "Paris", True, 0.8)
+    assert p.reply.entities[0].category == "signage"
+
+
+def test_parse_reply_fills_optional_keys_and_bare_entity_strings():
+    obj = {k: v for k, v in GOOD.items() if k not in ("lat", "lon")} | {"entities": ["tower", "river"]}
+    p = parse_reply(json.dumps(obj))
+    assert p.reply.lat is None and [e.text for e in p.reply.entities] == ["tower", "river"]
+
+
+def test_parse_reply_tag_format_has_no_judgement():
+    p = parse_reply("<think>A red bus and a sign in English.</think><answer>country: UK\ncity: London</answer>")
+    assert p.reply.country == "UK" and p.reply.reasoning.startswith("A red bus")
+    assert p.localizable is None and p.localizability is None
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", "empty reply"),
+        ("I cannot tell where this is.", "neither a JSON object"),
+        (json.dumps(GOOD | {"localizability": 1.7}), "localizability"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "country"}), "country"),
+        ('{"localizable": true, "reasoning": "cut off', "neither a JSON object"),
+    ],
+)
+def test_unusable_replies_are_errors_not_defaults(text, error):
+    p = parse_reply(text)
+    assert p.reply is None and error in p.error
+
+
+def test_unparsed_reply_keeps_raw_text():
+    spec = TeacherSpec(name="t", base_url="http://x/v1", model="m")
+    reply = CachedReply("k", "m", "v", "sha", "{}", "no idea, sorry", 10, 3)
+    a = to_answer(spec, reply)
+    assert not a.parsed and a.raw == "no idea, sorry" and a.country == "" and a.localizable is None
+
+
+# -- cache -------------------------------------------------------------------------------------------------
+def test_cache_key_covers_what_decides_a_reply_only():
+    k = cache_key("sha", "v1", "model", {"temperature": 0.7})
+    assert k == cache_key("sha", "v1", "model", {"temperature": 0.7})
+    assert len({k, cache_key("sha2", "v1", "model", {"temperature": 0.7}), cache_key("sha", "v2", "model", {})}) == 3
+    a = TeacherSpec(name="a", base_url="http://one/v1", model="m", api_key_env="KEY_A", max_concurrency=2)
+    b = TeacherSpec(name="b", base_url="http://two/v1", model="m", api_key_env="KEY_B", max_concurrency=64)
+    assert a.request_params() == b.request_params()  # URL, key, limits: not part of the key
+    assert a.request_params() != TeacherSpec(name="a", base_url="", model="m", temperature=0.1).request_params()
+
+
+def test_cache_persists_exports_and_imports(tmp_path):
+    c = ReplyCache(tmp_path / "c.sqlite")
+    c.put(CachedReply("k1", "m", "v", "s1", "{}", "text one", 5, 6))
+    c.put(CachedReply("k2", "m", "v", "s2", "{}", "text two", 7, 8, "authored"))
+    c.close()
+    again = ReplyCache(tmp_path / "c.sqlite")  # a new process would see the same
+    assert again.get("k2").origin == "authored" and again.get("nope") is None
+    assert again.export(tmp_path / "e.jsonl") == 2
+    other = ReplyCache(tmp_path / "other.sqlite")
+    other.put(CachedReply("k1", "m", "v", "s1", "{}", "kept", 1, 1))
+    assert other.import_(tmp_path / "e.jsonl") == 1
+    assert other.get("k1").text == "kept" and other.get("k2").text == "text two"
+
+
+# -- client ------------------------------------------------------------------------------------------------
+def test_retry_after_forms():
+    class R:
+        def __init__(self, **h):
+            self.headers = h
+
+    assert retry_after(R(**{"retry-after": "3"})) == 3.0
+    assert retry_after(R(**{"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    assert retry_after(R(**{"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # in the past
+    assert retry_after(R()) is None and retry_after(None) is None
+
+
+def _ask(spec: TeacherSpec, jpeg: bytes, n: int = 1) -> tuple[list, Teacher]:
+    teacher = Teacher(spec)
+
+    async def go():
+        async def one(i):
+            try:
+                return await teacher.ask(f"sha{i}", data_url(jpeg, spec.max_pixels), 100)
+            except TeacherFailed as exc:
+                return exc
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(n)))
+        finally:
+            await teacher.close()
+
+    return asyncio.run(go()), teacher
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "timeout", "truncated", "nonjson"])
+def test_transient_faults_are_retried(fault):
+    first_two = {0: fault, 1: fault}
+    with TeacherServer(lambda img, req: json.dumps(GOOD), lambda n, d: first_two.get(n), hang_s=1.0) as srv:
+        spec = TeacherSpec(name="t", base_url=srv.url, model="m", timeout_s=0.4, backoff_s=0.01, max_retries=3)
+        (reply,), teacher = _ask(spec, _jpeg())
+    assert isinstance(reply, CachedReply) and json.loads(reply.text)["city"] == "Paris"
+    assert srv.n == 3 and teacher.usage.retries == 2 and teacher.usage.requests == 1
+    assert reply.input_tokens > 0 and teacher.usage.input_tokens == reply.input_tokens
+
+
+def test_persistent_fault_is_quarantined_with_reason():
+    with TeacherServer(lambda img, req: "", lambda n, d: "500") as srv:
+        spec = TeacherSpec(name="t", base_url=srv.url, model="m", backoff_s=0.0, max_retries=2)
+        (err,), teacher = _ask(spec, _jpeg())
+    assert isinstance(err, TeacherFailed) and "HTTP 500" in str(err) and err.attempts == 3
+    assert srv.n == 3 and teacher.usage.failed == 1
+
+
+def test_client_errors_are_not_retried_and_keys_are_scrubbed(monkeypatch):
+    secret = "sk-test-DO-NOT-LEAK-4242"
+    monkeypatch.setenv("TEACHER_KEY", secret)
+    with TeacherServer(lambda img, req: "", lambda n, d: "401echo") as srv:
+        spec = TeacherSpec(name="t", base_url=srv.url, model="m", api_key_env="TEACHER_KEY", max_retries=5)
+        (err,), _ = _ask(spec, _jpeg())
+    assert srv.n == 1 and srv.auth == {f"Bearer {secret}"}  # the key was sent, once
+    assert "HTTP 401" in str(err) and secret not in str(err) and "***" in str(err)
+
+
+def test_missing_api_key_names_the_variable(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(MissingApiKey, match=r"\$NO_SUCH_KEY_VAR"):
+        Teacher(TeacherSpec(name="t", base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NO_SUCH_KEY_VAR"))
+
+
+def test_concurrency_cap_and_request_shape():
+    with TeacherServer(lambda img, req: json.dumps(GOOD), latency_s=0.05) as srv:
+        spec = TeacherSpec(
+            name="t", base_url=srv.url, model="m", max_concurrency=3, max_pixels=32 * 24, seed=7, top_p=0.9
+        )
+        replies, _ = _ask(spec, _jpeg(640, 480), n=12)
+    assert all(isinstance(r, CachedReply) for r in replies)
+    assert srv.max_in_flight == 3
+    req = srv.requests[0]
+    assert req["response_format"]["type"] == "json_schema" and req["seed"] == 7 and req["top_p"] == 0.9
+    assert req["max_tokens"] == spec.max_tokens
+
+
+def test_image_is_sent_within_the_teacher_budget():
+    url = data_url(_jpeg(640, 480), 160 * 120)
+    import base64
+
+    img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert img.width * img.height <= 160 * 120 and img.width == 160
+
+
+def test_recipe_rejects_duplicate_teachers_and_hash_ignores_runtime(tmp_path):
+    t = {"name": "a", "base_url": "http://h/v1", "model": "m"}
+    base = {"input": {"metadata": "x.csv"}, "teachers": [t]}
+    (tmp_path / "r.yaml").write_text(json.dumps(base | {"teachers": [t, t]}))
+    with pytest.raises(ValueError, match="unique"):
+        load_recipe(tmp_path / "r.yaml")
+    r1 = load_recipe(None, {"input.metadata": "x.csv"})
+    assert "teachers" not in r1.output_dict()  # data-plane recipes hash as before
+    (tmp_path / "a.yaml").write_text(json.dumps(base))
+    (tmp_path / "b.yaml").write_text(json.dumps(base | {"teachers": [t | {"base_url": "http://other/v1"}]}))
+    (tmp_path / "c.yaml").write_text(json.dumps(base | {"teachers": [t | {"temperature": 0.1}]}))
+    a, b, c = (load_recipe(tmp_path / f"{n}.yaml") for n in "abc")
+    assert a.sha256() == b.sha256() != c.sha256()
