@@ -247,7 +247,7 @@ class Estimate:
 def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
     """What the teacher stage would send: requests, tokens (image tokens at each teacher's budget, the
     prompt, and ``expected_output_tokens``) and cost, with replies already in the cache left out."""
-    sizes: list[tuple[str, int, int]] = []
+    sizes: dict[str, tuple[int, int]] = {}  # by image hash: a duplicate image is asked about once
     for i in range(n_units):
         if distilled_path(work_dir, i).exists():
             continue  # already curated: nothing more to send
@@ -255,12 +255,12 @@ def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
         for status, js in zip(t.column("status").to_pylist(), t.column("json").to_pylist()):
             if status == "ok":
                 img = from_json_bytes(js).image
-                sizes.append((img.sha256, img.width, img.height))
+                sizes[img.sha256] = (img.width, img.height)
     cache = open_cache(recipe)
     try:
         out = []
         for spec in recipe.teachers:
-            todo = [(w, h) for sha, w, h in sizes if cache.get(spec_key(spec, sha)) is None]
+            todo = [wh for sha, wh in sizes.items() if cache.get(spec_key(spec, sha)) is None]
             tokens_in = sum(PROMPT_TOKENS + image_tokens(w, h, spec.max_pixels) for w, h in todo)
             tokens_out = len(todo) * spec.expected_output_tokens
             cost = None

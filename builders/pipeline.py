@@ -349,6 +349,11 @@ class Build:
                 str(self.out),
                 did_work=False,
             )
+        if self.recipe.teachers and not self.recipe.distill.offline:
+            from .teachers import api_key
+
+            for spec in self.recipe.teachers:
+                api_key(spec)  # a missing key fails now, not after the images are prepared
         n_rows = self._ingest()
         self._units(n_rows)
         self._distill(n_rows)

@@ -109,17 +109,23 @@ def retry_after(response: Any) -> float | None:
             return None
 
 
+def api_key(spec: TeacherSpec) -> str:
+    """The teacher's key from the environment variable the recipe names ("EMPTY" when it names none)."""
+    if not spec.api_key_env:
+        return "EMPTY"  # vLLM and transformers serve accept any key
+    key = os.environ.get(spec.api_key_env, "")
+    if not key:
+        raise MissingApiKey(
+            f"teacher {spec.name!r} reads its API key from ${spec.api_key_env}, which is not set; "
+            f"export it, or drop api_key_env from the recipe for endpoints without keys"
+        )
+    return key
+
+
 class Teacher:
     def __init__(self, spec: TeacherSpec) -> None:
         self.spec = spec
-        key = "EMPTY"  # vLLM and transformers serve accept any key
-        if spec.api_key_env:
-            key = os.environ.get(spec.api_key_env, "")
-            if not key:
-                raise MissingApiKey(
-                    f"teacher {spec.name!r} reads its API key from ${spec.api_key_env}, which is not set; "
-                    f"export it, or drop api_key_env from the recipe for endpoints without keys"
-                )
+        key = api_key(spec)
         self._secret = key if spec.api_key_env else ""
         self.client = openai.AsyncOpenAI(base_url=spec.base_url, api_key=key, max_retries=0, timeout=spec.timeout_s)
         self.slots = asyncio.Semaphore(spec.max_concurrency)

@@ -309,5 +309,68 @@ def _is_country(text: str) -> bool:
     return country_code(text) is not None
 
 
+@main.group()
+def cache() -> None:
+    """The teacher reply cache: every paid-for reply, keyed by image, prompt version, model and parameters.
+
+    \b
+    Export it to rebuild a dataset without the endpoints (import it, then build with --offline):
+      mp16-reason cache export replies.jsonl
+      mp16-reason cache import replies.jsonl --cache other.sqlite
+    """
+
+
+def _cache_option(f):
+    return click.option(
+        "--cache", "path", type=click.Path(dir_okay=False), help="Cache file (default: the builds' shared cache)."
+    )(f)
+
+
+def _open_cache(path: str | None):
+    from builders.teacher_cache import ReplyCache, default_path
+
+    return ReplyCache(path or default_path())
+
+
+@cache.command("export")
+@click.argument("out", type=click.Path(dir_okay=False))
+@_cache_option
+def cache_export(out: str, path: str | None) -> None:
+    """Write every cached reply to OUT as JSON Lines (no keys or URLs are in the cache)."""
+    c = _open_cache(path)
+    try:
+        click.echo(f"exported {c.export(out):,} replies from {c.path} to {out}")
+    finally:
+        c.close()
+
+
+@cache.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@_cache_option
+def cache_import(source: str, path: str | None) -> None:
+    """Add the replies of an export to the cache (existing entries are kept)."""
+    c = _open_cache(path)
+    try:
+        click.echo(f"imported {c.import_(source):,} new replies into {c.path} ({len(c):,} in all)")
+    finally:
+        c.close()
+
+
+@cache.command("info")
+@_cache_option
+def cache_info(path: str | None) -> None:
+    """How many replies the cache holds, per model and prompt version."""
+    from collections import Counter
+
+    c = _open_cache(path)
+    try:
+        counts = Counter((r.model, r.prompt_version, r.origin) for r in c)
+        click.echo(f"{c.path}: {len(c):,} replies")
+        for (model, version, origin), n in sorted(counts.items()):
+            click.echo(f"  {model} ({version}, {origin}): {n:,}")
+    finally:
+        c.close()
+
+
 if __name__ == "__main__":
     main()

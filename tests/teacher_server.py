@@ -3,7 +3,7 @@
 ``reply(image_bytes, request) -> str`` writes the answer text; ``fault(n, digest) -> str | None`` picks a fault
 for the n-th request (0-based, over the whole server) of the image with sha256 ``digest``:
 
-``"429"`` (with Retry-After), ``"500"``, ``"timeout"`` (sleeps ``hang_s`` before answering), ``"truncated"``
+``"429"`` (with Retry-After), ``"500"``, ``"timeout"`` (sleeps ``hang_s``, then hangs up), ``"truncated"``
 (a body shorter than its Content-Length, then the connection closes), ``"nonjson"`` (200 with an HTML body),
 ``"401echo"`` (401 whose message repeats the caller's key, as some gateways do).
 
@@ -116,8 +116,10 @@ class TeacherServer:
                     return self._send(401, msg)
                 if fault == "nonjson":
                     return self._send(200, b"<html><body>Bad gateway</body></html>")
-                if fault == "timeout":
+                if fault == "timeout":  # answer nothing until the client has given up
                     time.sleep(server.hang_s)
+                    self.close_connection = True
+                    return None
                 text = server.reply(image, body)
                 payload = json.dumps(
                     {

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,38 +28,6 @@ def _benchmark(tmp_path: Path) -> Path:
             Image.new("RGB", (320, 240), colour).save(images / f"{ident}.jpg")
             w.writerow([ident, lat, lon])
     return path
-
-
-@pytest.fixture
-def served(tiny_model, tmp_path):
-    from hub_servers import free_port
-
-    port = free_port()
-    home = tmp_path / "hf"
-    (home / "hub").mkdir(parents=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home)}
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "globe_train.serve", str(tiny_model), "--port", str(port), "--device", "cpu"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((tmp_path / "serve.log").read_text()[-3000:]) from None
-                time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
 
 
 def test_globe_eval_through_transformers_serve(served, tiny_model, tmp_path):

@@ -8,12 +8,12 @@ import json
 
 import pytest
 from PIL import Image
+from teacher_server import TeacherServer
 
 from builders.recipe import TeacherSpec, load_recipe
 from builders.teacher_cache import CachedReply, ReplyCache, cache_key
 from builders.teacher_prompt import parse_reply
 from builders.teachers import MissingApiKey, Teacher, TeacherFailed, data_url, retry_after, to_answer
-from teacher_server import TeacherServer
 
 GOOD = {
     "localizable": True,
