@@ -141,7 +141,8 @@ class Distiller:
         offline = self.recipe.distill.offline
         teachers = [None if offline else Teacher(s) for s in self.specs]
         loop = asyncio.get_running_loop()
-        n_workers = sum(s.max_concurrency for s in self.specs)
+        # Twice the slots: a worker prepares its next image while the others' requests are in flight.
+        n_workers = 2 * sum(s.max_concurrency for s in self.specs)
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
         curation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate")
         room = asyncio.Semaphore(2)  # units loaded or curating at once: bounds memory
@@ -198,10 +199,11 @@ class Distiller:
             pq.read_table(unit_path(self.work, i), columns=["status"]).column("status").to_pylist().count("ok")
             for i in todo
         )
-        if not self.progress:  # model loading in curation shows bars of its own
+        c = self.recipe.curation
+        if not self.progress and (c.agreement.enabled or c.grounding.enabled):
             from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()
+            hf_logging.disable_progress_bar()  # loading the curation models shows bars of its own
         self.cache = open_cache(self.recipe)
         self.inflight: dict[str, asyncio.Future] = {}
         try:
