@@ -141,8 +141,7 @@ class Distiller:
         offline = self.recipe.distill.offline
         teachers = [None if offline else Teacher(s) for s in self.specs]
         loop = asyncio.get_running_loop()
-        # Twice the slots: a worker prepares its next image while the others' requests are in flight.
-        n_workers = 2 * sum(s.max_concurrency for s in self.specs)
+        n_workers = sum(s.max_concurrency for s in self.specs)
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
         curation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate")
         room = asyncio.Semaphore(2)  # units loaded or curating at once: bounds memory
