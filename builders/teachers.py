@@ -16,6 +16,7 @@ import json
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -50,20 +51,11 @@ class Usage:
     """What one teacher cost in a run."""
 
     requests: int = 0  # completed requests (paid for)
-    cached: int = 0  # answers served from the cache
     retries: int = 0
     failed: int = 0  # quarantined
-    unparsed: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def cost(self, spec: TeacherSpec) -> float | None:
-        if spec.price_input_per_1k is None and spec.price_output_per_1k is None:
-            return None
-        return self.input_tokens / 1000 * (spec.price_input_per_1k or 0.0) + self.output_tokens / 1000 * (
-            spec.price_output_per_1k or 0.0
-        )
+    errors: Counter = field(default_factory=Counter)  # by kind: "HTTP 429", "timed out after 120 s", ...
 
 
 def data_url(jpeg: bytes, max_pixels: int) -> str:
@@ -197,7 +189,7 @@ class Teacher:
             except (openai.APIResponseValidationError, ValueError, AttributeError, TypeError) as exc:
                 retryable, reason = True, f"malformed response: {type(exc).__name__}: {str(exc)[:300]}"
             reason = self.scrub(reason)
-            self.usage.errors[reason.split(":")[0]] = self.usage.errors.get(reason.split(":")[0], 0) + 1
+            self.usage.errors[reason.split(":")[0]] += 1
             if not retryable or attempt == s.max_retries:
                 self.usage.failed += 1
                 raise TeacherFailed(s.name, reason, attempt + 1)

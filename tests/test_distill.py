@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -140,7 +141,6 @@ def test_curated_records_and_the_localizability_config(sample_input, tmp_path, m
         build(_recipe(sample_input, tmp_path / "o", srv.url, tmp_path / "c.sqlite"), progress=False, log=print)
     out = tmp_path / "o"
     manifest = json.loads((out / "manifest.json").read_text())
-    import tarfile
 
     def records(config: str) -> list:
         found = []
