@@ -31,11 +31,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from builders.distill import Distiller, spec_key  # noqa: E402
+from builders.distill import Distiller  # noqa: E402
 from builders.recipe import load_recipe  # noqa: E402
-from builders.teacher_cache import CachedReply, ReplyCache  # noqa: E402
-from builders.teacher_prompt import PROMPT_VERSION, messages  # noqa: E402
-from builders.teachers import data_url  # noqa: E402
+from builders.teacher_cache import ReplyCache  # noqa: E402
+from builders.teacher_prompt import messages  # noqa: E402
+from builders.teachers import data_url, new_reply  # noqa: E402
 from builders.units import UNIT_SCHEMA, unit_path, write_atomic  # noqa: E402
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, to_json_bytes  # noqa: E402
 
@@ -157,12 +157,7 @@ def memory_child(n: int, root: Path) -> None:
     cache_path = root / "cache.sqlite"
     rec = recipe("http://127.0.0.1:9/v1", cache_path, 64)  # nothing listens there: any request would fail
     cache = ReplyCache(cache_path)
-    spec = rec.teachers[0]
-    params = json.dumps(spec.request_params(), sort_keys=True, separators=(",", ":"))
-    cache._db.execute("BEGIN")
-    for sha in shas:
-        cache.put(CachedReply(spec_key(spec, sha), spec.model, PROMPT_VERSION, sha, params, REPLY, 1, 1))
-    cache._db.execute("COMMIT")
+    cache.put(*(new_reply(rec.teachers[0], sha, REPLY, 1, 1) for sha in shas))
     cache.close()
     rss_before = peak_rss_mb()
     d = Distiller(rec, work, progress=False, log=lambda *_: None)
@@ -170,7 +165,8 @@ def memory_child(n: int, root: Path) -> None:
     d.run(-(-n // 1000))
     seconds = time.perf_counter() - t0
     peak = peak_rss_mb()
-    print(json.dumps({"n": n, "sent": sum(d.sent.values()), "hits": sum(d.hits.values()), "seconds": seconds,
+    sent = sum(u.requests for u in d.usage.values())
+    print(json.dumps({"n": n, "sent": sent, "hits": sum(d.hits.values()), "seconds": seconds,
                       "rss_before_mb": rss_before, "peak_mb": peak}))  # fmt: skip
 
 
@@ -215,7 +211,8 @@ def main() -> None:
         print(f"  ours                {ours:8.1f} req/s   {ours / ideal:6.1%} of C/L")
         print(f"  openai + semaphore  {base:8.1f} req/s   {base / ideal:6.1%} of C/L")
         print(f"  ratio ours/baseline {ours / base:8.2f}x")
-        print(f"  re-run: {sum(again.sent.values())} requests sent, {sum(again.hits.values())} from the cache")
+        resent = sum(u.requests for u in again.usage.values())
+        print(f"  re-run: {resent} requests sent, {sum(again.hits.values())} from the cache")
         assert len(shas) == args.n
         for n in args.queued:
             out = subprocess.run(

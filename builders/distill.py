@@ -21,16 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from mp16_reason.schema import TeacherAnswer, from_json_bytes, to_json_bytes
+from mp16_reason.hub import DEFAULT_CONFIG
+from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
 
 from .curate import Curator
 from .recipe import Recipe, TeacherSpec
-from .teacher_cache import CachedReply, ReplyCache, cache_key, default_path
-from .teacher_prompt import PROMPT_VERSION
-from .teachers import PROMPT_TOKENS, Teacher, TeacherFailed, data_url, image_tokens, to_answer
+from .teacher_cache import CachedReply, ReplyCache, default_path
+from .teachers import PROMPT_TOKENS, Teacher, TeacherFailed, Usage, data_url, image_tokens, spec_key, to_answer
 from .units import UNIT_SCHEMA, tar_member_bytes, unit_path, write_atomic
 
-DEFAULT = "default"
 LOCALIZABILITY = "localizability"
 DISTILLED_SCHEMA = UNIT_SCHEMA.append(pa.field("config", pa.string()))
 
@@ -46,15 +45,12 @@ def open_cache(recipe: Recipe) -> ReplyCache:
     return cache
 
 
-def spec_key(spec: TeacherSpec, image_sha256: str) -> str:
-    return cache_key(image_sha256, PROMPT_VERSION, spec.model, spec.request_params())
-
-
 @dataclass
 class _Unit:
     index: int
     table: pa.Table
     jobs: int
+    samples: dict[int, Sample] = field(default_factory=dict)  # the prepared records, parsed once
     results: dict[tuple[int, int], TeacherAnswer | str] = field(default_factory=dict)
 
 
@@ -75,7 +71,7 @@ class Distiller:
         self.specs = recipe.teachers
         self.progress, self.log = progress, log
         self.curator = Curator(recipe.curation, len(self.specs))
-        self.sent: Counter = Counter()  # requests completed in this run, per teacher
+        self.usage = {s.name: Usage() for s in self.specs}  # requests sent in this run, per teacher
         self.hits: Counter = Counter()  # answers served from the cache in this run
 
     # -- one job ---------------------------------------------------------------------------------------------
@@ -102,7 +98,6 @@ class Distiller:
         finally:
             self.inflight.pop(key, None)
         self.cache.put(reply)
-        self.sent[spec.name] += 1
         future.set_result(reply)
         return to_answer(spec, reply)
 
@@ -112,7 +107,7 @@ class Distiller:
         rows = unit.table.to_pylist()
         cols: dict[str, list] = {name: [] for name in DISTILLED_SCHEMA.names}
 
-        def emit(row: dict, config: str = DEFAULT, **update) -> None:
+        def emit(row: dict, config: str = DEFAULT_CONFIG, **update) -> None:
             values = {**row, "config": config, **update}
             for name in DISTILLED_SCHEMA.names:
                 cols[name].append(values.get(name))
@@ -124,7 +119,7 @@ class Distiller:
             results = [unit.results[(pos, t)] for t in range(len(self.specs))]
             answers = [r for r in results if isinstance(r, TeacherAnswer)]
             failures = [r for r in results if isinstance(r, str)]
-            d = self.curator.curate(from_json_bytes(row["json"]), row["jpg"], answers, failures)
+            d = self.curator.curate(unit.samples[pos], row["jpg"], answers, failures)
             js = to_json_bytes(d.record)
             size = tar_member_bytes(len(row["jpg"]), len(js))
             if d.kept:
@@ -139,7 +134,7 @@ class Distiller:
     # -- the stage -------------------------------------------------------------------------------------------
     async def _run(self, todo: list[int], n_jobs: int) -> None:
         offline = self.recipe.distill.offline
-        teachers = [None if offline else Teacher(s) for s in self.specs]
+        teachers = [None if offline else Teacher(s, self.usage[s.name]) for s in self.specs]
         loop = asyncio.get_running_loop()
         n_workers = sum(s.max_concurrency for s in self.specs)
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
@@ -165,7 +160,8 @@ class Distiller:
                 records = table.column("json").to_pylist()
                 jpgs = table.column("jpg")
                 for pos in ok:
-                    img = from_json_bytes(records[pos]).image
+                    unit.samples[pos] = from_json_bytes(records[pos])
+                    img = unit.samples[pos].image
                     for t in range(len(self.specs)):
                         await queue.put((unit, pos, t, img.sha256, jpgs[pos].as_py(), (img.width, img.height)))
             for _ in range(n_workers):
@@ -209,17 +205,20 @@ class Distiller:
             asyncio.run(self._run(todo, n_jobs))
         finally:
             self.cache.close()
-        per = ", ".join(f"{s.name} {self.sent[s.name]:,} sent + {self.hits[s.name]:,} cached" for s in self.specs)
+        per = ", ".join(
+            f"{name} {u.requests:,} sent ({u.retries:,} retries, {u.failed:,} failed) + {self.hits[name]:,} cached"
+            for name, u in self.usage.items()
+        )
         self.log(f"teacher replies: {per}")
 
 
 def teacher_totals(work_dir: Path, n_units: int, specs: list[TeacherSpec]) -> dict[str, TeacherTotals]:
-    """Answers, cache hits and tokens per teacher, summed over every curated record of the build."""
+    """Answers, parsed and authored answers, and tokens per teacher, over every curated record of the build."""
     totals = {s.name: TeacherTotals() for s in specs}
     for i in range(n_units):
         t = pq.read_table(distilled_path(work_dir, i), columns=["json", "config"])
         for js, config in zip(t.column("json").to_pylist(), t.column("config").to_pylist()):
-            if js is None or config != DEFAULT:
+            if js is None or config != DEFAULT_CONFIG:
                 continue
             for a in from_json_bytes(js).teachers:
                 tt = totals.setdefault(a.teacher, TeacherTotals())
@@ -264,11 +263,7 @@ def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
             todo = [wh for sha, wh in sizes.items() if cache.get(spec_key(spec, sha)) is None]
             tokens_in = sum(PROMPT_TOKENS + image_tokens(w, h, spec.max_pixels) for w, h in todo)
             tokens_out = len(todo) * spec.expected_output_tokens
-            cost = None
-            if spec.price_input_per_1k is not None or spec.price_output_per_1k is not None:
-                cost = tokens_in / 1000 * (spec.price_input_per_1k or 0) + tokens_out / 1000 * (
-                    spec.price_output_per_1k or 0
-                )
+            cost = spec.cost(tokens_in, tokens_out)
             out.append(Estimate(spec.name, len(sizes), len(sizes) - len(todo), tokens_in, tokens_out, cost))
         return out
     finally:

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from mp16_reason.atomic import atomic_file
+from mp16_reason.hub import DEFAULT_CONFIG
 
 from . import distributor
 from .ingest import ingest
@@ -34,7 +35,6 @@ from .teacher_prompt import PROMPT_VERSION
 from .units import UnitTask, process_unit, unit_path, write_atomic
 
 MANIFEST = "manifest.json"
-DEFAULT = "default"  # the config of the curated samples; others get their own folder under data/
 REJECTIONS = "rejections.parquet"
 REJECTION_SCHEMA = pa.schema(
     [("row", pa.int64()), ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
@@ -137,6 +137,9 @@ class Build:
         _write_json_atomic({"recipe_sha256": self.sha, "recipe": self.recipe.output_dict()}, recipe_file)
         return True
 
+    def _n_units(self, n_rows: int) -> int:
+        return -(-n_rows // self.recipe.unit_size)
+
     # -- stages ----------------------------------------------------------------------------------------
     def _ingest(self) -> int:
         done = self.work / "ingest.parquet"
@@ -153,7 +156,7 @@ class Build:
 
     def _units(self, n_rows: int) -> None:
         size = self.recipe.unit_size
-        n_units = -(-n_rows // size)
+        n_units = self._n_units(n_rows)
         recipe = self.recipe.model_dump(mode="json")
         tasks = [
             UnitTask(i, recipe, self.sha, str(self.work))
@@ -185,7 +188,7 @@ class Build:
         if self.recipe.teachers:  # imported here: the teacher stage needs the build extra (openai)
             from .distill import Distiller
 
-            Distiller(self.recipe, self.work, self.progress, self.log).run(-(-n_rows // self.recipe.unit_size))
+            Distiller(self.recipe, self.work, self.progress, self.log).run(self._n_units(n_rows))
 
     def _plan(self, n_rows: int) -> tuple[list[dict], dict[tuple[str, str], list[dict]]]:
         """Read unit metadata, drop duplicate images, and assign every kept sample to a shard.
@@ -193,7 +196,7 @@ class Build:
         Rows of the default config reconcile with the input (each is written or rejected); rows of another
         config (the localizability one) are a second view of the same images.
         """
-        n_units = -(-n_rows // self.recipe.unit_size)
+        n_units = self._n_units(n_rows)
         names = ["row", "id", "status", "stage", "reason", "split", "sha256", "tar_bytes"]
         if self.recipe.teachers:
             names.append("config")
@@ -201,7 +204,7 @@ class Build:
         meta = pa.concat_tables(parts) if parts else pa.table({n: pa.array([], pa.string()) for n in names})
         unit_of = [i for i, t in enumerate(parts) for _ in range(t.num_rows)]
         pos_in_unit = [j for t in parts for j in range(t.num_rows)]
-        configs = meta.column("config").to_pylist() if "config" in names else [DEFAULT] * meta.num_rows
+        configs = meta.column("config").to_pylist() if "config" in names else [DEFAULT_CONFIG] * meta.num_rows
         rejected: list[dict] = []
         seen: dict[tuple[str, str], str] = {}
         budget = self.recipe.shards.max_bytes
@@ -214,7 +217,7 @@ class Build:
                 rejected.append({"row": row, "id": sid, "stage": stage, "reason": reason})
                 continue
             if (config, sha) in seen:
-                if config == DEFAULT:  # a duplicate is recorded once, under the default config
+                if config == DEFAULT_CONFIG:  # a duplicate is recorded once, under the default config
                     reason = f"exact duplicate image of id {seen[(config, sha)]!r}"
                     rejected.append({"row": row, "id": sid, "stage": "dedup", "reason": reason})
                 continue
@@ -222,9 +225,9 @@ class Build:
             group = (config, split)
             group_shards = shards.setdefault(group, [])
             if not group_shards or tar_file_bytes(fill[group] + nbytes) > budget:
-                folder = "data" if config == DEFAULT else f"data/{config}"
+                folder = "data" if config == DEFAULT_CONFIG else f"data/{config}"
                 entry = {"path": f"{folder}/{split}-{len(group_shards):06d}.tar", "split": split, "members": []}
-                if config != DEFAULT:
+                if config != DEFAULT_CONFIG:
                     entry["config"] = config
                 group_shards.append(entry)
                 fill[group] = 0
@@ -277,9 +280,8 @@ class Build:
         if open_writers:
             raise BuildError(f"internal error: shards left open: {sorted(open_writers)}")
 
-    def _finish(self, shards: dict[tuple[str, str], list[dict]], rejected: list[dict]) -> Summary:
+    def _finish(self, n_rows: int, shards: dict[tuple[str, str], list[dict]], rejected: list[dict]) -> Summary:
         n_input = int(pq.read_schema(self.work / "ingest.parquet").metadata[b"n_input"])
-        n_input_rows = pq.read_metadata(self.work / "ingest.parquet").num_rows
         rejected = pq.read_table(self.work / "ingest-rejected.parquet").to_pylist() + rejected
         rejected.sort(key=lambda r: r["row"])
         entries = []
@@ -325,7 +327,7 @@ class Build:
             from .distill import teacher_totals
 
             manifest["prompt_version"] = PROMPT_VERSION
-            usage = teacher_totals(self.work, -(-n_input_rows // self.recipe.unit_size), self.recipe.teachers)
+            usage = teacher_totals(self.work, self._n_units(n_rows), self.recipe.teachers)
             manifest["teachers"] = [
                 {"name": t.name, "model": t.model, **t.request_params(), **asdict(usage[t.name])}
                 for t in self.recipe.teachers
@@ -359,7 +361,7 @@ class Build:
         self._distill(n_rows)
         rejected, shards = self._plan(n_rows)
         self._write_shards(shards)
-        return self._finish(shards, rejected)
+        return self._finish(n_rows, shards, rejected)
 
 
 def build(recipe: Recipe, overwrite: bool = False, progress: bool = True, log=print) -> Summary:
@@ -379,14 +381,15 @@ def estimate(recipe: Recipe, overwrite: bool = False, progress: bool = True) -> 
     n_rows = b._ingest()
     b._units(n_rows)
     lines, total = [], 0.0
-    for e in teacher_estimate(recipe, b.work, -(-n_rows // recipe.unit_size)):
+    estimates = teacher_estimate(recipe, b.work, b._n_units(n_rows))
+    for e in estimates:
         cost = f", ${e.cost:,.2f}" if e.cost is not None else ""
         total += e.cost or 0.0
         lines.append(
             f"{e.teacher}: {e.requests:,} requests ({e.cached:,} of {e.images:,} images cached), "
             f"~{e.input_tokens:,} input + ~{e.output_tokens:,} output tokens{cost}"
         )
-    if any(t.price_input_per_1k is not None or t.price_output_per_1k is not None for t in recipe.teachers):
+    if any(e.cost is not None for e in estimates):
         lines.append(f"total: ${total:,.2f} (token counts are estimates: images at each teacher's budget)")
     return lines
 

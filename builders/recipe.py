@@ -109,6 +109,12 @@ class TeacherSpec(_Spec):
         }
     )
 
+    def cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        """Price of these tokens, or None when the recipe gives no price."""
+        if self.price_input_per_1k is None and self.price_output_per_1k is None:
+            return None
+        return (input_tokens * (self.price_input_per_1k or 0) + output_tokens * (self.price_output_per_1k or 0)) / 1000
+
     def request_params(self) -> dict[str, Any]:
         """What, besides the image and the prompt, decides a reply (the cache key covers exactly this)."""
         return self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS) | {"name", "model"})

@@ -16,10 +16,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from .distill import spec_key
 from .recipe import Recipe
-from .teacher_cache import CachedReply, ReplyCache
-from .teacher_prompt import PROMPT_VERSION
+from .teacher_cache import ReplyCache
+from .teachers import new_reply
 
 LANDMARK_TEXT = {
     "tower": "a tall lattice tower",
@@ -116,13 +115,12 @@ def write_cache(inputs: Path, recipe: Recipe) -> Path:
     cache_path.unlink(missing_ok=True)
     cache = ReplyCache(cache_path)
     try:
+        authored = []
         for i, scene in enumerate(scenes):
             sha = hashlib.sha256((inputs / "images" / scene["file"]).read_bytes()).hexdigest()
             for spec, text in zip(recipe.teachers, replies(scene, i)):
-                params = json.dumps(spec.request_params(), sort_keys=True, separators=(",", ":"))
-                cache.put(
-                    CachedReply(spec_key(spec, sha), spec.model, PROMPT_VERSION, sha, params, text, 0, 0, "authored")
-                )
+                authored.append(new_reply(spec, sha, text, origin="authored"))
+        cache.put(*authored)
         out = inputs / "teacher-cache.jsonl"
         cache.export(out)
     finally:

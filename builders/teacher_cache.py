@@ -66,11 +66,16 @@ class ReplyCache:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM replies WHERE key = ?", (key,)).fetchone()
         return CachedReply(*row) if row else None
 
-    def put(self, reply: CachedReply) -> None:
-        self._db.execute(
-            f"INSERT OR REPLACE INTO replies ({', '.join(_COLUMNS)}, created) VALUES ({', '.join('?' * 10)})",
-            (*astuple(reply), time.time()),
-        )
+    def _insert(self, replies: tuple[CachedReply, ...] | list[CachedReply], conflict: str) -> None:
+        sql = f"INSERT OR {conflict} INTO replies ({', '.join(_COLUMNS)}, created) VALUES ({', '.join('?' * 10)})"
+        now = time.time()
+        self._db.execute("BEGIN")  # many rows, one commit
+        self._db.executemany(sql, [(*astuple(r), now) for r in replies])
+        self._db.execute("COMMIT")
+
+    def put(self, *replies: CachedReply) -> None:
+        """Store replies (a newer reply under the same key replaces the old one)."""
+        self._insert(replies, "REPLACE")
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
@@ -93,12 +98,7 @@ class ReplyCache:
         before = len(self)
         with open(path, encoding="utf-8") as fh:
             rows = [CachedReply(**json.loads(line)) for line in fh if line.strip()]
-        self._db.execute("BEGIN")
-        self._db.executemany(
-            f"INSERT OR IGNORE INTO replies ({', '.join(_COLUMNS)}, created) VALUES ({', '.join('?' * 10)})",
-            [(*astuple(r), time.time()) for r in rows],
-        )
-        self._db.execute("COMMIT")
+        self._insert(rows, "IGNORE")
         return len(self) - before
 
     def close(self) -> None:

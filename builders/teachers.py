@@ -16,8 +16,7 @@ import json
 import os
 import random
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -55,7 +54,28 @@ class Usage:
     failed: int = 0  # quarantined
     input_tokens: int = 0
     output_tokens: int = 0
-    errors: Counter = field(default_factory=Counter)  # by kind: "HTTP 429", "timed out after 120 s", ...
+
+
+def spec_key(spec: TeacherSpec, image_sha256: str) -> str:
+    """The cache key of this teacher's reply about one image."""
+    return cache_key(image_sha256, PROMPT_VERSION, spec.model, spec.request_params())
+
+
+def new_reply(
+    spec: TeacherSpec, image_sha256: str, text: str, input_tokens: int = 0, output_tokens: int = 0, origin="endpoint"
+) -> CachedReply:
+    """A reply of this teacher about one image, as the cache stores it."""
+    return CachedReply(
+        key=spec_key(spec, image_sha256),
+        model=spec.model,
+        prompt_version=PROMPT_VERSION,
+        image_sha256=image_sha256,
+        params=json.dumps(spec.request_params(), sort_keys=True, separators=(",", ":")),
+        text=text,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        origin=origin,
+    )
 
 
 def data_url(jpeg: bytes, max_pixels: int) -> str:
@@ -115,7 +135,7 @@ def api_key(spec: TeacherSpec) -> str:
 
 
 class Teacher:
-    def __init__(self, spec: TeacherSpec) -> None:
+    def __init__(self, spec: TeacherSpec, usage: Usage | None = None) -> None:
         self.spec = spec
         key = api_key(spec)
         self._secret = key if spec.api_key_env else ""
@@ -123,11 +143,7 @@ class Teacher:
         self.slots = asyncio.Semaphore(spec.max_concurrency)
         self.request_rate = AsyncLimiter(spec.requests_per_minute, 60) if spec.requests_per_minute else None
         self.token_rate = AsyncLimiter(spec.tokens_per_minute, 60) if spec.tokens_per_minute else None
-        self.usage = Usage()
-        self.params = spec.request_params()
-
-    def key(self, image_sha256: str) -> str:
-        return cache_key(image_sha256, PROMPT_VERSION, self.spec.model, self.params)
+        self.usage = usage if usage is not None else Usage()
 
     def scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -163,15 +179,12 @@ class Teacher:
                     raise ValueError("the reply has no choices")
                 text = resp.choices[0].message.content or ""
                 usage = resp.usage
-                reply = CachedReply(
-                    key=self.key(image_sha256),
-                    model=s.model,
-                    prompt_version=PROMPT_VERSION,
-                    image_sha256=image_sha256,
-                    params=json.dumps(self.params, sort_keys=True, separators=(",", ":")),
-                    text=text,
-                    input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                    output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                reply = new_reply(
+                    s,
+                    image_sha256,
+                    text,
+                    int(getattr(usage, "prompt_tokens", 0) or 0),
+                    int(getattr(usage, "completion_tokens", 0) or 0),
                 )
                 self.usage.requests += 1
                 self.usage.input_tokens += reply.input_tokens
@@ -189,7 +202,6 @@ class Teacher:
             except (openai.APIResponseValidationError, ValueError, AttributeError, TypeError) as exc:
                 retryable, reason = True, f"malformed response: {type(exc).__name__}: {str(exc)[:300]}"
             reason = self.scrub(reason)
-            self.usage.errors[reason.split(":")[0]] += 1
             if not retryable or attempt == s.max_retries:
                 self.usage.failed += 1
                 raise TeacherFailed(s.name, reason, attempt + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -326,10 +327,15 @@ def _cache_option(f):
     )(f)
 
 
+@contextlib.contextmanager
 def _open_cache(path: str | None):
     from builders.teacher_cache import ReplyCache, default_path
 
-    return ReplyCache(path or default_path())
+    c = ReplyCache(path or default_path())
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 @cache.command("export")
@@ -337,11 +343,8 @@ def _open_cache(path: str | None):
 @_cache_option
 def cache_export(out: str, path: str | None) -> None:
     """Write every cached reply to OUT as JSON Lines (no keys or URLs are in the cache)."""
-    c = _open_cache(path)
-    try:
+    with _open_cache(path) as c:
         click.echo(f"exported {c.export(out):,} replies from {c.path} to {out}")
-    finally:
-        c.close()
 
 
 @cache.command("import")
@@ -349,11 +352,8 @@ def cache_export(out: str, path: str | None) -> None:
 @_cache_option
 def cache_import(source: str, path: str | None) -> None:
     """Add the replies of an export to the cache (existing entries are kept)."""
-    c = _open_cache(path)
-    try:
+    with _open_cache(path) as c:
         click.echo(f"imported {c.import_(source):,} new replies into {c.path} ({len(c):,} in all)")
-    finally:
-        c.close()
 
 
 @cache.command("info")
@@ -362,14 +362,11 @@ def cache_info(path: str | None) -> None:
     """How many replies the cache holds, per model and prompt version."""
     from collections import Counter
 
-    c = _open_cache(path)
-    try:
+    with _open_cache(path) as c:
         counts = Counter((r.model, r.prompt_version, r.origin) for r in c)
         click.echo(f"{c.path}: {len(c):,} replies")
         for (model, version, origin), n in sorted(counts.items()):
             click.echo(f"  {model} ({version}, {origin}): {n:,}")
-    finally:
-        c.close()
 
 
 if __name__ == "__main__":

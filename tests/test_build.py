@@ -207,7 +207,7 @@ def test_cli_sample_build_and_rerun(tmp_path):
     assert "29 input rows = 15 written" in res.output and "+ 14 rejected" in res.output
     for stage in ("agreement 1", "grounding 1", "ground-truth 1", "localizability 1", "teacher 1"):
         assert stage in res.output
-    assert "0 sent + 21 cached" in res.output  # offline: every reply is an authored one
+    assert "0 sent (0 retries, 0 failed) + 21 cached" in res.output  # offline: every reply is an authored one
     res = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "20", "--out", str(out), "--quiet"])
     assert res.exit_code == 0 and "nothing to do" in res.output
 
