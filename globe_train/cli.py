@@ -46,10 +46,6 @@ def match(pred_country: str, pred_city: str, true_country: str, true_city: str, 
         )
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command("eval")
 @click.argument("benchmark", type=click.Choice(["mp16-reason-test", "im2gps3k", "yfcc4k", "osv5m", "csv"]))
 @click.option("--data", help="The benchmark's CSV (IMG_ID/id, LAT/latitude, LON/longitude); for mp16-reason-test "
@@ -116,3 +112,149 @@ def eval_cmd(benchmark: str, data, images, model, revision, endpoint, endpoint_m
     if bench.skipped:
         click.echo(f"  ({bench.skipped} rows without valid coordinates were left out)")
     click.echo(f"wrote {out}/metrics.json, scores.csv, error_map.png, predictions.jsonl")
+
+
+# -- training --------------------------------------------------------------------------------------------------
+@main.group()
+def train() -> None:
+    """Train GLOBE (grpo), its localizability reward model (rm) or the supervised baseline (sft).
+
+    \b
+    Each method takes a recipe (--recipe NAME or --config PATH) and any of its fields as flags on top:
+      globe train grpo --recipe tiny-cpu                       # CPU, tiny random model, sample build
+      globe train grpo --recipe tiny-cpu --use_peft --lora_r 8 --output_dir runs/lora
+      globe train rm --recipe rm-qwen2.5-vl-7b                 # the localizability reward model
+      globe train sft --recipe sft-qwen2.5-vl-7b               # the CoT-SFT baseline
+    \b
+    Shipped recipes: globe-qwen2.5-vl-7b, tiny-cpu (grpo); rm-qwen2.5-vl-7b, rm-tiny-cpu (rm);
+    sft-qwen2.5-vl-7b, sft-tiny-cpu (sft). `globe train METHOD --help` lists every field. On several GPUs:
+      accelerate launch --config_file globe_train/recipes/accelerate/zero3.yaml -m globe_train.grpo --recipe ...
+    """
+
+
+def _train_command(method: str):
+    @train.command(
+        method,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+        add_help_option=False,
+        help=f"Run `{method}` training (flags: --recipe NAME | --config PATH, then any recipe field; --help lists "
+        "them).",
+    )
+    @click.pass_context
+    def command(ctx: click.Context) -> None:
+        from importlib import import_module
+
+        args = list(ctx.args)
+        if not ({"--recipe", "--config", "--help", "-h"} & set(args)):
+            raise click.UsageError(f"give a recipe: globe train {method} --recipe NAME (see `globe train --help`)")
+        module = import_module(f"globe_train.{method}")
+        types = {
+            "grpo": ("GRPOScriptArguments", "GRPOConfig"),
+            "sft": ("SFTScriptArguments", "SFTConfig"),
+            "rm": ("RMScriptArguments", "SFTConfig"),
+        }[method]
+        from trl import GRPOConfig, ModelConfig, SFTConfig
+
+        from . import configs
+        from .runs import parse
+
+        config_cls = {"GRPOConfig": GRPOConfig, "SFTConfig": SFTConfig}[types[1]]
+        try:
+            parsed = parse((getattr(configs, types[0]), config_cls, ModelConfig), args, prog=f"globe train {method}")
+        except (FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        out = module.main(*parsed)
+        click.echo(f"saved {out} (globe card {out} renders its model card)")
+
+    return command
+
+
+for _method in ("grpo", "rm", "sft"):
+    _train_command(_method)
+
+
+# -- cards, push, predict --------------------------------------------------------------------------------------
+@main.command()
+@click.argument("ckpt", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", default="globe/GLOBE-Qwen2.5-VL-7B", show_default=True, help="Hub id the card speaks of.")
+@click.option("--eval", "evals", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A `globe eval` metrics.json to report (repeatable); CKPT/eval/*/metrics.json too.")  # fmt: skip
+def card(ckpt: str, repo: str, evals: tuple[str, ...]) -> None:
+    """Render CKPT/README.md, the model card, from the run record and evaluation reports.
+
+    \b
+    It holds the base model, dataset and revision, the recipe's settings, rewards and weights, the evaluation
+    table, intended use, limitations and the citation:
+      globe eval mp16-reason-test --model runs/globe --out runs/globe/eval/mp16-reason-test
+      globe card runs/globe --repo me/GLOBE-Qwen2.5-VL-7B
+    """
+    from .card import write_card
+
+    try:
+        path = write_card(ckpt, repo, list(evals))
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", required=True, help="Hub model id, e.g. globe/GLOBE-Qwen2.5-VL-7B.")
+@click.option("--revision", help="Branch to upload to (created from main when missing).")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@click.option("--no-card", is_flag=True, help="Do not render a card when CKPT has none.")
+@click.option("--message", help="Commit message.")
+def push(ckpt: str, repo: str, revision: str | None, private: bool, no_card: bool, message: str | None) -> None:
+    """Upload a trained model (weights, processor, card, run record) to the Hub.
+
+    \b
+    The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT points at another Hub.
+      globe push runs/globe --repo me/GLOBE-Qwen2.5-VL-7B --private
+    """
+    from .push import push as do_push
+
+    try:
+        url = do_push(ckpt, repo, revision, private, card=not no_card, commit_message=message)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"pushed {ckpt} to {repo}: {url}")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", default="globe/GLOBE-Qwen2.5-VL-7B", show_default=True,
+              help="Hub id or local folder, run with transformers.")  # fmt: skip
+@click.option("--revision", help="Model revision (branch, tag or commit).")
+@click.option("--endpoint", help="Base URL of an OpenAI-compatible server (vLLM, transformers serve) instead.")
+@click.option("--endpoint-model", help="Model name to request from --endpoint (default: --model).")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Variable holding the API key.")
+@click.option("--max-new-tokens", default=512, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line.")
+def predict(images, model, revision, endpoint, endpoint_model, api_key_env, max_new_tokens, as_json) -> None:
+    """Where was each photo taken? Prints the reasoning, country, city and coordinates.
+
+    \b
+      globe predict photo.jpg                                  # GLOBE from the Hub, on GPU when there is one
+      globe predict *.jpg --model runs/globe --json            # a local checkpoint, JSON lines
+      globe predict photo.jpg --endpoint http://localhost:8000/v1 --endpoint-model globe
+    Coordinates are the answer's own lat/lon lines, else its city (or country) geocoded offline.
+    """
+    from .predict import predict as run
+    from .predictors import EndpointPredictor, TransformersPredictor
+
+    try:
+        if endpoint:
+            predictor = EndpointPredictor(endpoint, endpoint_model or model, api_key_env, max_tokens=max_new_tokens)
+        else:
+            predictor = TransformersPredictor(model, revision=revision, max_new_tokens=max_new_tokens)
+    except OSError as exc:
+        raise click.ClickException(f"cannot load model {model!r}: {exc}") from None
+    results = run(list(images), predictor)
+    for p in results:
+        click.echo(json.dumps(p.as_dict(), ensure_ascii=False) if as_json else "\n".join(p.lines()))
+    if any(p.error for p in results):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,9 @@ TRL and ``transformers serve``.
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
+from typing import Any
 
 _applied = False
 
@@ -25,3 +28,16 @@ def patch_processors_without_torchvision() -> bool:
         cls.get_attributes = classmethod(lambda c, _b=base: [a for a in _b(c) if a != "video_processor"])
     _applied = True
     return True
+
+
+def save_processor(processor: Any, out: str | Path) -> None:
+    """``processor.save_pretrained(out)``, with every saved config naming the processor's own class:
+    tokenizers built in memory are saved under a backend class name that ``AutoProcessor`` cannot map back."""
+    out = Path(out)
+    processor.save_pretrained(out)
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        path = out / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            data["processor_class"] = type(processor).__name__
+            path.write_text(json.dumps(data, indent=2))

@@ -2,13 +2,15 @@
 
 Each takes ``completions`` (TRL's conversational form ``[[{"role": "assistant", "content": ...}], ...]`` or
 plain strings) and the dataset's extra columns as keyword lists aligned with them, and returns one float per
-completion. The localizability reward, which needs a reward model, lives with the reward-model code.
+completion. The localizability reward, which needs a reward model, lives in ``localizability.py``;
+``get_reward_funcs`` builds a recipe's list by name, with the recipe's settings bound.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from functools import partial, update_wrapper
 from typing import Any
 
 from mp16_reason.distance import haversine_km
@@ -22,7 +24,8 @@ _COUNTRY_LINE = re.compile(r"^[ \t]*country:[ \t]*\S", re.M)
 _CITY_LINE = re.compile(r"^[ \t]*city:[ \t]*\S", re.M)
 
 
-def _text(completion: Any) -> str:
+def completion_text(completion: Any) -> str:
+    """The text of a completion, conversational or plain."""
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list) and completion:
@@ -38,7 +41,7 @@ def format_reward(completions: list, **kwargs: Any) -> list[float]:
     lines in the answer, else 0.0."""
     out = []
     for c in completions:
-        m = _FORMAT.fullmatch(_text(c))
+        m = _FORMAT.fullmatch(completion_text(c))
         ok = bool(m and _COUNTRY_LINE.search(m.group(1)) and _CITY_LINE.search(m.group(1)))
         out.append(1.0 if ok else 0.0)
     return out
@@ -57,7 +60,7 @@ def geo_accuracy(
     else 0 (the released values 1.0 / 0.2). ``rule="official"`` also reads the answer the released way."""
     out = []
     for c, true_country, true_city in zip(completions, country, city):
-        text = _text(c)
+        text = completion_text(c)
         if rule == "official":
             pred_country, pred_city = official_extract(text)
         else:
@@ -77,7 +80,7 @@ def visual_grounding(completions: list, entities: list[list[Any]], **kwargs: Any
         if not texts:
             out.append(0.0)
             continue
-        text = _text(c)
+        text = completion_text(c)
         think = text.split("</think>", 1)[0].replace("<think>", "").lower() if "</think>" in text else ""
         out.append(sum(t in think for t in texts) / len(texts))
     return out
@@ -90,7 +93,7 @@ def coordinate_reward(
     (its own lat/lon, else the forward-geocoded city/country) and the truth; 0 without a location."""
     out = []
     for c, true_lat, true_lon in zip(completions, lat, lon):
-        where = answer_location(parse_answer(_text(c)))
+        where = answer_location(parse_answer(completion_text(c)))
         if where is None or true_lat is None:
             out.append(0.0)
             continue
@@ -105,3 +108,28 @@ REWARDS = {
     "visual_grounding": visual_grounding,
     "coordinate": coordinate_reward,
 }
+
+
+def _named(func, name: str, **settings):
+    """``func`` with ``settings`` bound, logged by TRL as ``rewards/<name>/mean``."""
+    bound = update_wrapper(partial(func, **settings), func)
+    bound.__name__ = name
+    return bound
+
+
+def get_reward_funcs(args, num_generations: int = 1) -> list:
+    """The reward functions a GRPO recipe names (``args``: ``GRPOScriptArguments``), settings bound, in order."""
+    funcs = []
+    for name in args.reward_funcs:
+        if name == "localizability":
+            from .localizability import reward_from_args
+
+            funcs.append(reward_from_args(args, num_generations))
+        elif name == "geo_accuracy":
+            rule, city, country = args.geo_rule, args.geo_city_reward, args.geo_country_reward
+            funcs.append(_named(geo_accuracy, name, rule=rule, city_weight=city, country_weight=country))
+        elif name == "coordinate":
+            funcs.append(_named(coordinate_reward, name, scale_km=args.coordinate_scale_km))
+        else:
+            funcs.append(_named(REWARDS[name], name))
+    return funcs

@@ -9,7 +9,6 @@ answers are random text; it exists to exercise code, not to geolocate.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def make_tiny_qwen25vl(out: str | Path, seed: int = 0) -> Path:
         Qwen2VLImageProcessorPil,
     )
 
-    from .compat import patch_processors_without_torchvision
+    from .compat import patch_processors_without_torchvision, save_processor
 
     patch_processors_without_torchvision()
     out = Path(out)
@@ -119,14 +118,7 @@ def make_tiny_qwen25vl(out: str | Path, seed: int = 0) -> Path:
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
     processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     model.save_pretrained(out)
-    processor.save_pretrained(out)
-    # Saved tokenizer configs name a backend class; point loaders at the processor that owns it.
-    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        path = out / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            data["processor_class"] = "Qwen2_5_VLProcessor"
-            path.write_text(json.dumps(data, indent=2))
+    save_processor(processor, out)
     for path in out.glob("*.safetensors"):
         path.chmod(0o644)  # written 0600; a server or another user must be able to read it
     return out

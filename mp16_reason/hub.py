@@ -31,9 +31,23 @@ def load(
     path: str | Path | None = None,
     **kwargs: Any,
 ):
-    """``datasets.load_dataset`` of the Hub repository, or of a local build folder given as ``path``."""
+    """``datasets.load_dataset`` of the Hub repository, or of a local build folder given as ``path`` (its card
+    when rendered, else its manifest)."""
     import datasets
 
+    if path is not None and not (Path(path) / "README.md").exists():
+        # A build without its card: the manifest says which shards make the config (a folder scan would mix them).
+        from .schema import features
+
+        files: dict[str, list[str]] = {}
+        for s in _manifest(repo_id, revision, path)["shards"]:
+            if config_of(s) == config:
+                files.setdefault(s["split"], []).append(str(Path(path) / s["path"]))
+        if not files:
+            raise ValueError(f"{path}: the build has no config {config!r}")
+        return datasets.load_dataset(
+            "webdataset", data_files=files, split=split, streaming=streaming, features=features(), **kwargs
+        )
     source = str(path) if path is not None else repo_id
     return datasets.load_dataset(source, config, split=split, streaming=streaming, revision=revision, **kwargs)
 

@@ -1,0 +1,155 @@
+"""``globe card CKPT``: the model card (``CKPT/README.md``) from the run record and evaluation reports.
+
+The card's metadata (base model, dataset, license, pipeline tag and the evaluation results as a model-index)
+is huggingface_hub's ``ModelCardData``; the text is ``cards/model_card.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from cards import template
+from mp16_reason import THRESHOLDS_KM
+from mp16_reason.atomic import atomic_file
+from mp16_reason.hub import REPO_ID as DATASET_REPO_ID
+
+from .modeling import TINY
+from .runs import RUN_INFO
+
+DEFAULT_REPO = "globe/GLOBE-Qwen2.5-VL-7B"
+EVAL_DIR = "eval"  # CKPT/eval/<benchmark>/metrics.json is picked up without --eval
+METHODS = {
+    "grpo": "GRPO (group relative policy optimisation) with TRL",
+    "sft": "supervised fine-tuning on the curated reasoning traces, with TRL",
+    "rm": "supervised yes/no training as the localizability reward model, with TRL",
+}
+REWARD_TEXT = {
+    "geo_accuracy": "R_geo: {city} when country and city match, {country} when only the country does ({rule} matching)",
+    "localizability": "R_loc: P(yes) of the localizability reward model, given the photo and the reasoning",
+    "visual_grounding": "R_vis: share of the photo's reference visual entities named in the reasoning",
+    "format": "1 when the completion is <think>…</think><answer>…</answer> with country and city lines",
+    "coordinate": "exp(-distance / {scale} km) between the answer's location and the truth",
+}
+
+
+def load_run(ckpt: str | Path) -> dict:
+    path = Path(ckpt) / RUN_INFO
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: CKPT must be a folder written by `globe train` (its run record)")
+    return json.loads(path.read_text())
+
+
+def find_evals(ckpt: str | Path, extra: list[str | Path] = ()) -> list[dict]:
+    """Evaluation reports (``globe eval``'s metrics.json): those given, then any under ``CKPT/eval/``."""
+    paths = [Path(p) for p in extra] + sorted((Path(ckpt) / EVAL_DIR).glob("*/metrics.json"))
+    reports = []
+    for p in paths:
+        report = json.loads(p.read_text())
+        if "metrics" not in report:
+            raise ValueError(f"{p} is not a `globe eval` metrics.json (no 'metrics')")
+        reports.append(report)
+    return reports
+
+
+def _eval_row(report: dict) -> dict:
+    m = report["metrics"]
+    row = {"name": report.get("benchmark", "?"), "n": report.get("n", 0)}
+    for t in THRESHOLDS_KM:
+        row[f"acc_{t:g}km"] = f"{m.get(f'acc_{t:g}km', 0):.2f}"
+    row["median_km"] = "n/a" if m.get("median_km") is None else f"{m['median_km']:,.0f}"
+    row["country"], row["city"] = f"{m.get('country_alias', 0):.2f}", f"{m.get('city_alias', 0):.2f}"
+    return row
+
+
+def card_data(run: dict, model_name: str, evals: list[dict]) -> ModelCardData:
+    base = run["base_model"]
+    dataset = run["dataset"]["name"]
+    results = [
+        EvalResult(
+            task_type="image-text-to-text",
+            task_name="Image geo-localization",
+            dataset_type=r.get("benchmark", "unknown"),
+            dataset_name=r.get("benchmark", "unknown"),
+            metric_type="accuracy",
+            metric_name=f"accuracy within {t:g} km",
+            metric_value=r["metrics"][f"acc_{t:g}km"],
+        )
+        for r in evals
+        for t in THRESHOLDS_KM
+        if f"acc_{t:g}km" in r["metrics"]
+    ]
+    return ModelCardData(
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        base_model=None if base == TINY or Path(base).exists() else base,
+        datasets=[dataset] if "/" in dataset and not Path(dataset).exists() else [DATASET_REPO_ID],
+        tags=["geolocation", "geo-localization", "reasoning", "grpo", "trl", "qwen2.5-vl"],
+        model_name=model_name,
+        eval_results=results or None,
+    )
+
+
+def render(ckpt: str | Path, repo_id: str = DEFAULT_REPO, evals: list[str | Path] = ()) -> str:
+    run = load_run(ckpt)
+    reports = find_evals(ckpt, evals)
+    method = run["method"]
+    model_name = repo_id.split("/")[-1]
+    args = run.get("script_args", {})
+    d = run["dataset"]
+    dataset_text = f"`{d['name']}`, config `{d['config']}`, split `{d['split']}`"
+    if d.get("revision"):
+        dataset_text += f" @ `{d['revision']}`"
+    if d.get("version"):
+        dataset_text += f" (build version {d['version']})"
+    rewards = []
+    for name, weight in (run.get("rewards") or {}).items():
+        text = REWARD_TEXT.get(name, "").format(
+            city=args.get("geo_city_reward"), country=args.get("geo_country_reward"), rule=args.get("geo_rule"),
+            scale=args.get("coordinate_scale_km"),
+        )  # fmt: skip
+        rewards.append((name, weight, text))
+    summary = {
+        "grpo": f"{model_name} is GLOBE: a vision-language model trained with reinforcement learning to work out "
+        "where a photo was taken and to explain why, on the MP16-Reason dataset.",
+        "sft": f"{model_name} is the supervised baseline of GLOBE, fine-tuned on MP16-Reason's reasoning traces.",
+        "rm": f"{model_name} is GLOBE's localizability reward model: given a photo and a reasoning about where it "
+        "was taken, it answers yes when the place can be worked out from what the photo shows.",
+    }[method]
+    card = ModelCard.from_template(
+        card_data(run, model_name, reports),
+        template_str=template("model_card.md"),
+        model_name=model_name,
+        repo_id=repo_id,
+        summary=summary,
+        tiny=run["base_model"] == TINY,
+        method=method,
+        method_text=METHODS[method],
+        base_model=f"`{run['base_model']}`",
+        base_model_revision=run.get("base_model_revision") if run.get("base_model_revision") != "main" else None,
+        dataset_text=dataset_text,
+        lora=run.get("lora"),
+        merged=args.get("merge_adapter", True),
+        settings=[(k, v) for k, v in run.get("settings", {}).items() if v is not None],
+        versions=list(run.get("versions", {}).items()),
+        rewards=rewards,
+        num_generations=run.get("settings", {}).get("num_generations"),
+        train_metrics=[
+            (k, round(v, 4) if isinstance(v, float) else v)
+            for k, v in run.get("metrics", {}).items()
+            if k in ("train_loss", "train_runtime", "train_samples_per_second")
+        ],
+        evals=[_eval_row(r) for r in reports],
+    )
+    return str(card)
+
+
+def write_card(ckpt: str | Path, repo_id: str = DEFAULT_REPO, evals: list[str | Path] = ()) -> Path:
+    path = Path(ckpt) / "README.md"
+    text = render(ckpt, repo_id, evals)
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
+    return path

@@ -1,0 +1,120 @@
+"""Script arguments of the training entries, beside TRL's own configs.
+
+A run is ``(ScriptArguments, GRPOConfig | SFTConfig, ModelConfig)`` parsed by TRL's ``TrlParser`` from a YAML
+recipe (``--config``) with command-line flags on top; an unknown key is an error. Every field has a default
+and a help line, so ``globe train grpo --help`` lists them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mp16_reason.hub import REPO_ID
+
+RECIPES = Path(__file__).parent / "recipes"
+DEFAULT_REWARDS = ["geo_accuracy", "localizability", "visual_grounding", "format"]
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe file: a path, or the name of one shipped in ``globe_train/recipes`` (``tiny-cpu``)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    shipped = RECIPES / f"{name}.yaml"
+    if shipped.exists():
+        return shipped
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    raise FileNotFoundError(f"recipe {name!r} is neither a YAML file nor one of the shipped recipes: {names}")
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str = field(
+        default=REPO_ID, metadata={"help": "Hub dataset id, or a local build folder (one with manifest.json)."}
+    )
+    dataset_config: str = field(default="default", metadata={"help": "Dataset config (default or localizability)."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_loader: str = field(
+        default="datasets",
+        metadata={
+            "help": "datasets: load_dataset (map-style, or streaming with dataset_streaming); webdataset: "
+            "mp16_reason.stream(), shards shuffled and resampled endlessly (set max_steps)."
+        },
+    )
+    dataset_streaming: bool = field(default=False, metadata={"help": "Stream with datasets instead of caching."})
+    max_samples: int | None = field(default=None, metadata={"help": "Train on the first N samples only."})
+    freeze_vision: bool = field(default=False, metadata={"help": "Keep the vision encoder's weights fixed."})
+    merge_adapter: bool = field(
+        default=True, metadata={"help": "With LoRA, save the merged model (loadable without peft), not the adapter."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataset_loader not in ("datasets", "webdataset"):
+            raise ValueError(f"dataset_loader={self.dataset_loader!r}: use 'datasets' or 'webdataset'")
+
+
+@dataclass
+class GRPOScriptArguments(DataArguments):
+    reward_funcs: list[str] = field(
+        default_factory=lambda: list(DEFAULT_REWARDS),
+        metadata={"help": "Rewards by name: geo_accuracy, localizability, visual_grounding, format, coordinate."},
+    )
+    geo_rule: str = field(
+        default="alias", metadata={"help": "R_geo matching: alias (country aliases, city names) or official."}
+    )
+    geo_city_reward: float = field(default=1.0, metadata={"help": "R_geo when country and city match."})
+    geo_country_reward: float = field(default=0.2, metadata={"help": "R_geo when only the country matches."})
+    coordinate_scale_km: float = field(default=750.0, metadata={"help": "Coordinate reward: exp(-km / scale)."})
+    rm_model: str | None = field(
+        default=None, metadata={"help": "Localizability reward model run in-process: a local folder or Hub id."}
+    )
+    rm_revision: str | None = field(default=None, metadata={"help": "Revision of rm_model."})
+    rm_endpoint: str | None = field(
+        default=None, metadata={"help": "Base URL of an OpenAI-compatible server with logprobs serving the RM."}
+    )
+    rm_endpoint_model: str | None = field(default=None, metadata={"help": "Model name to request from rm_endpoint."})
+    rm_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Variable holding rm_endpoint's key."})
+    rm_concurrency: int = field(default=32, metadata={"help": "Requests in flight against rm_endpoint."})
+    rm_batch_size: int = field(default=8, metadata={"help": "Batch size of the in-process reward model."})
+    rm_on_failure: str = field(
+        default="raise",
+        metadata={"help": "raise: stop training; skip: leave the prompt's group out of R_loc (counted, logged)."},
+    )
+    rm_max_failure_rate: float = field(
+        default=0.05, metadata={"help": "With skip, stop once this share of judged completions has failed."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from .rewards import REWARDS
+
+        known = [*REWARDS, "localizability"]
+        unknown = [r for r in self.reward_funcs if r not in known]
+        if unknown:
+            raise ValueError(f"unknown reward(s) {unknown}; known: {known}")
+        if self.geo_rule not in ("alias", "official"):
+            raise ValueError(f"geo_rule={self.geo_rule!r}: use 'alias' or 'official'")
+        if "localizability" in self.reward_funcs:
+            if bool(self.rm_model) == bool(self.rm_endpoint):
+                raise ValueError(
+                    "the localizability reward needs exactly one reward model: rm_model (in-process) or "
+                    "rm_endpoint with rm_endpoint_model (a server returning logprobs, e.g. vLLM); or drop "
+                    "'localizability' from reward_funcs and its weight from reward_weights"
+                )
+            if self.rm_endpoint and not self.rm_endpoint_model:
+                raise ValueError("rm_endpoint needs rm_endpoint_model (the model name the server expects)")
+
+
+@dataclass
+class SFTScriptArguments(DataArguments):
+    freeze_vision: bool = field(default=True, metadata={"help": "Keep the vision encoder's weights fixed."})
+
+
+@dataclass
+class RMScriptArguments(DataArguments):
+    dataset_config: str = field(
+        default="localizability", metadata={"help": "Dataset config with the teachers' localizability verdicts."}
+    )
+    freeze_vision: bool = field(default=True, metadata={"help": "Keep the vision encoder's weights fixed."})

@@ -1,0 +1,111 @@
+"""Training rows from MP16-Reason: the Hub dataset, a local build folder, or ``mp16_reason.stream()``.
+
+Each method turns one record into rows (TRL's conversational format; TRL puts the image into the first user
+turn itself):
+
+- ``grpo``: the GLOBE prompt, the image, and the columns the rewards read (country, city, lat, lon, entities);
+- ``sft``: the prompt and the target completion ``<think>reasoning</think><answer>country: …\\ncity: …</answer>``;
+- ``rm``: for every parsed teacher answer with a verdict, the reward model's conversation about that answer's
+  reasoning and the verdict, ``yes`` or ``no``: the ``localizability`` config holds every judged image,
+  rejected ones included, so both answers occur.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mp16_reason.hub import load, stream
+from mp16_reason.prompt import INSTRUCTION, target, trl_row
+
+from .configs import DataArguments
+from .localizability import NO, SYSTEM, YES
+
+KINDS = ("grpo", "sft", "rm")
+_WDS_COLUMNS = ["jpg", "json", "__key__", "__url__"]
+
+
+def rows_for(kind: str, image: Any, record: dict) -> list[dict]:
+    """The training rows one record gives for ``kind``; ``image`` is passed through untouched."""
+    if kind == "grpo":
+        row = trl_row(image, record)
+        return [{k: row[k] for k in ("image", "prompt", "country", "city", "lat", "lon", "entities", "id")}]
+    if kind == "sft":
+        if not record.get("reasoning"):
+            return []
+        return [
+            {
+                "image": image,
+                "prompt": [{"role": "user", "content": INSTRUCTION}],
+                "completion": [
+                    {"role": "assistant", "content": target(record["reasoning"], record["country"], record["city"])}
+                ],
+            }
+        ]
+    if kind == "rm":
+        rows = []
+        for answer in record.get("teachers") or []:
+            if not answer.get("parsed") or answer.get("localizable") is None or not answer.get("reasoning"):
+                continue
+            text = target(answer["reasoning"], answer.get("country", ""), answer.get("city", ""))
+            rows.append(
+                {
+                    "image": image,
+                    "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
+                    "completion": [{"role": "assistant", "content": YES if answer["localizable"] else NO}],
+                }
+            )
+        return rows
+    raise ValueError(f"kind={kind!r}: use one of {KINDS}")
+
+
+def local_build(name: str) -> Path | None:
+    """``name`` as a local build folder, when it is one."""
+    path = Path(name).expanduser()
+    return path if (path / "manifest.json").exists() else None
+
+
+def training_dataset(args: DataArguments, kind: str, seed: int = 0):
+    """A ``datasets`` Dataset (or IterableDataset when streaming) of ``kind`` rows, as the arguments say."""
+    import datasets
+
+    local = local_build(args.dataset_name)
+    where = {"path": local} if local else {"repo_id": args.dataset_name, "revision": args.dataset_revision}
+    if args.dataset_loader == "webdataset":
+        pipeline = stream(args.dataset_split, args.dataset_config, resampled=True, seed=seed, **where)
+
+        def generate():
+            for n, (image, record) in enumerate(pipeline, 1):
+                yield from rows_for(kind, image, record)
+                if args.max_samples and n >= args.max_samples:
+                    return
+
+        return datasets.IterableDataset.from_generator(generate)
+
+    ds = load(args.dataset_split, args.dataset_config, streaming=args.dataset_streaming, **where)
+    if args.max_samples:
+        ds = ds.take(args.max_samples) if args.dataset_streaming else ds.select(range(min(args.max_samples, len(ds))))
+    # Images stay encoded while rows are made (no decode/re-encode round trip), then decode lazily again.
+    ds = ds.cast_column("jpg", datasets.Image(decode=False))
+
+    columns = list(rows_for(kind, None, _ONE_ROW[kind])[0])  # also the columns of a batch that gives no rows
+
+    def expand(batch: dict) -> dict:
+        rows = [r for jpg, rec in zip(batch["jpg"], batch["json"]) for r in rows_for(kind, jpg, rec)]
+        return {k: [r[k] for r in rows] for k in columns}
+
+    ds = ds.map(expand, batched=True, remove_columns=ds.column_names or _WDS_COLUMNS)
+    if not args.dataset_streaming and len(ds) == 0:
+        raise ValueError(
+            f"{args.dataset_name} ({args.dataset_config}/{args.dataset_split}) gives no {kind} training rows"
+            + (": the rm method needs the localizability config with parsed teacher verdicts" if kind == "rm" else "")
+        )
+    return ds.cast_column("image", datasets.Image())
+
+
+# A record that gives one row of each kind.
+_ONE_ROW = {
+    "grpo": {"country": "", "city": "", "lat": 0.0, "lon": 0.0},
+    "sft": {"reasoning": "-", "country": "", "city": ""},
+    "rm": {"teachers": [{"parsed": True, "localizable": True, "reasoning": "-"}]},
+}

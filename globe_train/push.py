@@ -1,0 +1,49 @@
+"""``globe push CKPT --repo globe/GLOBE-Qwen2.5-VL-7B``: upload weights, processor, card and run record.
+
+The card is rendered first when the folder has none. Only what a user of the model needs is uploaded:
+intermediate checkpoints, optimizer states, sample completions and the pickled trainer arguments stay behind.
+The token comes from ``HF_TOKEN`` or ``hf auth login``; it is handed to huggingface_hub and never printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .card import DEFAULT_REPO, write_card
+from .runs import LOGS, RUN_INFO
+
+ALLOW = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.txt", "*.model", "README.md",
+         LOGS, RUN_INFO]  # fmt: skip
+IGNORE = ["checkpoint-*/**", "completions/**", "eval/**/predictions.jsonl", "training_args.bin", "*.pt", "*.pth"]
+
+
+def push(
+    ckpt: str | Path,
+    repo_id: str = DEFAULT_REPO,
+    revision: str | None = None,
+    private: bool = False,
+    card: bool = True,
+    commit_message: str | None = None,
+) -> str:
+    """Create the repository if needed and upload ``ckpt``; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    ckpt = Path(ckpt)
+    if not list(ckpt.glob("*.safetensors")) and not (ckpt / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{ckpt} holds no weights (*.safetensors): is it the output_dir of `globe train`?")
+    if card and not (ckpt / "README.md").exists():
+        write_card(ckpt, repo_id)
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if revision and revision != "main":
+        api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        repo_type="model",
+        folder_path=ckpt,
+        revision=revision,
+        allow_patterns=ALLOW,
+        ignore_patterns=IGNORE,
+        commit_message=commit_message or f"Upload {ckpt.name}",
+    )
+    return str(info.commit_url if hasattr(info, "commit_url") else info)

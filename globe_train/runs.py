@@ -1,0 +1,120 @@
+"""What every training entry shares: argument parsing, resuming, a JSONL log, and the run record.
+
+``run_info.json`` (written next to the weights) records what a checkpoint is: method, base model, dataset and
+revision, recipe, rewards and weights, the settings that matter and the final metrics. ``globe card`` renders
+the model card from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from mp16_reason.atomic import atomic_file
+
+from .configs import recipe_path
+from .data import local_build
+
+log = logging.getLogger(__name__)
+RUN_INFO = "run_info.json"
+LOGS = "logs.jsonl"
+
+
+def parse(dataclass_types: tuple, argv: list[str] | None = None, prog: str | None = None) -> tuple:
+    """TRL's parser over ``dataclass_types``: ``--recipe NAME_OR_PATH`` (or ``--config PATH``) gives the
+    defaults, other flags override them, unknown keys fail."""
+    from trl import TrlParser
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--recipe" in args:
+        i = args.index("--recipe")
+        args[i : i + 2] = ["--config", str(recipe_path(args[i + 1]))]
+    return TrlParser(dataclass_types, prog=prog).parse_args_and_config(args)
+
+
+def setup(training_args: Any) -> str | None:
+    """Seed and logging; returns the checkpoint to resume from (the last one in ``output_dir``), if any."""
+    import transformers
+    from transformers.trainer_utils import get_last_checkpoint
+
+    transformers.set_seed(training_args.seed)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    out = Path(training_args.output_dir)
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last and training_args.resume_from_checkpoint is None:
+        log.info("resuming from %s", last)
+    return training_args.resume_from_checkpoint or last
+
+
+class JsonlLogs(TrainerCallback):
+    """Appends every log the trainer emits (losses, per-reward means, KL, lengths) to ``output_dir/logs.jsonl``."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.path = Path(output_dir) / LOGS
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def dataset_info(script_args: Any) -> dict:
+    """Where the training data came from; a local build also gives its version and recipe hash."""
+    info = {
+        "name": script_args.dataset_name,
+        "config": script_args.dataset_config,
+        "split": script_args.dataset_split,
+        "revision": script_args.dataset_revision,
+    }
+    if local := local_build(script_args.dataset_name):
+        manifest = json.loads((local / "manifest.json").read_text())
+        info |= {"version": manifest.get("version"), "recipe_sha256": manifest.get("recipe_sha256")}
+    return info
+
+
+SETTINGS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "num_generations", "temperature", "beta", "loss_type", "max_completion_length", "max_length", "bf16",
+    "use_vllm", "seed",
+)  # fmt: skip
+
+
+def write_run_info(method: str, output_dir: str | Path, script_args: Any, training_args: Any, model_args: Any,
+                   metrics: dict, rewards: list[str] | None = None) -> Path:  # fmt: skip
+    import torch
+    import transformers
+    import trl
+
+    from mp16_reason import __version__
+
+    settings = {k: getattr(training_args, k) for k in SETTINGS if hasattr(training_args, k)}
+    weights = getattr(training_args, "reward_weights", None)
+    info = {
+        "method": method,
+        "base_model": model_args.model_name_or_path,
+        "base_model_revision": model_args.model_revision,
+        "lora": {"r": model_args.lora_r, "alpha": model_args.lora_alpha} if model_args.use_peft else None,
+        "dataset": dataset_info(script_args),
+        "script_args": asdict(script_args),
+        "training_args": training_args.to_dict(),  # tokens are already masked by to_dict
+        "settings": settings,
+        "rewards": None if rewards is None else dict(zip(rewards, weights or [1.0] * len(rewards))),
+        "metrics": metrics,
+        "versions": {
+            "mp16-reason": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+        },
+    }
+    path = Path(output_dir) / RUN_INFO
+    with atomic_file(path, "w") as fh:
+        fh.write(json.dumps(info, indent=2, default=str))
+    return path
