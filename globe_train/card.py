@@ -20,6 +20,7 @@ from .modeling import TINY
 from .runs import RUN_INFO
 
 DEFAULT_REPO = "globe/GLOBE-Qwen2.5-VL-7B"
+TEST_SIZE = 10_000_000  # parameters: below this a checkpoint can only be a test model
 EVAL_DIR = "eval"  # CKPT/eval/<benchmark>/metrics.json is picked up without --eval
 METHODS = {
     "grpo": "GRPO (group relative policy optimisation) with TRL",
@@ -125,7 +126,8 @@ def render(ckpt: str | Path, repo_id: str = DEFAULT_REPO, evals: list[str | Path
         model_name=model_name,
         repo_id=repo_id,
         summary=summary,
-        tiny=run["base_model"] == TINY,
+        tiny=run.get("parameters", 0) < TEST_SIZE,
+        parameters=f"{run.get('parameters', 0):,}",
         method=method,
         method_text=METHODS[method],
         base_model=f"`{run['base_model']}`",

@@ -49,7 +49,8 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
 
     # -- save weights, processor and the run record (the model card is rendered from it) ----------------------
     out = save_final(trainer, processor, training_args.output_dir, script_args.merge_adapter)
-    write_run_info("grpo", out, script_args, training_args, model_args, result.metrics, script_args.reward_funcs)
+    write_run_info("grpo", out, script_args, training_args, model_args, result.metrics, model.num_parameters(),
+                   script_args.reward_funcs)  # fmt: skip
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from functools import partial, update_wrapper
 from typing import Any
 
 from mp16_reason.distance import haversine_km
@@ -110,11 +109,15 @@ REWARDS = {
 }
 
 
-def _named(func, name: str, **settings):
-    """``func`` with ``settings`` bound, logged by TRL as ``rewards/<name>/mean``."""
-    bound = update_wrapper(partial(func, **settings), func)
-    bound.__name__ = name
-    return bound
+class NamedReward:
+    """A reward with settings bound, logged by TRL as ``rewards/<name>/mean`` (TRL unwraps a ``partial`` to the
+    function's own name, e.g. ``format_reward``); picklable, unlike a closure."""
+
+    def __init__(self, func, name: str, **settings: Any) -> None:
+        self.func, self.__name__, self.settings = func, name, settings
+
+    def __call__(self, completions: list, **kwargs: Any) -> list[float]:
+        return self.func(completions, **{**kwargs, **self.settings})
 
 
 def get_reward_funcs(args, num_generations: int = 1) -> list:
@@ -127,9 +130,9 @@ def get_reward_funcs(args, num_generations: int = 1) -> list:
             funcs.append(reward_from_args(args, num_generations))
         elif name == "geo_accuracy":
             rule, city, country = args.geo_rule, args.geo_city_reward, args.geo_country_reward
-            funcs.append(_named(geo_accuracy, name, rule=rule, city_weight=city, country_weight=country))
+            funcs.append(NamedReward(geo_accuracy, name, rule=rule, city_weight=city, country_weight=country))
         elif name == "coordinate":
-            funcs.append(_named(coordinate_reward, name, scale_km=args.coordinate_scale_km))
+            funcs.append(NamedReward(coordinate_reward, name, scale_km=args.coordinate_scale_km))
         else:
-            funcs.append(_named(REWARDS[name], name))
+            funcs.append(NamedReward(REWARDS[name], name))
     return funcs

@@ -87,7 +87,7 @@ SETTINGS = (
 
 
 def write_run_info(method: str, output_dir: str | Path, script_args: Any, training_args: Any, model_args: Any,
-                   metrics: dict, rewards: list[str] | None = None) -> Path:  # fmt: skip
+                   metrics: dict, parameters: int, rewards: list[str] | None = None) -> Path:  # fmt: skip
     import torch
     import transformers
     import trl
@@ -100,6 +100,7 @@ def write_run_info(method: str, output_dir: str | Path, script_args: Any, traini
         "method": method,
         "base_model": model_args.model_name_or_path,
         "base_model_revision": model_args.model_revision,
+        "parameters": parameters,
         "lora": {"r": model_args.lora_r, "alpha": model_args.lora_alpha} if model_args.use_peft else None,
         "dataset": dataset_info(script_args),
         "script_args": asdict(script_args),

@@ -41,7 +41,7 @@ def train_supervised(kind: str, script_args: DataArguments, training_args: SFTCo
 
     # -- save -------------------------------------------------------------------------------------------------
     out = save_final(trainer, processor, training_args.output_dir, script_args.merge_adapter)
-    write_run_info(kind, out, script_args, training_args, model_args, result.metrics)
+    write_run_info(kind, out, script_args, training_args, model_args, result.metrics, model.num_parameters())
     return out
 
 

@@ -39,6 +39,20 @@ def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"))
 
 
+@pytest.fixture(scope="session")
+def sample_build(tmp_path_factory) -> Path:
+    """``mp16-reason build --sample`` at 48 images: curated reasoning and the localizability config, no card."""
+    pytest.importorskip("openai")
+    from click.testing import CliRunner
+
+    from mp16_reason.cli import main
+
+    out = tmp_path_factory.mktemp("sample-build")
+    result = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "48", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.fixture
 def served(tiny_model, tmp_path):
     """The tiny checkpoint behind a real ``transformers serve`` (our launcher) on 127.0.0.1; yields its URL."""

@@ -7,7 +7,9 @@ for the n-th request (0-based, over the whole server) of the image with sha256 `
 (a body shorter than its Content-Length, then the connection closes), ``"nonjson"`` (200 with an HTML body),
 ``"401echo"`` (401 whose message repeats the caller's key, as some gateways do).
 
-Each request sleeps ``latency_s`` first (the benchmark's fixed latency).
+Each request sleeps ``latency_s`` first (the benchmark's fixed latency). ``logprobs(request)``, when given,
+returns the first token's top candidates ``[(token, logprob), ...]``, sent as vLLM does when a request asks for
+``logprobs``.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ class TeacherServer:
         latency_s: float = 0.0,
         hang_s: float = 5.0,
         retry_after: str = "0.05",
+        logprobs: Callable[[dict], list[tuple[str, float]]] | None = None,
     ) -> None:
-        self.reply, self.fault = reply, fault or (lambda n, d: None)
+        self.reply, self.fault, self.logprobs = reply, fault or (lambda n, d: None), logprobs
         self.latency_s, self.hang_s, self.retry_after = latency_s, hang_s, retry_after
         self.lock = threading.Lock()
         self.n = 0  # requests received
@@ -121,15 +124,17 @@ class TeacherServer:
                     self.close_connection = True
                     return None
                 text = server.reply(image, body)
+                choice: dict = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                if server.logprobs and body.get("logprobs"):
+                    top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in server.logprobs(body)]
+                    choice["logprobs"] = {"content": [{**top[0], "top_logprobs": top[: body.get("top_logprobs", 0)]}]}
                 payload = json.dumps(
                     {
                         "id": f"chatcmpl-{digest[:8]}",
                         "object": "chat.completion",
                         "created": 0,
                         "model": body.get("model", ""),
-                        "choices": [
-                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                        ],
+                        "choices": [choice],
                         "usage": {
                             "prompt_tokens": 100 + len(image) // 1000,
                             "completion_tokens": len(text) // 4,
