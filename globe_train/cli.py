@@ -163,7 +163,12 @@ def _train_command(method: str):
             parsed = parse((getattr(configs, types[0]), config_cls, ModelConfig), args, prog=f"globe train {method}")
         except (FileNotFoundError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
-        out = module.main(*parsed)
+        from .data import DatasetError
+
+        try:
+            out = module.main(*parsed)
+        except DatasetError as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"saved {out} (globe card {out} renders its model card)")
 
     return command

@@ -22,6 +22,10 @@ from .configs import DataArguments
 from .localizability import NO, SYSTEM, YES
 
 KINDS = ("grpo", "sft", "rm")
+
+
+class DatasetError(ValueError):
+    """The training data named cannot be used (a clear message says why and what to do)."""
 _WDS_COLUMNS = ["jpg", "json", "__key__", "__url__"]
 
 
@@ -70,6 +74,11 @@ def training_dataset(args: DataArguments, kind: str, seed: int = 0):
     import datasets
 
     local = local_build(args.dataset_name)
+    if local is None and (Path(args.dataset_name).expanduser().exists() or "/" not in args.dataset_name):
+        raise DatasetError(
+            f"dataset_name {args.dataset_name!r} is not a build folder (no manifest.json) nor a Hub id (org/name); "
+            f"make one with `mp16-reason build --sample --out {args.dataset_name}` or name a Hub dataset"
+        )
     where = {"path": local} if local else {"repo_id": args.dataset_name, "revision": args.dataset_revision}
     if args.dataset_loader == "webdataset":
         pipeline = stream(args.dataset_split, args.dataset_config, resampled=True, seed=seed, **where)
@@ -96,7 +105,7 @@ def training_dataset(args: DataArguments, kind: str, seed: int = 0):
 
     ds = ds.map(expand, batched=True, remove_columns=ds.column_names or _WDS_COLUMNS)
     if not args.dataset_streaming and len(ds) == 0:
-        raise ValueError(
+        raise DatasetError(
             f"{args.dataset_name} ({args.dataset_config}/{args.dataset_split}) gives no {kind} training rows"
             + (": the rm method needs the localizability config with parsed teacher verdicts" if kind == "rm" else "")
         )

@@ -143,6 +143,9 @@ def test_train_cli_needs_a_recipe_and_names_the_shipped_ones():
     assert result.exit_code != 0 and "--recipe" in result.output
     result = runner.invoke(globe, ["train", "grpo", "--recipe", "no-such-recipe"])
     assert result.exit_code != 0 and "tiny-cpu" in result.output and "globe-qwen2.5-vl-7b" in result.output
+    with runner.isolated_filesystem():
+        result = runner.invoke(globe, ["train", "sft", "--recipe", "sft-tiny-cpu"])  # no ./sample-build here
+    assert result.exit_code != 0 and "mp16-reason build --sample --out sample-build" in result.output
 
 
 def test_shipped_recipes_parse_and_carry_the_paper_setting():
