@@ -61,3 +61,15 @@ def test_globe_eval_with_a_local_transformers_model(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 3 and all(p["text"] and p["model"] == str(tiny_model) for p in preds)
+
+
+def test_globe_predict_through_an_endpoint(served, tiny_model, tmp_path):
+    _benchmark(tmp_path)
+    images = sorted(str(p) for p in (tmp_path / "images").iterdir())[:2]
+    args = ["predict", *images, "--endpoint", served, "--endpoint-model", str(tiny_model), "--max-new-tokens", "12"]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    got = [json.loads(line) for line in result.output.splitlines()]
+    assert [g["image"] for g in got] == images and all(g["text"] and not g["error"] for g in got)
+    text = CliRunner().invoke(main, args)
+    assert text.exit_code == 0 and all(f"{p}\n  country:" in text.output for p in images)

@@ -235,3 +235,35 @@ def test_prediction_reads_answer_and_places_it():
     assert abs(p.lat - 48.86) < 0.1 and abs(p.lon - 2.35) < 0.1
     bad = to_prediction("b.jpg", "no idea")
     assert bad.lat is None and "no answer could be read" in "\n".join(bad.lines())
+
+
+@pytest.mark.skipif(olah_cli() is None, reason="olah not installed: run scripts/setup.sh")
+def test_training_rows_from_the_hub_dataset(sample_build, tmp_path):
+    import shutil
+
+    from builders.card import write_card
+    from builders.publish import publish
+
+    build = tmp_path / "build"
+    shutil.copytree(sample_build, build, ignore=shutil.ignore_patterns("sample-input"))
+    write_card(build)
+    publish(build, "globe/mp16-reason", dry_run=True, staging=tmp_path / "stage")
+    script = """
+import json, sys
+from globe_train.configs import GRPOScriptArguments, RMScriptArguments
+from globe_train.data import training_dataset
+grpo = training_dataset(GRPOScriptArguments(dataset_revision=sys.argv[1], reward_funcs=["format"]), "grpo")
+rm = training_dataset(RMScriptArguments(dataset_revision=sys.argv[1]), "rm")
+print(json.dumps({"ids": sorted(grpo["id"]), "size": list(grpo[0]["image"].size), "rm": len(rm)}))
+"""
+    with OlahHub(tmp_path / "olah") as hub:
+        sha = hub.add("datasets", "globe/mp16-reason", tmp_path / "stage")
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf")}
+        env.pop("HF_HUB_OFFLINE", None)
+        proc = subprocess.run([sys.executable, "-c", script, sha], env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    local = training_dataset(GRPOScriptArguments(dataset_name=str(sample_build), reward_funcs=["format"]), "grpo")
+    assert got["ids"] == sorted(local["id"]) and got["size"][0] > 0
+    assert got["rm"] == len(training_dataset(RMScriptArguments(dataset_name=str(sample_build)), "rm"))
