@@ -46,27 +46,24 @@ def _step_times(logs: list[dict]) -> list[float]:
 
 
 def ours(args, build: Path, tmp: Path) -> list[float]:
-    from trl import GRPOConfig, ModelConfig
-
     from globe_train import grpo
-    from globe_train.configs import GRPOScriptArguments
     from globe_train.runs import parse
 
-    out = grpo.main(*parse((GRPOScriptArguments, GRPOConfig, ModelConfig), _argv(args, build, tmp / "ours")))
+    out = grpo.main(*parse(grpo.ARGS, _argv(args, build, tmp / "ours")))
     return _step_times([json.loads(x) for x in (out / "logs.jsonl").read_text().splitlines()])
 
 
 def anchor(args, build: Path, tmp: Path) -> list[float]:
     """TRL alone: the same parsed settings and rows, TRL's think-format reward, no wrappers of ours."""
-    from trl import GRPOConfig, GRPOTrainer, ModelConfig
+    from trl import GRPOTrainer
     from trl.rewards import think_format_reward
 
-    from globe_train.configs import GRPOScriptArguments
+    from globe_train import grpo
     from globe_train.data import training_dataset
     from globe_train.modeling import load_model
     from globe_train.runs import parse
 
-    script, cfg, model_args = parse((GRPOScriptArguments, GRPOConfig, ModelConfig), _argv(args, build, tmp / "trl"))
+    script, cfg, model_args = parse(grpo.ARGS, _argv(args, build, tmp / "trl"))
     cfg.reward_weights = None
     model, processor = load_model(model_args, cfg)
     trainer = GRPOTrainer(model=model, reward_funcs=[think_format_reward], args=cfg,

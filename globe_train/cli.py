@@ -144,30 +144,21 @@ def _train_command(method: str):
     def command(ctx: click.Context) -> None:
         from importlib import import_module
 
+        from .configs import RecipeError
+        from .data import DatasetError
+        from .runs import parse
+
         args = list(ctx.args)
         if not ({"--recipe", "--config", "--help", "-h"} & set(args)):
             raise click.UsageError(f"give a recipe: globe train {method} --recipe NAME (see `globe train --help`)")
         module = import_module(f"globe_train.{method}")
-        types = {
-            "grpo": ("GRPOScriptArguments", "GRPOConfig"),
-            "sft": ("SFTScriptArguments", "SFTConfig"),
-            "rm": ("RMScriptArguments", "SFTConfig"),
-        }[method]
-        from trl import GRPOConfig, ModelConfig, SFTConfig
-
-        from . import configs
-        from .runs import parse
-
-        config_cls = {"GRPOConfig": GRPOConfig, "SFTConfig": SFTConfig}[types[1]]
         try:
-            parsed = parse((getattr(configs, types[0]), config_cls, ModelConfig), args, prog=f"globe train {method}")
-        except (FileNotFoundError, ValueError) as exc:
+            parsed = parse(module.ARGS, args, prog=f"globe train {method}")
+        except (FileNotFoundError, ValueError) as exc:  # a missing recipe, an unknown or inconsistent field
             raise click.ClickException(str(exc)) from None
-        from .data import DatasetError
-
         try:
             out = module.main(*parsed)
-        except DatasetError as exc:
+        except (RecipeError, DatasetError) as exc:  # contradictory settings, unusable data; the rest keeps its trace
             raise click.ClickException(str(exc)) from None
         click.echo(f"saved {out} (globe card {out} renders its model card)")
 

@@ -16,6 +16,18 @@ RECIPES = Path(__file__).parent / "recipes"
 DEFAULT_REWARDS = ["geo_accuracy", "localizability", "visual_grounding", "format"]
 
 
+class RecipeError(ValueError):
+    """Settings that contradict each other (found once all three argument groups are known)."""
+
+
+def check_reward_weights(reward_funcs: list[str], reward_weights: list[float] | None) -> None:
+    if reward_weights is not None and len(reward_weights) != len(reward_funcs):
+        raise RecipeError(
+            f"reward_weights {reward_weights} has {len(reward_weights)} entries for {len(reward_funcs)} "
+            f"reward_funcs {reward_funcs}: give one weight per reward, in the same order"
+        )
+
+
 def recipe_path(name: str) -> Path:
     """A recipe file: a path, or the name of one shipped in ``globe_train/recipes`` (``tiny-cpu``)."""
     path = Path(name)

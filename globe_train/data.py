@@ -26,6 +26,8 @@ KINDS = ("grpo", "sft", "rm")
 
 class DatasetError(ValueError):
     """The training data named cannot be used (a clear message says why and what to do)."""
+
+
 _WDS_COLUMNS = ["jpg", "json", "__key__", "__url__"]
 
 

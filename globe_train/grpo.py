@@ -13,15 +13,18 @@ from pathlib import Path
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
-from .configs import GRPOScriptArguments
+from .configs import GRPOScriptArguments, check_reward_weights
 from .data import training_dataset
 from .modeling import freeze_vision, load_model, peft_config, save_final
 from .rewards import get_reward_funcs
 from .runs import JsonlLogs, parse, setup, write_run_info
 
+ARGS = (GRPOScriptArguments, GRPOConfig, ModelConfig)  # what a recipe fills, in parse order
+
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> Path:
     # -- seed, logging, resume ------------------------------------------------------------------------------
+    check_reward_weights(script_args.reward_funcs, training_args.reward_weights)
     resume = setup(training_args)
 
     # -- data: the GLOBE prompt, the image, and the columns the rewards read ---------------------------------
@@ -55,4 +58,4 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
 
 
 if __name__ == "__main__":
-    main(*parse((GRPOScriptArguments, GRPOConfig, ModelConfig)))
+    main(*parse(ARGS))

@@ -81,13 +81,10 @@ class EndpointJudge:
         timeout_s: float = 60.0,
         max_retries: int = 3,
     ) -> None:
-        from openai import AsyncOpenAI
-
         self.base_url, self.model = base_url, model
         self.api_key = os.environ.get(api_key_env) or "EMPTY"  # local servers accept any key
         self.concurrency, self.top_logprobs, self.temperature = concurrency, top_logprobs, temperature
         self.timeout_s, self.max_retries = timeout_s, max_retries
-        self._client_cls = AsyncOpenAI
         self.name = f"{model} @ {base_url}"
 
     async def _one(self, client, gate: asyncio.Semaphore, image: Any, text: str) -> float:
@@ -114,7 +111,9 @@ class EndpointJudge:
         return yes_share(p[YES], p[NO])
 
     async def ascores(self, images: Sequence[Any], texts: Sequence[str]) -> list[float | Exception]:
-        client = self._client_cls(
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(
             base_url=self.base_url, api_key=self.api_key, max_retries=self.max_retries, timeout=self.timeout_s
         )
         gate = asyncio.Semaphore(self.concurrency)

@@ -16,10 +16,12 @@ from .configs import RMScriptArguments
 from .runs import parse
 from .sft import train_supervised
 
+ARGS = (RMScriptArguments, SFTConfig, ModelConfig)
+
 
 def main(script_args: RMScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> Path:
     return train_supervised("rm", script_args, training_args, model_args)
 
 
 if __name__ == "__main__":
-    main(*parse((RMScriptArguments, SFTConfig, ModelConfig)))
+    main(*parse(ARGS))

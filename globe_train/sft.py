@@ -15,6 +15,8 @@ from .data import training_dataset
 from .modeling import freeze_vision, load_model, peft_config, save_final
 from .runs import JsonlLogs, parse, setup, write_run_info
 
+ARGS = (SFTScriptArguments, SFTConfig, ModelConfig)
+
 
 def train_supervised(kind: str, script_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> Path:
     # -- seed, logging, resume ------------------------------------------------------------------------------
@@ -50,4 +52,4 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
 
 
 if __name__ == "__main__":
-    main(*parse((SFTScriptArguments, SFTConfig, ModelConfig)))
+    main(*parse(ARGS))

@@ -16,7 +16,7 @@ from hub_servers import HubWriteServer, OlahHub, olah_cli
 
 pytest.importorskip("trl")
 from safetensors.torch import load_file
-from trl import GRPOConfig, ModelConfig, SFTConfig
+from trl import ModelConfig, SFTConfig
 
 from globe_train import grpo, rm, sft
 from globe_train.cli import main as globe
@@ -43,7 +43,7 @@ def _grpo(tiny_model: Path, build: Path, out: Path, *extra: str) -> Path:
     argv = ["--recipe", "tiny-cpu", "--model_name_or_path", str(tiny_model), "--rm_model", str(tiny_model),
             "--dataset_name", str(build), "--output_dir", str(out), "--max_steps", "2", "--max_completion_length",
             "16", "--log_completions", "false", *extra]  # fmt: skip
-    return grpo.main(*parse((GRPOScriptArguments, GRPOConfig, ModelConfig), argv))
+    return grpo.main(*parse(grpo.ARGS, argv))
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,8 @@ def test_train_cli_needs_a_recipe_and_names_the_shipped_ones():
     assert result.exit_code != 0 and "--recipe" in result.output
     result = runner.invoke(globe, ["train", "grpo", "--recipe", "no-such-recipe"])
     assert result.exit_code != 0 and "tiny-cpu" in result.output and "globe-qwen2.5-vl-7b" in result.output
+    result = runner.invoke(globe, ["train", "grpo", "--recipe", "tiny-cpu", "--reward_funcs", "format"])
+    assert result.exit_code != 0 and "one weight per reward" in result.output
     with runner.isolated_filesystem():
         result = runner.invoke(globe, ["train", "sft", "--recipe", "sft-tiny-cpu"])  # no ./sample-build here
     assert result.exit_code != 0 and "mp16-reason build --sample --out sample-build" in result.output
@@ -150,7 +152,7 @@ def test_train_cli_needs_a_recipe_and_names_the_shipped_ones():
 
 def test_shipped_recipes_parse_and_carry_the_paper_setting():
     cpu = ["--bf16", "false"]  # bf16 is refused where no GPU supports it
-    _, cfg, model = parse((GRPOScriptArguments, GRPOConfig, ModelConfig), ["--recipe", "globe-qwen2.5-vl-7b", *cpu])
+    _, cfg, model = parse(grpo.ARGS, ["--recipe", "globe-qwen2.5-vl-7b", *cpu])
     assert (cfg.learning_rate, cfg.num_generations, cfg.temperature, cfg.beta) == (1e-6, 16, 1.0, 0.001)
     assert (cfg.max_completion_length, cfg.num_train_epochs, cfg.use_vllm, cfg.loss_type) == (1024, 1, True, "grpo")
     assert yaml.safe_load(recipe_path("globe-qwen2.5-vl-7b").read_text())["bf16"] is True
