@@ -137,7 +137,7 @@ def test_sft_and_reward_model_runs(tiny_model, sample_build, tmp_path):
     assert 0.0 < score < 1.0
 
 
-def test_train_cli_needs_a_recipe_and_names_the_shipped_ones():
+def test_train_cli_needs_a_recipe_and_names_the_shipped_ones(tmp_path, monkeypatch):
     runner = CliRunner()
     result = runner.invoke(globe, ["train", "grpo"])
     assert result.exit_code != 0 and "--recipe" in result.output
@@ -145,8 +145,8 @@ def test_train_cli_needs_a_recipe_and_names_the_shipped_ones():
     assert result.exit_code != 0 and "tiny-cpu" in result.output and "globe-qwen2.5-vl-7b" in result.output
     result = runner.invoke(globe, ["train", "grpo", "--recipe", "tiny-cpu", "--reward_funcs", "format"])
     assert result.exit_code != 0 and "one weight per reward" in result.output
-    with runner.isolated_filesystem():
-        result = runner.invoke(globe, ["train", "sft", "--recipe", "sft-tiny-cpu"])  # no ./sample-build here
+    monkeypatch.chdir(tmp_path)  # no ./sample-build here
+    result = runner.invoke(globe, ["train", "sft", "--recipe", "sft-tiny-cpu"])
     assert result.exit_code != 0 and "mp16-reason build --sample --out sample-build" in result.output
 
 
