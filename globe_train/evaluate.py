@@ -61,15 +61,21 @@ def predict(items: list[EvalItem], predictor, out_dir: str | Path, progress: boo
             os.fsync(fh.fileno())
             bar.update(1)
 
-        if hasattr(predictor, "apredict"):
-            asyncio.run(_predict_async(todo, predictor, write))
-        else:
-            for item in todo:
-                t0 = time.perf_counter()
-                text, error = predictor.predict(item)
-                write(item, text, error, time.perf_counter() - t0)
+        ask_all(todo, predictor, write)
     bar.close()
     return path
+
+
+def ask_all(items: list[EvalItem], predictor, on_answer) -> None:
+    """Ask ``predictor`` about each item, calling ``on_answer(item, text, error, seconds)`` as answers arrive:
+    concurrently for endpoint predictors, one by one for local models and files."""
+    if hasattr(predictor, "apredict"):
+        asyncio.run(_predict_async(items, predictor, on_answer))
+        return
+    for item in items:
+        t0 = time.perf_counter()
+        text, error = predictor.predict(item)
+        on_answer(item, text, error, time.perf_counter() - t0)
 
 
 async def _predict_async(items: list[EvalItem], predictor, write) -> None:

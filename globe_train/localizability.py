@@ -14,14 +14,13 @@ inside that group stay comparable, counts and logs the failure, and still stops 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import logging
 import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
+from .predictors import jpeg_data_url
 from .rewards import completion_text
 
 log = logging.getLogger(__name__)
@@ -38,13 +37,11 @@ class JudgeError(RuntimeError):
     """The reward model could not score a completion."""
 
 
-def judge_messages(text: str, image: Any = None) -> list[dict]:
-    """The reward model's conversation: the system rule, then the photo and the text to judge. ``image`` fills
-    the image part (a PIL image for TRL and processors); without it the part is a placeholder."""
-    part: dict = {"type": "image", "image": image} if image is not None else {"type": "image"}
+def judge_messages(text: str) -> list[dict]:
+    """The reward model's conversation: the system rule, then the photo (a placeholder part) and the text."""
     return [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": [part, {"type": "text", "text": text}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
     ]
 
 
@@ -53,16 +50,6 @@ def yes_share(p_yes: float, p_no: float) -> float:
     if p_yes + p_no <= 0.0:
         raise JudgeError("the reward model gave neither 'yes' nor 'no' any probability")
     return p_yes / (p_yes + p_no)
-
-
-def _jpeg_data_url(image: Any) -> str:
-    if isinstance(image, bytes | bytearray):
-        data = bytes(image)
-    else:
-        buf = io.BytesIO()
-        image.convert("RGB").save(buf, "JPEG", quality=90)
-        data = buf.getvalue()
-    return "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 
 class EndpointJudge:
@@ -89,7 +76,7 @@ class EndpointJudge:
 
     async def _one(self, client, gate: asyncio.Semaphore, image: Any, text: str) -> float:
         messages = judge_messages(text)
-        messages[1]["content"][0] = {"type": "image_url", "image_url": {"url": _jpeg_data_url(image)}}
+        messages[1]["content"][0] = {"type": "image_url", "image_url": {"url": jpeg_data_url(image)}}
         async with gate:
             reply = await client.chat.completions.create(
                 model=self.model,
@@ -146,23 +133,13 @@ class LocalJudge:
         device: str | None = None,
         batch_size: int = 8,
     ) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        from .compat import patch_processors_without_torchvision
-
-        patch_processors_without_torchvision()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(model, str):
-            from .modeling import resolve_model
+            from .modeling import load_for_inference
 
-            self.name, model = model, resolve_model(model)
-            processor = processor or AutoProcessor.from_pretrained(model, revision=revision)
-            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-            model = AutoModelForImageTextToText.from_pretrained(model, revision=revision, dtype=dtype)
-            model.to(self.device)
-        else:
-            self.name = type(model).__name__
+            self.name = model
+            model, processor, self.device = load_for_inference(model, revision, device)
+        else:  # an already loaded model and its processor
+            self.name, self.device = type(model).__name__, device or str(model.device)
         self.model, self.processor, self.batch_size = model.eval(), processor, batch_size
         tok = processor.tokenizer
         spellings = {YES: ("yes", "Yes", "YES", " yes", " Yes"), NO: ("no", "No", "NO", " no", " No")}

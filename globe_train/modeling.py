@@ -51,6 +51,22 @@ def freeze_vision(model: Any) -> int:
     return n
 
 
+def load_for_inference(name: str, revision: str | None = None, device: str | None = None) -> tuple[Any, Any, str]:
+    """A model to run (not train): ``(model, processor, device)``, on the GPU in bf16 when there is one."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .compat import patch_processors_without_torchvision
+
+    patch_processors_without_torchvision()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = resolve_model(name)
+    processor = AutoProcessor.from_pretrained(path, revision=revision)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(path, revision=revision, dtype=dtype)
+    return model.to(device).eval(), processor, device
+
+
 def load_model(model_args: Any, training_args: Any, padding_side: str = "left") -> tuple[Any, Any]:
     """The model and processor that ``model_args`` (TRL's ``ModelConfig``) names, in the run's precision."""
     import torch

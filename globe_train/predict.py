@@ -49,22 +49,10 @@ def to_prediction(image: str, text: str, error: str = "") -> Prediction:
 
 
 def predict(images: list[str | Path], predictor) -> list[Prediction]:
-    """Run ``predictor`` (one of ``globe_train.predictors``) on each image, in order."""
-    import asyncio
+    """Run ``predictor`` (one of ``globe_train.predictors``) on each image; results in the images' order."""
+    from .evaluate import ask_all
 
     items = [EvalItem(id=str(p), lat=0.0, lon=0.0, image=str(p)) for p in images]
-    if hasattr(predictor, "apredict"):
-
-        async def run_all():
-            gate = asyncio.Semaphore(predictor.concurrency)
-
-            async def one(item):
-                async with gate:
-                    return await predictor.apredict(item)
-
-            return await asyncio.gather(*(one(i) for i in items))
-
-        results = asyncio.run(run_all())
-    else:
-        results = [predictor.predict(i) for i in items]
-    return [to_prediction(i.id, text, err) for i, (text, err) in zip(items, results)]
+    answers: dict[str, tuple[str, str]] = {}
+    ask_all(items, predictor, lambda item, text, error, _s: answers.__setitem__(item.id, (text, error)))
+    return [to_prediction(i.id, *answers[i.id]) for i in items]

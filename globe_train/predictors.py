@@ -38,6 +38,15 @@ def image_bytes(item: EvalItem, max_pixels: int | None = None) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_data_url(image) -> str:
+    """A ``data:`` URL of JPEG bytes, or of a PIL image encoded as JPEG (quality 90)."""
+    if not isinstance(image, bytes | bytearray):
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, "JPEG", quality=90)
+        image = buf.getvalue()
+    return "data:image/jpeg;base64," + base64.b64encode(image).decode()
+
+
 class EndpointPredictor:
     """Any OpenAI-compatible chat endpoint (vLLM, ``transformers serve``, OpenAI). The openai client retries
     429/5xx/timeouts with exponential backoff and honours Retry-After; ``concurrency`` caps requests in flight."""
@@ -73,7 +82,7 @@ class EndpointPredictor:
             data = await asyncio.to_thread(image_bytes, item, self.max_pixels)
         except OSError as exc:
             return "", f"image unreadable: {exc}"
-        url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+        url = jpeg_data_url(data)
         try:
             reply = await self.client.chat.completions.create(
                 model=self.model,
@@ -102,17 +111,9 @@ class TransformersPredictor:
     def __init__(
         self, model: str, revision: str | None = None, max_new_tokens: int = 512, device: str | None = None
     ) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from .modeling import load_for_inference
 
-        from .compat import patch_processors_without_torchvision
-
-        patch_processors_without_torchvision()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.processor = AutoProcessor.from_pretrained(model, revision=revision)
-        self.model = AutoModelForImageTextToText.from_pretrained(model, revision=revision, dtype=dtype)
-        self.model.to(self.device).eval()
+        self.model, self.processor, self.device = load_for_inference(model, revision, device)
         self.max_new_tokens = max_new_tokens
         self.concurrency = 1
         self.name = model

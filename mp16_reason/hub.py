@@ -39,12 +39,10 @@ def load(
         # A build without its card: the manifest says which shards make the config (a folder scan would mix them).
         from .schema import features
 
-        files: dict[str, list[str]] = {}
-        for s in _manifest(repo_id, revision, path)["shards"]:
-            if config_of(s) == config:
-                files.setdefault(s["split"], []).append(str(Path(path) / s["path"]))
-        if not files:
+        splits = sorted({s["split"] for s in _manifest(repo_id, revision, path)["shards"] if config_of(s) == config})
+        if not splits:
             raise ValueError(f"{path}: the build has no config {config!r}")
+        files = {name: shard_paths(name, config, path=path) for name in splits}
         return datasets.load_dataset(
             "webdataset", data_files=files, split=split, streaming=streaming, features=features(), **kwargs
         )
