@@ -23,6 +23,7 @@ the filters say, labelled with the teachers' verdict: the reward model's trainin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mp16_reason.distance import haversine_km
@@ -83,7 +84,10 @@ class Curator:
             return False
         return self.spec.agreement.level == "country" or city_match(a.city, b.city, b.country)
 
-    def curate(self, sample: Sample, jpeg: bytes, answers: list[TeacherAnswer], failures: list[str]) -> Decision:
+    def curate(
+        self, sample: Sample, jpeg: Callable[[], bytes], answers: list[TeacherAnswer], failures: list[str]
+    ) -> Decision:
+        """Filter one image's answers; ``jpeg`` gives the image's bytes, read only when grounding needs them."""
         spec = self.spec
         record = sample.model_copy(deep=True)
         record.teachers = answers
@@ -160,7 +164,7 @@ class Curator:
 
         order = {a.teacher: i for i, a in enumerate(answers)}
         if spec.grounding.enabled:
-            shares = segmenter(spec.grounding.model).shares(jpeg)
+            shares = segmenter(spec.grounding.model).shares(jpeg())
             visible = [label for label, share in shares.items() if share >= spec.grounding.min_pixel_share]
             grounded = {a.teacher: self.matcher.ground(a.entities, visible) for a in candidates}
 

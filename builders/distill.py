@@ -4,7 +4,7 @@ It runs in the build's main process on one event loop: a fixed pool of asynchron
 (image, teacher) jobs from a bounded queue that a producer fills unit by unit, so memory holds a few units
 whatever the size of the input, while each teacher's own cap and rates decide what is in flight. Answers come
 from the reply cache when present; each new reply is committed to the cache as soon as it arrives. When all
-jobs of a unit are done, a single curation thread filters it and commits ``distilled/unit-NNNNNN.parquet``
+jobs of a unit are done, a single curation thread filters it and commits ``curated/unit-NNNNNN.parquet``
 atomically. A killed build therefore resumes with committed units skipped and every reply that arrived
 already paid for; at most the requests in flight at the moment of the kill are sent again.
 """
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -31,11 +32,14 @@ from .teachers import PROMPT_TOKENS, Teacher, TeacherFailed, Usage, data_url, im
 from .units import UNIT_SCHEMA, tar_member_bytes, unit_path, write_atomic
 
 LOCALIZABILITY = "localizability"
-DISTILLED_SCHEMA = UNIT_SCHEMA.append(pa.field("config", pa.string()))
+# A curated unit: the prepared unit's columns but the image, which ``pos`` (the row in the prepared unit) finds.
+CURATED_SCHEMA = pa.schema(
+    [f for f in UNIT_SCHEMA if f.name != "jpg"] + [pa.field("pos", pa.int32()), pa.field("config", pa.string())]
+)
 
 
-def distilled_path(work_dir: str | Path, index: int) -> Path:
-    return Path(work_dir) / "distilled" / f"unit-{index:06d}.parquet"
+def curated_path(work_dir: str | Path, index: int) -> Path:
+    return Path(work_dir) / "curated" / f"unit-{index:06d}.parquet"
 
 
 def open_cache(recipe: Recipe) -> ReplyCache:
@@ -77,7 +81,9 @@ class Distiller:
     # -- one job ---------------------------------------------------------------------------------------------
     async def _answer(self, teacher: Teacher | None, spec: TeacherSpec, sha: str, jpeg: bytes, size) -> object:
         key = spec_key(spec, sha)
-        reply = self.cache.get(key)
+        loop = asyncio.get_running_loop()
+        # Looked up again: the same image may have been answered (for another row) since its unit was loaded.
+        reply = await loop.run_in_executor(self.db, self.cache.get, key)
         if reply is not None:
             self.hits[spec.name] += 1
             return to_answer(spec, reply)
@@ -86,50 +92,55 @@ class Distiller:
             return to_answer(spec, reply) if reply else f"teacher {spec.name}: duplicate request failed"
         if teacher is None:
             return f"teacher {spec.name}: no cached reply and the build is offline (distill.offline)"
-        future: asyncio.Future[CachedReply | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[CachedReply | None] = loop.create_future()
         self.inflight[key] = future
+        reply = None
         try:
             url = await asyncio.to_thread(data_url, jpeg, spec.max_pixels)
             expected = PROMPT_TOKENS + image_tokens(*size, spec.max_pixels) + spec.max_tokens
             reply = await teacher.ask(sha, url, expected)
+            await loop.run_in_executor(self.db, self.cache.put, reply)  # committed before the job counts as done
         except TeacherFailed as exc:
-            future.set_result(None)
             return teacher.scrub(str(exc))
         finally:
+            # Only now, with the reply in the cache, may a duplicate stop waiting here and look there instead.
+            future.set_result(reply)
             self.inflight.pop(key, None)
-        self.cache.put(reply)
-        future.set_result(reply)
         return to_answer(spec, reply)
 
     # -- one unit --------------------------------------------------------------------------------------------
     def _finish(self, unit: _Unit) -> None:
-        """Curate a unit whose answers are all in and commit it (runs on the curation thread)."""
-        rows = unit.table.to_pylist()
-        cols: dict[str, list] = {name: [] for name in DISTILLED_SCHEMA.names}
+        """Curate a unit whose answers are all in and commit it (runs on the curation thread).
 
-        def emit(row: dict, config: str = DEFAULT_CONFIG, **update) -> None:
-            values = {**row, "config": config, **update}
-            for name in DISTILLED_SCHEMA.names:
+        The images stay in the prepared unit (``pos`` points back to them): only the small columns are
+        rewritten, so curating holds the GIL, and the disk, for milliseconds rather than the unit's megabytes."""
+        rows = unit.table.drop_columns(["jpg"]).to_pylist()
+        jpgs = unit.table.column("jpg")
+        jpg_bytes = pc.binary_length(jpgs).to_pylist()
+        cols: dict[str, list] = {name: [] for name in CURATED_SCHEMA.names}
+
+        def emit(pos: int, config: str = DEFAULT_CONFIG, **update) -> None:
+            values = {**rows[pos], "pos": pos, "config": config, **update}
+            for name in CURATED_SCHEMA.names:
                 cols[name].append(values.get(name))
 
         for pos, row in enumerate(rows):
             if row["status"] != "ok":
-                emit(row)
+                emit(pos)
                 continue
             results = [unit.results[(pos, t)] for t in range(len(self.specs))]
             answers = [r for r in results if isinstance(r, TeacherAnswer)]
             failures = [r for r in results if isinstance(r, str)]
-            d = self.curator.curate(unit.samples[pos], row["jpg"], answers, failures)
+            d = self.curator.curate(unit.samples[pos], jpgs[pos].as_py, answers, failures)
             js = to_json_bytes(d.record)
-            size = tar_member_bytes(len(row["jpg"]), len(js))
+            size = tar_member_bytes(jpg_bytes[pos], len(js))
             if d.kept:
-                emit(row, json=js, tar_bytes=size)
-            else:  # the record stays (with every answer) for inspection; the image does not
-                emit(row, status="rejected", stage=d.stage, reason=d.reason, json=js, jpg=None, tar_bytes=0)
+                emit(pos, json=js, tar_bytes=size)
+            else:  # the record stays (with every answer) for inspection; the image goes to no shard
+                emit(pos, status="rejected", stage=d.stage, reason=d.reason, json=js, tar_bytes=0)
             if d.judged:
-                emit(row, LOCALIZABILITY, status="ok", stage="", reason="", json=js, tar_bytes=size)
-        table = pa.table(cols, schema=DISTILLED_SCHEMA)
-        write_atomic(table, distilled_path(self.work, unit.index), compression="none", use_dictionary=False)
+                emit(pos, LOCALIZABILITY, status="ok", stage="", reason="", json=js, tar_bytes=size)
+        write_atomic(pa.table(cols, schema=CURATED_SCHEMA), curated_path(self.work, unit.index))
 
     # -- the stage -------------------------------------------------------------------------------------------
     async def _run(self, todo: list[int], n_jobs: int) -> None:
@@ -139,6 +150,9 @@ class Distiller:
         n_workers = sum(s.max_concurrency for s in self.specs)
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
         curation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate")
+        # The reply cache lives on a thread of its own: SQLite lets go of the GIL while it reads and commits,
+        # and the event loop, which carries every request, never waits on the disk.
+        self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply-cache")
         room = asyncio.Semaphore(2)  # units loaded or curating at once: bounds memory
         finishing: list[asyncio.Future] = []
         bar = tqdm(total=n_jobs, unit="ask", desc="teachers", disable=not self.progress)
@@ -161,20 +175,30 @@ class Distiller:
                 jpgs = table.column("jpg")
                 for pos in ok:
                     unit.samples[pos] = from_json_bytes(records[pos])
+                keys = {spec_key(s, unit.samples[pos].image.sha256) for pos in ok for s in self.specs}
+                cached = await loop.run_in_executor(self.db, self.cache.get_many, keys)  # one query, not one a job
+                for pos in ok:
                     img = unit.samples[pos].image
-                    for t in range(len(self.specs)):
-                        await queue.put((unit, pos, t, img.sha256, jpgs[pos].as_py(), (img.width, img.height)))
+                    for t, spec in enumerate(self.specs):
+                        if (reply := cached.get(spec_key(spec, img.sha256))) is not None:  # answered: no job
+                            self.hits[spec.name] += 1
+                            settle(unit, pos, t, to_answer(spec, reply))
+                        else:
+                            await queue.put((unit, pos, t, img.sha256, jpgs[pos].as_py(), (img.width, img.height)))
             for _ in range(n_workers):
                 await queue.put(None)
+
+        def settle(unit: _Unit, pos: int, t: int, result: TeacherAnswer | str) -> None:
+            unit.results[(pos, t)] = result
+            unit.jobs -= 1
+            bar.update(1)
+            if unit.jobs == 0:
+                done(unit)
 
         async def work() -> None:
             while (job := await queue.get()) is not None:
                 unit, pos, t, sha, jpeg, size = job
-                unit.results[(pos, t)] = await self._answer(teachers[t], self.specs[t], sha, jpeg, size)
-                unit.jobs -= 1
-                bar.update(1)
-                if unit.jobs == 0:
-                    done(unit)
+                settle(unit, pos, t, await self._answer(teachers[t], self.specs[t], sha, jpeg, size))
 
         try:
             await asyncio.gather(produce(), *(work() for _ in range(n_workers)))
@@ -182,12 +206,13 @@ class Distiller:
         finally:
             bar.close()
             curation.shutdown(wait=True)
+            self.db.shutdown(wait=True)
             for t in teachers:
                 if t is not None:
                     await t.close()
 
     def run(self, n_units: int) -> None:
-        todo = [i for i in range(n_units) if not distilled_path(self.work, i).exists()]
+        todo = [i for i in range(n_units) if not curated_path(self.work, i).exists()]
         if not todo:
             return
         n_jobs = len(self.specs) * sum(
@@ -216,7 +241,7 @@ def teacher_totals(work_dir: Path, n_units: int, specs: list[TeacherSpec]) -> di
     """Answers, parsed and authored answers, and tokens per teacher, over every curated record of the build."""
     totals = {s.name: TeacherTotals() for s in specs}
     for i in range(n_units):
-        t = pq.read_table(distilled_path(work_dir, i), columns=["json", "config"])
+        t = pq.read_table(curated_path(work_dir, i), columns=["json", "config"])
         for js, config in zip(t.column("json").to_pylist(), t.column("config").to_pylist()):
             if js is None or config != DEFAULT_CONFIG:
                 continue
@@ -249,7 +274,7 @@ def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
     prompt, and ``expected_output_tokens``) and cost, with replies already in the cache left out."""
     sizes: dict[str, tuple[int, int]] = {}  # by image hash: a duplicate image is asked about once
     for i in range(n_units):
-        if distilled_path(work_dir, i).exists():
+        if curated_path(work_dir, i).exists():
             continue  # already curated: nothing more to send
         t = pq.read_table(unit_path(work_dir, i), columns=["status", "json"])
         for status, js in zip(t.column("status").to_pylist(), t.column("json").to_pylist()):

@@ -179,10 +179,20 @@ class Build:
     def _source(self, unit: int) -> Path:
         """Where a unit's final rows are: curated when there are teachers, else as prepared."""
         if self.recipe.teachers:
-            from .distill import distilled_path
+            from .distill import curated_path
 
-            return distilled_path(self.work, unit)
+            return curated_path(self.work, unit)
         return unit_path(self.work, unit)
+
+    def _final_rows(self, unit: int) -> tuple[pa.ChunkedArray, pa.ChunkedArray, pa.ChunkedArray, list[int]]:
+        """A unit's final ids and records, its prepared images, and each row's position among those images
+        (curated units keep no images of their own)."""
+        jpgs = pq.read_table(unit_path(self.work, unit), columns=["jpg"]).column("jpg")
+        if not self.recipe.teachers:
+            t = pq.read_table(unit_path(self.work, unit), columns=["id", "json"])
+            return t.column("id"), t.column("json"), jpgs, list(range(t.num_rows))
+        t = pq.read_table(self._source(unit), columns=["id", "json", "pos"])
+        return t.column("id"), t.column("json"), jpgs, t.column("pos").to_pylist()
 
     def _distill(self, n_rows: int) -> None:
         if self.recipe.teachers:  # imported here: the teacher stage needs the build extra (openai)
@@ -254,8 +264,7 @@ class Build:
         open_writers: dict[str, tuple] = {}
         bar = tqdm(total=sum(len(s["members"]) for s in todo), unit="img", desc="shards", disable=not self.progress)
         for unit in sorted(by_unit):
-            table = pq.read_table(self._source(unit), columns=["id", "jpg", "json"])
-            ids, jpgs, jsons = (table.column(c) for c in ("id", "jpg", "json"))
+            ids, jsons, jpgs, image_of = self._final_rows(unit)
             for shard, pos in by_unit[unit]:
                 path = shard["path"]
                 if path not in open_writers:
@@ -264,7 +273,11 @@ class Build:
                     open_writers[path] = (fh, wds.TarWriter(fh, user="mp16", group="mp16", mtime=TAR_MTIME), tmp)
                 _, writer, _ = open_writers[path]
                 writer.write(
-                    {"__key__": sample_key(ids[pos].as_py()), "jpg": jpgs[pos].as_py(), "json": jsons[pos].as_py()}
+                    {
+                        "__key__": sample_key(ids[pos].as_py()),
+                        "jpg": jpgs[image_of[pos]].as_py(),
+                        "json": jsons[pos].as_py(),
+                    }
                 )
                 shard["remaining"] -= 1
                 bar.update(1)

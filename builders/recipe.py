@@ -82,6 +82,9 @@ class TeacherSpec(_Spec):
     )
     # How requests are sent; these do not change what a reply means and are left out of the recipe hash.
     max_concurrency: int = Field(default=16, ge=1)
+    http_client: Literal["auto", "aiohttp", "httpx"] = Field(
+        default="auto", description="connection pool under the openai client; auto: aiohttp when installed"
+    )
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
@@ -97,6 +100,7 @@ class TeacherSpec(_Spec):
             "base_url",
             "api_key_env",
             "max_concurrency",
+            "http_client",
             "requests_per_minute",
             "tokens_per_minute",
             "timeout_s",

@@ -12,7 +12,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,8 @@ class ReplyCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: one reply, one commit
+        # autocommit (one reply, one commit); the build uses it from one thread at a time, not always the same one
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, which is what we need
         self._db.execute(
@@ -65,6 +66,15 @@ class ReplyCache:
     def get(self, key: str) -> CachedReply | None:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM replies WHERE key = ?", (key,)).fetchone()
         return CachedReply(*row) if row else None
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedReply]:
+        """The cached replies among ``keys``, by key (absent keys are left out)."""
+        keys, found = list(keys), {}
+        for i in range(0, len(keys), 500):  # under SQLite's limit on bound parameters
+            chunk = keys[i : i + 500]
+            sql = f"SELECT {', '.join(_COLUMNS)} FROM replies WHERE key IN ({', '.join('?' * len(chunk))})"
+            found.update((row[0], CachedReply(*row)) for row in self._db.execute(sql, chunk))
+        return found
 
     def _insert(self, replies: tuple[CachedReply, ...] | list[CachedReply], conflict: str) -> None:
         sql = f"INSERT OR {conflict} INTO replies ({', '.join(_COLUMNS)}, created) VALUES ({', '.join('?' * 10)})"

@@ -13,7 +13,15 @@ from teacher_server import TeacherServer
 from builders.recipe import TeacherSpec, load_recipe
 from builders.teacher_cache import CachedReply, ReplyCache, cache_key
 from builders.teacher_prompt import parse_reply
-from builders.teachers import MissingApiKey, Teacher, TeacherFailed, data_url, retry_after, to_answer
+from builders.teachers import (
+    MissingApiKey,
+    Teacher,
+    TeacherFailed,
+    data_url,
+    http_client,
+    retry_after,
+    to_answer,
+)
 
 GOOD = {
     "localizable": True,
@@ -101,6 +109,10 @@ def test_cache_persists_exports_and_imports(tmp_path):
     c.close()
     again = ReplyCache(tmp_path / "c.sqlite")  # a new process would see the same
     assert again.get("k2").origin == "authored" and again.get("nope") is None
+    assert {k: r.text for k, r in again.get_many(["k1", "nope", "k2"]).items()} == {"k1": "text one", "k2": "text two"}
+    big, many = ReplyCache(tmp_path / "big.sqlite"), [f"x{i}" for i in range(1200)]  # more than one query binds
+    big.put(*(CachedReply(k, "m", "v", k, "{}", k, 0, 0) for k in many[::3]))
+    assert sorted(big.get_many(many)) == sorted(many[::3])
     assert again.export(tmp_path / "e.jsonl") == 2
     other = ReplyCache(tmp_path / "other.sqlite")
     other.put(CachedReply("k1", "m", "v", "s1", "{}", "kept", 1, 1))
@@ -138,30 +150,40 @@ def _ask(spec: TeacherSpec, jpeg: bytes, n: int = 1) -> tuple[list, Teacher]:
     return asyncio.run(go()), teacher
 
 
+POOLS = ["aiohttp", "httpx"]  # both connection pools must meet every fault the same way
+
+
+@pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("fault", ["429", "500", "timeout", "truncated", "nonjson"])
-def test_transient_faults_are_retried(fault):
+def test_transient_faults_are_retried(fault, pool):
     first_two = {0: fault, 1: fault}
     with TeacherServer(lambda img, req: json.dumps(GOOD), lambda n, d: first_two.get(n), hang_s=1.0) as srv:
-        spec = TeacherSpec(name="t", base_url=srv.url, model="m", timeout_s=0.4, backoff_s=0.01, max_retries=3)
+        spec = TeacherSpec(
+            name="t", base_url=srv.url, model="m", timeout_s=0.4, backoff_s=0.01, max_retries=3, http_client=pool
+        )
         (reply,), teacher = _ask(spec, _jpeg())
     assert isinstance(reply, CachedReply) and json.loads(reply.text)["city"] == "Paris"
     assert srv.n == 3 and teacher.usage.retries == 2 and teacher.usage.requests == 1
     assert reply.input_tokens > 0 and teacher.usage.input_tokens == reply.input_tokens
 
 
-def test_persistent_fault_is_quarantined_with_reason():
+@pytest.mark.parametrize("pool", POOLS)
+def test_persistent_fault_is_quarantined_with_reason(pool):
     with TeacherServer(lambda img, req: "", lambda n, d: "500") as srv:
-        spec = TeacherSpec(name="t", base_url=srv.url, model="m", backoff_s=0.0, max_retries=2)
+        spec = TeacherSpec(name="t", base_url=srv.url, model="m", backoff_s=0.0, max_retries=2, http_client=pool)
         (err,), teacher = _ask(spec, _jpeg())
     assert isinstance(err, TeacherFailed) and "HTTP 500" in str(err) and err.attempts == 3
     assert srv.n == 3 and teacher.usage.failed == 1
 
 
-def test_client_errors_are_not_retried_and_keys_are_scrubbed(monkeypatch):
+@pytest.mark.parametrize("pool", POOLS)
+def test_client_errors_are_not_retried_and_keys_are_scrubbed(monkeypatch, pool):
     secret = "sk-test-DO-NOT-LEAK-4242"
     monkeypatch.setenv("TEACHER_KEY", secret)
     with TeacherServer(lambda img, req: "", lambda n, d: "401echo") as srv:
-        spec = TeacherSpec(name="t", base_url=srv.url, model="m", api_key_env="TEACHER_KEY", max_retries=5)
+        spec = TeacherSpec(
+            name="t", base_url=srv.url, model="m", api_key_env="TEACHER_KEY", max_retries=5, http_client=pool
+        )
         (err,), _ = _ask(spec, _jpeg())
     assert srv.n == 1 and srv.auth == {f"Bearer {secret}"}  # the key was sent, once
     assert "HTTP 401" in str(err) and secret not in str(err) and "***" in str(err)
@@ -176,14 +198,34 @@ def test_missing_api_key_names_the_variable(monkeypatch):
 def test_concurrency_cap_and_request_shape():
     with TeacherServer(lambda img, req: json.dumps(GOOD), latency_s=0.05) as srv:
         spec = TeacherSpec(
-            name="t", base_url=srv.url, model="m", max_concurrency=3, max_pixels=32 * 24, seed=7, top_p=0.9
-        )
+            name="t", base_url=srv.url, model="m", max_concurrency=3, max_pixels=32 * 24, seed=7, top_p=0.9,
+            extra_body={"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}},
+        )  # fmt: skip
         replies, _ = _ask(spec, _jpeg(640, 480), n=12)
     assert all(isinstance(r, CachedReply) for r in replies)
     assert srv.max_in_flight == 3
     req = srv.requests[0]
     assert req["response_format"]["type"] == "json_schema" and req["seed"] == 7 and req["top_p"] == 0.9
-    assert req["max_tokens"] == spec.max_tokens
+    assert req["max_tokens"] == spec.max_tokens and req["model"] == "m"
+    assert req["top_k"] == 20 and req["chat_template_kwargs"] == {"enable_thinking": False}  # extra_body, merged
+
+
+def test_connection_pool_choice(monkeypatch):
+    """auto takes the SDK's aiohttp pool when the extra is installed, else httpx; aiohttp when missing is an
+    error that names the fix."""
+    import openai
+
+    spec = TeacherSpec(name="t", base_url="http://127.0.0.1:9/v1", model="m")
+    assert isinstance(http_client(spec), openai.DefaultAioHttpClient)  # auto, with the extra installed
+    assert http_client(spec.model_copy(update={"http_client": "httpx"})) is None
+
+    def missing(**_):
+        raise RuntimeError("To use the aiohttp client you must have installed the package with the `aiohttp` extra")
+
+    monkeypatch.setattr(openai, "DefaultAioHttpClient", missing)
+    assert http_client(spec) is None  # auto falls back to httpx
+    with pytest.raises(ValueError, match=r"openai\[aiohttp\].*http_client: httpx"):
+        http_client(spec.model_copy(update={"http_client": "aiohttp"}))
 
 
 def test_image_is_sent_within_the_teacher_budget():
