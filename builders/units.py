@@ -17,11 +17,11 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mp16_reason.atomic import atomic_file
+from mp16_reason.atomic import atomic_path
 from mp16_reason.gazetteer import default_gazetteer
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, Source, SourceLabels, to_json_bytes
 
-from .images import ImageRejected, PreparedImage, prepare
+from .images import ImageRejected, PreparedImage, keep_image_memory, prepare
 from .ingest import LABEL_COLUMNS
 from .recipe import Recipe
 from .sources import FetchError, open_source
@@ -66,8 +66,8 @@ def unit_path(work_dir: str | Path, index: int) -> Path:
 
 
 def write_atomic(table: pa.Table, path: Path, row_group_size: int | None = None, **options) -> None:
-    with atomic_file(path) as fh:
-        pq.write_table(table, fh, row_group_size=row_group_size, **options)
+    with atomic_path(path) as tmp:  # a path, not a Python file: Arrow writes it without holding the GIL
+        pq.write_table(table, str(tmp), row_group_size=row_group_size, **options)
 
 
 def ordered_map(fn: Callable[[T], R], items: list[T], threads: int) -> Iterator[R]:
@@ -93,6 +93,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         meta = pq.read_table(out, columns=["status"]).column("status").to_pylist()
         return task.index, meta.count("ok"), len(meta) - meta.count("ok")
     recipe = Recipe.model_validate(task.recipe)
+    keep_image_memory()  # here, not at import: this runs in every worker, whichever distributor started it
     rows = pq.ParquetFile(Path(task.work_dir) / "ingest.parquet").read_row_group(task.index).to_pylist()
     source = open_source(
         recipe.input.images, Path(task.work_dir), recipe.fetch.timeout_s, recipe.fetch.retries, recipe.fetch.backoff_s

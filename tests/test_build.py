@@ -325,6 +325,37 @@ def test_prepare_on_threads_equals_serial():
         assert list(pool.map(lambda d: prepare(d, 20_000).jpeg, srcs)) == serial
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keeping_image_memory_changes_speed_not_bytes(tmp_path):
+    """Workers tell glibc to keep freed image buffers; what they prepare stays byte for byte the same."""
+    from builders.images import prepare
+
+    src = tmp_path / "src.jpg"
+    src.write_bytes(_encode(Image.effect_noise((640, 480), 50).convert("RGB"), "JPEG"))
+    code = (
+        "import sys; from pathlib import Path; from builders.images import keep_image_memory, prepare\n"
+        "assert keep_image_memory() and keep_image_memory()\n"  # once per process; the second call is cached
+        "sys.stdout.buffer.write(prepare(Path(sys.argv[1]).read_bytes(), 20_000).jpeg)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, check=True).stdout
+    assert out == prepare(src.read_bytes(), 20_000).jpeg
+
+
+def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
+    import pyarrow as pa
+
+    from builders.units import write_atomic
+    from mp16_reason.atomic import atomic_path
+
+    target = tmp_path / "t.parquet"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash while writing")
+    assert list(tmp_path.iterdir()) == []
+    write_atomic(pa.table({"a": [1, 2]}), target)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
 def test_tar_source_random_access_and_bad_member(tmp_path):
     from builders.sources import FetchError, TarSource
 
