@@ -79,8 +79,9 @@ class Distiller:
         self.hits: Counter = Counter()  # answers served from the cache in this run
 
     # -- one job ---------------------------------------------------------------------------------------------
-    async def _answer(self, teacher: Teacher | None, spec: TeacherSpec, sha: str, jpeg: bytes, size) -> object:
-        key = spec_key(spec, sha)
+    async def _answer(
+        self, teacher: Teacher | None, spec: TeacherSpec, key: str, sha: str, jpeg: bytes, size: tuple[int, int]
+    ) -> object:
         loop = asyncio.get_running_loop()
         # Looked up again: the same image may have been answered (for another row) since its unit was loaded.
         reply = await loop.run_in_executor(self.db, self.cache.get, key)
@@ -145,7 +146,8 @@ class Distiller:
     # -- the stage -------------------------------------------------------------------------------------------
     async def _run(self, todo: list[int], n_jobs: int) -> None:
         offline = self.recipe.distill.offline
-        teachers = [None if offline else Teacher(s, self.usage[s.name]) for s in self.specs]
+        specs = self.specs
+        teachers = [None if offline else Teacher(s, self.usage[s.name]) for s in specs]
         loop = asyncio.get_running_loop()
         n_workers = sum(s.max_concurrency for s in self.specs)
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
@@ -167,7 +169,7 @@ class Distiller:
                 await room.acquire()
                 table = await asyncio.to_thread(pq.read_table, unit_path(self.work, index))
                 ok = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "ok"]
-                unit = _Unit(index, table, len(ok) * len(self.specs))
+                unit = _Unit(index, table, len(ok) * len(specs))
                 if not unit.jobs:
                     done(unit)
                     continue
@@ -175,16 +177,19 @@ class Distiller:
                 jpgs = table.column("jpg")
                 for pos in ok:
                     unit.samples[pos] = from_json_bytes(records[pos])
-                keys = {spec_key(s, unit.samples[pos].image.sha256) for pos in ok for s in self.specs}
-                cached = await loop.run_in_executor(self.db, self.cache.get_many, keys)  # one query, not one a job
+                shas = {pos: unit.samples[pos].image.sha256 for pos in ok}
+                keys = {(pos, t): spec_key(s, shas[pos]) for pos in ok for t, s in enumerate(specs)}
+                # One query for the unit, not one a job.
+                cached = await loop.run_in_executor(self.db, self.cache.get_many, set(keys.values()))
                 for pos in ok:
                     img = unit.samples[pos].image
-                    for t, spec in enumerate(self.specs):
-                        if (reply := cached.get(spec_key(spec, img.sha256))) is not None:  # answered: no job
+                    for t, spec in enumerate(specs):
+                        if (reply := cached.get(keys[(pos, t)])) is not None:  # answered already: no job
                             self.hits[spec.name] += 1
                             settle(unit, pos, t, to_answer(spec, reply))
                         else:
-                            await queue.put((unit, pos, t, img.sha256, jpgs[pos].as_py(), (img.width, img.height)))
+                            job = (unit, pos, t, keys[(pos, t)], img.sha256, jpgs[pos].as_py(), (img.width, img.height))
+                            await queue.put(job)
             for _ in range(n_workers):
                 await queue.put(None)
 
@@ -197,8 +202,8 @@ class Distiller:
 
         async def work() -> None:
             while (job := await queue.get()) is not None:
-                unit, pos, t, sha, jpeg, size = job
-                settle(unit, pos, t, await self._answer(teachers[t], self.specs[t], sha, jpeg, size))
+                unit, pos, t, key, sha, jpeg, size = job
+                settle(unit, pos, t, await self._answer(teachers[t], specs[t], key, sha, jpeg, size))
 
         try:
             await asyncio.gather(produce(), *(work() for _ in range(n_workers)))

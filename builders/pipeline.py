@@ -187,12 +187,11 @@ class Build:
     def _final_rows(self, unit: int) -> tuple[pa.ChunkedArray, pa.ChunkedArray, pa.ChunkedArray, list[int]]:
         """A unit's final ids and records, its prepared images, and each row's position among those images
         (curated units keep no images of their own)."""
-        jpgs = pq.read_table(unit_path(self.work, unit), columns=["jpg"]).column("jpg")
-        if not self.recipe.teachers:
-            t = pq.read_table(unit_path(self.work, unit), columns=["id", "json"])
-            return t.column("id"), t.column("json"), jpgs, list(range(t.num_rows))
-        t = pq.read_table(self._source(unit), columns=["id", "json", "pos"])
-        return t.column("id"), t.column("json"), jpgs, t.column("pos").to_pylist()
+        curated = bool(self.recipe.teachers)
+        prepared = pq.read_table(unit_path(self.work, unit), columns=["jpg"] if curated else ["id", "json", "jpg"])
+        final = pq.read_table(self._source(unit), columns=["id", "json", "pos"]) if curated else prepared
+        positions = final.column("pos").to_pylist() if curated else list(range(final.num_rows))
+        return final.column("id"), final.column("json"), prepared.column("jpg"), positions
 
     def _distill(self, n_rows: int) -> None:
         if self.recipe.teachers:  # imported here: the teacher stage needs the build extra (openai)
