@@ -95,6 +95,7 @@ def serve(folder: Path) -> Iterator[str]:
     finally:
         proc.stdin.close()
         proc.wait()
+        proc.stdout.close()
 
 
 def _tree_rss_mb(root: int) -> tuple[float, float]:

@@ -226,6 +226,7 @@ def main() -> None:
         again.run(-(-args.n // 1000))
         srv.stdin.close()
         srv.wait()
+        srv.stdout.close()
         print(f"  ours                {ours:8.1f} req/s   {ours / ideal:6.1%} of C/L")
         print(f"  openai + semaphore  {base:8.1f} req/s   {base / ideal:6.1%} of C/L")
         print(f"  ratio ours/baseline {ours / base:8.2f}x")
