@@ -29,17 +29,13 @@ from .curate import Curator
 from .recipe import Recipe, TeacherSpec
 from .teacher_cache import CachedReply, ReplyCache, default_path
 from .teachers import PROMPT_TOKENS, Teacher, TeacherFailed, Usage, data_url, image_tokens, spec_key, to_answer
-from .units import UNIT_SCHEMA, tar_member_bytes, unit_path, write_atomic
+from .units import UNIT_SCHEMA, curated_path, tar_member_bytes, unit_path, write_atomic
 
 LOCALIZABILITY = "localizability"
 # A curated unit: the prepared unit's columns but the image, which ``pos`` (the row in the prepared unit) finds.
 CURATED_SCHEMA = pa.schema(
     [f for f in UNIT_SCHEMA if f.name != "jpg"] + [pa.field("pos", pa.int32()), pa.field("config", pa.string())]
 )
-
-
-def curated_path(work_dir: str | Path, index: int) -> Path:
-    return Path(work_dir) / "curated" / f"unit-{index:06d}.parquet"
 
 
 def open_cache(recipe: Recipe) -> ReplyCache:

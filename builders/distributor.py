@@ -14,7 +14,7 @@ from typing import Any
 PRELOAD = ["builders.units"]
 
 
-def _context() -> mp.context.BaseContext:
+def process_context() -> mp.context.BaseContext:
     """Workers start from a clean process, never a fork of the caller (its threads: progress bars, HTTP pools).
 
     forkserver, where the platform has it: the server imports the unit code once and each worker is a fork of
@@ -29,7 +29,7 @@ def _context() -> mp.context.BaseContext:
 
 def warm_up() -> None:
     """Start the fork server now, so that its imports overlap with the caller's own start-up."""
-    ctx = _context()
+    ctx = process_context()
     if ctx.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
@@ -42,7 +42,7 @@ def run_local(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> I
         for task in tasks:
             yield fn(task)
         return
-    ctx = _context()
+    ctx = process_context()
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = {pool.submit(fn, t): t for t in tasks}
         for fut in cf.as_completed(futures):

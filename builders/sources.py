@@ -10,12 +10,11 @@ import os
 import random
 import tarfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import urllib3
 
 
 class FetchError(Exception):
@@ -86,12 +85,24 @@ class TarSource:
 
 
 class UrlSource:
-    """HTTP(S) downloads with a timeout, retries with jittered backoff on 429/5xx/timeouts, dead links recorded."""
+    """HTTP(S) downloads with a timeout, retries with jittered backoff on 429/5xx/timeouts, dead links recorded.
+
+    Connections are pooled and kept alive (urllib3), ``threads`` per host: MP-16's photos come from a handful
+    of Flickr hosts, so most requests skip the TCP and TLS handshakes that a connection per image would pay.
+    """
 
     USER_AGENT = "mp16-reason-builder (+https://arxiv.org/abs/2506.14674)"
 
-    def __init__(self, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.5) -> None:
+    def __init__(self, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.5, threads: int = 16) -> None:
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.pool = urllib3.PoolManager(
+            num_pools=64,
+            maxsize=threads,
+            headers={"User-Agent": self.USER_AGENT},
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+            # Redirects are followed; every other retry is ours (below), so each failure has a reason.
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
+        )
 
     def fetch(self, ref: str) -> bytes:
         last = ""
@@ -99,23 +110,35 @@ class UrlSource:
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
             try:
-                req = urllib.request.Request(ref, headers={"User-Agent": self.USER_AGENT})
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return resp.read()
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-                if exc.code != 429 and exc.code < 500:
-                    break  # 404, 403, 410: the link is dead, retrying will not help
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                last = "timeout" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else str(reason)
+                resp = self.pool.request("GET", ref)
+            except urllib3.exceptions.MaxRetryError as exc:
+                last = _reason(exc.reason)
+                continue
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                last = _reason(exc)
+                continue
+            if resp.status < 300:
+                return resp.data
+            last = f"HTTP {resp.status}"
+            if resp.status != 429 and resp.status < 500:
+                break  # 404, 403, 410: the link is dead, retrying will not help
         raise FetchError(f"dead link ({last}) after {attempt + 1} attempt(s): {ref}")
 
 
-def open_source(images: str | None, work_dir: Path, timeout_s: float, retries: int, backoff_s: float):
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # before timeouts: urllib3 makes it one
+        return f"cannot connect: {exc.__cause__ or exc}"
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        return "timeout"
+    return str(exc)
+
+
+def open_source(
+    images: str | None, work_dir: Path, timeout_s: float, retries: int, backoff_s: float, threads: int = 16
+):
     """The source for a recipe's ``input.images`` (None: URLs from the metadata)."""
     if images is None:
-        return UrlSource(timeout_s, retries, backoff_s)
+        return UrlSource(timeout_s, retries, backoff_s, threads)
     if images.endswith(".tar"):
         return TarSource(images, work_dir / "tar-index.parquet")
     return FolderSource(images)

@@ -65,6 +65,11 @@ def unit_path(work_dir: str | Path, index: int) -> Path:
     return Path(work_dir) / "units" / f"unit-{index:06d}.parquet"
 
 
+def curated_path(work_dir: str | Path, index: int) -> Path:
+    """A unit after the teacher stage: its rows' records and answers, pointing at the prepared unit's images."""
+    return Path(work_dir) / "curated" / f"unit-{index:06d}.parquet"
+
+
 def write_atomic(table: pa.Table, path: Path, row_group_size: int | None = None, **options) -> None:
     with atomic_path(path) as tmp:  # a path, not a Python file: Arrow writes it without holding the GIL
         pq.write_table(table, str(tmp), row_group_size=row_group_size, **options)
@@ -95,8 +100,9 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
     recipe = Recipe.model_validate(task.recipe)
     keep_image_memory()  # here, not at import: this runs in every worker, whichever distributor started it
     rows = pq.ParquetFile(Path(task.work_dir) / "ingest.parquet").read_row_group(task.index).to_pylist()
+    net = recipe.fetch
     source = open_source(
-        recipe.input.images, Path(task.work_dir), recipe.fetch.timeout_s, recipe.fetch.retries, recipe.fetch.backoff_s
+        recipe.input.images, Path(task.work_dir), net.timeout_s, net.retries, net.backoff_s, net.threads
     )
 
     spec = recipe.image
@@ -116,7 +122,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
             return "image", str(exc)
 
     # Downloads wait on the network; local reads need only enough threads to keep the cores busy.
-    threads = recipe.fetch.threads if recipe.input.images is None else 4
+    threads = net.threads if recipe.input.images is None else 4
     gaz = default_gazetteer()  # once per worker process, not per unit
     places = gaz.reverse_batch([r["lat"] for r in rows], [r["lon"] for r in rows])
     build = BuildInfo(version=recipe.version, recipe_sha256=task.recipe_sha256)

@@ -139,7 +139,13 @@ def test_output_does_not_depend_on_workers(sample_input, reference, tmp_path):
 
 @pytest.mark.parametrize(
     "kill_when",
-    [".work/recipe.json", ".work/ingest.parquet", ".work/units/unit-000000.parquet", ".work/units/unit-000002.parquet"],
+    [
+        ".work/recipe.json",
+        ".work/ingest.parquet",
+        ".work/units/unit-000000.parquet",
+        ".work/units/unit-000002.parquet",
+        "data/train-000000.tar",  # shards are written while later units are still prepared
+    ],
 )
 def test_sigkill_then_resume_is_byte_identical(sample_input, reference, tmp_path, kill_when):
     """SIGKILL the CLI as soon as it reaches a given point, then rerun: nothing lost, nothing duplicated."""
@@ -173,6 +179,55 @@ def test_kill_during_shard_writing_resumes(sample_input, reference, tmp_path):
     (tmp_path / "manifest.json").unlink()
     build(sample_recipe(sample_input, tmp_path), progress=False)
     assert shard_digests(tmp_path) == shard_digests(reference[0])
+
+
+def test_shard_process_failure_is_reported_and_resumable(sample_input, reference, tmp_path):
+    build(sample_recipe(sample_input, tmp_path), progress=False)
+    unit = tmp_path / ".work" / "units" / "unit-000001.parquet"
+    good = unit.read_bytes()
+    for shard in (tmp_path / "data").glob("*.tar"):
+        shard.unlink()
+    (tmp_path / "manifest.json").unlink()
+    unit.write_bytes(b"not parquet")
+    with pytest.raises(BuildError, match=r"writing shards failed at unit 1 \(\.work/units/unit-000001\.parquet\): "
+                       r"ArrowInvalid: .*Parquet magic bytes.*delete that unit's files"):  # fmt: skip
+        build(sample_recipe(sample_input, tmp_path), progress=False)
+    assert not (tmp_path / "manifest.json").exists()
+    unit.write_bytes(good)
+    build(sample_recipe(sample_input, tmp_path), progress=False)
+    assert shard_digests(tmp_path) == shard_digests(reference[0])
+    assert not list((tmp_path / "data").glob(".*"))
+
+
+def test_shard_process_exits_when_the_build_is_killed(sample_input, tmp_path):
+    """The shard process must not outlive a killed build: it could otherwise still be writing beside a rerun."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from builders.shards import ShardProcess\n"
+        "if __name__ == '__main__':\n"
+        "    p = ShardProcess(Path(sys.argv[1]), Path(sys.argv[1]) / '.work', 150_000, curated=False)\n"
+        "    print(p._proc.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    assert _running(child)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 30
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_parquet_metadata_builds_the_same_images(sample_input, reference, tmp_path):
@@ -401,14 +456,27 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
     from builders.sources import FetchError, UrlSource
 
     hits = {"flaky": 0}
+    client_ports: set[int] = set()
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keeps connections open unless the client closes them
+
         def do_GET(self):
+            client_ports.add(self.client_address[1])
             if self.path == "/ok.jpg":
                 body, code = b"jpegbytes", 200
             elif self.path == "/flaky.jpg":
                 hits["flaky"] += 1
                 body, code = (b"late", 200) if hits["flaky"] >= 3 else (b"", 503)
+            elif self.path == "/moved.jpg":
+                self.send_response(302)
+                self.send_header("Location", "/ok.jpg")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            elif self.path == "/slow.jpg":
+                time.sleep(1.0)  # past the client's timeout: no answer
+                return
             else:
                 body, code = b"", 404
             self.send_response(code)
@@ -426,9 +494,13 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
         src = UrlSource(timeout_s=2, retries=3, backoff_s=0.01)
         assert src.fetch(f"{base}/ok.jpg") == b"jpegbytes"
         assert src.fetch(f"{base}/flaky.jpg") == b"late" and hits["flaky"] == 3
+        assert src.fetch(f"{base}/moved.jpg") == b"jpegbytes"  # redirects are followed
         with pytest.raises(FetchError, match=r"dead link \(HTTP 404\) after 1 attempt"):
             src.fetch(f"{base}/gone.jpg")
-        with pytest.raises(FetchError, match="dead link"):
+        assert len(client_ports) == 1  # one kept-alive connection served every request above
+        with pytest.raises(FetchError, match=r"dead link \(timeout\) after 2 attempt"):
+            UrlSource(timeout_s=0.2, retries=1, backoff_s=0.01).fetch(f"{base}/slow.jpg")
+        with pytest.raises(FetchError, match=r"dead link \(cannot connect: .*\) after 2 attempt"):
             UrlSource(timeout_s=0.5, retries=1, backoff_s=0.01).fetch("http://127.0.0.1:9/none.jpg")
     finally:
         server.shutdown()
