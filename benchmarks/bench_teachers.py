@@ -37,7 +37,7 @@ from builders.recipe import load_recipe  # noqa: E402
 from builders.teacher_cache import ReplyCache  # noqa: E402
 from builders.teacher_prompt import messages  # noqa: E402
 from builders.teachers import data_url, new_reply  # noqa: E402
-from builders.units import UNIT_SCHEMA, unit_path, write_atomic  # noqa: E402
+from builders.units import UNIT_SCHEMA, unit_path, write_unit  # noqa: E402
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, to_json_bytes  # noqa: E402
 
 REPLY = json.dumps(
@@ -72,7 +72,7 @@ def write_units(work: Path, n: int, size: tuple[int, int], unit_size: int = 1000
             for k, v in zip(UNIT_SCHEMA.names, row):
                 cols[k].append(v)
             shas.append(sha)
-        write_atomic(pa.table(cols, schema=UNIT_SCHEMA), unit_path(work, u))
+        write_unit(pa.table(cols, schema=UNIT_SCHEMA), unit_path(work, u))
     return shas
 
 

@@ -4,7 +4,7 @@ It runs in the build's main process on one event loop: a fixed pool of asynchron
 (image, teacher) jobs from a bounded queue that a producer fills unit by unit, so memory holds a few units
 whatever the size of the input, while each teacher's own cap and rates decide what is in flight. Answers come
 from the reply cache when present; each new reply is committed to the cache as soon as it arrives. When all
-jobs of a unit are done, a single curation thread filters it and commits ``curated/unit-NNNNNN.parquet``
+jobs of a unit are done, a single curation thread filters it and commits ``curated/unit-NNNNNN.arrow``
 atomically. A killed build therefore resumes with committed units skipped and every reply that arrived
 already paid for; at most the requests in flight at the moment of the kill are sent again.
 """
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from mp16_reason.hub import DEFAULT_CONFIG
@@ -29,7 +28,7 @@ from .curate import Curator
 from .recipe import Recipe, TeacherSpec
 from .teacher_cache import CachedReply, ReplyCache, default_path
 from .teachers import PROMPT_TOKENS, Teacher, TeacherFailed, Usage, data_url, image_tokens, spec_key, to_answer
-from .units import UNIT_SCHEMA, curated_path, tar_member_bytes, unit_path, write_atomic
+from .units import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
 
 LOCALIZABILITY = "localizability"
 # A curated unit: the prepared unit's columns but the image, which ``pos`` (the row in the prepared unit) finds.
@@ -137,7 +136,7 @@ class Distiller:
                 emit(pos, status="rejected", stage=d.stage, reason=d.reason, json=js, tar_bytes=0)
             if d.judged:
                 emit(pos, LOCALIZABILITY, status="ok", stage="", reason="", json=js, tar_bytes=size)
-        write_atomic(pa.table(cols, schema=CURATED_SCHEMA), curated_path(self.work, unit.index))
+        write_unit(pa.table(cols, schema=CURATED_SCHEMA), curated_path(self.work, unit.index))
 
     # -- the stage -------------------------------------------------------------------------------------------
     async def _run(self, todo: list[int], n_jobs: int) -> None:
@@ -163,7 +162,7 @@ class Distiller:
         async def produce() -> None:
             for index in todo:
                 await room.acquire()
-                table = await asyncio.to_thread(pq.read_table, unit_path(self.work, index))
+                table = await asyncio.to_thread(read_unit, unit_path(self.work, index))
                 ok = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "ok"]
                 unit = _Unit(index, table, len(ok) * len(specs))
                 if not unit.jobs:
@@ -217,8 +216,7 @@ class Distiller:
         if not todo:
             return
         n_jobs = len(self.specs) * sum(
-            pq.read_table(unit_path(self.work, i), columns=["status"]).column("status").to_pylist().count("ok")
-            for i in todo
+            read_unit(unit_path(self.work, i), ["status"]).column("status").to_pylist().count("ok") for i in todo
         )
         c = self.recipe.curation
         if not self.progress and (c.agreement.enabled or c.grounding.enabled):
@@ -242,7 +240,7 @@ def teacher_totals(work_dir: Path, n_units: int, specs: list[TeacherSpec]) -> di
     """Answers, parsed and authored answers, and tokens per teacher, over every curated record of the build."""
     totals = {s.name: TeacherTotals() for s in specs}
     for i in range(n_units):
-        t = pq.read_table(curated_path(work_dir, i), columns=["json", "config"])
+        t = read_unit(curated_path(work_dir, i), ["json", "config"])
         for js, config in zip(t.column("json").to_pylist(), t.column("config").to_pylist()):
             if js is None or config != DEFAULT_CONFIG:
                 continue
@@ -277,7 +275,7 @@ def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
     for i in range(n_units):
         if curated_path(work_dir, i).exists():
             continue  # already curated: nothing more to send
-        t = pq.read_table(unit_path(work_dir, i), columns=["status", "json"])
+        t = read_unit(unit_path(work_dir, i), ["status", "json"])
         for status, js in zip(t.column("status").to_pylist(), t.column("json").to_pylist()):
             if status == "ok":
                 img = from_json_bytes(js).image

@@ -18,11 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from mp16_reason.hub import DEFAULT_CONFIG
 
-from .units import curated_path, unit_path
+from .units import curated_path, read_unit, unit_path
 
 TAR_MTIME = 0  # fixed member times keep shards byte-identical across runs
 TAR_RECORD = 10240  # tarfile pads an archive to whole records of 20 blocks
@@ -137,12 +135,12 @@ class ShardFold:
         """Fold one unit in; returns its number of rows."""
         prepared = unit_path(self.work, unit)
         if self.curated:
-            final = pq.read_table(curated_path(self.work, unit), columns=[*META, "json", "pos", "config"])
-            jpgs = pq.read_table(prepared, columns=["jpg"]).column("jpg")
+            final = read_unit(curated_path(self.work, unit), [*META, "json", "pos", "config"])
+            jpgs = read_unit(prepared, ["jpg"]).column("jpg")
             image_of = final.column("pos").to_pylist()
             configs = final.column("config").to_pylist()
         else:
-            final = pq.read_table(prepared, columns=[*META, "json", "jpg"])
+            final = read_unit(prepared, [*META, "json", "jpg"])
             jpgs = final.column("jpg")
             image_of = range(final.num_rows)
             configs = [DEFAULT_CONFIG] * final.num_rows

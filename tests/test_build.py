@@ -142,8 +142,8 @@ def test_output_does_not_depend_on_workers(sample_input, reference, tmp_path):
     [
         ".work/recipe.json",
         ".work/ingest.parquet",
-        ".work/units/unit-000000.parquet",
-        ".work/units/unit-000002.parquet",
+        ".work/units/unit-000000.arrow",
+        ".work/units/unit-000002.arrow",
         "data/train-000000.tar",  # shards are written while later units are still prepared
     ],
 )
@@ -183,14 +183,14 @@ def test_kill_during_shard_writing_resumes(sample_input, reference, tmp_path):
 
 def test_shard_process_failure_is_reported_and_resumable(sample_input, reference, tmp_path):
     build(sample_recipe(sample_input, tmp_path), progress=False)
-    unit = tmp_path / ".work" / "units" / "unit-000001.parquet"
+    unit = tmp_path / ".work" / "units" / "unit-000001.arrow"
     good = unit.read_bytes()
     for shard in (tmp_path / "data").glob("*.tar"):
         shard.unlink()
     (tmp_path / "manifest.json").unlink()
-    unit.write_bytes(b"not parquet")
-    with pytest.raises(BuildError, match=r"writing shards failed at unit 1 \(\.work/units/unit-000001\.parquet\): "
-                       r"ArrowInvalid: .*Parquet magic bytes.*delete that unit's files"):  # fmt: skip
+    unit.write_bytes(b"not an arrow file")
+    with pytest.raises(BuildError, match=r"writing shards failed at unit 1 \(\.work/units/unit-000001\.arrow\): "
+                       r"ArrowInvalid: .*delete that unit's files"):  # fmt: skip
         build(sample_recipe(sample_input, tmp_path), progress=False)
     assert not (tmp_path / "manifest.json").exists()
     unit.write_bytes(good)

@@ -26,6 +26,7 @@ from builders.pipeline import build
 from builders.recipe import Recipe
 from builders.sample import write_sample
 from builders.sample_replies import replies
+from builders.units import curated_path, read_unit
 from builders.validate import validate_build
 from mp16_reason.cli import main
 from mp16_reason.schema import from_json_bytes
@@ -244,7 +245,7 @@ def test_teacher_stage_through_transformers_serve(served, tiny_model, sample_inp
     rejected = pq.read_table(tmp_path / "o" / "rejections.parquet").to_pylist()
     assert {r["stage"] for r in rejected} == {"teacher"} and len(rejected) == 4
     assert all("could not be parsed" in r["reason"] for r in rejected)
-    units = pq.read_table(tmp_path / "o" / ".work" / "curated" / "unit-000000.parquet").to_pylist()
+    units = read_unit(curated_path(tmp_path / "o" / ".work", 0)).to_pylist()
     answers = [a for u in units if u["json"] for a in from_json_bytes(u["json"]).teachers]
     assert len(answers) == 4 and all(not a.parsed and a.raw and a.input_tokens > 0 for a in answers)
     assert all(a.output_tokens > 0 and a.model == str(tiny_model) for a in answers)
