@@ -11,14 +11,15 @@ import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-PRELOAD = ["builders.units"]
+PRELOAD = ["builders.preload"]  # the unit code and the gazetteer, loaded once for all workers
 
 
 def process_context() -> mp.context.BaseContext:
     """Workers start from a clean process, never a fork of the caller (its threads: progress bars, HTTP pools).
 
-    forkserver, where the platform has it: the server imports the unit code once and each worker is a fork of
-    it, ready in milliseconds, where spawn would re-import pandas and pyarrow in every worker.
+    forkserver, where the platform has it: the server loads the unit code and the gazetteer once and each
+    worker is a fork of it, ready in milliseconds, where spawn would re-import pandas and pyarrow and reload the
+    gazetteer in every worker.
     """
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")

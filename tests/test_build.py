@@ -396,6 +396,17 @@ def test_keeping_image_memory_changes_speed_not_bytes(tmp_path):
     assert out == prepare(src.read_bytes(), 20_000).jpeg
 
 
+def test_fork_server_preload_loads_the_gazetteer_once_for_all_workers():
+    from builders.distributor import PRELOAD
+
+    code = (
+        f"import {', '.join(PRELOAD)}\n"
+        "from mp16_reason.gazetteer import default_gazetteer\n"
+        "assert default_gazetteer.cache_info().currsize == 1\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
     import pyarrow as pa
 
