@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 from click.testing import CliRunner
 
@@ -63,3 +65,21 @@ def test_globe_match_compares_rules():
     )
     data = json.loads(res.output)
     assert data["alias"]["r_geo"] == 1.0 and data["official"]["r_geo"] == 0.0
+
+
+def test_package_exports_load_on_first_use():
+    """`import mp16_reason` (and so every CLI start) stays light; each public name still resolves."""
+    code = (
+        "import sys, mp16_reason\n"
+        "assert 'pandas' not in sys.modules and 'scipy' not in sys.modules, 'heavy import at package import'\n"
+        "missing = [n for n in mp16_reason.__all__ if getattr(mp16_reason, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert sorted(dir(mp16_reason)) == sorted(mp16_reason.__all__)\n"
+        "try:\n"
+        "    mp16_reason.no_such_name\n"
+        "except AttributeError as exc:\n"
+        "    assert 'no_such_name' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('unknown names must raise AttributeError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
