@@ -105,33 +105,39 @@ def serve(folder: Path) -> Iterator[str]:
         proc.stdout.close()
 
 
-def _tree_rss_mb(root: int) -> tuple[float, float]:
-    """RSS of the largest process and of all processes in ``root``'s tree (Linux /proc), in MB."""
+def _tree_memory_mb(root: int) -> tuple[float, float]:
+    """RSS of the largest process in ``root``'s tree, and the tree's total PSS (Linux /proc), in MB.
+
+    PSS counts a page shared by n processes as 1/n in each, so pages that forked workers share with their
+    parent (preloaded modules and data) count once, as they take memory once.
+    """
     children: dict[int, list[int]] = {}
-    rss: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            status = Path(f"/proc/{entry}/status").read_text()
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue  # the process ended while we looked
         children.setdefault(ppid, []).append(int(entry))
-        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        rss[int(entry)] = kb / 1024
     tree, stack = [], [root]
     while stack:
         pid = stack.pop()
         tree.append(pid)
         stack.extend(children.get(pid, []))
-    sizes = [rss.get(pid, 0.0) for pid in tree]
-    return max(sizes), sum(sizes)
+    rss, pss = [0.0], 0.0
+    for pid in tree:
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+        except (OSError, ValueError):
+            continue
+        rss.append(int(fields["Rss"].split()[0]) / 1024)
+        pss += int(fields["Pss"].split()[0]) / 1024
+    return max(rss), pss
 
 
 def run_timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
-    """Wall seconds, and the peak RSS (MB) of the largest process and of the whole process tree.
+    """Wall seconds, the peak RSS (MB) of the largest process and the peak PSS of the whole process tree.
 
     The tree is sampled every 0.2 s (a scan of /proc takes ~3 ms of CPU, which both tools would pay for):
     worker processes need not be direct children (fork servers, pools).
@@ -144,7 +150,7 @@ def run_timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, fl
     def sample() -> None:
         nonlocal peak_one, peak_all
         while not stop.wait(0.2):
-            one, total = _tree_rss_mb(proc.pid)
+            one, total = _tree_memory_mb(proc.pid)
             peak_one, peak_all = max(peak_one, one), max(peak_all, total)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -272,7 +278,7 @@ def main() -> None:
         f"\n{args.images} JPEGs of {size[0]}x{size[1]} over loopback HTTP -> smaller side 512, quality 90, 2 processes"
         f" (median of {args.repeats} alternating run(s))"
     )
-    print("                 img/s   wall s   peak RSS: largest process, all processes")
+    print("                 img/s   wall s   peak memory: largest process (RSS), all processes (PSS)")
     for name, results in runs.items():
         wall = statistics.median(r[0] for r in results)
         one, total = max(r[1] for r in results), max(r[2] for r in results)
@@ -281,7 +287,7 @@ def main() -> None:
     spread = f" (runs: {min(ratios):.2f}-{max(ratios):.2f}x)" if len(ratios) > 1 else ""
     print(f"  ratio (ours / img2dataset): {statistics.median(ratios):.2f}x{spread}  (goal >= 1.2x)")
     if args.rss_images:
-        print("\npeak RSS of our build by input size (320x240 images; should stay flat): largest process, all")
+        print("\npeak memory of our build by input size (320x240 images; should stay flat): largest RSS, all PSS")
         make_images(work / "small-320x240", max(args.rss_images), (320, 240))
         with serve(work / "small-320x240") as url:
             for n in args.rss_images:
