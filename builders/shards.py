@@ -91,8 +91,9 @@ class _Shard:
             self.hashed = _HashingFile(self.fh)
             self.writer = wds.TarWriter(self.hashed, user="mp16", group="mp16", mtime=TAR_MTIME)
 
-    def add(self, key: str, jpg: Any, js: bytes) -> None:
+    def add(self, key: str, jpg: Any, js: bytes, tar_bytes: int) -> None:
         self.entry["samples"] += 1
+        self.fill += tar_bytes
         if self.writer is not None:
             self.writer.write({"__key__": key, "jpg": jpg, "json": js})
 
@@ -158,8 +159,7 @@ class ShardFold:
                 continue
             self.seen[(config, sha)] = sid
             shard = self._shard_for(config, split, nbytes)
-            shard.add(sample_key(sid), jpgs[image_of[k]].as_py(), jsons[k].as_py())
-            shard.fill += nbytes
+            shard.add(sample_key(sid), jpgs[image_of[k]].as_py(), jsons[k].as_py(), nbytes)
         return final.num_rows
 
     def _shard_for(self, config: str, split: str, nbytes: int) -> _Shard:
