@@ -133,7 +133,7 @@ class ShardFold:
                 stale.unlink()  # half-written shards of an interrupted run
 
     def add(self, unit: int) -> int:
-        """Fold one unit in; returns its number of rows."""
+        """Fold one unit in; returns its number of input rows (rows of the default config)."""
         prepared = unit_path(self.work, unit)
         if self.curated:
             final = read_unit(curated_path(self.work, unit), [*META, "json", "pos", "config"])
@@ -160,7 +160,7 @@ class ShardFold:
             self.seen[(config, sha)] = sid
             shard = self._shard_for(config, split, nbytes)
             shard.add(sample_key(sid), jpgs[image_of[k]].as_py(), jsons[k].as_py(), nbytes)
-        return final.num_rows
+        return configs.count(DEFAULT_CONFIG)
 
     def _shard_for(self, config: str, split: str, nbytes: int) -> _Shard:
         group = (config, split)

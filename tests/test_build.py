@@ -199,6 +199,26 @@ def test_shard_process_failure_is_reported_and_resumable(sample_input, reference
     assert not list((tmp_path / "data").glob(".*"))
 
 
+@pytest.mark.parametrize("build_dir", ["reference", "sample_build"])  # without and with teachers
+def test_fold_over_a_finished_build_reproduces_its_manifest(build_dir, request):
+    """Shards already on disk are kept, their entries recomputed; every input row is counted once."""
+    from builders.shards import ShardFold
+
+    out = request.getfixturevalue(build_dir)
+    out = out[0] if isinstance(out, tuple) else out
+    manifest = json.loads((out / "manifest.json").read_text())
+    before = shard_digests(out)
+    fold = ShardFold(out, out / ".work", manifest["recipe"]["shards"]["max_bytes"], curated="teachers" in manifest)
+    n_units = len(list((out / ".work" / "units").glob("unit-*.arrow")))
+    rows = sum(fold.add(unit) for unit in range(n_units))
+    rejected, entries = fold.finish()
+    at_ingest = len(pd.read_parquet(out / ".work" / "ingest-rejected.parquet"))
+    assert rows == manifest["totals"]["input_rows"] - at_ingest
+    assert entries == manifest["shards"]
+    assert len(rejected) + manifest["totals"]["written"] == rows
+    assert shard_digests(out) == before
+
+
 def test_shard_process_exits_when_the_build_is_killed(sample_input, tmp_path):
     """The shard process must not outlive a killed build: it could otherwise still be writing beside a rerun."""
     script = (
