@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import multiprocessing.connection
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -37,6 +40,23 @@ def warm_up() -> None:
         forkserver.ensure_running()
 
 
+def exit_with_parent() -> None:
+    """Pool initializer: end this worker as soon as the process that started it is gone.
+
+    A pool's workers otherwise outlive a killed build, idle but holding their memory, waiting on a queue
+    that nobody will write to again. The rerun redoes the unit such a worker was in the middle of.
+    """
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        mp.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_local(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> Iterator[Any]:
     tasks = list(tasks)
     if workers <= 1 or len(tasks) <= 1:
@@ -44,7 +64,7 @@ def run_local(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> I
             yield fn(task)
         return
     ctx = process_context()
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent) as pool:
         futures = {pool.submit(fn, t): t for t in tasks}
         for fut in cf.as_completed(futures):
             try:

@@ -1,5 +1,6 @@
 """The build's data plane, end to end on the offline sample and on hand-made bad inputs."""
 
+import contextlib
 import hashlib
 import io
 import json
@@ -240,6 +241,40 @@ def test_shard_process_exits_when_the_build_is_killed(sample_input, tmp_path):
     while _running(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(child)
+
+
+def test_killed_build_leaves_no_worker_processes(sample_input, tmp_path):
+    """Pool workers, fork server and shard process all end with a SIGKILLed build (nothing left holding memory)."""
+    cmd = [sys.executable, "-m", "mp16_reason.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
+           "--images", str(sample_input / "images"), "--out", str(tmp_path), "--unit-size", "8", "--workers", "2",
+           "--max-pixels", str(160 * 120), "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / ".work/units/unit-000002.arrow").exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    started = _descendants(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(started) >= 4  # fork server, two workers, shard process (and the resource tracker)
+    deadline = time.monotonic() + 30
+    while any(map(_running, started)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in started if _running(pid)]
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
 
 
 def _running(pid: int) -> bool:
