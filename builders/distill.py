@@ -212,6 +212,8 @@ class Distiller:
                     await t.close()
 
     def run(self, n_units: int) -> None:
+        for stale in (self.work / "curated").glob(".*.tmp"):
+            stale.unlink()  # a unit that a killed build was writing; it is redone below
         todo = [i for i in range(n_units) if not curated_path(self.work, i).exists()]
         if not todo:
             return

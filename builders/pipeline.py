@@ -135,6 +135,8 @@ class Build:
         result (rejections, shard entries)."""
         size = self.recipe.unit_size
         n_units = self._n_units(n_rows)
+        for stale in (self.work / "units").glob(".*.tmp"):
+            stale.unlink()  # a unit that a killed build was writing; it is redone below
         recipe = self.recipe.model_dump(mode="json")
         tasks = [
             UnitTask(i, recipe, self.sha, str(self.work))

@@ -164,7 +164,7 @@ def test_sigkill_then_resume_is_byte_identical(sample_input, reference, tmp_path
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert shard_digests(tmp_path) == shard_digests(reference[0])
-    assert not list((tmp_path / "data").glob(".*"))  # no temporary leftovers
+    assert not list((tmp_path / "data").glob(".*")) and not list((tmp_path / ".work/units").glob(".*"))  # no leftovers
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["totals"] == json.loads((reference[0] / "manifest.json").read_text())["totals"]
 
