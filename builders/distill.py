@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from mp16_reason.atomic import remove_stale
 from mp16_reason.hub import DEFAULT_CONFIG
 from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
 
@@ -212,8 +213,7 @@ class Distiller:
                     await t.close()
 
     def run(self, n_units: int) -> None:
-        for stale in (self.work / "curated").glob(".*.tmp"):
-            stale.unlink()  # a unit that a killed build was writing; it is redone below
+        remove_stale(self.work / "curated")  # units a killed build was writing; they are redone below
         todo = [i for i in range(n_units) if not curated_path(self.work, i).exists()]
         if not todo:
             return

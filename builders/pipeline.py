@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from mp16_reason.atomic import atomic_file
+from mp16_reason.atomic import atomic_file, remove_stale
 
 from . import distributor
 from .ingest import ingest
@@ -135,8 +135,7 @@ class Build:
         result (rejections, shard entries)."""
         size = self.recipe.unit_size
         n_units = self._n_units(n_rows)
-        for stale in (self.work / "units").glob(".*.tmp"):
-            stale.unlink()  # a unit that a killed build was writing; it is redone below
+        remove_stale(self.work / "units")  # units a killed build was writing; they are redone below
         recipe = self.recipe.model_dump(mode="json")
         tasks = [
             UnitTask(i, recipe, self.sha, str(self.work))

@@ -12,12 +12,13 @@ The fold runs in a process of its own (:class:`ShardProcess`), beside the worker
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from mp16_reason.atomic import HashingFile, atomic_file, remove_stale
 from mp16_reason.hub import DEFAULT_CONFIG
 
 from .units import curated_path, read_unit, unit_path
@@ -64,18 +65,6 @@ def import_webdataset() -> Any:
     return webdataset
 
 
-class _HashingFile:
-    """A write-only file that hashes and counts what passes through, so a shard is never read back."""
-
-    def __init__(self, fh) -> None:
-        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.fh.write(data)
-
-
 class _Shard:
     def __init__(self, out: Path, path: str, split: str, config: str, wds: Any) -> None:
         self.final = out / path
@@ -85,10 +74,8 @@ class _Shard:
         self.fill = 0
         self.writer = None
         if not self.final.exists():  # else complete from an earlier run: its bytes are already these
-            # A name of this process's own: a process left behind by a killed build never renames another's file.
-            self.tmp = self.final.parent / f".{self.final.name}.{os.getpid()}.tmp"
-            self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()
-            self.hashed = _HashingFile(self.fh)
+            self.file = ExitStack()  # the shard stays open across many units; close() commits it
+            self.hashed = HashingFile(self.file.enter_context(atomic_file(self.final)))
             self.writer = wds.TarWriter(self.hashed, user="mp16", group="mp16", mtime=TAR_MTIME)
 
     def add(self, key: str, jpg: Any, js: bytes, tar_bytes: int) -> None:
@@ -102,11 +89,8 @@ class _Shard:
             self.entry.update(bytes=self.final.stat().st_size, sha256=file_sha256(self.final))
             return self.entry
         self.writer.close()
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.final)
-        self.entry.update(bytes=self.hashed.size, sha256=self.hashed.sha.hexdigest())
+        self.file.close()  # flush, fsync, rename into place
+        self.entry.update(bytes=self.hashed.size, sha256=self.hashed.sha256.hexdigest())
         return self.entry
 
 
@@ -129,8 +113,7 @@ class ShardFold:
         self.count: dict[tuple[str, str], int] = {}
         data = out / "data"
         for folder in [data, *(p for p in data.iterdir() if p.is_dir())] if data.is_dir() else []:
-            for stale in folder.glob(".*.tmp"):
-                stale.unlink()  # half-written shards of an interrupted run
+            remove_stale(folder)  # half-written shards of an interrupted run
 
     def add(self, unit: int) -> int:
         """Fold one unit in; returns its number of input rows (rows of the default config)."""

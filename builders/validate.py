@@ -13,7 +13,6 @@ Problems are collected, not raised one by one, so a single run lists everything 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 from collections import Counter
@@ -23,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from mp16_reason import schema
+from mp16_reason.atomic import HashingFile
 from mp16_reason.hub import DEFAULT_CONFIG, config_of
 
 from .stats import read_manifest
@@ -37,18 +37,6 @@ class ValidationFailed(Exception):
         super().__init__(
             f"{len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS]) + more
         )
-
-
-class _HashingReader:
-    """A file wrapper that hashes what is read through it, so a shard is checked in a single pass."""
-
-    def __init__(self, fh) -> None:
-        self.fh, self.sha256 = fh, hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.fh.read(n)
-        self.sha256.update(data)
-        return data
 
 
 def _check_sample(where: str, shard: dict, parts: dict[str, bytes], ids: Counter, problems: list[str]) -> None:
@@ -86,7 +74,7 @@ def _check_shard(root: Path, shard: dict, ids: Counter, problems: list[str]) -> 
         problems.append(f"{name}: {size:,} bytes, manifest says {shard['bytes']:,}; the file is truncated or changed")
     keys: set[str] = set()
     with open(path, "rb") as fh:
-        reader = _HashingReader(fh)
+        reader = HashingFile(fh)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
                 key, parts = None, {}

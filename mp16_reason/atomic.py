@@ -1,7 +1,8 @@
-"""Crash-safe file writes: a file appears complete under its name, or not at all."""
+"""Crash-safe file writes (a file appears complete under its name, or not at all), and hashing in passing."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     on success it is fsynced and renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The pid makes it this process's own: one left behind by a killed run never renames another's file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
@@ -34,3 +36,28 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     with atomic_path(path) as tmp, open(tmp, mode) as fh:
         yield fh
         fh.flush()
+
+
+def remove_stale(folder: str | Path) -> None:
+    """Delete the temporaries that a killed run left in ``folder`` (their files are redone, never resumed)."""
+    for stale in Path(folder).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+class HashingFile:
+    """A file wrapper that hashes and counts the bytes read or written through it: a file is hashed in the
+    same pass that writes or checks it, never read back for that alone."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.sha256, self.size = fh, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.fh.write(data)

@@ -451,7 +451,7 @@ def test_keeping_image_memory_changes_speed_not_bytes(tmp_path):
     assert out == prepare(src.read_bytes(), 20_000).jpeg
 
 
-def test_fork_server_preload_loads_the_gazetteer_once_for_all_workers():
+def test_fork_server_preload_loads_the_gazetteer():
     from builders.distributor import PRELOAD
 
     code = (
