@@ -7,9 +7,9 @@ everything, so ``load()`` is only that call with the repository filled in.
 
 from __future__ import annotations
 
+import functools
 import json
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,22 @@ def _manifest(repo_id: str, revision: str | None, path: str | Path | None) -> di
     return json.loads(Path(local).read_text())
 
 
+def shard_entries(
+    split: str = "train",
+    config: str = "default",
+    revision: str | None = None,
+    repo_id: str = REPO_ID,
+    path: str | Path | None = None,
+) -> list[dict]:
+    """The manifest's entries (``path``, ``samples``, ``bytes``, ``sha256``) for the shards of one split."""
+    manifest = _manifest(repo_id, revision, path)
+    shards = [s for s in manifest["shards"] if s["split"] == split and config_of(s) == config]
+    if not shards:
+        have = sorted({(config_of(s), s["split"]) for s in manifest["shards"]})
+        raise ValueError(f"no shards for config {config!r}, split {split!r}; the dataset has {have}")
+    return shards
+
+
 def shard_paths(
     split: str = "train",
     config: str = "default",
@@ -67,11 +83,7 @@ def shard_paths(
     path: str | Path | None = None,
 ) -> list[str]:
     """The shards of one split, from the manifest: local file paths, or paths inside the Hub repository."""
-    manifest = _manifest(repo_id, revision, path)
-    shards = [s["path"] for s in manifest["shards"] if s["split"] == split and config_of(s) == config]
-    if not shards:
-        have = sorted({(config_of(s), s["split"]) for s in manifest["shards"]})
-        raise ValueError(f"no shards for config {config!r}, split {split!r}; the dataset has {have}")
+    shards = [s["path"] for s in shard_entries(split, config, revision, repo_id, path)]
     return [str(Path(path) / s) for s in shards] if path is not None else shards
 
 
@@ -93,28 +105,6 @@ def shard_urls(
     ]
 
 
-def _hub_opener(repo_id: str, revision: str | None) -> Callable[[Iterator[dict]], Iterator[dict]]:
-    """A webdataset stage that opens repository paths through ``HfFileSystem`` (auth and endpoint handled,
-    and no token ever placed in a URL or command line)."""
-    from huggingface_hub import HfFileSystem
-
-    fs = HfFileSystem()
-    prefix = f"datasets/{repo_id}@{revision}" if revision else f"datasets/{repo_id}"
-
-    def opener(shards: Iterator[dict]) -> Iterator[dict]:
-        for shard in shards:
-            with fs.open(f"{prefix}/{shard['url']}", "rb", block_size=16 << 20) as stream:
-                yield {**shard, "stream": stream}
-
-    return opener
-
-
-def _local_opener(shards: Iterator[dict]) -> Iterator[dict]:
-    for shard in shards:
-        with open(shard["url"], "rb") as stream:
-            yield {**shard, "stream": stream}
-
-
 def stream(
     split: str = "train",
     config: str = "default",
@@ -124,45 +114,48 @@ def stream(
     shuffle: int = 1000,
     shard_shuffle: bool = True,
     resampled: bool = False,
-    seed: int | None = None,
+    seed: int = 0,
     rows: str = "pairs",
     decode: bool = True,
+    split_by_node: bool = True,
 ):
-    """A webdataset pipeline over the dataset's shards.
+    """A webdataset pipeline over the dataset's shards, split across ranks and ``DataLoader`` workers.
 
-    - ``shuffle``: size of the sample shuffle buffer (0: keep shard order); ``shard_shuffle`` shuffles the
-      shard list each epoch.
-    - ``resampled``: draw shards with replacement, endlessly (multi-epoch training; stop by step count).
-    - Shards are split across nodes and ``DataLoader`` workers, so wrap it in a ``DataLoader`` as is.
+    - Each epoch (each iteration; ``set_epoch(n)`` sets it) reads every sample of the split once across all
+      ranks × workers, in an order drawn from ``seed`` and the epoch, so all ranks agree without talking.
+      Every rank yields the same number of samples (``N // ranks``; the few left over go unread that epoch,
+      see ``mp16_reason.partition``), so DDP steps stay in lockstep. Wrap it in a ``DataLoader`` as is.
+    - ``shuffle``: size of the sample shuffle buffer (0: keep shard order); ``shard_shuffle``: a new shard
+      order each epoch.
+    - ``resampled``: draw shards with replacement, endlessly, each rank and worker from a seed of its own
+      (multi-epoch training; stop by step count).
+    - ``split_by_node=False``: every rank reads the whole split in the same order, for trainers that shard
+      the stream themselves (TRL's GRPO with an iterable dataset does).
     - ``rows="pairs"`` yields ``(PIL image, record dict)``; ``rows="trl"`` yields TRL-ready rows (prompt,
       image, and the columns the GLOBE rewards read); ``rows="raw"`` yields webdataset's sample dicts.
     """
     import webdataset as wds
 
-    from .prompt import trl_row
+    from .streaming import EpochShards, HubOpener, ReadPieces, SampleShuffle, Stream, pair, trl_pair
 
     if rows not in ("pairs", "trl", "raw"):
         raise ValueError(f"rows={rows!r}: use 'pairs', 'trl' or 'raw'")
-    shards = shard_paths(split, config, revision, repo_id, path)
-    stages: list[Any] = []
-    if resampled:
-        stages.append(wds.ResampledShards(shards, seed=seed or 0, deterministic=seed is not None))
+    entries = shard_entries(split, config, revision, repo_id, path)
+    if path is not None:
+        shards = [(str(Path(path) / s["path"]), s["samples"]) for s in entries]
+        open_shard: Callable[[str], Any] = functools.partial(open, mode="rb")
     else:
-        stages.append(wds.SimpleShardList(shards))
-        if shard_shuffle:
-            stages.append(wds.shuffle(len(shards), initial=len(shards), rng=random.Random(seed)))
-        stages += [wds.split_by_node, wds.split_by_worker]
-    stages += [
-        _local_opener if path is not None else _hub_opener(repo_id, revision),
-        wds.tariterators.tar_file_expander,
-        wds.tariterators.group_by_keys,
-    ]
+        shards = [(s["path"], s["samples"]) for s in entries]
+        open_shard = HubOpener(repo_id, revision)
+    # Every stage is picklable, so DataLoader workers may be spawned as well as forked.
+    source = EpochShards(shards, seed, shard_shuffle, resampled, split_by_node)
+    stages: list[Any] = [source, ReadPieces(open_shard)]
     if shuffle:
-        stages.append(wds.shuffle(shuffle, rng=random.Random(seed)))
+        stages.append(SampleShuffle(source, shuffle))
     if decode:
         stages.append(wds.decode("pil"))
     if rows == "pairs":
-        stages.append(wds.map(lambda s: (s["jpg"], s["json"])))
+        stages.append(wds.map(pair))
     elif rows == "trl":
-        stages.append(wds.map(lambda s: trl_row(s["jpg"], s["json"])))
-    return wds.DataPipeline(*stages)
+        stages.append(wds.map(trl_pair))
+    return Stream(*stages)
