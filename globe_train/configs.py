@@ -52,7 +52,8 @@ class DataArguments:
         default="datasets",
         metadata={
             "help": "datasets: load_dataset (map-style, or streaming with dataset_streaming); webdataset: "
-            "mp16_reason.stream(), shards shuffled and resampled endlessly (set max_steps)."
+            "mp16_reason.stream(), a new shard order each epoch. Streams have no length: grpo derives max_steps "
+            "from num_train_epochs and the manifest's sample count; sft and rm need max_steps."
         },
     )
     dataset_streaming: bool = field(default=False, metadata={"help": "Stream with datasets instead of caching."})

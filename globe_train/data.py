@@ -12,10 +12,11 @@ turn itself):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mp16_reason.hub import load, stream
+from mp16_reason.hub import load, shard_entries, stream
 from mp16_reason.prompt import INSTRUCTION, target, trl_row
 
 from .configs import DataArguments
@@ -26,9 +27,6 @@ KINDS = ("grpo", "sft", "rm")
 
 class DatasetError(ValueError):
     """The training data named cannot be used (a clear message says why and what to do)."""
-
-
-_WDS_COLUMNS = ["jpg", "json", "__key__", "__url__"]
 
 
 def rows_for(kind: str, image: Any, record: dict) -> list[dict]:
@@ -71,6 +69,14 @@ def local_build(name: str) -> Path | None:
     return path if (path / "manifest.json").exists() else None
 
 
+def stream_length(args: DataArguments) -> int:
+    """Records one epoch of ``mp16_reason.stream()`` yields for these arguments (the manifest's count)."""
+    local = local_build(args.dataset_name)
+    where = {"path": local} if local else {"repo_id": args.dataset_name, "revision": args.dataset_revision}
+    total = sum(s["samples"] for s in shard_entries(args.dataset_split, args.dataset_config, **where))
+    return min(total, args.max_samples) if args.max_samples else total
+
+
 def training_dataset(args: DataArguments, kind: str, seed: int = 0):
     """A ``datasets`` Dataset (or IterableDataset when streaming) of ``kind`` rows, as the arguments say."""
     import datasets
@@ -82,20 +88,21 @@ def training_dataset(args: DataArguments, kind: str, seed: int = 0):
             f"make one with `mp16-reason build --sample --out {args.dataset_name}` or name a Hub dataset"
         )
     where = {"path": local} if local else {"repo_id": args.dataset_name, "revision": args.dataset_revision}
+    # A stream is read alike, epoch by epoch, by every process, and the trainer keeps each process's slice of
+    # each batch (accelerate's IterableDatasetShard; TRL's GRPO needs that to keep a prompt's generations
+    # together). So the stream must not split by node as well (half of each process's data would be lost),
+    # and it is one generator: accelerate would hand the shards of a multi-shard dataset to different
+    # processes instead, which TRL's batching of an iterable dataset does not expect.
     if args.dataset_loader == "webdataset":
-        pipeline = stream(args.dataset_split, args.dataset_config, resampled=True, seed=seed, **where)
+        pairs = stream(args.dataset_split, args.dataset_config, seed=seed, split_by_node=False, **where)
+        return _iterable_rows(lambda: pairs, kind, args.max_samples)
+    if args.dataset_streaming:
+        ds = load(args.dataset_split, args.dataset_config, streaming=True, **where)
+        return _iterable_rows(lambda: ((row["jpg"], row["json"]) for row in ds), kind, args.max_samples)
 
-        def generate():
-            for n, (image, record) in enumerate(pipeline, 1):
-                yield from rows_for(kind, image, record)
-                if args.max_samples and n >= args.max_samples:
-                    return
-
-        return datasets.IterableDataset.from_generator(generate)
-
-    ds = load(args.dataset_split, args.dataset_config, streaming=args.dataset_streaming, **where)
+    ds = load(args.dataset_split, args.dataset_config, **where)
     if args.max_samples:
-        ds = ds.take(args.max_samples) if args.dataset_streaming else ds.select(range(min(args.max_samples, len(ds))))
+        ds = ds.select(range(min(args.max_samples, len(ds))))
     # Images stay encoded while rows are made (no decode/re-encode round trip), then decode lazily again.
     ds = ds.cast_column("jpg", datasets.Image(decode=False))
 
@@ -105,13 +112,27 @@ def training_dataset(args: DataArguments, kind: str, seed: int = 0):
         rows = [r for jpg, rec in zip(batch["jpg"], batch["json"]) for r in rows_for(kind, jpg, rec)]
         return {k: [r[k] for r in rows] for k in columns}
 
-    ds = ds.map(expand, batched=True, remove_columns=ds.column_names or _WDS_COLUMNS)
-    if not args.dataset_streaming and len(ds) == 0:
+    ds = ds.map(expand, batched=True, remove_columns=ds.column_names)
+    if len(ds) == 0:
         raise DatasetError(
             f"{args.dataset_name} ({args.dataset_config}/{args.dataset_split}) gives no {kind} training rows"
             + (": the rm method needs the localizability config with parsed teacher verdicts" if kind == "rm" else "")
         )
     return ds.cast_column("image", datasets.Image())
+
+
+def _iterable_rows(pairs: Callable[[], Iterable[tuple[Any, dict]]], kind: str, max_samples: int | None):
+    """An IterableDataset of one generator: the ``kind`` rows of each (image, record) of a pass over
+    ``pairs()``, from its first ``max_samples`` records."""
+    import datasets
+
+    def generate():
+        for n, (image, record) in enumerate(pairs(), 1):
+            yield from rows_for(kind, image, record)
+            if max_samples and n >= max_samples:
+                return
+
+    return datasets.IterableDataset.from_generator(generate)
 
 
 # A record that gives one row of each kind.

@@ -9,17 +9,33 @@ Multi-GPU, as the paper ran it (DeepSpeed ZeRO-3, generation on a vLLM server):
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
-from .configs import GRPOScriptArguments, check_reward_weights
-from .data import training_dataset
+from .configs import GRPOScriptArguments, RecipeError, check_reward_weights
+from .data import stream_length, training_dataset
 from .modeling import freeze_vision, load_model, peft_config, save_final
 from .rewards import get_reward_funcs
 from .runs import JsonlLogs, parse, setup, write_run_info
 
 ARGS = (GRPOScriptArguments, GRPOConfig, ModelConfig)  # what a recipe fills, in parse order
+
+
+def epoch_steps(prompts: int, args: GRPOConfig) -> int:
+    """Optimizer steps for ``num_train_epochs`` over ``prompts`` prompts, batched as TRL's GRPO batches them: a
+    generation batch holds ``generation_batch_size / num_generations`` prompts (over all processes), an
+    epoch's trailing partial one is dropped, and each is used for ``steps_per_generation × num_iterations``
+    micro-steps."""
+    per_generation = args.generation_batch_size // args.num_generations
+    if prompts < per_generation:
+        raise RecipeError(
+            f"{prompts} prompts do not fill one generation batch of {per_generation} "
+            f"(generation_batch_size {args.generation_batch_size} / num_generations {args.num_generations})"
+        )
+    micro_steps = prompts // per_generation * args.steps_per_generation * args.num_iterations
+    return math.ceil(args.num_train_epochs * micro_steps / args.gradient_accumulation_steps)
 
 
 def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> Path:
@@ -29,6 +45,8 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
 
     # -- data: the GLOBE prompt, the image, and the columns the rewards read ---------------------------------
     train = training_dataset(script_args, "grpo", seed=training_args.seed)
+    if (script_args.dataset_loader == "webdataset" or script_args.dataset_streaming) and training_args.max_steps <= 0:
+        training_args.max_steps = epoch_steps(stream_length(script_args), training_args)
 
     # -- policy and processor (left padding for generation) --------------------------------------------------
     model, processor = load_model(model_args, training_args, padding_side="left")

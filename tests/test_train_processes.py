@@ -1,0 +1,95 @@
+"""`globe train grpo` in two processes (accelerate, gloo on the CPU): each prompt of an epoch reaches the rewards
+exactly once across the processes (``num_generations`` completions), for the map-style dataset from a local
+build or a Hub, and for the webdataset stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hub_servers import OlahHub, free_port, olah_cli
+
+pytest.importorskip("trl")
+
+from mp16_reason.hub import shard_entries
+
+HERE = Path(__file__).parent
+G = 4  # num_generations of the tiny-cpu recipe
+
+
+def launch(tmp_path: Path, dataset: str, *flags: str, env: dict | None = None) -> list[list[str]]:
+    """Two training processes; the ids each process's rewards received, call by call."""
+    out = tmp_path / "ids"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(HERE / "grpo_recording_ids.py"),
+           "--recipe", "tiny-cpu", "--dataset_name", dataset, "--output_dir", str(tmp_path / "run"),
+           "--reward_funcs", "geo_accuracy", "format", "record_ids", "--reward_weights", "1", "1", "0",
+           "--max_completion_length", "8", "--log_completions", "false", *flags]  # fmt: skip
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {}), "IDS_OUT": str(out)}, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    calls = {rank: [json.loads(line) for line in (out / f"ids-{rank}.jsonl").read_text().splitlines()]
+             for rank in (0, 1)}  # fmt: skip
+    assert len(calls[0]) == len(calls[1]) > 0  # both processes trained, in lockstep
+    return calls[0] + calls[1]
+
+
+def uses(calls: list[list[str]]) -> Counter:
+    """How many times each prompt was used: its completions reach the rewards G at a time."""
+    seen = Counter(i for call in calls for i in call)
+    assert all(n % G == 0 for n in seen.values()), seen
+    return Counter({i: n // G for i, n in seen.items()})
+
+
+def train_ids(build: Path) -> list[str]:
+    from mp16_reason import load
+
+    return [row["json"]["id"] for row in load(path=build, split="train")]
+
+
+def test_map_style_local_build_each_prompt_once(sample_build, tmp_path):
+    used = uses(
+        launch(tmp_path, str(sample_build), "--max_samples", "24", "--max_steps", "-1", "--num_train_epochs", "1")
+    )
+    assert used == Counter(dict.fromkeys(train_ids(sample_build)[:24], 1))
+
+
+@pytest.mark.parametrize("source", [("--dataset_loader", "webdataset"), ("--dataset_streaming", "true")])
+def test_streams_each_prompt_once_per_epoch(sample_build, tmp_path, source):
+    # No max_steps: it follows from num_train_epochs and the manifest's sample count.
+    n = sum(s["samples"] for s in shard_entries("train", path=sample_build))
+    used = uses(launch(tmp_path, str(sample_build), *source, "--max_samples", "0",
+                       "--max_steps", "-1", "--num_train_epochs", "2"))  # fmt: skip
+    # Two epochs; a generation batch holds 2 prompts here (4 per process × 2 processes / 4 generations), and
+    # an epoch's trailing partial batch is dropped, as TRL's sampler does for a map-style dataset.
+    assert set(used) <= set(train_ids(sample_build)) and max(used.values()) <= 2
+    assert sum(used.values()) == 2 * (n - n % 2)
+    if n % 2 == 0:
+        assert used == Counter(dict.fromkeys(train_ids(sample_build), 2))
+
+
+@pytest.mark.skipif(olah_cli() is None, reason="olah not installed: run scripts/setup.sh")
+@pytest.mark.parametrize("loader", ["datasets", "webdataset"])
+def test_hub_dataset_each_prompt_once(sample_build, tmp_path, loader):
+    from builders.card import write_card
+    from builders.publish import publish
+
+    build = tmp_path / "build"
+    shutil.copytree(sample_build, build, ignore=shutil.ignore_patterns("sample-input"))
+    write_card(build)
+    publish(build, "globe/mp16-reason", dry_run=True, staging=tmp_path / "stage")
+    with OlahHub(tmp_path / "olah") as hub:
+        sha = hub.add("datasets", "globe/mp16-reason", tmp_path / "stage")
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+        calls = launch(tmp_path, "globe/mp16-reason", "--dataset_revision", sha, "--dataset_loader", loader,
+                       "--max_samples", "16", "--max_steps", "-1", "--num_train_epochs", "1", env=env)  # fmt: skip
+    used = uses(calls)
+    assert len(used) == 16 and set(used.values()) == {1} and set(used) <= set(train_ids(sample_build))
