@@ -178,7 +178,7 @@ def ours(base_url: str, n: int, work: Path, size: tuple[int, int]) -> tuple[floa
     cmd = [
         sys.executable,
         "-m",
-        "mp16_reason.cli",
+        "builders.cli",
         "build",
         "--metadata",
         str(meta),

@@ -20,7 +20,7 @@ from pathlib import Path
 def _build(tmp: Path) -> Path:
     from click.testing import CliRunner
 
-    from mp16_reason.cli import main
+    from builders.cli import main
 
     out = tmp / "sample-build"
     result = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "64", "--out", str(out), "--quiet"])

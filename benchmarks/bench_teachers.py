@@ -36,8 +36,9 @@ from builders.distill import Distiller  # noqa: E402
 from builders.recipe import load_recipe  # noqa: E402
 from builders.teacher_cache import ReplyCache  # noqa: E402
 from builders.teacher_prompt import messages  # noqa: E402
-from builders.teachers import data_url, new_reply  # noqa: E402
+from builders.teachers import new_reply  # noqa: E402
 from builders.units import UNIT_SCHEMA, unit_path, write_unit  # noqa: E402
+from mp16_reason.jpeg import jpeg_data_url  # noqa: E402
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, to_json_bytes  # noqa: E402
 
 REPLY = json.dumps(
@@ -149,7 +150,7 @@ def baseline(url: str, jpegs: list[bytes], concurrency: int) -> float:
 
         async def one(jpeg: bytes) -> None:
             async with sem:
-                url_ = await asyncio.to_thread(data_url, jpeg, 768 * 28 * 28)
+                url_ = await asyncio.to_thread(jpeg_data_url, jpeg, 768 * 28 * 28)
                 await client.chat.completions.create(model="bench", messages=messages(url_), max_tokens=1024)
 
         await asyncio.gather(*(one(j) for j in jpegs))

@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 
 from mp16_reason.atomic import remove_stale
 from mp16_reason.hub import DEFAULT_CONFIG
+from mp16_reason.jpeg import jpeg_data_url
 from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
 
 from .curate import Curator
 from .recipe import Recipe, TeacherSpec
 from .teacher_cache import CachedReply, ReplyCache, default_path
-from .teachers import PROMPT_TOKENS, Teacher, TeacherFailed, Usage, data_url, image_tokens, spec_key, to_answer
+from .teachers import PROMPT_TOKENS, Teacher, TeacherFailed, Usage, image_tokens, spec_key, to_answer
 from .units import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
 
 LOCALIZABILITY = "localizability"
@@ -93,7 +94,7 @@ class Distiller:
         self.inflight[key] = future
         reply = None
         try:
-            url = await asyncio.to_thread(data_url, jpeg, spec.max_pixels)
+            url = await asyncio.to_thread(jpeg_data_url, jpeg, spec.max_pixels)
             expected = PROMPT_TOKENS + image_tokens(*size, spec.max_pixels) + spec.max_tokens
             reply = await teacher.ask(sha, url, expected)
             await loop.run_in_executor(self.db, self.cache.put, reply)  # committed before the job counts as done

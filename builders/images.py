@@ -11,12 +11,13 @@ import ctypes.util
 import functools
 import hashlib
 import io
-import math
 import sys
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mp16_reason.jpeg import fit_budget
 
 
 class ImageRejected(Exception):
@@ -32,17 +33,6 @@ class PreparedImage:
     orig_height: int
     orig_format: str
     sha256: str  # of the original bytes: exact duplicates share it
-
-
-def fit_budget(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """Largest size with the same aspect ratio and at most ``max_pixels`` pixels (never upscales)."""
-    if width * height <= max_pixels:
-        return width, height
-    scale = math.sqrt(max_pixels / (width * height))
-    w, h = max(1, int(width * scale)), max(1, int(height * scale))
-    while w * h > max_pixels:  # guard against rounding up past the budget
-        w, h = (w - 1, h) if w >= h else (w, h - 1)
-    return w, h
 
 
 @functools.cache

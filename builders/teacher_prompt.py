@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from globe_train.answer import parse_answer
+from mp16_reason.answer import parse_answer
 from mp16_reason.schema import TeacherReply, teacher_reply_schema
 
 PROMPT_VERSION = "teacher-v1"

@@ -10,8 +10,6 @@ API key is read from the environment variable the recipe names and is scrubbed f
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import os
 import random
@@ -24,9 +22,9 @@ import openai
 from aiolimiter import AsyncLimiter
 from openai.types.chat import ChatCompletion
 
+from mp16_reason.jpeg import fit_budget
 from mp16_reason.schema import Entity, TeacherAnswer
 
-from .images import fit_budget
 from .recipe import TeacherSpec
 from .teacher_cache import CachedReply, cache_key
 from .teacher_prompt import INSTRUCTION, PROMPT_VERSION, SYSTEM, messages, parse_reply, response_format
@@ -77,19 +75,6 @@ def new_reply(
         output_tokens=output_tokens,
         origin=origin,
     )
-
-
-def data_url(jpeg: bytes, max_pixels: int) -> str:
-    """The image as a base64 JPEG ``data:`` URL, downscaled to ``max_pixels`` when larger."""
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(jpeg))
-    if img.width * img.height > max_pixels:
-        img = img.convert("RGB").resize(fit_budget(img.width, img.height, max_pixels), Image.Resampling.BOX)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        jpeg = buf.getvalue()
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def image_tokens(width: int, height: int, max_pixels: int) -> int:

@@ -77,6 +77,14 @@ class GRPOScriptArguments(DataArguments):
     geo_rule: str = field(
         default="alias", metadata={"help": "R_geo matching: alias (country aliases, city names) or official."}
     )
+    format_rule: str = field(
+        default="strict",
+        metadata={"help": "format reward: strict (non-empty country: and city: lines) or official (as released)."},
+    )
+    visual_rule: str = field(
+        default="strict",
+        metadata={"help": "visual_grounding: strict (a closed <think> only) or official (as released)."},
+    )
     geo_city_reward: float = field(default=1.0, metadata={"help": "R_geo when country and city match."})
     geo_country_reward: float = field(default=0.2, metadata={"help": "R_geo when only the country matches."})
     coordinate_scale_km: float = field(default=750.0, metadata={"help": "Coordinate reward: exp(-km / scale)."})
@@ -109,6 +117,9 @@ class GRPOScriptArguments(DataArguments):
             raise ValueError(f"unknown reward(s) {unknown}; known: {known}")
         if self.geo_rule not in ("alias", "official"):
             raise ValueError(f"geo_rule={self.geo_rule!r}: use 'alias' or 'official'")
+        for key in ("format_rule", "visual_rule"):
+            if getattr(self, key) not in ("strict", "official"):
+                raise ValueError(f"{key}={getattr(self, key)!r}: use 'strict' or 'official'")
         if "localizability" in self.reward_funcs:
             if bool(self.rm_model) == bool(self.rm_endpoint):
                 raise ValueError(

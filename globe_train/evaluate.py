@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from mp16_reason.answer import answer_location, official_eval_extract, parse_answer
 from mp16_reason.distance import THRESHOLDS_KM, haversine_km
 from mp16_reason.matching import city_match, country_match, official_match
 
-from .answer import answer_location, official_extract, parse_answer
 from .benchmarks import Benchmark, EvalItem
 
 PREDICTIONS = "predictions.jsonl"
@@ -111,7 +111,7 @@ def score(items: Iterable[EvalItem], predictions: dict[str, dict]) -> pd.DataFra
         error = (pred or {}).get("error", "") if pred else "no prediction"
         ans = parse_answer(text)
         lat, lon, source = answer_location(ans) or (None, None, "")
-        off_country, off_city = official_extract(text)
+        off_country, off_city = official_eval_extract(text)
         rows.append(
             {
                 "id": item.id,

@@ -20,8 +20,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .predictors import jpeg_data_url
-from .rewards import completion_text
+from mp16_reason.answer import completion_text
+from mp16_reason.jpeg import jpeg_data_url
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,20 @@ class EndpointJudge:
             top = reply.choices[0].logprobs.content[0].top_logprobs
         except (AttributeError, IndexError, TypeError):
             raise JudgeError(f"{self.name} returned no logprobs (does the server support top_logprobs?)") from None
+        if len(top or []) < self.top_logprobs:
+            # A server capped below the request (vLLM's --max-logprobs) may hide the answer's other spelling.
+            raise JudgeError(
+                f"{self.name} returned {len(top or [])} of the {self.top_logprobs} top logprobs asked for; start "
+                f"vLLM with --max-logprobs {self.top_logprobs} or more"
+            )
         p = {YES: 0.0, NO: 0.0}
         for cand in top:
             word = cand.token.strip().lower()
             if word in p:
                 p[word] += math.exp(cand.logprob)
+        if p[YES] + p[NO] <= 0.0:
+            tokens = ", ".join(repr(c.token) for c in top)
+            raise JudgeError(f"{self.name}: neither 'yes' nor 'no' among the first token's top logprobs ({tokens})")
         return yes_share(p[YES], p[NO])
 
     async def ascores(self, images: Sequence[Any], texts: Sequence[str]) -> list[float | Exception]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .answer import answer_location, parse_answer
+from mp16_reason.answer import answer_location, parse_answer
+
 from .benchmarks import EvalItem
 
 

@@ -7,13 +7,13 @@ returned as an error string, never as an empty answer, so the evaluation can cou
 from __future__ import annotations
 
 import asyncio
-import base64
 import csv
 import io
 import json
 import os
 from pathlib import Path
 
+from mp16_reason.jpeg import downscale_jpeg, jpeg_data_url
 from mp16_reason.prompt import INSTRUCTION
 
 from .benchmarks import EvalItem
@@ -23,28 +23,7 @@ SYSTEM = "You are a helpful assistant."
 
 def image_bytes(item: EvalItem, max_pixels: int | None = None) -> bytes:
     data = item.image if isinstance(item.image, bytes) else Path(item.image).read_bytes()
-    if not max_pixels:
-        return data
-    from PIL import Image
-
-    from builders.images import fit_budget
-
-    img = Image.open(io.BytesIO(data))
-    if img.width * img.height <= max_pixels:
-        return data
-    img = img.convert("RGB").resize(fit_budget(img.width, img.height, max_pixels), Image.Resampling.BOX)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def jpeg_data_url(image) -> str:
-    """A ``data:`` URL of JPEG bytes, or of a PIL image encoded as JPEG (quality 90)."""
-    if not isinstance(image, bytes | bytearray):
-        buf = io.BytesIO()
-        image.convert("RGB").save(buf, "JPEG", quality=90)
-        image = buf.getvalue()
-    return "data:image/jpeg;base64," + base64.b64encode(image).decode()
+    return downscale_jpeg(data, max_pixels)
 
 
 class EndpointPredictor:

@@ -12,36 +12,34 @@ import math
 import re
 from typing import Any
 
+from mp16_reason.answer import answer_location, completion_text, official_reward_extract, parse_answer
 from mp16_reason.distance import haversine_km
 from mp16_reason.matching import location_score
-
-from .answer import answer_location, official_extract, parse_answer
 
 # The whole completion: <think>...</think>, optional whitespace, <answer>...</answer>, nothing after.
 _FORMAT = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>", re.S)  # used with fullmatch
 _COUNTRY_LINE = re.compile(r"^[ \t]*country:[ \t]*\S", re.M)
 _CITY_LINE = re.compile(r"^[ \t]*city:[ \t]*\S", re.M)
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+# The released format check, verbatim: lazy groups can stretch across a second </answer>, and the answer may be
+# empty.
+_OFFICIAL_FORMAT = re.compile(r"^<think>.*?</think>\s*<answer>.*?</answer>(?![\s\S])", re.S | re.M)
 
 
-def completion_text(completion: Any) -> str:
-    """The text of a completion, conversational or plain."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion:
-        content = completion[-1].get("content", "")
-        if isinstance(content, list):  # content parts
-            return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return str(content)
-    return ""
+def format_reward(completions: list, rule: str = "strict", **kwargs: Any) -> list[float]:
+    """1.0 when the whole completion is ``<think>…</think><answer>…</answer>``, else 0.0.
 
-
-def format_reward(completions: list, **kwargs: Any) -> list[float]:
-    """1.0 when the whole completion is ``<think>…</think><answer>…</answer>`` with ``country:`` and ``city:``
-    lines in the answer, else 0.0."""
+    ``rule="strict"`` (default) also wants non-empty ``country:`` and ``city:`` lines in the answer;
+    ``"official"`` is the released check exactly (an empty answer passes)."""
     out = []
     for c in completions:
-        m = _FORMAT.fullmatch(completion_text(c))
-        ok = bool(m and _COUNTRY_LINE.search(m.group(1)) and _CITY_LINE.search(m.group(1)))
+        text = completion_text(c)
+        if rule == "official":
+            ok = bool(_OFFICIAL_FORMAT.match(text))
+        else:
+            m = _FORMAT.fullmatch(text)
+            ok = bool(m and _COUNTRY_LINE.search(m.group(1)) and _CITY_LINE.search(m.group(1)))
+            ok = ok and all(text.count(tag) == 1 for tag in _TAGS)  # no second block hiding in a lazy group
         out.append(1.0 if ok else 0.0)
     return out
 
@@ -56,12 +54,13 @@ def geo_accuracy(
     **kwargs: Any,
 ) -> list[float]:
     """R_geo: ``city_weight`` when country and city match, ``country_weight`` when only the country does,
-    else 0 (the released values 1.0 / 0.2). ``rule="official"`` also reads the answer the released way."""
+    else 0 (the released values 1.0 / 0.2). ``rule="official"`` is the released reward exactly: its answer
+    extraction (nothing outside ``<answer>`` tags) and its string rule."""
     out = []
     for c, true_country, true_city in zip(completions, country, city):
         text = completion_text(c)
         if rule == "official":
-            pred_country, pred_city = official_extract(text)
+            pred_country, pred_city = official_reward_extract(text)
         else:
             ans = parse_answer(text)
             pred_country, pred_city = ans.country, ans.city
@@ -69,18 +68,26 @@ def geo_accuracy(
     return out
 
 
-def visual_grounding(completions: list, entities: list[list[Any]], **kwargs: Any) -> list[float]:
-    """R_vis: the fraction of the sample's reference entity texts mentioned in the ``<think>`` part
-    (case-insensitive substring; 0 when the sample has no entities), as the released code computes it."""
+def visual_grounding(completions: list, entities: list[list[Any]], rule: str = "strict", **kwargs: Any) -> list[float]:
+    """R_vis: the fraction of the sample's reference entity texts mentioned in the reasoning (case-insensitive
+    substring; 0 when the sample has no entities), recall as the released code computes it.
+
+    ``rule="strict"`` (default) reads only a closed ``<think>…</think>`` and ignores blank entities;
+    ``"official"`` is the released reward exactly: without ``</think>`` the whole text counts as reasoning,
+    and entity texts are used as given (a blank one always "matches")."""
     out = []
     for c, refs in zip(completions, entities):
-        texts = {(e.get("text", "") if isinstance(e, dict) else str(e)).strip().lower() for e in refs or []}
-        texts.discard("")
+        texts = {(e.get("text", "") if isinstance(e, dict) else str(e)).lower() for e in refs or []}
+        if rule != "official":
+            texts = {t.strip() for t in texts} - {""}
         if not texts:
             out.append(0.0)
             continue
         text = completion_text(c)
-        think = text.split("</think>", 1)[0].replace("<think>", "").lower() if "</think>" in text else ""
+        if rule == "official":
+            think = text.split("</think>")[0].replace("<think>", "").lower()
+        else:
+            think = text.split("</think>", 1)[0].replace("<think>", "").lower() if "</think>" in text else ""
         out.append(sum(t in think for t in texts) / len(texts))
     return out
 
@@ -133,6 +140,10 @@ def get_reward_funcs(args, num_generations: int = 1) -> list:
             funcs.append(NamedReward(geo_accuracy, name, rule=rule, city_weight=city, country_weight=country))
         elif name == "coordinate":
             funcs.append(NamedReward(coordinate_reward, name, scale_km=args.coordinate_scale_km))
+        elif name == "format":
+            funcs.append(NamedReward(format_reward, name, rule=args.format_rule))
+        elif name == "visual_grounding":
+            funcs.append(NamedReward(visual_grounding, name, rule=args.visual_rule))
         else:
             funcs.append(NamedReward(REWARDS[name], name))
     return funcs

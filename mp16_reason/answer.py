@@ -1,9 +1,16 @@
 """Reading a model's answer: ``<think>…</think><answer>country: X\ncity: Y</answer>``, optionally with
 ``lat:``/``lon:`` lines.
 
-Two readers: :func:`parse_answer` (ours: labels in any case, brackets and trailing dots stripped, coordinates
-read) and :func:`official_extract` (the released evaluation's rule, kept for exact reproduction: the first
-``<answer>`` block or, without one, the whole text; lower-case labels; values lower-cased).
+Three readers:
+
+- :func:`parse_answer`, ours: labels in any case, brackets and trailing dots stripped, coordinates read;
+- :func:`official_reward_extract`, the released accuracy *reward*'s: only inside the first ``<answer>`` block
+  (no block: nothing), lower-case labels, values lower-cased;
+- :func:`official_eval_extract`, the released *evaluation*'s: the same, but without a block the whole text is
+  read.
+
+The released code reads answers these two different ways; each is kept so that training and evaluation
+reproduce it exactly.
 """
 
 from __future__ import annotations
@@ -11,8 +18,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
+_OPEN_ANSWER = re.compile(r"<answer>(.*)", re.S | re.I)
 _THINK = re.compile(r"<think>(.*?)</think>", re.S | re.I)
 _FIELD = {name: re.compile(rf"^\W*{name}\W*:\s*(.+)$", re.I | re.M) for name in ("country", "city")}
 _LATITUDE = re.compile(r"^\W*(?:latitude|lat)\W*:\s*(.+)$", re.I | re.M)
@@ -57,7 +66,7 @@ def _number(text: str | None, limit: float) -> float | None:
 
 def parse_answer(text: str | None) -> Answer:
     text = text or ""
-    block = _ANSWER.search(text)
+    block = _ANSWER.search(text) or _OPEN_ANSWER.search(text)  # an unclosed block: cut off by the token limit
     body = block.group(1) if block else text
     think = _THINK.search(text)
 
@@ -89,12 +98,35 @@ def answer_location(ans: Answer) -> tuple[float, float, str] | None:
     return None
 
 
-def official_extract(text: str | None) -> tuple[str, str]:
-    """``(country, city)`` exactly as the released GLOBE evaluation reads them."""
+def completion_text(completion: Any) -> str:
+    """The text of a completion, conversational or plain."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion:
+        content = completion[-1].get("content", "")
+        if isinstance(content, list):  # content parts
+            return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return str(content)
+    return ""
+
+
+def official_reward_extract(text: str | None) -> tuple[str, str]:
+    """``(country, city)`` exactly as the released GLOBE accuracy reward reads them: ``("", "")`` without an
+    ``<answer>…</answer>`` block."""
+    block = re.search(r"<answer>(.*?)</answer>", text or "", re.S)
+    return _official_fields(block.group(1).strip() if block else "")
+
+
+def official_eval_extract(text: str | None) -> tuple[str, str]:
+    """``(country, city)`` exactly as the released GLOBE evaluation reads them: without an
+    ``<answer>…</answer>`` block, from the whole text."""
     if not text:
         return "", ""
     block = re.search(r"<answer>(.*?)</answer>", text, re.S)
-    body = block.group(1).strip() if block else text
+    return _official_fields(block.group(1).strip() if block else text)
+
+
+def _official_fields(body: str) -> tuple[str, str]:
     country = re.search(r"country:\s*([^\n]+)", body)
     city = re.search(r"city:\s*([^\n]+)", body)
     return (

@@ -45,7 +45,7 @@ def sample_build(tmp_path_factory) -> Path:
     pytest.importorskip("openai")
     from click.testing import CliRunner
 
-    from mp16_reason.cli import main
+    from builders.cli import main
 
     out = tmp_path_factory.mktemp("sample-build")
     result = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "48", "--out", str(out), "--quiet"])

@@ -127,7 +127,8 @@ class TeacherServer:
                 choice: dict = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                 if server.logprobs and body.get("logprobs"):
                     top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in server.logprobs(body)]
-                    choice["logprobs"] = {"content": [{**top[0], "top_logprobs": top[: body.get("top_logprobs", 0)]}]}
+                    first = top[0] if top else {"token": text, "logprob": 0.0, "bytes": None}
+                    choice["logprobs"] = {"content": [{**first, "top_logprobs": top[: body.get("top_logprobs", 0)]}]}
                 payload = json.dumps(
                     {
                         "id": f"chatcmpl-{digest[:8]}",

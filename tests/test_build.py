@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from helpers import sample_recipe
 from PIL import Image
 
+from builders.cli import main
 from builders.pipeline import BuildError, build, sample_key
 from builders.recipe import RecipeError, load_recipe
 from builders.sample import write_sample
 from mp16_reason import schema
-from mp16_reason.cli import main
 
 SAMPLE_N = 60
 
@@ -150,7 +150,7 @@ def test_output_does_not_depend_on_workers(sample_input, reference, tmp_path):
 )
 def test_sigkill_then_resume_is_byte_identical(sample_input, reference, tmp_path, kill_when):
     """SIGKILL the CLI as soon as it reaches a given point, then rerun: nothing lost, nothing duplicated."""
-    cmd = [sys.executable, "-m", "mp16_reason.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
+    cmd = [sys.executable, "-m", "builders.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
            "--images", str(sample_input / "images"), "--out", str(tmp_path), "--unit-size", "16",
            "--shard-bytes", "150000", "--workers", "1", "--max-pixels", str(160 * 120), "--test-fraction", "0.25",
            "--quiet"]  # fmt: skip
@@ -245,7 +245,7 @@ def test_shard_process_exits_when_the_build_is_killed(sample_input, tmp_path):
 
 def test_killed_build_leaves_no_worker_processes(sample_input, tmp_path):
     """Pool workers, fork server and shard process all end with a SIGKILLed build (nothing left holding memory)."""
-    cmd = [sys.executable, "-m", "mp16_reason.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
+    cmd = [sys.executable, "-m", "builders.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
            "--images", str(sample_input / "images"), "--out", str(tmp_path), "--unit-size", "8", "--workers", "2",
            "--max-pixels", str(160 * 120), "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

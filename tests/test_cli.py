@@ -4,8 +4,8 @@ import sys
 
 from click.testing import CliRunner
 
+from builders.cli import main
 from globe_train.cli import main as globe
-from mp16_reason.cli import main
 
 
 def run(*args, app=main):

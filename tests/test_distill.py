@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from helpers import sample_recipe
 from teacher_server import TeacherServer
 
+from builders.cli import main
 from builders.images import prepare
 from builders.pipeline import build
 from builders.recipe import Recipe
@@ -28,7 +29,6 @@ from builders.sample import write_sample
 from builders.sample_replies import replies
 from builders.units import curated_path, read_unit
 from builders.validate import validate_build
-from mp16_reason.cli import main
 from mp16_reason.schema import from_json_bytes
 
 pytest.importorskip("openai")
@@ -197,7 +197,7 @@ def test_sigkill_during_distillation_then_resume(sample_input, tmp_path, monkeyp
     with TeacherServer(reply, latency_s=0.1) as srv:
         path = tmp_path / "r.yaml"
         path.write_text(yaml.safe_dump(_recipe(sample_input, tmp_path / "o", srv.url, cache).model_dump(mode="json")))
-        cmd = [sys.executable, "-m", "mp16_reason.cli", "build", str(path), "--quiet"]
+        cmd = [sys.executable, "-m", "builders.cli", "build", str(path), "--quiet"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while srv.ok < n_jobs // 3 and time.time() < deadline and proc.poll() is None:

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from helpers import sample_recipe
 from PIL import Image
 
-from globe_train.answer import official_extract, parse_answer
 from globe_train.benchmarks import EvalItem, load_benchmark
 from globe_train.cli import main
 from globe_train.evaluate import metrics, predict, read_predictions, score
 from globe_train.predictors import EndpointPredictor, FilePredictor
+from mp16_reason.answer import official_eval_extract, parse_answer
 
 KM_PER_DEGREE = math.pi / 180 * 6371.0088  # a degree of latitude on the sphere haversine_km uses
 PARIS = (48.8566, 2.3522)
@@ -52,11 +52,11 @@ def test_parse_answer(text, country, city, coords, tagged):
     assert ans.parsed == bool(country or city or coords)
 
 
-def test_official_extract_follows_the_released_rule():
-    assert official_extract("<answer>country: France\ncity: Paris</answer>") == ("france", "paris")
-    assert official_extract("country: USA\ncity: NYC") == ("usa", "nyc")  # no tag: the whole text
-    assert official_extract("Country: France") == ("", "")  # labels are case-sensitive there
-    assert official_extract(None) == ("", "")
+def test_official_eval_extract_follows_the_released_rule():
+    assert official_eval_extract("<answer>country: France\ncity: Paris</answer>") == ("france", "paris")
+    assert official_eval_extract("country: USA\ncity: NYC") == ("usa", "nyc")  # no tag: the whole text
+    assert official_eval_extract("Country: France") == ("", "")  # labels are case-sensitive there
+    assert official_eval_extract(None) == ("", "")
 
 
 # -- metrics on hand-computed cases ---------------------------------------------------------------------

@@ -21,12 +21,12 @@ from hub_servers import HubWriteServer, OlahHub, olah_cli
 from PIL import Image
 
 from builders.card import MAP_PATH, write_card
+from builders.cli import main
 from builders.pipeline import build
 from builders.publish import publish, repo_paths
 from builders.sample import write_sample
 from builders.validate import ValidationFailed, validate_build
 from mp16_reason import schema
-from mp16_reason.cli import main
 from mp16_reason.hub import shard_paths, stream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ def _env(endpoint: str, home: Path) -> dict:
 
 
 def test_publish_uploads_the_staged_tree_and_tags_it(built, tmp_path):
-    exe = [sys.executable, "-m", "mp16_reason.cli"]
+    exe = [sys.executable, "-m", "builders.cli"]
     with HubWriteServer() as hub:
         env = _env(hub.endpoint, tmp_path / "hf")
         args = ["publish", str(built), "--repo", "globe/mp16-reason", "--staging", str(tmp_path / "stage")]

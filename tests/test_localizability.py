@@ -24,7 +24,8 @@ from globe_train.rewards import get_reward_funcs
 
 pytest.importorskip("openai")
 SECRET = "sk-rm-THIS-MUST-NOT-LEAK-1234"
-TOP = [("yes", math.log(0.6)), (" Yes", math.log(0.1)), ("no", math.log(0.2)), ("maybe", math.log(0.05))]
+TOP = [("yes", math.log(0.6)), (" Yes", math.log(0.1)), ("no", math.log(0.2)), ("maybe", math.log(0.05)),
+       ("perhaps", math.log(0.01))]  # fmt: skip
 
 
 def _image(color: tuple[int, int, int]) -> Image.Image:
@@ -62,9 +63,24 @@ def test_endpoint_without_logprobs_or_without_yes_no_is_an_error_not_zero():
     with TeacherServer(lambda im, req: "yes") as srv:  # no logprobs in the reply (as transformers serve)
         (result,) = EndpointJudge(srv.url, "rm", max_retries=0).scores([_image((1, 2, 3))], ["x"])
     assert isinstance(result, JudgeError) and "no logprobs" in str(result)
-    with TeacherServer(lambda im, req: "hmm", logprobs=lambda req: [("maybe", 0.0), ("perhaps", -3.0)]) as srv:
+    with TeacherServer(lambda im, req: "hmm", logprobs=lambda req: [("maybe", -1.0), ("perhaps", -2.0)] * 3) as srv:
         (result,) = EndpointJudge(srv.url, "rm", max_retries=0).scores([_image((1, 2, 3))], ["x"])
     assert isinstance(result, JudgeError) and "neither" in str(result)
+
+
+@pytest.mark.parametrize("top", [[("yes", -0.1)], []], ids=["one logprob", "none"])
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_fewer_logprobs_than_asked_follow_the_failure_policy(top, policy):
+    # The released setup lost R_loc this way: vLLM answered fewer top logprobs than requested.
+    with TeacherServer(lambda im, req: "yes", logprobs=lambda req: top) as srv:
+        judge = EndpointJudge(srv.url, "rm", max_retries=0)
+        reward = LocalizabilityReward(judge, policy, max_failure_rate=1.0, group_size=2)
+        if policy == "raise":
+            with pytest.raises(JudgeError, match=r"returned \d of the 5 top logprobs.*--max-logprobs 5"):
+                reward(COMPLETIONS[:2], image=[_image((9, 9, 9))] * 2)
+        else:
+            assert reward(COMPLETIONS[:2], image=[_image((9, 9, 9))] * 2) == [None, None]  # never 0 or NaN
+    assert reward.failed == 2
 
 
 def test_raise_policy_stops_training_and_never_shows_the_key(monkeypatch):

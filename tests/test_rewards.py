@@ -34,6 +34,60 @@ def test_format_reward(text, score):
     assert format_reward([conv(text)]) == [score]
 
 
+F, P = "France", "Paris"
+# (completion, format strict, format official, R_geo official reward, R_geo alias) against France / Paris.
+RULE_CASES = {
+    "well formed": ("<think>x</think><answer>country: France\ncity: Paris</answer>", 1, 1, 1.0, 1.0),
+    "missing tags": ("country: France\ncity: Paris", 0, 0, 0.0, 1.0),
+    "no think": ("<answer>country: France\ncity: Paris</answer>", 0, 0, 1.0, 1.0),
+    "unclosed think": ("<think>x<answer>country: France\ncity: Paris</answer>", 0, 0, 1.0, 1.0),
+    "unclosed answer": ("<think>x</think><answer>country: France\ncity: Paris", 0, 0, 0.0, 1.0),
+    "upper-case tags": ("<THINK>x</THINK><ANSWER>country: France\ncity: Paris</ANSWER>", 0, 0, 0.0, 1.0),
+    "empty answer": ("<think>x</think><answer></answer>", 0, 1, 0.0, 0.0),
+    "blank answer": ("<think>x</think><answer>\n \n</answer>", 0, 1, 0.0, 0.0),
+    "whitespace between": ("<think>x</think>\n \t\n<answer>country: France\ncity: Paris</answer>", 1, 1, 1.0, 1.0),
+    "whitespace inside": ("<think>x</think><answer>\n  country:   France  \n city:Paris\n</answer>", 1, 1, 1.0, 1.0),
+    "leading space": (" <think>x</think><answer>country: France\ncity: Paris</answer>", 0, 0, 1.0, 1.0),
+    "trailing newline": ("<think>x</think><answer>country: France\ncity: Paris</answer>\n", 0, 0, 1.0, 1.0),
+    "text after": ("<think>x</think><answer>country: France\ncity: Paris</answer> Or Lyon.", 0, 0, 1.0, 1.0),
+    # The released pattern's lazy groups stretch to a second </answer>; the first block is still the one read.
+    "second answer block": (
+        "<think>x</think><answer>country: France\ncity: Paris</answer><answer>country: Spain</answer>",
+        0, 1, 1.0, 1.0,
+    ),
+    "country only": ("<think>x</think><answer>country: France</answer>", 0, 1, 0.2, 0.2),
+    "one line": ("<think>x</think><answer>country: France, city: Paris</answer>", 0, 1, 0.0, 0.0),
+    "capital labels": ("<think>x</think><answer>Country: France\nCity: Paris</answer>", 0, 1, 0.0, 1.0),
+    "wrong country": ("<think>x</think><answer>country: Belgium\ncity: Paris</answer>", 1, 1, 0.0, 0.0),
+    "empty": ("", 0, 0, 0.0, 0.0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(RULE_CASES))
+def test_format_and_accuracy_under_both_rules(case):
+    text, strict, official, geo_official, geo_alias = RULE_CASES[case]
+    assert format_reward([conv(text)]) == [strict]
+    assert format_reward([conv(text)], rule="official") == [official]
+    assert geo_accuracy([conv(text)], country=[F], city=[P], rule="official") == [geo_official]
+    assert geo_accuracy([conv(text)], country=[F], city=[P]) == [geo_alias]
+
+
+def test_the_two_official_extractions_differ_only_without_an_answer_block():
+    from mp16_reason.answer import official_eval_extract, official_reward_extract
+
+    tagged = "<think>x</think><answer>\ncountry: France \ncity: Paris\n</answer> country: Spain"
+    assert official_reward_extract(tagged) == official_eval_extract(tagged) == ("france", "paris")
+    for untagged, whole in [
+        ("country: France\ncity: Paris", ("france", "paris")),
+        ("<answer>country: France\ncity: Paris", ("france", "paris")),
+        ("<ANSWER>country: France\ncity: Paris</ANSWER>", ("france", "paris</answer>")),
+    ]:
+        assert official_reward_extract(untagged) == ("", "")  # the reward: no block, no answer
+        assert official_eval_extract(untagged) == whole  # the evaluation: the rest of each line, whole text
+    assert official_reward_extract("<answer></answer>") == official_eval_extract("") == ("", "")
+    assert official_eval_extract("<answer>Country: France</answer>") == ("", "")  # labels are case-sensitive
+
+
 def test_geo_accuracy_values_and_rules():
     completions = [
         conv(GOOD),
@@ -61,6 +115,19 @@ def test_visual_grounding_is_recall_of_reference_entities_in_think():
     assert visual_grounding([conv(text)], entities=[[]]) == [0.0]  # no references: nothing to reward
     in_answer_only = "<think>hm</think><answer>country: UK\ncity: London phone box</answer>"
     assert visual_grounding([conv(in_answer_only)], entities=[["phone box"]]) == [0.0]
+
+
+def test_visual_grounding_official_rule_is_the_released_one():
+    refs = [[{"text": "phone box"}, {"text": " Black Cab"}, {"text": ""}]]
+    closed = "<think>a phone box and a black cab</think><answer>country: UK\ncity: London</answer>"
+    unclosed = "<think>a phone box and a black cab, so London"
+    assert visual_grounding([conv(closed)], entities=refs) == [1.0]  # strict: stripped, blanks dropped
+    assert visual_grounding([conv(unclosed)], entities=refs) == [0.0]  # strict: no closed <think>
+    # Released: " black cab" (leading space) is searched as given, the blank entity always "matches", and
+    # without </think> the whole text is the reasoning.
+    assert visual_grounding([conv(closed)], entities=refs, rule="official") == [1.0]
+    assert visual_grounding([conv(unclosed)], entities=refs, rule="official") == [1.0]
+    assert visual_grounding([conv("<think>nothing</think>")], entities=refs, rule="official") == [pytest.approx(1 / 3)]
 
 
 def test_coordinate_reward_decays_with_distance():

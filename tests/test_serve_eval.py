@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from globe_train.answer import parse_answer
 from globe_train.cli import main
+from mp16_reason.answer import parse_answer
 
 PLACES = [("p1", 48.8566, 2.3522), ("p2", 35.6762, 139.6503), ("p3", -33.8688, 151.2093)]
 

@@ -17,11 +17,11 @@ from builders.teachers import (
     MissingApiKey,
     Teacher,
     TeacherFailed,
-    data_url,
     http_client,
     retry_after,
     to_answer,
 )
+from mp16_reason.jpeg import jpeg_data_url
 
 GOOD = {
     "localizable": True,
@@ -138,7 +138,7 @@ def _ask(spec: TeacherSpec, jpeg: bytes, n: int = 1) -> tuple[list, Teacher]:
     async def go():
         async def one(i):
             try:
-                return await teacher.ask(f"sha{i}", data_url(jpeg, spec.max_pixels), 100)
+                return await teacher.ask(f"sha{i}", jpeg_data_url(jpeg, spec.max_pixels), 100)
             except TeacherFailed as exc:
                 return exc
 
@@ -229,7 +229,7 @@ def test_connection_pool_choice(monkeypatch):
 
 
 def test_image_is_sent_within_the_teacher_budget():
-    url = data_url(_jpeg(640, 480), 160 * 120)
+    url = jpeg_data_url(_jpeg(640, 480), 160 * 120)
     import base64
 
     img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))

@@ -1,0 +1,299 @@
+"""The ``mp16-reason`` command line: the commands that build, check and publish a dataset, added to the
+group of ``mp16_reason.cli`` (which holds what needs only the consumer package)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import click
+
+from mp16_reason.cli import main
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--sample", is_flag=True, help="Build the embedded offline sample (drawn scenes at real MP-16 coordinates)."
+)
+@click.option("--sample-size", default=200, show_default=True, help="Images in the sample (at most 240).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (shards, manifest, rejections).")
+@click.option("--metadata", type=click.Path(dir_okay=False), help="Override input.metadata.")
+@click.option("--images", help="Override input.images: a folder or a .tar.")
+@click.option("--limit", type=int, help="Use only the first N metadata rows.")
+@click.option("--workers", type=int, help="Worker processes (or Ray CPUs).")
+@click.option("--distributor", type=click.Choice(["local", "ray"]), help="Where units run.")
+@click.option("--unit-size", type=int, help="Rows per unit of work (the resume granularity).")
+@click.option("--shard-bytes", type=int, help="Upper bound of a shard's size in bytes.")
+@click.option("--test-fraction", type=float, help="Share of samples in the test split.")
+@click.option("--hold-out-cities/--no-hold-out-cities", default=None, help="Keep whole cities out of train.")
+@click.option("--max-pixels", type=int, help="Resize budget in pixels.")
+@click.option("--jpeg-quality", type=int, help="JPEG quality of the re-encoded images.")
+@click.option("--resample", help="Downscaling filter: box (area average, the default), bilinear, bicubic, ...")
+@click.option("--teacher-cache", type=click.Path(dir_okay=False), help="Teacher reply cache (SQLite) to use.")
+@click.option("--offline", is_flag=True, default=None, help="Send no teacher request; use cached replies only.")
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Prepare the images, then print the teacher requests, tokens and cost the build would spend; send nothing.",
+)
+@click.option("--overwrite", is_flag=True, help="Delete a build of a different recipe found in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def build(
+    recipe: str | None,
+    sample: bool,
+    sample_size: int,
+    out: str | None,
+    quiet: bool,
+    overwrite: bool,
+    estimate: bool,
+    **flags,
+) -> None:
+    """Build MP16-Reason shards from image metadata and images.
+
+    \b
+    RECIPE is a YAML file holding every setting (see builders/recipes/); flags override it.
+    Re-running the same command resumes an interrupted build and leaves a finished one alone.
+    \b
+    Examples:
+      mp16-reason build --sample --out sample-build          # offline, no GPU, ~10 s
+      mp16-reason build builders/recipes/mp16pro.yaml --out /data/mp16-reason --workers 16
+      mp16-reason build my.yaml --distributor ray             # units as Ray tasks
+    """
+    from .recipe import RecipeError, load_recipe
+
+    overrides = {
+        "input.metadata": flags["metadata"],
+        "input.images": flags["images"],
+        "limit": flags["limit"],
+        "workers": flags["workers"],
+        "distributor": flags["distributor"],
+        "unit_size": flags["unit_size"],
+        "shards.max_bytes": flags["shard_bytes"],
+        "split.test_fraction": flags["test_fraction"],
+        "split.hold_out_cities": flags["hold_out_cities"],
+        "image.max_pixels": flags["max_pixels"],
+        "image.jpeg_quality": flags["jpeg_quality"],
+        "image.resample": flags["resample"],
+        "distill.cache": flags["teacher_cache"],
+        "distill.offline": flags["offline"],
+        "out": out,
+    }
+    if sample:
+        if recipe:
+            raise click.UsageError("give a RECIPE or --sample, not both")
+        from importlib import resources
+
+        from .sample import write_sample
+
+        target = Path(out or "sample-build")
+        inputs = target / "sample-input"
+        if not (inputs / "metadata.csv").exists():
+            click.echo(f"drawing {sample_size} sample images into {inputs} ...")
+            write_sample(inputs, sample_size)
+        recipe = str(resources.files("builders.recipes").joinpath("sample.yaml"))
+        overrides.update(
+            {
+                "input.metadata": str(inputs / "metadata.csv"),
+                "input.images": str(inputs / "images"),
+                "out": str(target),
+                # The authored teacher replies go into a cache of the sample's own, never the user's.
+                "distill.cache": str(inputs / "teacher-cache.sqlite"),
+                "distill.import_cache": str(inputs / "teacher-cache.jsonl"),
+            }
+        )
+    elif not recipe and not flags["metadata"]:
+        raise click.UsageError("give a RECIPE file, --metadata with --images, or --sample")
+    try:
+        rec = load_recipe(recipe, overrides)
+    except RecipeError as exc:
+        raise click.ClickException(str(exc)) from None
+    if sample and not (inputs / "teacher-cache.jsonl").exists():
+        from .sample_replies import write_cache
+
+        write_cache(inputs, rec)
+    if rec.distributor == "local" and rec.workers > 1:
+        from .distributor import warm_up
+
+        warm_up()  # the workers' imports now overlap with the rest of ours
+    from .pipeline import BuildError
+    from .pipeline import build as run_build
+    from .pipeline import estimate as run_estimate
+
+    try:
+        if estimate:
+            for line in run_estimate(rec, overwrite=overwrite, progress=not quiet):
+                click.echo(line)
+            return
+        summary = run_build(rec, overwrite=overwrite, progress=not quiet)
+    except (BuildError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in summary.lines():
+        click.echo(line)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", default=None, help="Repository id used in the usage snippets (default globe/mp16-reason).")
+def card(directory: str, repo: str | None) -> None:
+    """Render the dataset card DIRECTORY/README.md from a finished build.
+
+    \b
+    The YAML front matter declares every config and split (`configs`) and the record's types
+    (`dataset_info.features`, from the schema), so `load_dataset` needs no loading script and infers nothing.
+    The body holds the build's recipe, filters with counts, statistics and a world map (assets/world_map.png).
+    """
+    from mp16_reason.hub import REPO_ID
+
+    from .card import write_card
+
+    try:
+        path = write_card(directory, repo or REPO_ID)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {path}")
+
+
+@main.command("validate")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-card", is_flag=True, help="Do not require README.md (checked anyway when present).")
+def validate_cmd(directory: str, no_card: bool) -> None:
+    """Check a build or a downloaded copy: shards against manifest.json, records against the schema, the card.
+
+    Exits with status 1 and lists every problem when anything is off.
+    """
+    from .validate import ValidationFailed, validate_build
+
+    try:
+        summary = validate_build(directory, require_card=not no_card)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValidationFailed as exc:
+        raise click.ClickException(f"{directory} is not valid: {exc}") from None
+    splits = ", ".join(f"{k} {v:,}" for k, v in sorted(summary["splits"].items()))
+    click.echo(f"{directory} is valid: {summary['shards']} shard(s), {summary['samples']:,} samples ({splits})")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", required=True, help="Dataset repository, e.g. globe/mp16-reason.")
+@click.option("--revision", default=None, help="Branch to upload to (created if missing; default main).")
+@click.option("--tag", default=None, help="Tag the uploaded commit, e.g. v0.1.0 (default: v<dataset version>).")
+@click.option("--no-tag", is_flag=True, help="Do not tag the release.")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--dry-run", is_flag=True, help="Stage the exact repository tree locally and list it; upload nothing.")
+@click.option("--staging", type=click.Path(file_okay=False), help="Where to stage (default DIR/.work/publish).")
+def publish(
+    directory: str,
+    repo: str,
+    revision: str | None,
+    tag: str | None,
+    no_tag: bool,
+    private: bool,
+    dry_run: bool,
+    staging: str | None,
+) -> None:
+    """Validate a build, stage its repository tree, and upload it to the Hugging Face Hub.
+
+    \b
+    The token comes from HF_TOKEN or `hf auth login` and is never printed; HF_ENDPOINT selects a mirror.
+    Re-running an interrupted upload resumes it. Run `mp16-reason card DIR` first.
+    \b
+    Examples:
+      mp16-reason publish out/ --repo me/mp16-reason --dry-run
+      mp16-reason publish out/ --repo globe/mp16-reason --tag v1.0
+    """
+    from .publish import publish as run_publish
+    from .stats import read_manifest
+    from .validate import ValidationFailed
+
+    try:
+        version = read_manifest(directory)["version"]
+        plan = run_publish(
+            directory,
+            repo,
+            revision=revision,
+            tag=None if no_tag else (tag or f"v{version}"),
+            private=private,
+            dry_run=dry_run,
+            staging=staging,
+        )
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValidationFailed as exc:
+        raise click.ClickException(f"{directory} is not valid, nothing was uploaded: {exc}") from None
+    except Exception as exc:  # huggingface_hub's errors carry the server's message, never the token
+        if isinstance(exc, (ValueError, OSError)) or type(exc).__module__.startswith(("huggingface_hub", "httpx")):
+            raise click.ClickException(f"upload to {repo} failed: {exc}") from None
+        raise
+    for line in plan.lines():
+        click.echo(line)
+    if dry_run:
+        click.echo("dry run: nothing was uploaded")
+    else:
+        from huggingface_hub import constants
+
+        click.echo(f"uploaded to {constants.ENDPOINT}/datasets/{repo} (commit {plan.commit}, tag {plan.tag})")
+
+
+@main.group()
+def cache() -> None:
+    """The teacher reply cache: every paid-for reply, keyed by image, prompt version, model and parameters.
+
+    \b
+    Export it to rebuild a dataset without the endpoints (import it, then build with --offline):
+      mp16-reason cache export replies.jsonl
+      mp16-reason cache import replies.jsonl --cache other.sqlite
+    """
+
+
+def _cache_option(f):
+    return click.option(
+        "--cache", "path", type=click.Path(dir_okay=False), help="Cache file (default: the builds' shared cache)."
+    )(f)
+
+
+@contextlib.contextmanager
+def _open_cache(path: str | None):
+    from .teacher_cache import ReplyCache, default_path
+
+    c = ReplyCache(path or default_path())
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@cache.command("export")
+@click.argument("out", type=click.Path(dir_okay=False))
+@_cache_option
+def cache_export(out: str, path: str | None) -> None:
+    """Write every cached reply to OUT as JSON Lines (no keys or URLs are in the cache)."""
+    with _open_cache(path) as c:
+        click.echo(f"exported {c.export(out):,} replies from {c.path} to {out}")
+
+
+@cache.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@_cache_option
+def cache_import(source: str, path: str | None) -> None:
+    """Add the replies of an export to the cache (existing entries are kept)."""
+    with _open_cache(path) as c:
+        click.echo(f"imported {c.import_(source):,} new replies into {c.path} ({len(c):,} in all)")
+
+
+@cache.command("info")
+@_cache_option
+def cache_info(path: str | None) -> None:
+    """How many replies the cache holds, per model and prompt version."""
+    from collections import Counter
+
+    with _open_cache(path) as c:
+        counts = Counter((r.model, r.prompt_version, r.origin) for r in c)
+        click.echo(f"{c.path}: {len(c):,} replies")
+        for (model, version, origin), n in sorted(counts.items()):
+            click.echo(f"  {model} ({version}, {origin}): {n:,}")
+
+
+if __name__ == "__main__":
+    main()
