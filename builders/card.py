@@ -17,7 +17,7 @@ from mp16_reason import REPO_ID, schema
 from mp16_reason.atomic import atomic_file
 from mp16_reason.hub import DEFAULT_CONFIG, config_of
 
-from .stats import Stats, compute, read_manifest, size_category, world_map
+from .stats import Stats, compute, read_manifest, reason_class, size_category, world_map
 
 MAP_PATH = "assets/world_map.png"
 TASK_CATEGORIES = ["image-text-to-text", "visual-question-answering"]
@@ -93,6 +93,7 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
     bins = stats.localizability_bins
     localizability_rows = [(f"{i / 10:.1f}–{(i + 1) / 10:.1f}", n) for i, n in enumerate(bins)] if any(bins) else []
     recipe = manifest["recipe"]
+    release = recipe["input"].get("format") == "globe-release"
     card = DatasetCard.from_template(
         card_data(manifest, n_samples),
         template_str=template("dataset_card.md"),
@@ -119,8 +120,24 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
         localizability_rows=localizability_rows,
         multi_teacher=stats.multi_teacher,
         teachers_agree=stats.teachers_agree,
+        release=release,
+        served=sorted(stats.image_sources.items(), key=lambda kv: -kv[1]) if release else [],
+        rejected_reasons=_reason_rows(root) if release else [],
+        release_answers=stats.release_answers,
+        release_country=stats.release_country,
+        release_city=stats.release_city,
+        has_test="test" in {split for _, split in stats.samples},
     )
     return str(card)
+
+
+def _reason_rows(root: Path) -> list[tuple[str, str, int]]:
+    """(stage, reason class, rows) over the build's rejections, most frequent first."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / "rejections.parquet", columns=["stage", "reason"]).to_pylist()
+    counts = Counter((r["stage"], reason_class(r["reason"])) for r in table)
+    return [(stage, why, n) for (stage, why), n in counts.most_common()]
 
 
 def write_card(root: str | Path, repo_id: str = REPO_ID) -> Path:

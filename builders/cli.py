@@ -19,7 +19,15 @@ from mp16_reason.cli import main
 @click.option("--sample-size", default=200, show_default=True, help="Images in the sample (at most 240).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (shards, manifest, rejections).")
 @click.option("--metadata", type=click.Path(dir_okay=False), help="Override input.metadata.")
-@click.option("--images", help="Override input.images: a folder or a .tar.")
+@click.option(
+    "--images",
+    multiple=True,
+    help="Override input.images; repeat for several sources, tried in order: a folder, a .tar or .zip archive, "
+    "a .csv URL list (id, url).",
+)
+@click.option(
+    "--join", multiple=True, help="Override input.join: a metadata file that gives the coordinates, by id; repeatable."
+)
 @click.option("--limit", type=int, help="Use only the first N metadata rows.")
 @click.option("--workers", type=int, help="Worker processes (or Ray CPUs).")
 @click.option("--distributor", type=click.Choice(["local", "ray"]), help="Where units run.")
@@ -59,12 +67,15 @@ def build(
       mp16-reason build --sample --out sample-build          # offline, no GPU, ~10 s
       mp16-reason build builders/recipes/mp16pro.yaml --out /data/mp16-reason --workers 16
       mp16-reason build my.yaml --distributor ray             # units as Ray tasks
+      mp16-reason build builders/recipes/globe-release.yaml --metadata mp16-reason-train.csv \
+          --images mp16-reason-train-images.zip --images mp-16-images.tar --images mp16-urls.csv
     """
     from .recipe import RecipeError, load_recipe
 
     overrides = {
         "input.metadata": flags["metadata"],
-        "input.images": flags["images"],
+        "input.images": list(flags["images"]) or None,
+        "input.join": list(flags["join"]) or None,
         "limit": flags["limit"],
         "workers": flags["workers"],
         "distributor": flags["distributor"],

@@ -1,12 +1,17 @@
-"""Reading image metadata: MP16-Pro CSVs, GLOBE test CSVs, or any CSV/parquet with id, lat, lon.
+"""Reading image metadata: MP16-Pro CSVs, GLOBE test CSVs, the official MP16-Reason release, or any CSV/parquet
+with id, lat, lon.
 
 Every input row ends up either as an :class:`ingest` row or as a rejection with its reason; a malformed CSV
-line is a rejection, not a crash.
+line is a rejection, not a crash. Ingest also takes coordinates the file lacks from ``input.join`` files, and
+joins the image sources' indexes onto the rows (see :mod:`builders.sources`).
 """
 
 from __future__ import annotations
 
+import ast
 import csv
+import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -27,8 +32,14 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "author": ("author", "owner"),
     "license": ("license",),
     **{f"label_{c}": (c,) for c in LABEL_COLUMNS},
+    # The official release's training CSV, as its training code reads it.
+    "response": ("response", "reasoning"),
+    "solution": ("solution",),
+    "entities": ("entities",),
 }
 REQUIRED = ("id", "lat", "lon")
+RELEASE_COLUMNS = ("response", "solution", "entities")  # required together: a release training file
+_SOLUTION = re.compile(r"\s*<country>(.*?)</country>\s*<city>(.*?)</city>\s*", re.S)
 
 
 class InputError(ValueError):
@@ -79,7 +90,7 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
 
 
 def resolve_columns(df: pd.DataFrame, spec: InputSpec) -> dict[str, str]:
-    """Map our field names to the table's columns (explicit mapping first, then known layouts)."""
+    """Map our field names to the table's columns (explicit mapping first, then known layouts, case-insensitive)."""
     lower = {c.lower(): c for c in df.columns}
     mapping: dict[str, str] = {}
     for field, column in spec.columns.items():
@@ -96,23 +107,126 @@ def resolve_columns(df: pd.DataFrame, spec: InputSpec) -> dict[str, str]:
             if name.lower() in lower:
                 mapping[field] = lower[name.lower()]
                 break
-    missing = [f for f in REQUIRED if f not in mapping]
+    required = [f for f in REQUIRED if not (spec.join and f in ("lat", "lon"))]
+    if spec.format == "globe-release" and "response" in mapping:
+        required += RELEASE_COLUMNS
+    missing = [f for f in required if f not in mapping]
     if missing:
+        example = ", ".join(f"{f}: <your column>" for f in missing)
+        hint = (
+            " or give input.join (e.g. MP16-Pro's metadata) to take coordinates from"
+            if {"lat", "lon"} & set(missing)
+            else ""
+        )
         raise InputError(
-            f"{spec.metadata} has no column for {', '.join(missing)}; name them with input.columns in the recipe "
-            f"(e.g. columns: {{id: photo_id, lat: latitude, lon: longitude}})"
+            f"{spec.metadata} has no column for {', '.join(missing)} (its columns: "
+            f"{', '.join(map(str, df.columns[1:]))}); name them with input.columns in the recipe "
+            f"(columns: {{{example}}}){hint}"
         )
     if "image" not in mapping and "url" not in mapping and not spec.images:
-        raise InputError(f"{spec.metadata}: rows need images: set input.images (a folder or .tar) or give a url column")
+        raise InputError(
+            f"{spec.metadata}: rows need images: set input.images (folders, .tar/.zip archives, .csv URL lists) "
+            "or give a url column"
+        )
     return mapping
 
 
-def ingest(spec: InputSpec, limit: int | None = None) -> tuple[pd.DataFrame, list[dict], int]:
-    """Read, map and check the metadata.
+def parse_solution(text: str) -> tuple[str, str]:
+    """``<country>X</country><city>Y</city>`` -> ``(X, Y)``; ValueError when it is not that."""
+    found = _SOLUTION.fullmatch(text or "")
+    if not found:
+        raise ValueError(f"malformed solution: {text[:80]!r} (expected <country>X</country><city>Y</city>)")
+    return found.group(1).strip(), found.group(2).strip()
+
+
+def parse_entities(text: str) -> list[dict]:
+    """The release's ``entities`` cell: a list of ``{"text": ...}`` (optionally ``category``), written as JSON or
+    as a Python literal (read with ``ast.literal_eval``: literals only, nothing is run)."""
+    value = None
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+            break
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    else:
+        raise ValueError(f"unparsable entities: {text[:80]!r} (expected a JSON or Python list of {{'text': ...}})")
+    if not isinstance(value, list):
+        raise ValueError(f"unparsable entities: {text[:80]!r} is not a list")
+    out = []
+    for item in value:
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            out.append({"text": item["text"], "category": str(item.get("category") or "")})
+        elif isinstance(item, str):
+            out.append({"text": item, "category": ""})
+        else:
+            raise ValueError(f"unparsable entities: item {item!r} has no text")
+    return out
+
+
+def _release_fields(out: pd.DataFrame, reasons: pd.Series) -> None:
+    """Parse the release's reasoning, answer and entities in place; bad cells become rejection reasons."""
+    countries, cities, entities = [], [], []
+    for i, (response, solution, ents) in enumerate(zip(out["response"], out["solution"], out["entities"])):
+        country = city = ents_json = ""
+        try:
+            if not response.strip():
+                raise ValueError("empty response (no reasoning)")
+            country, city = parse_solution(solution)
+            ents_json = json.dumps(parse_entities(ents), ensure_ascii=False)
+        except ValueError as exc:
+            if not reasons.iat[i]:
+                reasons.iat[i] = str(exc)
+        countries.append(country)
+        cities.append(city)
+        entities.append(ents_json)
+    out["answer_country"], out["answer_city"], out["entities"] = countries, cities, entities
+    # The release's answer is its label of the photo, kept as source labels like any input's.
+    has = out["answer_country"] != ""
+    out.loc[has, "label_country"] = out.loc[has, "answer_country"]
+    out.loc[has, "label_city"] = out.loc[has, "answer_city"]
+
+
+def join_coordinates(out: pd.DataFrame, files: list[str]) -> None:
+    """Fill missing lat/lon, in place, from ``files`` (CSV or parquet with id, lat, lon; first file wins)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    need = (out["lat"] == "") | (out["lon"] == "")
+    for path in files:
+        if not need.any():
+            return
+        if not Path(path).exists():
+            raise InputError(f"input.join file {path} does not exist")
+        if str(path).endswith((".parquet", ".pq")):
+            table = pq.read_table(path)
+        else:
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+        lower = {c.lower(): c for c in table.column_names}
+        cols = {f: next((lower[n.lower()] for n in CANDIDATES[f] if n.lower() in lower), None) for f in REQUIRED}
+        if None in cols.values():
+            raise InputError(
+                f"input.join file {path} needs id, lat and lon columns (its columns: {', '.join(table.column_names)})"
+            )
+        coords = pa.table({f: table.column(c).cast(pa.string()) for f, c in cols.items()}).to_pandas()
+        coords = coords.drop_duplicates("id").set_index("id")
+        ids = out.loc[need, "id"]
+        found = ids.isin(coords.index)
+        hit = ids[found]
+        out.loc[hit.index, "lat"] = coords.loc[hit, "lat"].to_numpy()
+        out.loc[hit.index, "lon"] = coords.loc[hit, "lon"].to_numpy()
+        need = (out["lat"] == "") | (out["lon"] == "")
+
+
+def ingest(
+    spec: InputSpec, limit: int | None = None, work_dir: Path | None = None
+) -> tuple[pd.DataFrame, list[dict], int]:
+    """Read, map and check the metadata, and find each row's image in the sources.
 
     Returns ``(rows, rejections, n_input)``: rows with columns ``row, id, lat, lon, image, url, author,
-    license, label_*``; rejections for malformed lines, bad coordinates, empty and duplicate ids (the first
-    occurrence of an id wins).
+    license, label_*`` (release files add ``response, answer_country, answer_city, entities``) and, per indexed
+    image source, where the row's image sits in it; rejections for malformed lines, bad coordinates, empty and
+    duplicate ids (the first occurrence of an id wins), unparsable release cells, and images in no source.
     """
     df, rejected = read_table(spec.metadata)
     if limit is not None:  # the first `limit` data lines, malformed ones included
@@ -126,9 +240,17 @@ def ingest(spec: InputSpec, limit: int | None = None) -> tuple[pd.DataFrame, lis
     if spec.image_suffix:
         refs = out["image"].where(out["image"] != "", out["id"])
         out["image"] = [r if r.endswith(spec.image_suffix) else r + spec.image_suffix for r in refs]
+    if spec.join:
+        join_coordinates(out, spec.join)
+    missing_coords = (out["lat"] == "") & (out["lon"] == "")
     lat, lon, errors = coerce_coordinates(out["lat"].to_numpy(), out["lon"].to_numpy())
     out["lat"], out["lon"] = lat, lon
     reasons = pd.Series(errors, index=out.index, dtype=object)
+    if spec.join:
+        where = ", ".join(Path(p).name for p in spec.join)
+        reasons[missing_coords] = f"no coordinates: not in the metadata nor in input.join ({where})"
+    if spec.format == "globe-release" and "response" in cols:
+        _release_fields(out, reasons)
     reasons[out["id"] == ""] = "empty id"
     dup = out["id"].duplicated(keep="first") & (out["id"] != "")
     first_row = out.drop_duplicates("id").set_index("id")["row"]
@@ -138,4 +260,34 @@ def ingest(spec: InputSpec, limit: int | None = None) -> tuple[pd.DataFrame, lis
         {"row": int(r), "id": i, "stage": "ingest", "reason": why}
         for r, i, why in zip(out.loc[bad, "row"], out.loc[bad, "id"], reasons[bad])
     ]
-    return out.loc[~bad].reset_index(drop=True), rejected, n_input
+    out = out.loc[~bad].reset_index(drop=True)
+    if spec.images:
+        out, unseen = _locate_images(out, spec, work_dir)
+        rejected += unseen
+    return out, rejected, n_input
+
+
+def _locate_images(out: pd.DataFrame, spec: InputSpec, work_dir: Path | None) -> tuple[pd.DataFrame, list[dict]]:
+    """Join the image sources' indexes onto the rows; rows that no source can serve are rejected here."""
+    import pyarrow as pa
+
+    from .sources import image_sources, join_sources, missing_reason
+
+    sources = image_sources(spec.images)
+    if work_dir is None:
+        raise ValueError("ingest needs a work folder for the image sources' indexes")
+    refs = out["image"].where(out["image"] != "", out["id"])
+    located = join_sources(pa.array(refs, pa.string()), pa.array(out["id"], pa.string()), sources, work_dir)
+    for name, column in located.items():
+        out[name] = column.to_pandas(types_mapper=pd.ArrowDtype)  # ints stay ints, absent stays null
+    if any(s.kind == "folder" for s in sources):  # a folder is probed when the unit reads it
+        return out, []
+    listed = pd.Series(False, index=out.index)
+    for column in located.values():
+        listed |= column.is_valid().to_numpy(zero_copy_only=False)
+    reason = missing_reason(sources)
+    unseen = [
+        {"row": int(r), "id": i, "stage": "fetch", "reason": reason}
+        for r, i in zip(out.loc[~listed, "row"], out.loc[~listed, "id"])
+    ]
+    return out.loc[listed].reset_index(drop=True), unseen

@@ -120,7 +120,7 @@ class Build:
         done = self.work / "ingest.parquet"
         if done.exists():
             return pq.read_table(done).num_rows
-        rows, rejected, n_input = ingest(self.recipe.input, self.recipe.limit)
+        rows, rejected, n_input = ingest(self.recipe.input, self.recipe.limit, self.work)
         rows["_order"] = [shuffle_key(i, self.recipe.shards.seed) for i in rows["id"]]
         rows = rows.sort_values(["_order", "row"]).drop(columns="_order").reset_index(drop=True)
         write_atomic(pa.Table.from_pylist(rejected, schema=REJECTION_SCHEMA), self.work / "ingest-rejected.parquet")

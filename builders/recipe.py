@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mp16_reason.schema import SCHEMA_VERSION
 
@@ -24,15 +24,35 @@ class _Spec(BaseModel):
 
 class InputSpec(_Spec):
     metadata: str = Field(description="CSV or parquet with one row per image")
-    format: Literal["auto", "mp16pro", "globe", "plain"] = Field(
-        default="auto", description="column layout; auto detects MP16-Pro, the GLOBE test CSV and plain id/lat/lon"
+    format: Literal["auto", "mp16pro", "globe", "plain", "globe-release"] = Field(
+        default="auto",
+        description="column layout; auto detects MP16-Pro, the GLOBE test CSV and plain id/lat/lon; globe-release: "
+        "the official MP16-Reason CSVs (response, solution, entities), turned into records as they are",
     )
     columns: dict[str, str] = Field(
         default_factory=dict, description="our field -> your column, e.g. {id: photo_id, lat: latitude}"
     )
-    images: str | None = Field(default=None, description="a folder or a .tar of images; omit when rows carry URLs")
+    images: list[str] = Field(
+        default_factory=list,
+        description="image sources, tried in order: folders, .tar and .zip archives, .csv URL lists (id, url); "
+        "none: the rows' own URLs",
+    )
+    join: list[str] = Field(
+        default_factory=list,
+        description="metadata files joined by id for the coordinates the main file lacks (e.g. MP16-Pro's CSV)",
+    )
+    curate: bool = Field(
+        default=False,
+        description="globe-release rows through curation's ground-truth and grounding filters (off: the release "
+        "is already curated)",
+    )
     image_suffix: str = Field(default="", description="appended to ids to find files, e.g. '.jpg' for GLOBE CSVs")
     dataset: str = Field(default="MP-16", description="recorded as source.dataset")
+
+    @field_validator("images", "join", mode="before")
+    @classmethod
+    def _as_list(cls, v: Any) -> Any:
+        return [] if v is None else [v] if isinstance(v, str) else v
 
 
 class ImageSpec(_Spec):
@@ -51,6 +71,13 @@ class FetchSpec(_Spec):
     retries: int = Field(default=3, ge=0)
     backoff_s: float = 0.5
     threads: int = Field(default=16, ge=1, description="concurrent downloads per worker")
+    placeholder_urls: list[str] = Field(
+        default_factory=lambda: ["*/photo_unavailable*"],
+        description="a download redirected to a URL matching one of these patterns is a dead photo's placeholder",
+    )
+    reject_sha256: list[str] = Field(
+        default_factory=list, description="images with these content hashes are placeholders, never published"
+    )
 
 
 class SplitSpec(_Spec):
@@ -211,7 +238,8 @@ class Recipe(_Spec):
         data = self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS))
         data["teachers"] = [{"name": t.name, "model": t.model, **t.request_params()} for t in self.teachers]
         if not self.teachers:  # a data-plane build: curation settings do not apply
-            data.pop("curation")
+            if not self.input.curate:
+                data.pop("curation")
             data.pop("teachers")
         data["schema_version"] = SCHEMA_VERSION
         return data
@@ -237,9 +265,17 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise RecipeError(f"recipe {p} must be a YAML mapping, got {type(data).__name__}")
         base = p.resolve().parent  # relative paths in a recipe are relative to the recipe
         inp = data.get("input") or {}
-        for key in ("metadata", "images"):
-            if inp.get(key) and "://" not in inp[key] and not Path(inp[key]).is_absolute():
-                inp[key] = str(base / inp[key])
+
+        def local(value: str) -> str:
+            return value if "://" in value or Path(value).is_absolute() else str(base / value)
+
+        if inp.get("metadata"):
+            inp["metadata"] = local(inp["metadata"])
+        for key in ("images", "join"):
+            if isinstance(inp.get(key), str):
+                inp[key] = [inp[key]]
+            if inp.get(key):
+                inp[key] = [local(v) for v in inp[key]]
         distill = data.get("distill") or {}
         for key in ("cache", "import_cache"):
             if distill.get(key) and not Path(distill[key]).expanduser().is_absolute():

@@ -1,26 +1,203 @@
-"""Where image bytes come from: a folder, a tar archive (random access through an index), or URLs.
+"""Where image bytes come from: folders, uncompressed tar archives, zip archives, URL lists, or the rows' own URLs.
 
-A source's ``fetch(ref)`` returns bytes or raises :class:`FetchError` with a reason that goes into the
-rejection record; it never returns a default.
+A recipe's ``input.images`` lists sources, tried in order; the first that has a row's image serves it. The
+archives and URL lists are indexed once, by the main process, when the build starts (``index-*.parquet`` in
+the work folder), and ingest joins those indexes onto the rows: each row carries, per source, where its image
+sits (offset and size in an archive, its URL in a list). A unit therefore opens no index at all and looks up
+nothing: it reads its own rows' byte ranges, so its cost does not grow with the archives' member counts.
+
+A fetch returns bytes or raises :class:`FetchError` with a reason that goes into the rejection record; it
+never returns a default.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
 import random
+import struct
 import tarfile
 import time
+import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import urllib3
+
+KINDS = ("folder", "tar", "zip", "urls")
+INDEX_SCHEMA = pa.schema(
+    [("name", pa.string()), ("offset", pa.int64()), ("size", pa.int64()), ("method", pa.int64()),
+     ("url", pa.string())]
+)  # fmt: skip
+ID_COLUMNS = ("img_id", "id", "image_id", "photo_id", "key")  # a URL list's id column, matched case-insensitively
+URL_COLUMNS = ("url", "image_url", "photo_url", "flickr_url")
 
 
 class FetchError(Exception):
     """An image that could not be obtained; the message is the rejection reason."""
 
 
+class SourceError(ValueError):
+    """An image source that cannot be used at all (missing file, unknown layout)."""
+
+
+def source_kind(location: str) -> str:
+    """``tar``, ``zip``, ``urls`` (a CSV or parquet of id and URL) or ``folder``, by the location's name."""
+    name = location.lower().rstrip("/")
+    if name.endswith(".tar"):
+        return "tar"
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
+        return "urls"
+    return "folder"
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One entry of ``input.images``: its position in the list, kind and location."""
+
+    position: int
+    kind: str
+    location: str
+
+    @property
+    def name(self) -> str:
+        """What records say served an image: the kind and the file or folder name (no path, no credential)."""
+        return Path(self.location.rstrip("/")).name
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    def column(self, field: str) -> str:
+        """The ingest column holding this source's ``field`` (offset, size, method, url) for each row."""
+        return f"src{self.position}_{field}"
+
+    @property
+    def indexed(self) -> bool:
+        return self.kind != "folder"
+
+
+def image_sources(locations: list[str]) -> list[ImageSource]:
+    sources = [ImageSource(i, source_kind(loc), loc) for i, loc in enumerate(locations)]
+    for s in sources:
+        exists = Path(s.location).is_dir() if s.kind == "folder" else Path(s.location).is_file()
+        if not exists:
+            what = "folder" if s.kind == "folder" else f"{s.kind} file"
+            raise SourceError(f"image source {s.location} ({what}) does not exist; fix input.images or --images")
+    return sources
+
+
+# -- indexes (built once per build, in the main process) ---------------------------------------------------
+def _strip_top_folder(names: list[str]) -> list[str]:
+    """Members that all sit under one top folder are known by their names inside it."""
+    tops = {n.split("/", 1)[0] for n in names}
+    if len(tops) == 1 and all("/" in n for n in names):
+        return [n.split("/", 1)[1] for n in names]
+    return names
+
+
+def tar_index(path: str | Path) -> pa.Table:
+    """Member name -> data offset and size, from one pass over the tar's headers (uncompressed tars only:
+    random access needs them)."""
+    names, offsets, sizes = [], [], []
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if member.isfile():
+                names.append(member.name.removeprefix("./"))
+                offsets.append(member.offset_data)
+                sizes.append(member.size)
+    names = _strip_top_folder(names)
+    return pa.table({"name": names, "offset": offsets, "size": sizes, "method": [0] * len(names),
+                     "url": pa.nulls(len(names), pa.string())}, schema=INDEX_SCHEMA)  # fmt: skip
+
+
+def zip_index(path: str | Path) -> pa.Table:
+    """Member name -> local header offset, compressed size and method, from the central directory."""
+    with zipfile.ZipFile(path) as zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+    names = _strip_top_folder([i.filename for i in infos])
+    return pa.table({"name": names, "offset": [i.header_offset for i in infos],
+                     "size": [i.compress_size for i in infos], "method": [i.compress_type for i in infos],
+                     "url": pa.nulls(len(infos), pa.string())}, schema=INDEX_SCHEMA)  # fmt: skip
+
+
+def url_index(path: str | Path) -> pa.Table:
+    """Id -> URL from a list such as MP16-Pro's ``mp16-urls.csv`` (``IMG_ID,url``; names matched
+    case-insensitively)."""
+    import pyarrow.csv as pacsv
+
+    p = str(path)
+    if p.endswith((".parquet", ".pq")):
+        table = pq.read_table(p)
+    else:
+        table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=False,
+                                                                       auto_dict_encode=False))  # fmt: skip
+    lower = {c.lower(): c for c in table.column_names}
+    id_col = next((lower[c] for c in ID_COLUMNS if c in lower), None)
+    url_col = next((lower[c] for c in URL_COLUMNS if c in lower), None)
+    if id_col is None or url_col is None:
+        raise SourceError(
+            f"URL list {path} needs an id column ({', '.join(ID_COLUMNS)}) and a url column "
+            f"({', '.join(URL_COLUMNS)}); its columns are: {', '.join(table.column_names)}"
+        )
+    ids = pc.utf8_trim_whitespace(table.column(id_col).cast(pa.string()))
+    urls = pc.utf8_trim_whitespace(table.column(url_col).cast(pa.string()))
+    n = len(ids)
+    return pa.table({"name": ids, "offset": pa.nulls(n, pa.int64()), "size": pa.nulls(n, pa.int64()),
+                     "method": pa.nulls(n, pa.int64()), "url": urls}, schema=INDEX_SCHEMA)  # fmt: skip
+
+
+def load_index(source: ImageSource, work_dir: Path) -> pa.Table:
+    """The source's index, built on first use and kept in the work folder (resumed builds reuse it)."""
+    from mp16_reason.atomic import atomic_path
+
+    path = work_dir / f"index-{source.position}-{source.kind}.parquet"
+    if not path.exists():
+        table = {"tar": tar_index, "zip": zip_index, "urls": url_index}[source.kind](source.location)
+        table = table.filter(pc.invert(pc.is_null(table.column("name")))).filter(pc.not_equal(table.column("name"), ""))
+        with atomic_path(path) as tmp:
+            pq.write_table(table, str(tmp))
+    return pq.read_table(path)
+
+
+def join_sources(refs: pa.Array, ids: pa.Array, sources: list[ImageSource], work_dir: Path) -> dict[str, pa.Array]:
+    """For each indexed source, the columns that say where each row's image sits in it (null: not there).
+
+    Rows are looked up by their image reference (the image column, or the id with ``input.image_suffix``), and
+    where that is not listed, by their bare id. A name listed twice in one source counts once (its first
+    entry)."""
+    columns: dict[str, pa.Array] = {}
+    position = pa.array(range(len(refs)), pa.int64())
+    for source in sources:
+        if not source.indexed:
+            continue
+        index = load_index(source, work_dir)
+        numbered = index.append_column("_i", pa.array(range(index.num_rows), pa.int64()))
+        first = numbered.group_by("name", use_threads=False).aggregate([("_i", "min")]).column("_i_min")
+        index = index.take(first)
+        fields = ("url",) if source.kind == "urls" else ("offset", "size", "method")
+        found: dict[str, pa.Array] = {}
+        for keys in (refs, ids):
+            rows = pa.table({"_key": keys, "_pos": position})
+            joined = rows.join(index, keys="_key", right_keys="name", join_type="left outer").sort_by("_pos")
+            key = fields[0]
+            use = pc.is_null(found[key]) if found else None
+            for field in fields:
+                value = joined.column(field).combine_chunks()
+                found[field] = value if use is None else pc.if_else(use, value, found[field])
+        for field in fields:
+            columns[source.column(field)] = found[field]
+    return columns
+
+
+# -- reading -------------------------------------------------------------------------------------------------
 class FolderSource:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -39,49 +216,41 @@ class FolderSource:
             raise FetchError(f"unreadable file {ref}: {exc.strerror or exc}") from None
 
 
-def build_tar_index(tar_path: str | Path, index_path: str | Path) -> None:
-    """Scan the tar's headers once and store member name -> (offset, size) as parquet."""
-    names, offsets, sizes = [], [], []
-    with tarfile.open(tar_path, "r:") as tar:  # uncompressed tars only: random access needs it
-        for member in tar:
-            if member.isfile():
-                names.append(member.name.removeprefix("./"))
-                offsets.append(member.offset_data)
-                sizes.append(member.size)
-    tmp = f"{index_path}.tmp"
-    pq.write_table(pa.table({"name": names, "offset": offsets, "size": sizes}), tmp)
-    os.replace(tmp, index_path)
+class ArchiveReader:
+    """Byte ranges of one archive, read with ``os.pread`` (no shared file position: safe across threads)."""
 
-
-class TarSource:
-    """Random access into one large uncompressed tar (MP16-Pro ships its images that way)."""
-
-    def __init__(self, tar_path: str | Path, index_path: str | Path) -> None:
-        self.tar_path = Path(tar_path)
-        if not self.tar_path.is_file():
-            raise FileNotFoundError(f"image tar {self.tar_path} does not exist")
-        if not Path(index_path).exists():
-            build_tar_index(self.tar_path, index_path)
-        table = pq.read_table(index_path)
-        self._index = dict(
-            zip(
-                table.column("name").to_pylist(),
-                zip(table.column("offset").to_pylist(), table.column("size").to_pylist()),
-            )
-        )
+    def __init__(self, path: str | Path, kind: str) -> None:
+        self.path, self.kind = str(path), kind
         self._fd: int | None = None
 
-    def fetch(self, ref: str) -> bytes:
-        entry = self._index.get(ref.removeprefix("./"))
-        if entry is None:
-            raise FetchError(f"missing tar member {ref}")
+    def _read(self, size: int, offset: int) -> bytes:
         if self._fd is None:
-            self._fd = os.open(self.tar_path, os.O_RDONLY)
-        offset, size = entry
-        data = os.pread(self._fd, size, offset)  # no shared file position: safe across fetch threads
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return os.pread(self._fd, size, offset)
+
+    def fetch(self, ref: str, offset: int, size: int, method: int) -> bytes:
+        if self.kind == "zip":
+            header = self._read(30, offset)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise FetchError(f"unreadable zip member {ref}: no local header at offset {offset}")
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            offset += 30 + name_len + extra_len
+        data = self._read(size, offset)
         if len(data) != size:
-            raise FetchError(f"unreadable tar member {ref}: {len(data)} of {size} bytes (archive truncated?)")
+            raise FetchError(f"unreadable {self.kind} member {ref}: {len(data)} of {size} bytes (archive truncated?)")
+        if self.kind == "zip" and method == zipfile.ZIP_DEFLATED:
+            try:
+                return zlib.decompress(data, -15)
+            except zlib.error as exc:
+                raise FetchError(f"unreadable zip member {ref}: {exc}") from None
+        if self.kind == "zip" and method != zipfile.ZIP_STORED:
+            raise FetchError(f"zip member {ref} uses compression method {method}; only stored and deflate are read")
         return data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class UrlSource:
@@ -89,12 +258,22 @@ class UrlSource:
 
     Connections are pooled and kept alive (urllib3), ``threads`` per host: MP-16's photos come from a handful
     of Flickr hosts, so most requests skip the TCP and TLS handshakes that a connection per image would pay.
+    Flickr answers many deleted photos with a redirect to a "photo unavailable" image (HTTP 200): a final URL
+    matching ``placeholder_urls`` is a failure, not an image.
     """
 
     USER_AGENT = "mp16-reason-builder (+https://arxiv.org/abs/2506.14674)"
 
-    def __init__(self, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.5, threads: int = 16) -> None:
+    def __init__(
+        self,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        threads: int = 16,
+        placeholder_urls: tuple[str, ...] = (),
+    ) -> None:
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.placeholder_urls = tuple(placeholder_urls)
         self.pool = urllib3.PoolManager(
             num_pools=64,
             maxsize=threads,
@@ -118,11 +297,25 @@ class UrlSource:
                 last = _reason(exc)
                 continue
             if resp.status < 300:
+                final = _final_url(resp, ref)
+                if final != ref and any(fnmatch.fnmatch(final, p) for p in self.placeholder_urls):
+                    raise FetchError(f"Flickr placeholder: {ref} redirects to {final}")
                 return resp.data
             last = f"HTTP {resp.status}"
             if resp.status != 429 and resp.status < 500:
                 break  # 404, 403, 410: the link is dead, retrying will not help
         raise FetchError(f"dead link ({last}) after {attempt + 1} attempt(s): {ref}")
+
+
+def _final_url(resp: urllib3.BaseHTTPResponse, ref: str) -> str:
+    """The URL that answered, after redirects."""
+    from urllib.parse import urljoin
+
+    url = ref
+    for step in resp.retries.history if resp.retries is not None else ():
+        if step.redirect_location:
+            url = urljoin(url, step.redirect_location)
+    return url
 
 
 def _reason(exc: BaseException | None) -> str:
@@ -133,12 +326,61 @@ def _reason(exc: BaseException | None) -> str:
     return str(exc)
 
 
-def open_source(
-    images: str | None, work_dir: Path, timeout_s: float, retries: int, backoff_s: float, threads: int = 16
-):
-    """The source for a recipe's ``input.images`` (None: URLs from the metadata)."""
-    if images is None:
-        return UrlSource(timeout_s, retries, backoff_s, threads)
-    if images.endswith(".tar"):
-        return TarSource(images, work_dir / "tar-index.parquet")
-    return FolderSource(images)
+class Fetcher:
+    """A unit's view of its sources: tries the sources that list a row's image in the recipe's order, and says
+    which served it.
+
+    ``fetch(row, ref)`` returns ``(bytes, source)``, ``source`` being the :class:`ImageSource` that served it
+    (None: the row's own URL), or raises :class:`FetchError` naming every source that had the image and why it
+    failed."""
+
+    def __init__(self, sources: list[ImageSource], urls: UrlSource, reject_sha256: frozenset[str] = frozenset()):
+        self.sources, self.urls, self.reject_sha256 = sources, urls, reject_sha256
+        self.folders = {s.position: FolderSource(s.location) for s in sources if s.kind == "folder"}
+        self.archives = {s.position: ArchiveReader(s.location, s.kind) for s in sources if s.kind in ("tar", "zip")}
+
+    def _one(self, source: ImageSource | None, row: dict, ref: str) -> bytes | None:
+        """The bytes from ``source``, None when it does not list the row's image."""
+        if source is None:
+            return self.urls.fetch(ref)
+        if source.kind == "folder":
+            return self.folders[source.position].fetch(ref)
+        if source.kind == "urls":
+            url = row.get(source.column("url"))
+            return self.urls.fetch(url) if url else None
+        offset = row.get(source.column("offset"))
+        if offset is None:
+            return None
+        return self.archives[source.position].fetch(
+            ref, offset, row[source.column("size")], row[source.column("method")]
+        )
+
+    def fetch(self, row: dict, ref: str) -> tuple[bytes, ImageSource | None]:
+        tried: list[tuple[str, str]] = []
+        for source in self.sources or [None]:
+            label = source.label if source else "url"
+            try:
+                data = self._one(source, row, ref)
+            except FetchError as exc:
+                tried.append((label, str(exc)))
+                continue
+            if data is None:
+                continue  # not listed there
+            if self.reject_sha256 and hashlib.sha256(data).hexdigest() in self.reject_sha256:
+                tried.append((label, "Flickr placeholder (sha256 in fetch.reject_sha256)"))
+            else:
+                return data, source
+        if not tried:
+            raise FetchError(missing_reason(self.sources))
+        if len(self.sources) <= 1:
+            raise FetchError(tried[0][1])
+        # The reason first, so that rejections group by it; then the source that gave it.
+        raise FetchError("; ".join(f"{why} [{label}]" for label, why in tried))
+
+    def close(self) -> None:
+        for reader in self.archives.values():
+            reader.close()
+
+
+def missing_reason(sources: list[ImageSource]) -> str:
+    return "no image in any source (tried: " + ", ".join(s.label for s in sources) + ")"

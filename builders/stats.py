@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -48,6 +49,10 @@ class Stats:
     teachers_agree: int = 0  # samples with >= 2 parsed answers that all name the same country
     multi_teacher: int = 0
     points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # split -> (lat, lon)
+    image_sources: Counter = field(default_factory=Counter)  # (kind, name) of the source that served each image
+    release_answers: int = 0  # samples with the official release's answer
+    release_country: int = 0  # ... whose country matches the gazetteer's (alias-aware)
+    release_city: int = 0  # ... whose country and city do
 
     def top_countries(self, n: int = 15) -> list[tuple[str, int]]:
         return self.countries.most_common(n)
@@ -58,6 +63,7 @@ class Stats:
 
 
 def compute(root: str | Path, manifest: dict | None = None) -> Stats:
+    from mp16_reason.matching import city_match, country_match
     from mp16_reason.names import normalize
 
     stats = Stats()
@@ -75,6 +81,14 @@ def compute(root: str | Path, manifest: dict | None = None) -> Stats:
         score = rec.get("localizability")
         if score is not None:
             stats.localizability_bins[min(9, int(score * 10))] += 1
+        served = rec.get("source", {}).get("image_source") or {}
+        stats.image_sources[(served.get("kind", ""), served.get("name", ""))] += 1
+        for t in rec.get("teachers", []):
+            if t.get("origin") == "release":
+                stats.release_answers += 1
+                if country_match(t.get("country"), rec.get("country")):
+                    stats.release_country += 1
+                    stats.release_city += city_match(t.get("city"), rec.get("city"), rec.get("country"))
         answers = [t for t in rec.get("teachers", []) if t.get("parsed")]
         if answers:
             stats.judged_by_teachers += 1
@@ -82,6 +96,11 @@ def compute(root: str | Path, manifest: dict | None = None) -> Stats:
             stats.multi_teacher += 1
             stats.teachers_agree += len({normalize(t.get("country", "")) for t in answers}) == 1
     return stats
+
+
+def reason_class(reason: str) -> str:
+    """What a rejection reason says, without its particulars: "dead link (HTTP 404) after ...: URL" -> "dead link"."""
+    return re.sub(r"\s*\d+$", "", re.split(r"[(:\[]", reason, maxsplit=1)[0].strip()) or reason
 
 
 def world_map(stats: Stats, path: str | Path, width: int = 1200) -> Path:

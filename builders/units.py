@@ -7,6 +7,7 @@ A unit's output is a single Arrow IPC file holding, for every row of the slice, 
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +21,13 @@ import pyarrow.parquet as pq
 
 from mp16_reason.atomic import atomic_path
 from mp16_reason.gazetteer import default_gazetteer
-from mp16_reason.schema import BuildInfo, ImageInfo, Sample, Source, SourceLabels, to_json_bytes
+from mp16_reason.schema import BuildInfo, Entity, ImageInfo, Sample, Source, SourceLabels, TeacherAnswer, to_json_bytes
+from mp16_reason.schema import ImageSource as SchemaImageSource
 
 from .images import ImageRejected, PreparedImage, keep_image_memory, prepare
 from .ingest import LABEL_COLUMNS
 from .recipe import Recipe
-from .sources import FetchError, open_source
+from .sources import Fetcher, FetchError, ImageSource, UrlSource, image_sources
 from .split import assign_split
 
 T = TypeVar("T")
@@ -107,6 +109,39 @@ def ordered_map(fn: Callable[[T], R], items: list[T], threads: int) -> Iterator[
             yield pending.popleft().result()
 
 
+RELEASE_TEACHER = "globe-release"
+
+
+def with_release_answer(sample: Sample, row: dict) -> None:
+    """A release row's record, in place: its reasoning verbatim, its entities, its answer as the one teacher
+    answer (origin ``release``), and localizable (the release holds only curated, localizable images)."""
+    entities = [Entity(text=e["text"], category=e["category"]) for e in json.loads(row["entities"])]
+    sample.reasoning, sample.entities, sample.localizable = row["response"], entities, True
+    sample.teachers = [
+        TeacherAnswer(
+            teacher=RELEASE_TEACHER,
+            model="GLOBE release",
+            parsed=True,
+            localizable=True,
+            reasoning=row["response"],
+            entities=[e.model_copy() for e in entities],
+            country=row["answer_country"],
+            city=row["answer_city"],
+            origin="release",
+        )
+    ]
+
+
+def release_curator(recipe: Recipe):
+    """Curation for release rows: ground truth and grounding as the recipe sets them; localizability is not
+    judged (the release has no scores) and agreement needs a second answer."""
+    from .curate import Curator
+
+    spec = recipe.curation.model_copy(deep=True)
+    spec.localizability.enabled = False
+    return Curator(spec, n_teachers=1)
+
+
 def process_unit(task: UnitTask) -> tuple[int, int, int]:
     """Do one unit; returns ``(index, n_ok, n_rejected)``. Idempotent: a committed unit is not redone."""
     out = unit_path(task.work_dir, task.index)
@@ -117,28 +152,32 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
     keep_image_memory()  # here, not at import: this runs in every worker, whichever distributor started it
     rows = pq.ParquetFile(Path(task.work_dir) / "ingest.parquet").read_row_group(task.index).to_pylist()
     net = recipe.fetch
-    source = open_source(
-        recipe.input.images, Path(task.work_dir), net.timeout_s, net.retries, net.backoff_s, net.threads
-    )
+    sources = image_sources(recipe.input.images)
+    urls = UrlSource(net.timeout_s, net.retries, net.backoff_s, net.threads, tuple(net.placeholder_urls))
+    fetcher = Fetcher(sources, urls, frozenset(h.lower() for h in net.reject_sha256))
 
     spec = recipe.image
 
-    def fetch_and_prepare(row: dict) -> PreparedImage | tuple[str, str]:
-        """The prepared image, or ``(stage, reason)``. Runs on a thread: Pillow releases the GIL while it works."""
-        ref = row["image"] or row["url"] or row["id"]
+    def fetch_and_prepare(row: dict) -> tuple[PreparedImage, ImageSource | None] | tuple[str, str]:
+        """The prepared image and the source that served it, or ``(stage, reason)``. Runs on a thread: Pillow
+        releases the GIL while it works."""
+        ref = (row["image"] or row["id"]) if sources else (row["image"] or row["url"] or row["id"])
         try:
-            data = source.fetch(ref)
+            data, source = fetcher.fetch(row, ref)
         except FetchError as exc:
             return "fetch", str(exc)
         try:
-            return prepare(
+            img = prepare(
                 data, spec.max_pixels, spec.jpeg_quality, spec.max_source_pixels, spec.min_side, spec.resample
             )
         except ImageRejected as exc:
             return "image", str(exc)
+        return img, source
 
     # Downloads wait on the network; local reads need only enough threads to keep the cores busy.
-    threads = net.threads if recipe.input.images is None else 4
+    threads = net.threads if not sources or any(s.kind == "urls" for s in sources) else 4
+    release = recipe.input.format == "globe-release"
+    curator = release_curator(recipe) if release and recipe.input.curate else None
     gaz = default_gazetteer()  # once per worker process, not per unit
     places = gaz.reverse_batch([r["lat"] for r in rows], [r["lon"] for r in rows])
     build = BuildInfo(version=recipe.version, recipe_sha256=task.recipe_sha256)
@@ -159,10 +198,11 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         for key, value in zip(UNIT_SCHEMA.names, values):
             columns[key].append(value)
 
-    for i, (row, img) in enumerate(zip(rows, ordered_map(fetch_and_prepare, rows, threads))):
-        if isinstance(img, tuple):
-            emit(row, "rejected", *img)
+    for i, (row, got) in enumerate(zip(rows, ordered_map(fetch_and_prepare, rows, threads))):
+        if isinstance(got[0], str):
+            emit(row, "rejected", *got)
             continue
+        img, served_by = got
         place = places.iloc[i]
         if place["country"] is None:
             emit(
@@ -193,10 +233,13 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
             city_distance_km=round(float(place["city_distance_km"]), 3) if has_city else None,
             source=Source(
                 dataset=recipe.input.dataset,
-                url=row["url"],
+                url=row.get(served_by.column("url")) or row["url"] if served_by else row["url"] or row["image"],
                 author=row["author"],
                 license=row["license"],
                 labels=SourceLabels(**{c: row[f"label_{c}"] for c in LABEL_COLUMNS}),
+                image_source=SchemaImageSource(kind=served_by.kind, name=served_by.name)
+                if served_by
+                else SchemaImageSource(kind="url"),
             ),
             image=ImageInfo(
                 width=img.width,
@@ -209,7 +252,17 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
             split=split,
             build=build,
         )
+        if release and row.get("response"):
+            with_release_answer(sample, row)
+            if curator is not None:
+                decision = curator.curate(sample, lambda jpg=img.jpeg: jpg, sample.teachers, [])
+                if not decision.kept:
+                    emit(row, "rejected", decision.stage, decision.reason)
+                    continue
+                decision.record.build.prompt_version = sample.build.prompt_version  # not our prompt's reasoning
+                sample = decision.record
         emit(row, "ok", split=split, sha=img.sha256, jpg=img.jpeg, js=to_json_bytes(sample))
+    fetcher.close()
     write_unit(pa.table(columns, schema=UNIT_SCHEMA), out)
     n_ok = columns["status"].count("ok")
     return task.index, n_ok, len(rows) - n_ok

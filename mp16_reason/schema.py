@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SCHEMA_VERSION = "1.1"  # 1.1: teachers[].origin; no per-record cache flag (records must not depend on it)
+SCHEMA_VERSION = "1.2"  # 1.2: source.image_source, teachers[].origin "release"; 1.1: teachers[].origin
 PROMPT_VERSION_UNSET = ""
 
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
@@ -65,8 +65,10 @@ class TeacherAnswer(_Model):
     raw: str = Field(default="", description="the raw reply, kept only when it could not be parsed")
     input_tokens: Count = 0
     output_tokens: Count = 0
-    origin: Literal["endpoint", "authored"] = Field(
-        default="endpoint", description="endpoint: a model's reply; authored: written by hand (the offline sample)"
+    origin: Literal["endpoint", "authored", "release"] = Field(
+        default="endpoint",
+        description="endpoint: a model's reply; authored: written by hand (the offline sample); release: the "
+        "official MP16-Reason release's reasoning and answer",
     )
 
 
@@ -82,12 +84,21 @@ class SourceLabels(_Model):
     continent: str = ""
 
 
+class ImageSource(_Model):
+    """Which of the build's image sources served the image: its kind and file or folder name (never a path
+    with credentials)."""
+
+    kind: Literal["folder", "tar", "zip", "urls", "url", ""] = ""
+    name: str = ""
+
+
 class Source(_Model):
     dataset: str = Field(default="MP-16", description="where the photo comes from")
     url: str = ""
     author: str = ""
     license: str = ""
     labels: SourceLabels = Field(default_factory=SourceLabels)
+    image_source: ImageSource = Field(default_factory=ImageSource, description="the source that served the image")
 
 
 class ImageInfo(_Model):

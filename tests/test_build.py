@@ -478,7 +478,7 @@ def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
 
 
 def test_tar_source_random_access_and_bad_member(tmp_path):
-    from builders.sources import FetchError, TarSource
+    from builders.sources import ArchiveReader, FetchError, tar_index
 
     tar_path = tmp_path / "images.tar"
     with tarfile.open(tar_path, "w") as tar:
@@ -487,16 +487,21 @@ def test_tar_source_random_access_and_bad_member(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    src = TarSource(tar_path, tmp_path / "index.parquet")
-    assert src.fetch("b/3.jpg") == b"b/3.jpg" * 100 and src.fetch("a/1.jpg") == b"a/1.jpg" * 100
-    with pytest.raises(FetchError, match="missing tar member"):
-        src.fetch("c/4.jpg")
+    index = {r["name"]: r for r in tar_index(tar_path).to_pylist()}
+    assert set(index) == {"a/1.jpg", "a/2.jpg", "b/3.jpg"}
+    src = ArchiveReader(tar_path, "tar")
+
+    def read(name: str) -> bytes:
+        return src.fetch(name, index[name]["offset"], index[name]["size"], index[name]["method"])
+
+    assert read("b/3.jpg") == b"b/3.jpg" * 100 and read("a/1.jpg") == b"a/1.jpg" * 100
     # Truncate the archive: the index survives, the last member is unreadable.
     raw = tar_path.read_bytes()
     cut = raw.index(b"b/3.jpg" * 100) + 50
     tar_path.write_bytes(raw[:cut])
+    src = ArchiveReader(tar_path, "tar")
     with pytest.raises(FetchError, match=r"unreadable tar member b/3\.jpg"):
-        TarSource(tar_path, tmp_path / "index.parquet").fetch("b/3.jpg")
+        read("b/3.jpg")
 
 
 def test_build_from_tar(sample_input, reference, tmp_path):
