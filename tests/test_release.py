@@ -184,7 +184,7 @@ def built(release, tmp_path_factory):
 
 
 def test_every_row_is_written_or_rejected_with_its_reason(release, built):
-    root, ids = release
+    _root, ids = release
     out, summary = built
     assert summary.input_rows == 28 and summary.written + summary.rejected == 28
     recs = records(out)
@@ -206,11 +206,11 @@ def test_every_row_is_written_or_rejected_with_its_reason(release, built):
 
 
 def test_records_keep_the_release_verbatim_and_say_which_source_served(release, built):
-    root, ids = release
+    _root, ids = release
     recs = records(built[0])
     for i, rid in enumerate(ids[:16]):
         rec = recs[rid]
-        lat, lon, country, city = PLACES[i % len(PLACES)]
+        lat, _lon, country, city = PLACES[i % len(PLACES)]
         assert rec["reasoning"] == f"The sign reads {city}. Trams like these run in {city}."
         assert [e["text"] for e in rec["entities"]] == [f"street sign {i}", "tram"]
         assert all(e["category"] == "" and e["grounded"] is None for e in rec["entities"])
@@ -223,14 +223,16 @@ def test_records_keep_the_release_verbatim_and_say_which_source_served(release, 
         assert rec["lat"] == pytest.approx(lat + 0.001 * (i % 3)) and rec["country"]  # joined, then labelled
         kind = "zip" if i in ZIP else "tar" if i in TAR else "urls"
         assert rec["source"]["image_source"]["kind"] == kind
-        assert rec["source"]["image_source"]["name"] == {"zip": "mp16-reason-train-images.zip",
-                                                         "tar": "mp-16-images.tar", "urls": "mp16-urls.csv"}[kind]
+        assert (
+            rec["source"]["image_source"]["name"]
+            == {"zip": "mp16-reason-train-images.zip", "tar": "mp-16-images.tar", "urls": "mp16-urls.csv"}[kind]
+        )
         if kind == "urls":
             assert rec["source"]["url"].endswith(f"/img/{i}.jpg")
 
 
 def test_card_states_completeness_and_agreement(built):
-    out, summary = built
+    out, _summary = built
     card = (out / "README.md").read_text()
     assert "## Completeness" in card
     assert "| zip `mp16-reason-train-images.zip` | 6 |" in card
