@@ -17,24 +17,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from mp16_reason.atomic import atomic_file, remove_stale
+from mp16_reason.atomic import atomic_file, atomic_path, remove_stale
 
 from . import distributor
 from .ingest import ingest
 from .recipe import Recipe
-from .shards import ShardProcess, ShardProcessError, sample_key
-from .split import shuffle_key
+from .shards import FOLD_REJECTED, ShardProcess, ShardProcessError, sample_key
+from .split import shuffle_order
 from .teacher_prompt import PROMPT_VERSION
-from .units import UnitTask, process_unit, unit_path, write_atomic
+from .units import REJECTION_SCHEMA, UnitTask, process_unit, unit_path, write_atomic
 
 MANIFEST = "manifest.json"
 REJECTIONS = "rejections.parquet"
-REJECTION_SCHEMA = pa.schema(
-    [("row", pa.int64()), ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
-)
 
 
 class BuildError(RuntimeError):
@@ -71,6 +69,19 @@ def _versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = ""
     return out
+
+
+class _Strings:
+    """An Arrow string column sliced into Python strings on demand (``len`` and slices only)."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, part: slice) -> list[str]:
+        return self.column[part].to_pylist()
 
 
 def _write_json_atomic(data: dict, path: Path) -> None:
@@ -121,18 +132,23 @@ class Build:
         if done.exists():
             return pq.read_table(done).num_rows
         rows, rejected, n_input = ingest(self.recipe.input, self.recipe.limit, self.work)
-        rows["_order"] = [shuffle_key(i, self.recipe.shards.seed) for i in rows["id"]]
-        rows = rows.sort_values(["_order", "row"]).drop(columns="_order").reset_index(drop=True)
-        write_atomic(pa.Table.from_pylist(rejected, schema=REJECTION_SCHEMA), self.work / "ingest-rejected.parquet")
-        table = pa.Table.from_pandas(rows, preserve_index=False)
-        # One row group per unit, so a unit reads its own rows and nothing else.
-        write_atomic(table.replace_schema_metadata({"n_input": str(n_input)}), done, self.recipe.unit_size)
-        return len(rows)
+        order = shuffle_order(_Strings(rows.column("id")), rows.column("row"), self.recipe.shards.seed)
+        write_atomic(rejected, self.work / "ingest-rejected.parquet")
+        # One row group per unit, so a unit reads its own rows and nothing else; written a slice at a time, so
+        # the shuffled table is never held twice.
+        size = self.recipe.unit_size
+        schema = rows.schema.with_metadata({"n_input": str(n_input)})
+        with atomic_path(done) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
+            step = size * max(1, 200_000 // size)
+            for start in range(0, len(order), step):
+                part = rows.take(pa.array(order[start : start + step])).replace_schema_metadata(schema.metadata)
+                writer.write_table(part, row_group_size=size)
+        return rows.num_rows
 
-    def _units(self, n_rows: int, shards: ShardProcess | None = None) -> tuple[list[dict], list[dict]] | None:
+    def _units(self, n_rows: int, shards: ShardProcess | None = None) -> list[dict] | None:
         """Prepare every unit not yet committed. With ``shards``, hand it each unit as soon as that unit and
         all before it are committed, so shards are written while later units are prepared; returns its
-        result (rejections, shard entries)."""
+        shard entries (its rejections are in the work folder)."""
         size = self.recipe.unit_size
         n_units = self._n_units(n_rows)
         remove_stale(self.work / "units")  # units a killed build was writing; they are redone below
@@ -178,10 +194,10 @@ class Build:
 
             Distiller(self.recipe, self.work, self.progress, self.log).run(self._n_units(n_rows))
 
-    def _finish(self, n_rows: int, entries: list[dict], rejected: list[dict]) -> Summary:
+    def _finish(self, n_rows: int, entries: list[dict]) -> Summary:
         n_input = int(pq.read_schema(self.work / "ingest.parquet").metadata[b"n_input"])
-        rejected = pq.read_table(self.work / "ingest-rejected.parquet").to_pylist() + rejected
-        rejected.sort(key=lambda r: r["row"])
+        parts = [pq.read_table(self.work / name) for name in ("ingest-rejected.parquet", FOLD_REJECTED)]
+        rejected = pa.concat_tables([p.cast(REJECTION_SCHEMA) for p in parts]).sort_by("row")
         splits: Counter = Counter()
         other: dict[str, Counter] = {}
         for e in entries:
@@ -189,12 +205,13 @@ class Build:
                 other.setdefault(e["config"], Counter())[e["split"]] += e["samples"]
             else:
                 splits[e["split"]] += e["samples"]
-        written = sum(splits.values())
-        if written + len(rejected) != n_input:
-            raise BuildError(f"counts do not reconcile: {n_input} in != {written} written + {len(rejected)} rejected")
-        by_stage = Counter(r["stage"] for r in rejected)
-        write_atomic(pa.Table.from_pylist(rejected, schema=REJECTION_SCHEMA), self.out / REJECTIONS)
-        summary = Summary(n_input, written, len(rejected), dict(splits), dict(by_stage), len(entries), str(self.out))
+        written, n_rejected = sum(splits.values()), rejected.num_rows
+        if written + n_rejected != n_input:
+            raise BuildError(f"counts do not reconcile: {n_input} in != {written} written + {n_rejected} rejected")
+        counts = pc.value_counts(rejected.column("stage")).to_pylist()
+        by_stage = Counter({c["values"]: c["counts"] for c in counts})
+        write_atomic(rejected, self.out / REJECTIONS)
+        summary = Summary(n_input, written, n_rejected, dict(splits), dict(by_stage), len(entries), str(self.out))
         manifest = {
             "name": "MP16-Reason",
             "version": self.recipe.version,
@@ -204,7 +221,7 @@ class Build:
             "totals": {
                 "input_rows": n_input,
                 "written": written,
-                "rejected": len(rejected),
+                "rejected": n_rejected,
                 "splits": dict(sorted(splits.items())),
                 "rejected_by_stage": dict(sorted(by_stage.items())),
                 "bytes": sum(e["bytes"] for e in entries),
@@ -247,10 +264,9 @@ class Build:
             for spec in self.recipe.teachers:
                 api_key(spec)  # a missing key fails now, not after the images are prepared
         n_rows = self._ingest()
-        rejected, entries = self._units_and_shards(n_rows)
-        return self._finish(n_rows, entries, rejected)
+        return self._finish(n_rows, self._units_and_shards(n_rows))
 
-    def _units_and_shards(self, n_rows: int) -> tuple[list[dict], list[dict]]:
+    def _units_and_shards(self, n_rows: int) -> list[dict]:
         """Shards are written while the units are prepared, or after the teacher stage, whose curated units
         they take."""
         args = (self.out, self.work, self.recipe.shards.max_bytes)

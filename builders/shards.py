@@ -18,10 +18,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from mp16_reason.atomic import HashingFile, atomic_file, remove_stale
 from mp16_reason.hub import DEFAULT_CONFIG
 
-from .units import curated_path, read_unit, unit_path
+from .units import REJECTION_SCHEMA, curated_path, read_unit, unit_path, write_atomic
 
 TAR_MTIME = 0  # fixed member times keep shards byte-identical across runs
 TAR_RECORD = 10240  # tarfile pads an archive to whole records of 20 blocks
@@ -94,10 +97,13 @@ class _Shard:
         return self.entry
 
 
+FOLD_REJECTED = "fold-rejected.parquet"  # in the work folder: the units' rejections and the duplicates
+
+
 class ShardFold:
-    """Takes units in order (:meth:`add`); :meth:`finish` closes the last shards and returns
-    ``(rejected, entries)``: the rejection records found in the units (dedup included), and one manifest
-    entry per shard.
+    """Takes units in order (:meth:`add`); :meth:`finish` closes the last shards, writes the rejection records
+    found in the units (dedup included) to ``FOLD_REJECTED`` in the work folder, and returns one manifest entry
+    per shard. Rejections stay Arrow columns all the way: millions of dead links cost what their parquet does.
 
     Rows of the default config reconcile with the input (each is written or rejected); rows of another config
     (the localizability one) are a second view of the same images.
@@ -106,7 +112,8 @@ class ShardFold:
     def __init__(self, out: Path, work: Path, max_bytes: int, curated: bool) -> None:
         self.out, self.work, self.max_bytes, self.curated = out, work, max_bytes, curated
         self.wds = import_webdataset()
-        self.rejected: list[dict] = []
+        self.rejected: list[pa.Table] = []
+        self.duplicates: list[dict] = []
         self.entries: list[dict] = []
         self.seen: dict[tuple[str, str], str] = {}
         self.open: dict[tuple[str, str], _Shard] = {}
@@ -129,16 +136,19 @@ class ShardFold:
             image_of = range(final.num_rows)
             configs = [DEFAULT_CONFIG] * final.num_rows
         jsons = final.column("json")
-        columns = [final.column(c).to_pylist() for c in META]
-        for k, (row, sid, status, stage, reason, split, sha, nbytes) in enumerate(zip(*columns)):
-            config = configs[k]
-            if status != "ok":
-                self.rejected.append({"row": row, "id": sid, "stage": stage, "reason": reason})
+        ok = pc.equal(final.column("status"), "ok")
+        if not pc.all(ok).as_py():
+            self.rejected.append(final.filter(pc.invert(ok)).select(["row", "id", "stage", "reason"]))
+        keep = ok.to_numpy(zero_copy_only=False)
+        columns = [final.column(c).to_pylist() for c in ("row", "id", "split", "sha256", "tar_bytes")]
+        for k, (row, sid, split, sha, nbytes) in enumerate(zip(*columns)):
+            if not keep[k]:
                 continue
+            config = configs[k]
             if (config, sha) in self.seen:
                 if config == DEFAULT_CONFIG:  # a duplicate is recorded once, under the default config
                     reason = f"exact duplicate image of id {self.seen[(config, sha)]!r}"
-                    self.rejected.append({"row": row, "id": sid, "stage": "dedup", "reason": reason})
+                    self.duplicates.append({"row": row, "id": sid, "stage": "dedup", "reason": reason})
                 continue
             self.seen[(config, sha)] = sid
             shard = self._shard_for(config, split, nbytes)
@@ -158,10 +168,13 @@ class ShardFold:
             shard = self.open[group] = _Shard(self.out, f"{folder}/{split}-{n:06d}.tar", split, config, self.wds)
         return shard
 
-    def finish(self) -> tuple[list[dict], list[dict]]:
+    def finish(self) -> list[dict]:
         self.entries.extend(shard.close() for shard in self.open.values())
         self.open.clear()
-        return self.rejected, sorted(self.entries, key=lambda e: e["path"])
+        tables = [t.cast(REJECTION_SCHEMA) for t in self.rejected]
+        tables.append(pa.Table.from_pylist(self.duplicates, schema=REJECTION_SCHEMA))
+        write_atomic(pa.concat_tables(tables), self.work / FOLD_REJECTED)
+        return sorted(self.entries, key=lambda e: e["path"])
 
 
 def _shard_process_main(todo, results, out: str, work: str, max_bytes: int, curated: bool) -> None:
@@ -172,7 +185,7 @@ def _shard_process_main(todo, results, out: str, work: str, max_bytes: int, cura
         fold = ShardFold(Path(out), Path(work), max_bytes, curated)
         while (unit := todo.recv()) is not None:
             results.send(("rows", fold.add(unit)))
-        results.send(("done", *fold.finish()))
+        results.send(("done", fold.finish()))
     except EOFError:
         pass  # the build is gone; its half-written shards are removed by the next run
     except Exception as exc:
@@ -208,7 +221,7 @@ class ShardProcess:
         self._proc.start()
         child_todo.close()
         child_results.close()
-        self._done: tuple[list[dict], list[dict]] | None = None
+        self._done: list[dict] | None = None
 
     def __enter__(self) -> ShardProcess:
         return self
@@ -233,8 +246,9 @@ class ShardProcess:
             n += self._receive()
         return n
 
-    def finish(self, progress: Any = None) -> tuple[list[dict], list[dict]]:
-        """Wait for the fold to take in every unit sent; ``progress`` (a tqdm bar) counts the rows."""
+    def finish(self, progress: Any = None) -> list[dict]:
+        """Wait for the fold to take in every unit sent (``progress``, a tqdm bar, counts the rows); returns
+        the shard entries (the rejections are in ``FOLD_REJECTED``)."""
         self._send(None)
         while self._done is None:
             n = self._receive()
@@ -258,6 +272,6 @@ class ShardProcess:
         if kind == "error":
             raise ShardProcessError(payload[0])
         if kind == "done":
-            self._done = (payload[0], payload[1])
+            self._done = payload[0]
             return 0
         return payload[0]

@@ -184,7 +184,8 @@ def join_sources(refs: pa.Array, ids: pa.Array, sources: list[ImageSource], work
         index = index.take(first)
         fields = ("url",) if source.kind == "urls" else ("offset", "size", "method")
         found: dict[str, pa.Array] = {}
-        for keys in (refs, ids):
+        same = pc.all(pc.equal(refs, ids)).as_py() is not False
+        for keys in (refs,) if same else (refs, ids):
             rows = pa.table({"_key": keys, "_pos": position})
             joined = rows.join(index, keys="_key", right_keys="name", join_type="left outer").sort_by("_pos")
             key = fields[0]

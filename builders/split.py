@@ -20,3 +20,21 @@ def assign_split(sample_id: str, city_key: str, test_fraction: float, seed: str,
 def shuffle_key(sample_id: str, seed: str) -> str:
     """Sort key of the deterministic pre-shuffle."""
     return hashlib.blake2b(f"{seed}\x00{sample_id}".encode(), digest_size=8).hexdigest()
+
+
+def shuffle_order(ids: list[str], rows, seed: str):
+    """Positions of ``ids`` in pre-shuffle order: by :func:`shuffle_key`, then by input row (as unsigned
+    64-bit numbers, which sort as the hex keys do)."""
+    import numpy as np
+
+    prefix = f"{seed}\x00".encode()
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+
+    def keys_of(part) -> list[int]:
+        return [from_bytes(blake2b(prefix + i.encode(), digest_size=8).digest(), "big") for i in part]
+
+    keys = np.empty(len(ids), dtype=np.uint64)
+    step = 100_000  # Python strings for a slice at a time, not for millions of ids
+    for start in range(0, len(ids), step):
+        keys[start : start + step] = keys_of(ids[start : start + step])
+    return np.lexsort((np.asarray(rows), keys))

@@ -25,7 +25,6 @@ from mp16_reason.schema import BuildInfo, Entity, ImageInfo, Sample, Source, Sou
 from mp16_reason.schema import ImageSource as SchemaImageSource
 
 from .images import ImageRejected, PreparedImage, keep_image_memory, prepare
-from .ingest import LABEL_COLUMNS
 from .recipe import Recipe
 from .sources import Fetcher, FetchError, ImageSource, UrlSource, image_sources
 from .split import assign_split
@@ -33,6 +32,10 @@ from .split import assign_split
 T = TypeVar("T")
 R = TypeVar("R")
 
+LABEL_COLUMNS = tuple(SourceLabels.model_fields)  # the input's own labels, kept as label_* columns
+REJECTION_SCHEMA = pa.schema(
+    [("row", pa.int64()), ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
+)
 UNIT_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),

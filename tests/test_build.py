@@ -212,7 +212,8 @@ def test_fold_over_a_finished_build_reproduces_its_manifest(build_dir, request):
     fold = ShardFold(out, out / ".work", manifest["recipe"]["shards"]["max_bytes"], curated="teachers" in manifest)
     n_units = len(list((out / ".work" / "units").glob("unit-*.arrow")))
     rows = sum(fold.add(unit) for unit in range(n_units))
-    rejected, entries = fold.finish()
+    entries = fold.finish()
+    rejected = pd.read_parquet(out / ".work" / "fold-rejected.parquet")
     at_ingest = len(pd.read_parquet(out / ".work" / "ingest-rejected.parquet"))
     assert rows == manifest["totals"]["input_rows"] - at_ingest
     assert entries == manifest["shards"]
@@ -575,3 +576,49 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
             UrlSource(timeout_s=0.5, retries=1, backoff_s=0.01).fetch("http://127.0.0.1:9/none.jpg")
     finally:
         server.shutdown()
+
+
+def test_streaming_ingest_matches_a_plain_reading_of_the_csv(tmp_path):
+    """Row numbers, malformed-line numbers, bad coordinates, duplicates and the pre-shuffle, against what Python's
+    csv module and the per-id shuffle key say."""
+    import csv
+
+    import pyarrow.parquet as pq
+
+    from builders.pipeline import Build
+    from builders.recipe import load_recipe
+    from builders.split import shuffle_key
+
+    lines = ["IMG_ID,LAT,LON,url,city"]
+    for i in range(3000):
+        lat = "bad" if i == 1700 else f"{(i % 170) - 85}.5"
+        if i % 997 == 5:
+            lines.append(f"m{i},1.0")  # malformed: two fields
+        else:
+            lines.append(
+                f"{'dup' if i in (10, 2500) else f'id{i}'},{lat},{(i % 350) - 175},http://x/{i}.jpg, City{i % 7} "
+            )
+    (tmp_path / "meta.csv").write_text("\n".join(lines) + "\n")
+    recipe = load_recipe(None, {"input.metadata": str(tmp_path / "meta.csv"), "out": str(tmp_path / "out"),
+                                "unit_size": 128})  # fmt: skip
+    b = Build(recipe, progress=False)
+    b._check_out_dir(False)
+    n = b._ingest()
+    with open(tmp_path / "meta.csv", newline="") as fh:
+        records = list(csv.reader(fh))[1:]
+    expected_bad = {i: f"malformed CSV line {i + 2}: 2 fields, header has 5" for i, r in enumerate(records)
+                    if len(r) != 5}  # fmt: skip
+    expected_bad[1700] = "latitude 'bad' is not a number; give decimal degrees such as 48.8566"
+    expected_bad[2500] = "duplicate id (first seen at row 10)"
+    rejected = pq.read_table(b.work / "ingest-rejected.parquet").to_pylist()
+    assert {r["row"]: r["reason"] for r in rejected} == expected_bad
+    assert [r["row"] for r in rejected] == sorted(expected_bad)
+    good = [(i, r) for i, r in enumerate(records) if i not in expected_bad]
+    table = pq.read_table(b.work / "ingest.parquet")
+    assert n == len(good) and pq.ParquetFile(b.work / "ingest.parquet").metadata.num_row_groups == -(-n // 128)
+    order = sorted(good, key=lambda g: (shuffle_key(g[1][0], recipe.shards.seed), g[0]))
+    assert table.column("row").to_pylist() == [i for i, _ in order]
+    assert table.column("id").to_pylist() == [r[0] for _, r in order]
+    assert table.column("label_city").to_pylist() == [r[4].strip() for _, r in order]
+    assert table.column("lat").to_pylist() == [float(r[1]) for _, r in order]
+    assert int(table.schema.metadata[b"n_input"]) == 3000
