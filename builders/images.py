@@ -1,5 +1,11 @@
 """Image preparation: decode-validate, orient, convert to RGB, refuse bombs, resize to a pixel budget, re-encode.
 
+Most MP-16 photos already fit the budget: a JPEG within it that can be served as it is (RGB or greyscale, no
+EXIF orientation to apply, not CMYK) keeps its image data byte for byte, checked by a DCT-scaled decode that
+still reads all of its entropy-coded data (which catches truncation and corruption at a fraction of a full
+decode's cost); only its metadata segments go (EXIF, XMP, IPTC, comments: they can hold the photo's GPS
+position). Everything else is decoded, converted and encoded again.
+
 ``prepare()`` returns a :class:`PreparedImage` or raises :class:`ImageRejected` whose message is the reason
 recorded for the row.
 """
@@ -33,6 +39,7 @@ class PreparedImage:
     orig_height: int
     orig_format: str
     sha256: str  # of the original bytes: exact duplicates share it
+    reencoded: bool = True
 
 
 @functools.cache
@@ -77,6 +84,40 @@ ResampleFilter = Literal["box", "bilinear", "hamming", "bicubic", "lanczos"]
 RESAMPLE = {name: Image.Resampling[name.upper()] for name in get_args(ResampleFilter)}
 
 
+_APP2_ICC = b"ICC_PROFILE\x00"
+
+
+def strip_metadata(jpeg: bytes) -> bytes:
+    """The JPEG without its EXIF, XMP and IPTC segments (APP1, APP3-APP13, APP15) and comments; the image data,
+    JFIF, ICC profile (APP2) and Adobe (APP14) segments stay byte for byte. Unchanged when it has none."""
+    if jpeg[:2] != b"\xff\xd8":
+        return jpeg
+    keep, i, dropped = [b"\xff\xd8"], 2, False
+    while i + 4 <= len(jpeg):
+        if jpeg[i] != 0xFF:
+            return jpeg  # not the marker structure expected: leave it alone
+        marker = jpeg[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xDA:  # start of scan: the rest is image data
+            keep.append(jpeg[i:])
+            break
+        length = int.from_bytes(jpeg[i + 2 : i + 4], "big")
+        segment = jpeg[i : i + 2 + length]
+        metadata = marker == 0xFE or (0xE1 <= marker <= 0xEF and marker != 0xEE)
+        if marker == 0xE2 and segment[4 : 4 + len(_APP2_ICC)] == _APP2_ICC:
+            metadata = False
+        if metadata:
+            dropped = True
+        else:
+            keep.append(segment)
+        i += 2 + length
+    else:
+        return jpeg
+    return b"".join(keep) if dropped else jpeg
+
+
 def prepare(
     data: bytes,
     max_pixels: int,
@@ -84,6 +125,7 @@ def prepare(
     max_source_pixels: int = 100_000_000,
     min_side: int = 28,
     resample: ResampleFilter = "box",
+    reencode: str = "if-needed",
 ) -> PreparedImage:
     if not data:
         raise ImageRejected("zero-byte file")
@@ -96,7 +138,19 @@ def prepare(
         w0, h0 = img.size
         if w0 * h0 > max_source_pixels:
             raise ImageRejected(f"decompression bomb refused: {w0}x{h0} exceeds {max_source_pixels:,} pixels")
-        rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation swaps the axes
+        orientation = img.getexif().get(0x0112, 1)
+        rotated = orientation in (5, 6, 7, 8)  # EXIF orientation swaps the axes
+        if (
+            reencode != "always"
+            and fmt == "JPEG"
+            and img.mode in ("RGB", "L")
+            and orientation == 1
+            and w0 * h0 <= max_pixels
+            and min(w0, h0) >= min_side
+        ):
+            img.draft(img.mode, (1, 1))  # decode at 1/8 scale: every entropy-coded block is still read
+            img.load()
+            return PreparedImage(strip_metadata(data), w0, h0, w0, h0, fmt, digest, reencoded=False)
         img.draft("RGB", fit_budget(w0, h0, max_pixels))  # JPEG: decode at reduced scale when possible
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy

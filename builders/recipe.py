@@ -64,6 +64,11 @@ class ImageSpec(_Spec):
         default="box",
         description="downscaling filter; box averages each output pixel's area (OpenCV's INTER_AREA) and is fastest",
     )
+    reencode: Literal["if-needed", "always"] = Field(
+        default="if-needed",
+        description="if-needed: a JPEG that fits the budget and needs no conversion keeps its image data as is; "
+        "always: decode and encode every image",
+    )
 
 
 class FetchSpec(_Spec):

@@ -92,6 +92,41 @@ def write_unit(table: pa.Table, path: Path) -> None:
         feather.write_feather(table, str(tmp), compression="uncompressed")
 
 
+class UnitWriter:
+    """A unit's rows written as they are ready, a small record batch at a time, into an uncompressed Arrow
+    IPC file committed atomically on a clean exit: a worker holds a few images, not its whole unit."""
+
+    def __init__(self, path: Path, batch_rows: int = 32) -> None:
+        self.path, self.batch_rows = path, batch_rows
+        self.rows: list[tuple] = []
+        self.ok = self.total = 0
+
+    def __enter__(self) -> UnitWriter:
+        self._commit = atomic_path(self.path)
+        self._writer = pa.ipc.new_file(str(self._commit.__enter__()), UNIT_SCHEMA)
+        return self
+
+    def add(self, values: tuple) -> None:
+        self.rows.append(values)
+        self.total += 1
+        self.ok += values[2] == "ok"
+        if len(self.rows) >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows:
+            columns = list(zip(*self.rows))
+            self._writer.write_batch(pa.record_batch([pa.array(c, f.type) for c, f in zip(columns, UNIT_SCHEMA)],
+                                                     schema=UNIT_SCHEMA))  # fmt: skip
+            self.rows = []
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._flush()
+        self._writer.close()
+        self._commit.__exit__(exc_type, exc, tb)
+
+
 def read_unit(path: Path, columns: list[str] | None = None) -> pa.Table:
     return feather.read_table(str(path), columns=columns, memory_map=True)
 
@@ -171,8 +206,9 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
             return "fetch", str(exc)
         try:
             img = prepare(
-                data, spec.max_pixels, spec.jpeg_quality, spec.max_source_pixels, spec.min_side, spec.resample
-            )
+                data, spec.max_pixels, spec.jpeg_quality, spec.max_source_pixels, spec.min_side, spec.resample,
+                spec.reencode,
+            )  # fmt: skip
         except ImageRejected as exc:
             return "image", str(exc)
         return img, source
@@ -184,7 +220,6 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
     gaz = default_gazetteer()  # once per worker process, not per unit
     places = gaz.reverse_batch([r["lat"] for r in rows], [r["lon"] for r in rows])
     build = BuildInfo(version=recipe.version, recipe_sha256=task.recipe_sha256)
-    columns: dict[str, list] = {name: [] for name in UNIT_SCHEMA.names}
 
     def emit(
         row: dict,
@@ -197,75 +232,73 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         js: bytes | None = None,
     ) -> None:
         size = tar_member_bytes(len(jpg), len(js)) if jpg is not None and js is not None else 0
-        values = (row["row"], row["id"], status, stage, reason, split, sha, jpg, js, size)
-        for key, value in zip(UNIT_SCHEMA.names, values):
-            columns[key].append(value)
+        sink.add((row["row"], row["id"], status, stage, reason, split, sha, jpg, js, size))
 
-    for i, (row, got) in enumerate(zip(rows, ordered_map(fetch_and_prepare, rows, threads))):
-        if isinstance(got[0], str):
-            emit(row, "rejected", *got)
-            continue
-        img, served_by = got
-        place = places.iloc[i]
-        if place["country"] is None:
-            emit(
-                row,
-                "rejected",
-                "geocode",
-                f"no populated place within {gaz.country_max_km:g} km of ({row['lat']:.5f}, {row['lon']:.5f})",
+    with UnitWriter(out) as sink:  # rows go to disk as they are ready
+        for i, (row, got) in enumerate(zip(rows, ordered_map(fetch_and_prepare, rows, threads))):
+            if isinstance(got[0], str):
+                emit(row, "rejected", *got)
+                continue
+            img, served_by = got
+            place = places.iloc[i]
+            if place["country"] is None:
+                emit(
+                    row,
+                    "rejected",
+                    "geocode",
+                    f"no populated place within {gaz.country_max_km:g} km of ({row['lat']:.5f}, {row['lon']:.5f})",
+                )
+                continue
+            has_city = place["city"] is not None
+            split = assign_split(
+                row["id"],
+                f"{place['country_code']}:{place['geonames_id']}" if has_city else "",
+                recipe.split.test_fraction,
+                recipe.split.seed,
+                recipe.split.hold_out_cities,
             )
-            continue
-        has_city = place["city"] is not None
-        split = assign_split(
-            row["id"],
-            f"{place['country_code']}:{place['geonames_id']}" if has_city else "",
-            recipe.split.test_fraction,
-            recipe.split.seed,
-            recipe.split.hold_out_cities,
-        )
-        sample = Sample(
-            id=row["id"],
-            lat=row["lat"],
-            lon=row["lon"],
-            country=place["country"],
-            country_code=place["country_code"],
-            admin1=place["admin1"] or "",
-            city=place["city"] or "",
-            continent=place["continent"] or "",
-            geonames_id=int(place["geonames_id"]) if has_city else None,
-            city_distance_km=round(float(place["city_distance_km"]), 3) if has_city else None,
-            source=Source(
-                dataset=recipe.input.dataset,
-                url=row.get(served_by.column("url")) or row["url"] if served_by else row["url"] or row["image"],
-                author=row["author"],
-                license=row["license"],
-                labels=SourceLabels(**{c: row[f"label_{c}"] for c in LABEL_COLUMNS}),
-                image_source=SchemaImageSource(kind=served_by.kind, name=served_by.name)
-                if served_by
-                else SchemaImageSource(kind="url"),
-            ),
-            image=ImageInfo(
-                width=img.width,
-                height=img.height,
-                orig_width=img.orig_width,
-                orig_height=img.orig_height,
-                orig_format=img.orig_format,
-                sha256=img.sha256,
-            ),
-            split=split,
-            build=build,
-        )
-        if release and row.get("response"):
-            with_release_answer(sample, row)
-            if curator is not None:
-                decision = curator.curate(sample, lambda jpg=img.jpeg: jpg, sample.teachers, [])
-                if not decision.kept:
-                    emit(row, "rejected", decision.stage, decision.reason)
-                    continue
-                decision.record.build.prompt_version = sample.build.prompt_version  # not our prompt's reasoning
-                sample = decision.record
-        emit(row, "ok", split=split, sha=img.sha256, jpg=img.jpeg, js=to_json_bytes(sample))
+            sample = Sample(
+                id=row["id"],
+                lat=row["lat"],
+                lon=row["lon"],
+                country=place["country"],
+                country_code=place["country_code"],
+                admin1=place["admin1"] or "",
+                city=place["city"] or "",
+                continent=place["continent"] or "",
+                geonames_id=int(place["geonames_id"]) if has_city else None,
+                city_distance_km=round(float(place["city_distance_km"]), 3) if has_city else None,
+                source=Source(
+                    dataset=recipe.input.dataset,
+                    url=row.get(served_by.column("url")) or row["url"] if served_by else row["url"] or row["image"],
+                    author=row["author"],
+                    license=row["license"],
+                    labels=SourceLabels(**{c: row[f"label_{c}"] for c in LABEL_COLUMNS}),
+                    image_source=SchemaImageSource(kind=served_by.kind, name=served_by.name)
+                    if served_by
+                    else SchemaImageSource(kind="url"),
+                ),
+                image=ImageInfo(
+                    width=img.width,
+                    height=img.height,
+                    orig_width=img.orig_width,
+                    orig_height=img.orig_height,
+                    orig_format=img.orig_format,
+                    sha256=img.sha256,
+                    reencoded=img.reencoded,
+                ),
+                split=split,
+                build=build,
+            )
+            if release and row.get("response"):
+                with_release_answer(sample, row)
+                if curator is not None:
+                    decision = curator.curate(sample, lambda jpg=img.jpeg: jpg, sample.teachers, [])
+                    if not decision.kept:
+                        emit(row, "rejected", decision.stage, decision.reason)
+                        continue
+                    decision.record.build.prompt_version = sample.build.prompt_version  # not our prompt's reasoning
+                    sample = decision.record
+            emit(row, "ok", split=split, sha=img.sha256, jpg=img.jpeg, js=to_json_bytes(sample))
     fetcher.close()
-    write_unit(pa.table(columns, schema=UNIT_SCHEMA), out)
-    n_ok = columns["status"].count("ok")
-    return task.index, n_ok, len(rows) - n_ok
+    return task.index, sink.ok, sink.total - sink.ok

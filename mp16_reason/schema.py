@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SCHEMA_VERSION = "1.2"  # 1.2: source.image_source, teachers[].origin "release"; 1.1: teachers[].origin
+SCHEMA_VERSION = "1.2"  # 1.2: source.image_source, image.reencoded, teachers[].origin "release"; 1.1: origin
 PROMPT_VERSION_UNSET = ""
 
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
@@ -108,6 +108,11 @@ class ImageInfo(_Model):
     orig_height: Count = 0
     orig_format: str = ""
     sha256: str = Field(default="", description="sha256 of the original image bytes")
+    reencoded: bool | None = Field(
+        default=None,
+        description="false: the original JPEG's image data as is (it fit the budget; metadata removed); "
+        "true: decoded, resized or converted, and encoded again",
+    )
 
 
 class BuildInfo(_Model):

@@ -16,7 +16,7 @@ import pytest
 import webdataset as wds
 from click.testing import CliRunner
 from helpers import sample_recipe
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from builders.cli import main
 from builders.pipeline import BuildError, build, sample_key
@@ -622,3 +622,83 @@ def test_streaming_ingest_matches_a_plain_reading_of_the_csv(tmp_path):
     assert table.column("label_city").to_pylist() == [r[4].strip() for _, r in order]
     assert table.column("lat").to_pylist() == [float(r[1]) for _, r in order]
     assert int(table.schema.metadata[b"n_input"]) == 3000
+
+
+def _exif(tags: dict) -> bytes:
+    exif = Image.Exif()
+    for tag, value in tags.items():
+        exif[tag] = value
+    return exif.tobytes()
+
+
+def _jpeg(size=(320, 240), mode="RGB", exif=None, **save) -> bytes:
+    img = Image.new(mode, size, 120 if mode == "L" else (200, 40, 40, 10)[: len(mode)])
+    ImageDraw.Draw(img).rectangle([10, 10, 90, 60], fill=30 if mode == "L" else (10, 200, 30, 0)[: len(mode)])
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85, **({"exif": exif} if exif else {}), **save)
+    return buf.getvalue()
+
+
+def test_a_jpeg_that_fits_keeps_its_image_data_and_loses_its_metadata():
+    from builders.images import prepare, strip_metadata
+
+    with_gps = _jpeg(exif=_exif({0x8825: {2: (48.0, 51.0, 29.0), 1: "N"}, 0x010F: "Camera maker"}))  # GPS
+    assert b"Exif" in with_gps
+    got = prepare(with_gps, max_pixels=320 * 240)
+    assert not got.reencoded and (got.width, got.height) == (320, 240)
+    assert got.jpeg == strip_metadata(with_gps) and b"Exif" not in got.jpeg
+    assert got.jpeg[got.jpeg.index(b"\xff\xda") :] == with_gps[with_gps.index(b"\xff\xda") :]  # scan data as is
+    assert got.sha256 == hashlib.sha256(with_gps).hexdigest()  # of the original bytes
+    plain = _jpeg()
+    assert prepare(plain, 320 * 240).jpeg == plain  # nothing to strip: the very bytes
+    for data in (_jpeg(mode="L"), _jpeg(progressive=True)):
+        assert not prepare(data, 320 * 240).reencoded  # greyscale and progressive are served as they are
+
+
+@pytest.mark.parametrize(
+    ("case", "data", "budget", "kw"),
+    [
+        ("over the budget", _jpeg((640, 480)), 320 * 240, {}),
+        ("EXIF orientation", _jpeg(exif=_exif({0x0112: 6})), 320 * 240, {}),
+        ("CMYK", _jpeg(mode="CMYK"), 320 * 240, {}),
+        ("PNG", None, 320 * 240, {}),
+        ("forced", _jpeg(), 320 * 240, {"reencode": "always"}),
+    ],
+)  # fmt: skip
+def test_other_images_are_encoded_again(case, data, budget, kw):
+    from builders.images import prepare
+
+    if data is None:
+        buf = io.BytesIO()
+        Image.new("RGB", (320, 240), "blue").save(buf, "PNG")
+        data = buf.getvalue()
+    got = prepare(data, budget, **kw)
+    assert got.reencoded and Image.open(io.BytesIO(got.jpeg)).mode == "RGB"
+
+
+def test_a_truncated_jpeg_that_fits_is_rejected():
+    from builders.images import ImageRejected, prepare
+
+    data = _jpeg((320, 240))
+    with pytest.raises(ImageRejected, match="corrupt or truncated"):
+        prepare(data[: len(data) * 2 // 3], 320 * 240)
+
+
+def test_unit_files_are_written_a_batch_at_a_time(tmp_path):
+    import pyarrow as pa
+
+    from builders.units import UnitWriter, read_unit
+
+    path = tmp_path / "unit-000000.arrow"
+    rows = [(i, f"id{i}", "ok", "", "", "train", "sha", b"jpg" * i, b"{}", 1024) for i in range(10)]
+    with UnitWriter(path, batch_rows=4) as sink:
+        for row in rows:
+            sink.add(row)
+        assert not path.exists()  # committed on exit only
+    with pa.memory_map(str(path)) as source:
+        assert pa.ipc.open_file(source).num_record_batches == 3  # 4 + 4 + 2 rows, written as they came
+    assert read_unit(path).to_pylist()[9]["jpg"] == b"jpg" * 9 and (sink.ok, sink.total) == (10, 10)
+    with pytest.raises(RuntimeError), UnitWriter(tmp_path / "unit-000001.arrow") as sink:
+        sink.add(rows[0])
+        raise RuntimeError("killed mid-unit")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unit-000000.arrow"]  # nothing half-written
