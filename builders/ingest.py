@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from mp16_reason.coords import coerce_coordinates
 
 from .recipe import InputSpec
-from .units import LABEL_COLUMNS, REJECTION_SCHEMA
+from .units import LABEL_COLUMNS, REJECTION_WORK_SCHEMA
 
 # Candidate source columns for each of our fields, in order of preference (matched case-insensitively).
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -53,10 +53,16 @@ class InputError(ValueError):
     """Metadata that cannot be read at all (missing file, missing columns)."""
 
 
-def rejections(rows: list | pa.Array, ids: list | pa.Array, stage: str, reasons: list | pa.Array) -> pa.Table:
-    stages = pa.array([stage] * len(rows), pa.string())
-    return pa.table([pa.array(rows, pa.int64()), pa.array(ids, pa.string()), stages, pa.array(reasons, pa.string())],
-                    schema=REJECTION_SCHEMA)  # fmt: skip
+def rejections(rows, ids, stage: str, reasons: list | str) -> pa.Table:
+    """Rejection records (``reasons``: one per row, or one for all), stage and reason dictionary-encoded."""
+    n = len(rows)
+
+    def constant(text: str) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([text], pa.string()))
+
+    why = constant(reasons) if isinstance(reasons, str) else pa.array(reasons, pa.string()).dictionary_encode()
+    return pa.table([pa.array(rows, pa.int64()), pa.array(ids, pa.string()), constant(stage), why],
+                    schema=REJECTION_WORK_SCHEMA)  # fmt: skip
 
 
 def _header(path: Path) -> list[str]:
@@ -379,6 +385,4 @@ def _locate_images(rows: pa.Table, spec: InputSpec, work_dir: Path | None) -> tu
         listed = pc.or_(listed, pc.is_valid(column))
     unseen = rows.filter(pc.invert(listed))
     reason = missing_reason(sources)
-    return rows.filter(listed), rejections(
-        unseen.column("row"), unseen.column("id"), "fetch", [reason] * unseen.num_rows
-    )
+    return rows.filter(listed), rejections(unseen.column("row"), unseen.column("id"), "fetch", reason)

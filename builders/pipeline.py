@@ -29,7 +29,7 @@ from .recipe import Recipe
 from .shards import FOLD_REJECTED, ShardProcess, ShardProcessError, sample_key
 from .split import shuffle_order
 from .teacher_prompt import PROMPT_VERSION
-from .units import REJECTION_SCHEMA, UnitTask, process_unit, unit_path, write_atomic
+from .units import REJECTION_SCHEMA, REJECTION_WORK_SCHEMA, UnitTask, process_unit, unit_path, write_atomic
 
 MANIFEST = "manifest.json"
 REJECTIONS = "rejections.parquet"
@@ -196,8 +196,12 @@ class Build:
 
     def _finish(self, n_rows: int, entries: list[dict]) -> Summary:
         n_input = int(pq.read_schema(self.work / "ingest.parquet").metadata[b"n_input"])
-        parts = [pq.read_table(self.work / name) for name in ("ingest-rejected.parquet", FOLD_REJECTED)]
-        rejected = pa.concat_tables([p.cast(REJECTION_SCHEMA) for p in parts]).sort_by("row")
+        parts = [
+            pq.read_table(self.work / name, read_dictionary=["stage", "reason"]).cast(REJECTION_WORK_SCHEMA)
+            for name in ("ingest-rejected.parquet", FOLD_REJECTED)
+        ]
+        rejected = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
+        del parts
         splits: Counter = Counter()
         other: dict[str, Counter] = {}
         for e in entries:
@@ -208,9 +212,12 @@ class Build:
         written, n_rejected = sum(splits.values()), rejected.num_rows
         if written + n_rejected != n_input:
             raise BuildError(f"counts do not reconcile: {n_input} in != {written} written + {n_rejected} rejected")
-        counts = pc.value_counts(rejected.column("stage")).to_pylist()
+        counts = pc.value_counts(rejected.column("stage").cast(pa.string())).to_pylist()
         by_stage = Counter({c["values"]: c["counts"] for c in counts})
-        write_atomic(rejected, self.out / REJECTIONS)
+        order = pc.sort_indices(rejected.column("row")).to_numpy()
+        with atomic_path(self.out / REJECTIONS) as tmp, pq.ParquetWriter(str(tmp), REJECTION_SCHEMA) as writer:
+            for start in range(0, len(order), 500_000):  # sorted by row, a slice at a time, as plain strings
+                writer.write_table(rejected.take(pa.array(order[start : start + 500_000])).cast(REJECTION_SCHEMA))
         summary = Summary(n_input, written, n_rejected, dict(splits), dict(by_stage), len(entries), str(self.out))
         manifest = {
             "name": "MP16-Reason",

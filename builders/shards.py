@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from mp16_reason.atomic import HashingFile, atomic_file, remove_stale
 from mp16_reason.hub import DEFAULT_CONFIG
 
-from .units import REJECTION_SCHEMA, curated_path, read_unit, unit_path, write_atomic
+from .units import REJECTION_WORK_SCHEMA, curated_path, read_unit, unit_path, write_atomic
 
 TAR_MTIME = 0  # fixed member times keep shards byte-identical across runs
 TAR_RECORD = 10240  # tarfile pads an archive to whole records of 20 blocks
@@ -171,8 +171,8 @@ class ShardFold:
     def finish(self) -> list[dict]:
         self.entries.extend(shard.close() for shard in self.open.values())
         self.open.clear()
-        tables = [t.cast(REJECTION_SCHEMA) for t in self.rejected]
-        tables.append(pa.Table.from_pylist(self.duplicates, schema=REJECTION_SCHEMA))
+        tables = [t.cast(REJECTION_WORK_SCHEMA) for t in self.rejected]
+        tables.append(pa.Table.from_pylist(self.duplicates, schema=REJECTION_WORK_SCHEMA))
         write_atomic(pa.concat_tables(tables), self.work / FOLD_REJECTED)
         return sorted(self.entries, key=lambda e: e["path"])
 

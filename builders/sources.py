@@ -174,27 +174,21 @@ def join_sources(refs: pa.Array, ids: pa.Array, sources: list[ImageSource], work
     where that is not listed, by their bare id. A name listed twice in one source counts once (its first
     entry)."""
     columns: dict[str, pa.Array] = {}
-    position = pa.array(range(len(refs)), pa.int64())
+    same = pc.all(pc.equal(refs, ids)).as_py() is not False
     for source in sources:
         if not source.indexed:
             continue
         index = load_index(source, work_dir)
-        numbered = index.append_column("_i", pa.array(range(index.num_rows), pa.int64()))
-        first = numbered.group_by("name", use_threads=False).aggregate([("_i", "min")]).column("_i_min")
-        index = index.take(first)
+        names = index.column("name").combine_chunks()
+        # A set lookup, not a join: a hash table of the names only (first occurrence wins), a fraction of a
+        # join's memory at millions of members, and the rows keep their order.
+        where = pc.index_in(refs, value_set=names)
+        if not same:
+            where = pc.coalesce(where, pc.index_in(ids, value_set=names))
         fields = ("url",) if source.kind == "urls" else ("offset", "size", "method")
-        found: dict[str, pa.Array] = {}
-        same = pc.all(pc.equal(refs, ids)).as_py() is not False
-        for keys in (refs,) if same else (refs, ids):
-            rows = pa.table({"_key": keys, "_pos": position})
-            joined = rows.join(index, keys="_key", right_keys="name", join_type="left outer").sort_by("_pos")
-            key = fields[0]
-            use = pc.is_null(found[key]) if found else None
-            for field in fields:
-                value = joined.column(field).combine_chunks()
-                found[field] = value if use is None else pc.if_else(use, value, found[field])
         for field in fields:
-            columns[source.column(field)] = found[field]
+            columns[source.column(field)] = index.column(field).take(where).combine_chunks()
+        del names
     return columns
 
 

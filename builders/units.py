@@ -7,9 +7,10 @@ A unit's output is a single Arrow IPC file holding, for every row of the slice, 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,12 @@ LABEL_COLUMNS = tuple(SourceLabels.model_fields)  # the input's own labels, kept
 REJECTION_SCHEMA = pa.schema(
     [("row", pa.int64()), ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
 )
+# In memory, stage and reason are dictionary-encoded: millions of rows rejected for one reason (dead links, no
+# image in any source) then cost a few bytes each; the published rejections.parquet has plain strings.
+REJECTION_WORK_SCHEMA = pa.schema(
+    [("row", pa.int64()), ("id", pa.string()), ("stage", pa.dictionary(pa.int32(), pa.string())),
+     ("reason", pa.dictionary(pa.int32(), pa.string()))]
+)  # fmt: skip
 UNIT_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
@@ -131,7 +138,7 @@ def read_unit(path: Path, columns: list[str] | None = None) -> pa.Table:
     return feather.read_table(str(path), columns=columns, memory_map=True)
 
 
-def ordered_map(fn: Callable[[T], R], items: list[T], threads: int) -> Iterator[R]:
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
     """``fn`` over ``items`` on ``threads`` threads, results in input order, at most ``2 * threads`` in flight.
 
     Unlike ``Executor.map`` it does not submit everything at once, so a unit never holds all its raw images.
@@ -148,6 +155,7 @@ def ordered_map(fn: Callable[[T], R], items: list[T], threads: int) -> Iterator[
 
 
 RELEASE_TEACHER = "globe-release"
+PREPARE_THREADS = 2  # image decoding threads per worker process
 
 
 def with_release_answer(sample: Sample, row: dict) -> None:
@@ -180,6 +188,14 @@ def release_curator(recipe: Recipe):
     return Curator(spec, n_teachers=1)
 
 
+@functools.lru_cache(maxsize=2)
+def _ingest_file(path: str, mtime_ns: int, size: int) -> pq.ParquetFile:
+    """The committed ``ingest.parquet``, opened once per worker process (keyed by its stat, so a rewritten
+    file is opened again): its footer, one row group per unit and thousands of them at MP16-Pro's size,
+    takes tens of ms to parse, which each unit would otherwise pay."""
+    return pq.ParquetFile(path)
+
+
 def process_unit(task: UnitTask) -> tuple[int, int, int]:
     """Do one unit; returns ``(index, n_ok, n_rejected)``. Idempotent: a committed unit is not redone."""
     out = unit_path(task.work_dir, task.index)
@@ -188,7 +204,9 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         return task.index, meta.count("ok"), len(meta) - meta.count("ok")
     recipe = Recipe.model_validate(task.recipe)
     keep_image_memory()  # here, not at import: this runs in every worker, whichever distributor started it
-    rows = pq.ParquetFile(Path(task.work_dir) / "ingest.parquet").read_row_group(task.index).to_pylist()
+    path = Path(task.work_dir) / "ingest.parquet"
+    stat = path.stat()
+    rows = _ingest_file(str(path), stat.st_mtime_ns, stat.st_size).read_row_group(task.index).to_pylist()
     net = recipe.fetch
     sources = image_sources(recipe.input.images)
     urls = UrlSource(net.timeout_s, net.retries, net.backoff_s, net.threads, tuple(net.placeholder_urls))
@@ -196,14 +214,20 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
 
     spec = recipe.image
 
-    def fetch_and_prepare(row: dict) -> tuple[PreparedImage, ImageSource | None] | tuple[str, str]:
-        """The prepared image and the source that served it, or ``(stage, reason)``. Runs on a thread: Pillow
-        releases the GIL while it works."""
+    def fetch(row: dict) -> tuple[bytes, ImageSource | None] | tuple[str, str]:
+        """The image's bytes and the source that served them, or ``("fetch", reason)``. Runs on a thread."""
         ref = (row["image"] or row["id"]) if sources else (row["image"] or row["url"] or row["id"])
         try:
-            data, source = fetcher.fetch(row, ref)
+            return fetcher.fetch(row, ref)
         except FetchError as exc:
             return "fetch", str(exc)
+
+    def prepare_fetched(got: tuple) -> tuple[PreparedImage, ImageSource | None] | tuple[str, str]:
+        """The prepared image and its source, or ``(stage, reason)``. Runs on a thread: Pillow releases the
+        GIL while it decodes and encodes."""
+        if isinstance(got[0], str):
+            return got
+        data, source = got
         try:
             img = prepare(
                 data, spec.max_pixels, spec.jpeg_quality, spec.max_source_pixels, spec.min_side, spec.resample,
@@ -213,12 +237,14 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
             return "image", str(exc)
         return img, source
 
-    # Downloads wait on the network; local reads need only enough threads to keep the cores busy.
+    # Downloads wait on the network and get fetch.threads; decoding is CPU work and gets two threads: more
+    # would only trade the GIL back and forth (16 decoding threads cost ~12 % more CPU an image).
     threads = net.threads if not sources or any(s.kind == "urls" for s in sources) else 4
     release = recipe.input.format == "globe-release"
     curator = release_curator(recipe) if release and recipe.input.curate else None
     gaz = default_gazetteer()  # once per worker process, not per unit
-    places = gaz.reverse_batch([r["lat"] for r in rows], [r["lon"] for r in rows])
+    # One dict a row, made once: a DataFrame row lookup per image costs more than the rest of its record.
+    places = gaz.reverse_batch([r["lat"] for r in rows], [r["lon"] for r in rows]).to_dict("records")
     build = BuildInfo(version=recipe.version, recipe_sha256=task.recipe_sha256)
 
     def emit(
@@ -235,12 +261,13 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         sink.add((row["row"], row["id"], status, stage, reason, split, sha, jpg, js, size))
 
     with UnitWriter(out) as sink:  # rows go to disk as they are ready
-        for i, (row, got) in enumerate(zip(rows, ordered_map(fetch_and_prepare, rows, threads))):
+        prepared = ordered_map(prepare_fetched, ordered_map(fetch, rows, threads), PREPARE_THREADS)
+        for i, (row, got) in enumerate(zip(rows, prepared)):
             if isinstance(got[0], str):
                 emit(row, "rejected", *got)
                 continue
             img, served_by = got
-            place = places.iloc[i]
+            place = places[i]
             if place["country"] is None:
                 emit(
                     row,
