@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
@@ -123,8 +124,10 @@ class UnitWriter:
     def _flush(self) -> None:
         if self.rows:
             columns = list(zip(*self.rows))
-            self._writer.write_batch(pa.record_batch([pa.array(c, f.type) for c, f in zip(columns, UNIT_SCHEMA)],
-                                                     schema=UNIT_SCHEMA))  # fmt: skip
+            arrays = [
+                _binary(c) if f.type == pa.binary() else pa.array(c, f.type) for c, f in zip(columns, UNIT_SCHEMA)
+            ]
+            self._writer.write_batch(pa.record_batch(arrays, schema=UNIT_SCHEMA))
             self.rows = []
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -132,6 +135,18 @@ class UnitWriter:
             self._flush()
         self._writer.close()
         self._commit.__exit__(exc_type, exc, tb)
+
+
+def _binary(values: tuple[bytes | None, ...]) -> pa.Array:
+    """A binary array from bytes (None: null), by one join: ~12x less CPU than ``pa.array`` for images."""
+    sizes = np.fromiter((len(v) if v is not None else 0 for v in values), np.int64, len(values))
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    valid = [v is not None for v in values]
+    mask = None if all(valid) else pa.array(valid).buffers()[1]
+    data = b"".join(v for v in values if v is not None)
+    return pa.Array.from_buffers(pa.binary(), len(values), [mask, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=valid.count(False))  # fmt: skip
 
 
 def read_unit(path: Path, columns: list[str] | None = None) -> pa.Table:
