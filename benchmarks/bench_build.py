@@ -144,6 +144,12 @@ def _tree_memory_mb(root: int) -> tuple[float, float]:
     return max(rss), pss
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds this machine has spent busy (all processes: the tool, its workers and the image server)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
 def run_timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
     """Wall seconds, the peak RSS (MB) of the largest process and the peak PSS of the whole process tree.
 
@@ -274,6 +280,7 @@ def main() -> None:
     folder = work / (f"mp16-{size[0]}x{size[1]}" if keep else f"images-{size[0]}x{size[1]}")
     make_images(folder, args.images, size, *((0.7, 90) if keep else ()))  # mp16: ~80 KB, as MP-16's photos
     runs: dict[str, list[tuple[float, float, float]]] = {"img2dataset": [], "mp16-reason": []}
+    cpu: dict[str, list[float]] = {"img2dataset": [], "mp16-reason": []}
     sizes = [p.stat().st_size for p in sorted(folder.iterdir())[: args.images]]
     print(f"{args.images} JPEGs of {size[0]}x{size[1]}, {statistics.mean(sizes) / 1024:.0f} KB on average", flush=True)
     with serve(folder) as url:
@@ -281,10 +288,12 @@ def main() -> None:
             # Alternate which tool goes first: a machine whose speed drifts favours neither.
             order = ("img2dataset", "mp16-reason") if rep % 2 == 0 else ("mp16-reason", "img2dataset")
             for name in order:
+                before = machine_cpu_s()
                 if name == "img2dataset":
                     runs[name].append(img2dataset(Path(args.i2d_venv), url, args.images, work, keep))
                 else:
                     runs[name].append(ours(url, args.images, work, size, keep))
+                cpu[name].append(machine_cpu_s() - before)
             pair = runs["img2dataset"][-1][0] / runs["mp16-reason"][-1][0]
             print(f"  run {rep + 1}/{args.repeats}: ratio {pair:.2f}x", flush=True)
     what = "kept as they are (they fit)" if keep else "smaller side 512, quality 90"
@@ -292,11 +301,13 @@ def main() -> None:
         f"\n{args.images} JPEGs of {size[0]}x{size[1]} over loopback HTTP -> {what}, 2 processes"
         f" (median of {args.repeats} alternating run(s))"
     )
-    print("                 img/s   wall s   peak memory: largest process (RSS), all processes (PSS)")
+    print("                 img/s   wall s   machine CPU per image   peak memory: largest process (RSS), all (PSS)")
     for name, results in runs.items():
         wall = statistics.median(r[0] for r in results)
         one, total = max(r[1] for r in results), max(r[2] for r in results)
-        print(f"  {name}   {args.images / wall:8.1f}   {wall:6.1f}   {one:6.0f} MB, {total:6.0f} MB")
+        per_image = statistics.median(cpu[name]) / args.images * 1e3
+        print(f"  {name}   {args.images / wall:8.1f}   {wall:6.1f}   {per_image:8.2f} ms   "
+              f"{one:6.0f} MB, {total:6.0f} MB")  # fmt: skip
     ratios = [i2d[0] / our[0] for i2d, our in zip(runs["img2dataset"], runs["mp16-reason"])]
     spread = f" (runs: {min(ratios):.2f}-{max(ratios):.2f}x)" if len(ratios) > 1 else ""
     goal = 2.0 if keep else 1.2
