@@ -9,6 +9,7 @@ output, and the shards come out byte-identical to an uninterrupted build; a fini
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import json
 import shutil
@@ -92,11 +93,33 @@ def _write_json_atomic(data: dict, path: Path) -> None:
 class Build:
     def __init__(self, recipe: Recipe, progress: bool = True, log=print) -> None:
         self.recipe = recipe
-        self.sha = recipe.sha256()
         self.out = Path(recipe.out)
         self.work = self.out / ".work"
         self.progress = progress
         self.log = log
+        self._inputs: dict | None = None
+
+    @property
+    def inputs(self) -> dict:
+        """The inputs' content identities and locations (the sources are indexed here, once)."""
+        if self._inputs is None:
+            from .identity import input_identities
+
+            self.work.mkdir(parents=True, exist_ok=True)
+            self._inputs = input_identities(self.recipe.input, self.work)
+        return self._inputs
+
+    @functools.cached_property
+    def sha(self) -> str:
+        """The recipe hash: settings that change the output, and the inputs by content, not location."""
+        from .identity import content_only
+
+        return self.recipe.sha256(content_only(self.inputs))
+
+    def output_recipe(self) -> dict:
+        from .identity import content_only
+
+        return self.recipe.output_dict(content_only(self.inputs))
 
     # -- state -----------------------------------------------------------------------------------------
     def _check_out_dir(self, overwrite: bool) -> bool:
@@ -120,7 +143,7 @@ class Build:
         elif found is not None and manifest.exists():
             return False
         self.work.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic({"recipe_sha256": self.sha, "recipe": self.recipe.output_dict()}, recipe_file)
+        _write_json_atomic({"recipe_sha256": self.sha, "recipe": self.output_recipe()}, recipe_file)
         return True
 
     def _n_units(self, n_rows: int) -> int:
@@ -223,7 +246,8 @@ class Build:
             "name": "MP16-Reason",
             "version": self.recipe.version,
             "recipe_sha256": self.sha,
-            "recipe": self.recipe.output_dict(),
+            "recipe": self.output_recipe(),
+            "inputs": self.inputs,
             "versions": _versions(),
             "totals": {
                 "input_rows": n_input,

@@ -238,9 +238,13 @@ class Recipe(_Spec):
             raise ValueError(f"curation.min_teachers is {self.curation.min_teachers} but there are {len(names)}")
         return self
 
-    def output_dict(self) -> dict[str, Any]:
-        """Every setting that changes the output (what the recipe hash covers)."""
+    def output_dict(self, inputs: dict | None = None) -> dict[str, Any]:
+        """Every setting that changes the output (what the recipe hash covers). With ``inputs`` (the content
+        identities of :mod:`builders.identity`), the inputs are named by content, not by location: the same
+        bytes anywhere hash alike."""
         data = self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS))
+        if inputs is not None:
+            data["input"].update(inputs)
         data["teachers"] = [{"name": t.name, "model": t.model, **t.request_params()} for t in self.teachers]
         if not self.teachers:  # a data-plane build: curation settings do not apply
             if not self.input.curate:
@@ -249,8 +253,8 @@ class Recipe(_Spec):
         data["schema_version"] = SCHEMA_VERSION
         return data
 
-    def sha256(self) -> str:
-        blob = json.dumps(self.output_dict(), sort_keys=True, separators=(",", ":")).encode()
+    def sha256(self, inputs: dict | None = None) -> str:
+        blob = json.dumps(self.output_dict(inputs), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

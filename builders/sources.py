@@ -158,7 +158,10 @@ def load_index(source: ImageSource, work_dir: Path) -> pa.Table:
     """The source's index, built on first use and kept in the work folder (resumed builds reuse it)."""
     from mp16_reason.atomic import atomic_path
 
-    path = work_dir / f"index-{source.position}-{source.kind}.parquet"
+    # Named by the file's location, size and time: a moved or changed archive is indexed again, never mistaken.
+    stat = os.stat(source.location)
+    key = hashlib.sha1(f"{os.path.abspath(source.location)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    path = work_dir / f"index-{source.kind}-{key[:16]}.parquet"
     if not path.exists():
         table = {"tar": tar_index, "zip": zip_index, "urls": url_index}[source.kind](source.location)
         table = table.filter(pc.invert(pc.is_null(table.column("name")))).filter(pc.not_equal(table.column("name"), ""))

@@ -702,3 +702,36 @@ def test_unit_files_are_written_a_batch_at_a_time(tmp_path):
         sink.add(rows[0])
         raise RuntimeError("killed mid-unit")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unit-000000.arrow"]  # nothing half-written
+
+
+def test_the_same_inputs_elsewhere_build_identical_shards(sample_input, reference, tmp_path):
+    """The recipe hash names inputs by content: a moved input folder and another --out change nothing."""
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "input"
+    shutil.copytree(sample_input, moved)
+    build(sample_recipe(moved, tmp_path / "other-out"), progress=False)
+    assert shard_digests(tmp_path / "other-out") == shard_digests(reference[0])
+    here, there = (json.loads((p / "manifest.json").read_text()) for p in (reference[0], tmp_path / "other-out"))
+    assert here["recipe_sha256"] == there["recipe_sha256"] and here["recipe"] == there["recipe"]
+    assert there["inputs"]["metadata"]["location"] == str(moved / "metadata.csv")
+    assert there["inputs"]["metadata"]["sha256"] == hashlib.sha256((moved / "metadata.csv").read_bytes()).hexdigest()
+    assert there["inputs"]["images"][0]["kind"] == "folder" and there["inputs"]["images"][0]["files"] > 0
+    assert str(sample_input) not in json.dumps(there["recipe"])  # no location in what the hash covers
+    # A changed byte is another input: another hash.
+    (moved / "metadata.csv").write_text((moved / "metadata.csv").read_text() + "\n")
+    from builders.pipeline import Build
+
+    assert Build(sample_recipe(moved, tmp_path / "third")).sha != here["recipe_sha256"]
+
+
+def test_two_sample_builds_into_different_folders_are_identical(sample_build, tmp_path):
+    from click.testing import CliRunner
+
+    from builders.cli import main
+
+    out = tmp_path / "second-sample"
+    result = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "48", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    digests = {p: shard_digests(p) for p in (sample_build, out)}
+    assert digests[sample_build] == digests[out] and digests[out]
