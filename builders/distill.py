@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from mp16_reason.atomic import remove_stale
 from mp16_reason.hub import DEFAULT_CONFIG
 from mp16_reason.jpeg import jpeg_data_url
 from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
+from mp16_reason.storage import Location, location
 
 from .curate import Curator
 from .recipe import Recipe, TeacherSpec
@@ -67,8 +67,8 @@ class TeacherTotals:
 
 
 class Distiller:
-    def __init__(self, recipe: Recipe, work_dir: Path, progress: bool = True, log=print) -> None:
-        self.recipe, self.work = recipe, Path(work_dir)
+    def __init__(self, recipe: Recipe, work_dir: Path | Location, progress: bool = True, log=print) -> None:
+        self.recipe, self.work = recipe, location(work_dir)
         self.specs = recipe.teachers
         self.progress, self.log = progress, log
         self.curator = Curator(recipe.curation, len(self.specs))
@@ -214,7 +214,7 @@ class Distiller:
                     await t.close()
 
     def run(self, n_units: int) -> None:
-        remove_stale(self.work / "curated")  # units a killed build was writing; they are redone below
+        (self.work / "curated").remove_temporaries()  # units a killed build was writing; they are redone below
         todo = [i for i in range(n_units) if not curated_path(self.work, i).exists()]
         if not todo:
             return

@@ -12,17 +12,15 @@ from __future__ import annotations
 import functools
 import importlib.metadata as md
 import json
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from mp16_reason.atomic import atomic_file, atomic_path, remove_stale
+from mp16_reason.storage import Location
 
 from . import distributor
 from .ingest import ingest
@@ -85,15 +83,14 @@ class _Strings:
         return self.column[part].to_pylist()
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    with atomic_file(path, "w") as fh:
-        fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+def _write_json_atomic(data: dict, path: Location) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 class Build:
     def __init__(self, recipe: Recipe, progress: bool = True, log=print) -> None:
         self.recipe = recipe
-        self.out = Path(recipe.out)
+        self.out = Location(recipe.out)  # a local folder or an fsspec URL (s3://bucket/prefix, ...)
         self.work = self.out / ".work"
         self.progress = progress
         self.log = log
@@ -105,7 +102,7 @@ class Build:
         if self._inputs is None:
             from .identity import input_identities
 
-            self.work.mkdir(parents=True, exist_ok=True)
+            self.work.mkdir()
             self._inputs = input_identities(self.recipe.input, self.work)
         return self._inputs
 
@@ -138,11 +135,10 @@ class Build:
                     "use another --out, or --overwrite to delete it"
                 )
             for name in ("data", ".work", MANIFEST, REJECTIONS):
-                target = self.out / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+                (self.out / name).rmtree()
         elif found is not None and manifest.exists():
             return False
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir()
         _write_json_atomic({"recipe_sha256": self.sha, "recipe": self.output_recipe()}, recipe_file)
         return True
 
@@ -153,7 +149,8 @@ class Build:
     def _ingest(self) -> int:
         done = self.work / "ingest.parquet"
         if done.exists():
-            return pq.read_table(done).num_rows
+            with done.open() as fh:
+                return pq.read_metadata(fh).num_rows
         rows, rejected, n_input = ingest(self.recipe.input, self.recipe.limit, self.work)
         order = shuffle_order(_Strings(rows.column("id")), rows.column("row"), self.recipe.shards.seed)
         write_atomic(rejected, self.work / "ingest-rejected.parquet")
@@ -161,7 +158,7 @@ class Build:
         # the shuffled table is never held twice.
         size = self.recipe.unit_size
         schema = rows.schema.with_metadata({"n_input": str(n_input)})
-        with atomic_path(done) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
+        with done.commit_path() as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
             step = size * max(1, 200_000 // size)
             for start in range(0, len(order), step):
                 part = rows.take(pa.array(order[start : start + step])).replace_schema_metadata(schema.metadata)
@@ -174,12 +171,13 @@ class Build:
         shard entries (its rejections are in the work folder)."""
         size = self.recipe.unit_size
         n_units = self._n_units(n_rows)
-        remove_stale(self.work / "units")  # units a killed build was writing; they are redone below
+        (self.work / "units").remove_temporaries()  # units a killed build was writing; they are redone below
         recipe = self.recipe.model_dump(mode="json")
+        done = {p.name for p in (self.work / "units").glob("unit-*.arrow")}  # one listing, not a look-up a unit
         tasks = [
             UnitTask(i, recipe, self.sha, str(self.work))
             for i in range(n_units)
-            if not unit_path(self.work, i).exists()
+            if unit_path(self.work, i).name not in done
         ]
         done_rows = n_rows - sum(min(size, n_rows - t.index * size) for t in tasks)
         committed = set(range(n_units)) - {t.index for t in tasks}
@@ -218,11 +216,12 @@ class Build:
             Distiller(self.recipe, self.work, self.progress, self.log).run(self._n_units(n_rows))
 
     def _finish(self, n_rows: int, entries: list[dict]) -> Summary:
-        n_input = int(pq.read_schema(self.work / "ingest.parquet").metadata[b"n_input"])
-        parts = [
-            pq.read_table(self.work / name, read_dictionary=["stage", "reason"]).cast(REJECTION_WORK_SCHEMA)
-            for name in ("ingest-rejected.parquet", FOLD_REJECTED)
-        ]
+        with (self.work / "ingest.parquet").open() as fh:
+            n_input = int(pq.read_schema(fh).metadata[b"n_input"])
+        parts = []
+        for name in ("ingest-rejected.parquet", FOLD_REJECTED):
+            with (self.work / name).open() as fh:
+                parts.append(pq.read_table(fh, read_dictionary=["stage", "reason"]).cast(REJECTION_WORK_SCHEMA))
         rejected = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
         del parts
         splits: Counter = Counter()
@@ -238,7 +237,7 @@ class Build:
         counts = pc.value_counts(rejected.column("stage").cast(pa.string())).to_pylist()
         by_stage = Counter({c["values"]: c["counts"] for c in counts})
         order = pc.sort_indices(rejected.column("row")).to_numpy()
-        with atomic_path(self.out / REJECTIONS) as tmp, pq.ParquetWriter(str(tmp), REJECTION_SCHEMA) as writer:
+        with (self.out / REJECTIONS).commit_path() as tmp, pq.ParquetWriter(str(tmp), REJECTION_SCHEMA) as writer:
             for start in range(0, len(order), 500_000):  # sorted by row, a slice at a time, as plain strings
                 writer.write_table(rejected.take(pa.array(order[start : start + 500_000])).cast(REJECTION_SCHEMA))
         summary = Summary(n_input, written, n_rejected, dict(splits), dict(by_stage), len(entries), str(self.out))

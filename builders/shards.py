@@ -21,8 +21,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mp16_reason.atomic import HashingFile, atomic_file, remove_stale
+from mp16_reason.atomic import HashingFile, remove_stale
 from mp16_reason.hub import DEFAULT_CONFIG
+from mp16_reason.storage import Location, location
 
 from .units import REJECTION_WORK_SCHEMA, curated_path, read_unit, unit_path, write_atomic
 
@@ -42,9 +43,9 @@ def sample_key(sample_id: str) -> str:
     return f"{readable}_{hashlib.blake2b(sample_id.encode(), digest_size=4).hexdigest()}"
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Location) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -69,7 +70,7 @@ def import_webdataset() -> Any:
 
 
 class _Shard:
-    def __init__(self, out: Path, path: str, split: str, config: str, wds: Any) -> None:
+    def __init__(self, out: Location, path: str, split: str, config: str, wds: Any) -> None:
         self.final = out / path
         self.entry: dict[str, Any] = {"path": path, "split": split, "samples": 0}
         if config != DEFAULT_CONFIG:
@@ -78,7 +79,7 @@ class _Shard:
         self.writer = None
         if not self.final.exists():  # else complete from an earlier run: its bytes are already these
             self.file = ExitStack()  # the shard stays open across many units; close() commits it
-            self.hashed = HashingFile(self.file.enter_context(atomic_file(self.final)))
+            self.hashed = HashingFile(self.file.enter_context(self.final.commit()))
             self.writer = wds.TarWriter(self.hashed, user="mp16", group="mp16", mtime=TAR_MTIME)
 
     def add(self, key: str, jpg: Any, js: bytes, tar_bytes: int) -> None:
@@ -89,10 +90,10 @@ class _Shard:
 
     def close(self) -> dict[str, Any]:
         if self.writer is None:
-            self.entry.update(bytes=self.final.stat().st_size, sha256=file_sha256(self.final))
+            self.entry.update(bytes=self.final.size(), sha256=file_sha256(self.final))
             return self.entry
         self.writer.close()
-        self.file.close()  # flush, fsync, rename into place
+        self.file.close()  # flush, fsync, rename into place (or complete the upload)
         self.entry.update(bytes=self.hashed.size, sha256=self.hashed.sha256.hexdigest())
         return self.entry
 
@@ -109,8 +110,8 @@ class ShardFold:
     (the localizability one) are a second view of the same images.
     """
 
-    def __init__(self, out: Path, work: Path, max_bytes: int, curated: bool) -> None:
-        self.out, self.work, self.max_bytes, self.curated = out, work, max_bytes, curated
+    def __init__(self, out: str | Path | Location, work: str | Path | Location, max_bytes: int, curated: bool) -> None:
+        self.out, self.work, self.max_bytes, self.curated = location(out), location(work), max_bytes, curated
         self.wds = import_webdataset()
         self.rejected: list[pa.Table] = []
         self.duplicates: list[dict] = []
@@ -118,9 +119,10 @@ class ShardFold:
         self.seen: dict[tuple[str, str], str] = {}
         self.open: dict[tuple[str, str], _Shard] = {}
         self.count: dict[tuple[str, str], int] = {}
-        data = out / "data"
-        for folder in [data, *(p for p in data.iterdir() if p.is_dir())] if data.is_dir() else []:
-            remove_stale(folder)  # half-written shards of an interrupted run
+        data = self.out / "data"
+        if data.local is not None and data.local.is_dir():  # half-written shards of an interrupted run
+            for folder in [data.local, *(p for p in data.local.iterdir() if p.is_dir())]:
+                remove_stale(folder)
 
     def add(self, unit: int) -> int:
         """Fold one unit in; returns its number of input rows (rows of the default config)."""
@@ -164,7 +166,7 @@ class ShardFold:
             n = self.count.get(group, 0)
             self.count[group] = n + 1
             folder = "data" if config == DEFAULT_CONFIG else f"data/{config}"
-            (self.out / folder).mkdir(parents=True, exist_ok=True)
+            (self.out / folder).mkdir()
             shard = self.open[group] = _Shard(self.out, f"{folder}/{split}-{n:06d}.tar", split, config, self.wds)
         return shard
 
@@ -182,14 +184,14 @@ def _shard_process_main(todo, results, out: str, work: str, max_bytes: int, cura
     only the reading end of ``todo``, so if the build is killed the next read fails and it exits."""
     unit = None
     try:
-        fold = ShardFold(Path(out), Path(work), max_bytes, curated)
+        fold = ShardFold(out, work, max_bytes, curated)
         while (unit := todo.recv()) is not None:
             results.send(("rows", fold.add(unit)))
         results.send(("done", fold.finish()))
     except EOFError:
         pass  # the build is gone; its half-written shards are removed by the next run
     except Exception as exc:
-        where = "" if unit is None else f" at unit {unit} ({unit_path(work, unit).relative_to(out)})"
+        where = "" if unit is None else f" at unit {unit} ({unit_path(work, unit).relative_to(location(out))})"
         fix = "" if unit is None else ". If a rerun fails the same way, delete that unit's files to redo it"
         results.send(("error", f"writing shards failed{where}: {type(exc).__name__}: {str(exc).rstrip('.')}{fix}"))
     finally:
@@ -206,7 +208,7 @@ class ShardProcess:
     Leaving the ``with`` block on an error stops the child; its half-written shard is removed on the next run.
     """
 
-    def __init__(self, out: Path, work: Path, max_bytes: int, curated: bool) -> None:
+    def __init__(self, out: Location, work: Location, max_bytes: int, curated: bool) -> None:
         from .distributor import process_context
 
         ctx = process_context()

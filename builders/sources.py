@@ -154,20 +154,21 @@ def url_index(path: str | Path) -> pa.Table:
                      "method": pa.nulls(n, pa.int64()), "url": urls}, schema=INDEX_SCHEMA)  # fmt: skip
 
 
-def load_index(source: ImageSource, work_dir: Path) -> pa.Table:
+def load_index(source: ImageSource, work_dir) -> pa.Table:
     """The source's index, built on first use and kept in the work folder (resumed builds reuse it)."""
-    from mp16_reason.atomic import atomic_path
+    from mp16_reason.storage import location
 
     # Named by the file's location, size and time: a moved or changed archive is indexed again, never mistaken.
     stat = os.stat(source.location)
     key = hashlib.sha1(f"{os.path.abspath(source.location)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    path = work_dir / f"index-{source.kind}-{key[:16]}.parquet"
+    path = location(work_dir) / f"index-{source.kind}-{key[:16]}.parquet"
     if not path.exists():
         table = {"tar": tar_index, "zip": zip_index, "urls": url_index}[source.kind](source.location)
         table = table.filter(pc.invert(pc.is_null(table.column("name")))).filter(pc.not_equal(table.column("name"), ""))
-        with atomic_path(path) as tmp:
+        with path.commit_path() as tmp:
             pq.write_table(table, str(tmp))
-    return pq.read_table(path)
+    with path.open() as fh:
+        return pq.read_table(fh)
 
 
 def join_sources(refs: pa.Array, ids: pa.Array, sources: list[ImageSource], work_dir: Path) -> dict[str, pa.Array]:

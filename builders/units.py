@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +22,10 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from mp16_reason.atomic import atomic_path
 from mp16_reason.gazetteer import default_gazetteer
 from mp16_reason.schema import BuildInfo, Entity, ImageInfo, Sample, Source, SourceLabels, TeacherAnswer, to_json_bytes
 from mp16_reason.schema import ImageSource as SchemaImageSource
+from mp16_reason.storage import Location, location
 
 from .images import ImageRejected, PreparedImage, keep_image_memory, prepare
 from .recipe import Recipe
@@ -75,28 +76,28 @@ class UnitTask:
     work_dir: str
 
 
-def unit_path(work_dir: str | Path, index: int) -> Path:
-    return Path(work_dir) / "units" / f"unit-{index:06d}.arrow"
+def unit_path(work_dir: str | Path | Location, index: int) -> Location:
+    return location(work_dir) / "units" / f"unit-{index:06d}.arrow"
 
 
-def curated_path(work_dir: str | Path, index: int) -> Path:
+def curated_path(work_dir: str | Path | Location, index: int) -> Location:
     """A unit after the teacher stage: its rows' records and answers, pointing at the prepared unit's images."""
-    return Path(work_dir) / "curated" / f"unit-{index:06d}.arrow"
+    return location(work_dir) / "curated" / f"unit-{index:06d}.arrow"
 
 
-def write_atomic(table: pa.Table, path: Path, row_group_size: int | None = None, **options) -> None:
-    """A parquet file, committed atomically."""
-    with atomic_path(path) as tmp:  # a path, not a Python file: Arrow writes it without holding the GIL
+def write_atomic(table: pa.Table, path: Path | Location, row_group_size: int | None = None, **options) -> None:
+    """A parquet file, committed atomically (locally or on the build's object store)."""
+    with location(path).commit_path() as tmp:  # a path: Arrow writes it without holding the GIL
         pq.write_table(table, str(tmp), row_group_size=row_group_size, **options)
 
 
-def write_unit(table: pa.Table, path: Path) -> None:
+def write_unit(table: pa.Table, path: Path | Location) -> None:
     """A unit's rows as an uncompressed Arrow IPC file, committed atomically.
 
     Units are scratch files read back whole, once or twice, by this build: IPC costs a quarter of parquet's
     CPU to write (JPEG bytes do not compress anyway) and is read through a memory map without decoding.
     """
-    with atomic_path(path) as tmp:
+    with location(path).commit_path() as tmp:
         feather.write_feather(table, str(tmp), compression="uncompressed")
 
 
@@ -104,13 +105,13 @@ class UnitWriter:
     """A unit's rows written as they are ready, a small record batch at a time, into an uncompressed Arrow
     IPC file committed atomically on a clean exit: a worker holds a few images, not its whole unit."""
 
-    def __init__(self, path: Path, batch_rows: int = 32) -> None:
-        self.path, self.batch_rows = path, batch_rows
+    def __init__(self, path: Path | Location, batch_rows: int = 32) -> None:
+        self.path, self.batch_rows = location(path), batch_rows
         self.rows: list[tuple] = []
         self.ok = self.total = 0
 
     def __enter__(self) -> UnitWriter:
-        self._commit = atomic_path(self.path)
+        self._commit = self.path.commit_path()
         self._writer = pa.ipc.new_file(str(self._commit.__enter__()), UNIT_SCHEMA)
         return self
 
@@ -149,8 +150,12 @@ def _binary(values: tuple[bytes | None, ...]) -> pa.Array:
                                  null_count=valid.count(False))  # fmt: skip
 
 
-def read_unit(path: Path, columns: list[str] | None = None) -> pa.Table:
-    return feather.read_table(str(path), columns=columns, memory_map=True)
+def read_unit(path: Path | Location, columns: list[str] | None = None) -> pa.Table:
+    """A unit file: through a memory map on a local disk, read whole from an object store."""
+    path = location(path)
+    if path.local is not None:
+        return feather.read_table(str(path.local), columns=columns, memory_map=True)
+    return feather.read_table(pa.BufferReader(path.read_bytes()), columns=columns)
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
@@ -203,12 +208,18 @@ def release_curator(recipe: Recipe):
     return Curator(spec, n_teachers=1)
 
 
+def _ingest_file(work_dir: str) -> pq.ParquetFile:
+    """The committed ``ingest.parquet``, opened once per worker process: its footer, one row group per unit
+    and thousands of them at MP16-Pro's size, takes tens of ms to parse, which each unit would otherwise pay.
+    Keyed by the file's size and, locally, its time: a rewritten file is opened again."""
+    path = location(work_dir) / "ingest.parquet"
+    stamp = os.stat(path.local).st_mtime_ns if path.local is not None else 0
+    return _open_ingest(path, stamp, path.size())
+
+
 @functools.lru_cache(maxsize=2)
-def _ingest_file(path: str, mtime_ns: int, size: int) -> pq.ParquetFile:
-    """The committed ``ingest.parquet``, opened once per worker process (keyed by its stat, so a rewritten
-    file is opened again): its footer, one row group per unit and thousands of them at MP16-Pro's size,
-    takes tens of ms to parse, which each unit would otherwise pay."""
-    return pq.ParquetFile(path)
+def _open_ingest(path: Location, stamp: int, size: int) -> pq.ParquetFile:
+    return pq.ParquetFile(str(path.local) if path.local is not None else path.open())
 
 
 def process_unit(task: UnitTask) -> tuple[int, int, int]:
@@ -219,9 +230,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         return task.index, meta.count("ok"), len(meta) - meta.count("ok")
     recipe = Recipe.model_validate(task.recipe)
     keep_image_memory()  # here, not at import: this runs in every worker, whichever distributor started it
-    path = Path(task.work_dir) / "ingest.parquet"
-    stat = path.stat()
-    rows = _ingest_file(str(path), stat.st_mtime_ns, stat.st_size).read_row_group(task.index).to_pylist()
+    rows = _ingest_file(task.work_dir).read_row_group(task.index).to_pylist()
     net = recipe.fetch
     sources = image_sources(recipe.input.images)
     urls = UrlSource(net.timeout_s, net.retries, net.backoff_s, net.threads, tuple(net.placeholder_urls))

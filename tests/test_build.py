@@ -604,18 +604,19 @@ def test_streaming_ingest_matches_a_plain_reading_of_the_csv(tmp_path):
     b = Build(recipe, progress=False)
     b._check_out_dir(False)
     n = b._ingest()
+    work = Path(str(b.work))
     with open(tmp_path / "meta.csv", newline="") as fh:
         records = list(csv.reader(fh))[1:]
     expected_bad = {i: f"malformed CSV line {i + 2}: 2 fields, header has 5" for i, r in enumerate(records)
                     if len(r) != 5}  # fmt: skip
     expected_bad[1700] = "latitude 'bad' is not a number; give decimal degrees such as 48.8566"
     expected_bad[2500] = "duplicate id (first seen at row 10)"
-    rejected = pq.read_table(b.work / "ingest-rejected.parquet").to_pylist()
+    rejected = pq.read_table(work / "ingest-rejected.parquet").to_pylist()
     assert {r["row"]: r["reason"] for r in rejected} == expected_bad
     assert [r["row"] for r in rejected] == sorted(expected_bad)
     good = [(i, r) for i, r in enumerate(records) if i not in expected_bad]
-    table = pq.read_table(b.work / "ingest.parquet")
-    assert n == len(good) and pq.ParquetFile(b.work / "ingest.parquet").metadata.num_row_groups == -(-n // 128)
+    table = pq.read_table(work / "ingest.parquet")
+    assert n == len(good) and pq.ParquetFile(work / "ingest.parquet").metadata.num_row_groups == -(-n // 128)
     order = sorted(good, key=lambda g: (shuffle_key(g[1][0], recipe.shards.seed), g[0]))
     assert table.column("row").to_pylist() == [i for i, _ in order]
     assert table.column("id").to_pylist() == [r[0] for _, r in order]
