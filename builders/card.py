@@ -14,8 +14,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from cards import template
 from mp16_reason import REPO_ID, schema
-from mp16_reason.atomic import atomic_file
 from mp16_reason.hub import DEFAULT_CONFIG, config_of
+from mp16_reason.storage import Location, location
 
 from .stats import Stats, compute, read_manifest, reason_class, size_category, world_map
 
@@ -73,7 +73,7 @@ def _field_rows() -> list[tuple[str, str]]:
 
 def render(root: str | Path, repo_id: str = REPO_ID) -> str:
     """The card's text for the build in ``root``; also writes the world map PNG there."""
-    root = Path(root)
+    root = location(root)
     manifest = read_manifest(root)
     stats: Stats = compute(root, manifest)
     n_samples = sum(stats.samples.values())
@@ -131,18 +131,17 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
     return str(card)
 
 
-def _reason_rows(root: Path) -> list[tuple[str, str, int]]:
+def _reason_rows(root: Location) -> list[tuple[str, str, int]]:
     """(stage, reason class, rows) over the build's rejections, most frequent first."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(root / "rejections.parquet", columns=["stage", "reason"]).to_pylist()
+    with (root / "rejections.parquet").open() as fh:
+        table = pq.read_table(fh, columns=["stage", "reason"]).to_pylist()
     counts = Counter((r["stage"], reason_class(r["reason"])) for r in table)
     return [(stage, why, n) for (stage, why), n in counts.most_common()]
 
 
-def write_card(root: str | Path, repo_id: str = REPO_ID) -> Path:
-    path = Path(root) / "README.md"
-    text = render(root, repo_id)
-    with atomic_file(path, "w") as fh:
-        fh.write(text)
-    return path
+def write_card(root: str | Path | Location, repo_id: str = REPO_ID) -> Path | Location:
+    path = location(root) / "README.md"
+    path.write_text(render(root, repo_id))
+    return path.local or path

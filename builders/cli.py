@@ -143,8 +143,22 @@ def build(
         click.echo(line)
 
 
+class BuildFolder(click.ParamType):
+    """A finished build: a local folder, or a URL (s3://bucket/prefix, gs://..., hf://datasets/...)."""
+
+    name = "DIRECTORY"
+
+    def convert(self, value, param, ctx):
+        if "://" in str(value) and not str(value).startswith("file://"):
+            return str(value)
+        return click.Path(exists=True, file_okay=False).convert(str(value).removeprefix("file://"), param, ctx)
+
+
+BUILD = BuildFolder()
+
+
 @main.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("directory", type=BUILD)
 @click.option("--repo", default=None, help="Repository id used in the usage snippets (default globe/mp16-reason).")
 def card(directory: str, repo: str | None) -> None:
     """Render the dataset card DIRECTORY/README.md from a finished build.
@@ -166,7 +180,7 @@ def card(directory: str, repo: str | None) -> None:
 
 
 @main.command("validate")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("directory", type=BUILD)
 @click.option("--no-card", is_flag=True, help="Do not require README.md (checked anyway when present).")
 def validate_cmd(directory: str, no_card: bool) -> None:
     """Check a build or a downloaded copy: shards against manifest.json, records against the schema, the card.
@@ -186,7 +200,7 @@ def validate_cmd(directory: str, no_card: bool) -> None:
 
 
 @main.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("directory", type=BUILD)
 @click.option("--repo", required=True, help="Dataset repository, e.g. globe/mp16-reason.")
 @click.option("--revision", default=None, help="Branch to upload to (created if missing; default main).")
 @click.option("--tag", default=None, help="Tag the uploaded commit, e.g. v0.1.0 (default: v<dataset version>).")

@@ -40,12 +40,24 @@ def warm_up() -> None:
         forkserver.ensure_running()
 
 
-def exit_with_parent() -> None:
-    """Pool initializer: end this worker as soon as the process that started it is gone.
+def take_environment(env: dict[str, str]) -> None:
+    """Make this process's environment the caller's. A fork server's children inherit the server's, which
+    is the caller's as it was when the server started: a storage credential set since (``AWS_*``) would be
+    missing. Passed over the local pipe to our own processes only; never written anywhere."""
+    if os.environ != env:
+        os.environ.clear()
+        os.environ.update(env)
+
+
+def exit_with_parent(env: dict[str, str] | None = None) -> None:
+    """Pool initializer: take the caller's environment, and end this worker as soon as the process that
+    started it is gone.
 
     A pool's workers otherwise outlive a killed build, idle but holding their memory, waiting on a queue
     that nobody will write to again. The rerun redoes the unit such a worker was in the middle of.
     """
+    if env is not None:
+        take_environment(env)
     parent = mp.parent_process()
     if parent is None:
         return
@@ -64,7 +76,9 @@ def run_local(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> I
             yield fn(task)
         return
     ctx = process_context()
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent) as pool:
+    with cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=exit_with_parent, initargs=(dict(os.environ),)
+    ) as pool:
         futures = {pool.submit(fn, t): t for t in tasks}
         for fut in cf.as_completed(futures):
             try:

@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mp16_reason.storage import Location, location
+
 from .card import MAP_PATH
 from .stats import read_manifest
 from .validate import validate_build
@@ -41,14 +43,15 @@ class PublishPlan:
         return [head, *body, f"  {self.total_bytes:>15,}  bytes in {len(self.files)} files (staged in {self.staging})"]
 
 
-def repo_paths(root: Path, manifest: dict) -> list[str]:
+def repo_paths(root: Path | Location, manifest: dict) -> list[str]:
     paths = [p for p in REPO_FILES if (root / p).exists()]
     return sorted(paths + [s["path"] for s in manifest["shards"]])
 
 
 def stage(root: str | Path, staging: str | Path) -> list[tuple[str, int]]:
-    """Build the repository tree in ``staging`` (hard links where possible) and return its files."""
-    root, staging = Path(root), Path(staging)
+    """Build the repository tree in ``staging`` (hard links where possible; a build on an object store is
+    downloaded) and return its files."""
+    root, staging = location(root), Path(staging)
     manifest = read_manifest(root)
     if staging.exists():
         shutil.rmtree(staging)
@@ -56,12 +59,25 @@ def stage(root: str | Path, staging: str | Path) -> list[tuple[str, int]]:
     for rel in repo_paths(root, manifest):
         src, dst = root / rel, staging / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.local is None:
+            src.fs.get_file(src._path, str(dst))
+            files.append((rel, dst.stat().st_size))
+            continue
         try:
-            os.link(src, dst)
+            os.link(src.local, dst)
         except OSError:  # another filesystem, or links not allowed
-            shutil.copy2(src, dst)
+            shutil.copy2(src.local, dst)
         files.append((rel, dst.stat().st_size))
     return files
+
+
+def _default_staging(root: Location) -> Path:
+    if root.local is not None:
+        return root.local / ".work" / "publish"
+    import hashlib
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"mp16-reason-publish-{hashlib.sha1(root.url.encode()).hexdigest()[:12]}"
 
 
 def publish(
@@ -75,7 +91,7 @@ def publish(
     token: str | None = None,
 ) -> PublishPlan:
     """Validate the build, stage the tree, and (unless ``dry_run``) upload it and tag the release."""
-    root = Path(root)
+    root = location(root)
     validate_build(root, require_card=True)  # never publish what does not check out
     manifest = read_manifest(root)
     plan = PublishPlan(
@@ -83,7 +99,7 @@ def publish(
         revision=revision or "main",
         tag=tag,
         private=private,
-        staging=Path(staging) if staging else root / ".work" / "publish",
+        staging=Path(staging) if staging else _default_staging(root),
     )
     plan.files = stage(root, plan.staging)
     if dry_run:

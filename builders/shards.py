@@ -12,6 +12,7 @@ The fold runs in a process of its own (:class:`ShardProcess`), beside the worker
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 from contextlib import ExitStack
@@ -179,17 +180,25 @@ class ShardFold:
         return sorted(self.entries, key=lambda e: e["path"])
 
 
-def _shard_process_main(todo, results, out: str, work: str, max_bytes: int, curated: bool) -> None:
+def _shard_process_main(todo, results, out: str, work: str, max_bytes: int, curated: bool, env: dict) -> None:
     """The shard process: fold each unit index it is sent (None ends), reporting rows as it goes. It holds
     only the reading end of ``todo``, so if the build is killed the next read fails and it exits."""
+    from .distributor import take_environment
+
+    take_environment(env)
     unit = None
+
+    def next_unit() -> int | None:
+        try:
+            return todo.recv()
+        except EOFError:  # the build is gone; its half-written shards are removed by the next run
+            raise SystemExit(0) from None
+
     try:
         fold = ShardFold(out, work, max_bytes, curated)
-        while (unit := todo.recv()) is not None:
+        while (unit := next_unit()) is not None:
             results.send(("rows", fold.add(unit)))
         results.send(("done", fold.finish()))
-    except EOFError:
-        pass  # the build is gone; its half-written shards are removed by the next run
     except Exception as exc:
         where = "" if unit is None else f" at unit {unit} ({unit_path(work, unit).relative_to(location(out))})"
         fix = "" if unit is None else ". If a rerun fails the same way, delete that unit's files to redo it"
@@ -216,7 +225,7 @@ class ShardProcess:
         self._results, child_results = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=_shard_process_main,
-            args=(child_todo, child_results, str(out), str(work), max_bytes, curated),
+            args=(child_todo, child_results, str(out), str(work), max_bytes, curated, dict(os.environ)),
             name="mp16-reason-shards",
             daemon=True,
         )

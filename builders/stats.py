@@ -18,10 +18,11 @@ from pathlib import Path
 from PIL import ImageDraw
 
 from mp16_reason.hub import DEFAULT_CONFIG, config_of
+from mp16_reason.storage import Location, location
 
 
-def read_manifest(root: str | Path) -> dict:
-    path = Path(root) / "manifest.json"
+def read_manifest(root: str | Path | Location) -> dict:
+    path = location(root) / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {root} a finished `mp16-reason build --out` folder?")
     return json.loads(path.read_text())
@@ -29,9 +30,9 @@ def read_manifest(root: str | Path) -> dict:
 
 def iter_records(root: str | Path, manifest: dict | None = None) -> Iterator[tuple[str, dict]]:
     """``(config, record)`` for every sample of every shard the manifest lists (JSON members only)."""
-    root = Path(root)
+    root = location(root)
     for shard in (manifest or read_manifest(root))["shards"]:
-        with tarfile.open(root / shard["path"]) as tar:
+        with (root / shard["path"]).open("rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             for member in tar:
                 if member.name.endswith(".json"):
                     yield config_of(shard), json.load(tar.extractfile(member))
@@ -114,9 +115,9 @@ def world_map(stats: Stats, path: str | Path, width: int = 1200) -> Path:
         for lat, lon in stats.points.get(split, []):
             x, y = xy(lat, lon)
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, optimize=True)
+    path = location(path)
+    with path.commit() as fh:
+        img.save(fh, format="PNG", optimize=True)
     return path
 
 

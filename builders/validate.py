@@ -24,6 +24,7 @@ from PIL import Image
 from mp16_reason import schema
 from mp16_reason.atomic import HashingFile
 from mp16_reason.hub import DEFAULT_CONFIG, config_of
+from mp16_reason.storage import Location, location
 
 from .stats import read_manifest
 
@@ -62,18 +63,18 @@ def _check_sample(where: str, shard: dict, parts: dict[str, bytes], ids: Counter
         problems.append(f"{where}: image size differs from the record's {record.image.width}x{record.image.height}")
 
 
-def _check_shard(root: Path, shard: dict, ids: Counter, problems: list[str]) -> int:
+def _check_shard(root: Location, shard: dict, ids: Counter, problems: list[str]) -> int:
     """Streams the shard once: its sha256 and every sample, one sample in memory at a time."""
     path = root / shard["path"]
     name = shard["path"]
     if not path.exists():
         problems.append(f"{name}: listed in manifest.json but missing; re-download or rebuild it")
         return 0
-    size = path.stat().st_size
+    size = path.size()
     if size != shard["bytes"]:
         problems.append(f"{name}: {size:,} bytes, manifest says {shard['bytes']:,}; the file is truncated or changed")
     keys: set[str] = set()
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         reader = HashingFile(fh)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
@@ -113,7 +114,7 @@ def _front_matter(text: str) -> dict:
     return yaml.safe_load(text[4 : text.index("\n---", 4)]) or {}
 
 
-def _check_card(root: Path, manifest: dict, problems: list[str]) -> None:
+def _check_card(root: Location, manifest: dict, problems: list[str]) -> None:
     import datasets
 
     from .card import shard_groups
@@ -170,7 +171,7 @@ def _all_shard_paths(manifest: dict) -> list[str]:
 
 def validate_build(root: str | Path, require_card: bool = True) -> dict:
     """Check everything; returns a summary, or raises :class:`ValidationFailed` listing every problem."""
-    root = Path(root)
+    root = location(root)
     manifest = read_manifest(root)
     problems: list[str] = []
     ids: Counter = Counter()
@@ -183,8 +184,8 @@ def validate_build(root: str | Path, require_card: bool = True) -> dict:
         else:
             per_config.setdefault(config_of(shard), Counter())[shard["split"]] += n
     listed = set(_all_shard_paths(manifest))
-    for extra in sorted((root / "data").rglob("*.tar")) if (root / "data").is_dir() else []:
-        rel = extra.relative_to(root).as_posix()
+    on_disk = [f"data/{rel}" for rel, _ in (root / "data").walk_files() if rel.endswith(".tar")]
+    for rel in sorted(on_disk) if (root / "data").is_dir() else []:
         if rel not in listed:
             problems.append(f"{rel}: in data/ but not in manifest.json; delete it or rebuild")
     dupes = [key for key, n in ids.items() if n > 1]

@@ -7,11 +7,12 @@ everything, so ``load()`` is only that call with the repository filled in.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .storage import location
 
 REPO_ID = "globe/mp16-reason"  # the dataset on the Hub
 DEFAULT_CONFIG = "default"
@@ -35,8 +36,9 @@ def load(
     when rendered, else its manifest)."""
     import datasets
 
-    if path is not None and not (Path(path) / "README.md").exists():
-        # A build without its card: the manifest says which shards make the config (a folder scan would mix them).
+    if path is not None and (location(path).remote or not (location(path) / "README.md").exists()):
+        # A build without its card, or on an object store: the manifest says which shards make the config (a
+        # folder scan would mix them); datasets opens remote shards through fsspec.
         from .schema import features
 
         splits = sorted({s["split"] for s in _manifest(repo_id, revision, path)["shards"] if config_of(s) == config})
@@ -52,7 +54,7 @@ def load(
 
 def _manifest(repo_id: str, revision: str | None, path: str | Path | None) -> dict:
     if path is not None:
-        return json.loads((Path(path) / "manifest.json").read_text())
+        return json.loads((location(path) / "manifest.json").read_text())
     from huggingface_hub import hf_hub_download
 
     local = hf_hub_download(repo_id, "manifest.json", repo_type="dataset", revision=revision)
@@ -84,7 +86,7 @@ def shard_paths(
 ) -> list[str]:
     """The shards of one split, from the manifest: local file paths, or paths inside the Hub repository."""
     shards = [s["path"] for s in shard_entries(split, config, revision, repo_id, path)]
-    return [str(Path(path) / s) for s in shards] if path is not None else shards
+    return [str(location(path) / s) for s in shards] if path is not None else shards
 
 
 def shard_urls(
@@ -103,6 +105,12 @@ def shard_urls(
         hf_hub_url(repo_id, p, repo_type="dataset", revision=revision)
         for p in shard_paths(split, config, revision, repo_id)
     ]
+
+
+def open_location(url: str):
+    """A shard for reading: a local file, or an object through its filesystem (credentials from the usual
+    environment and config files)."""
+    return location(url).open("rb", block_size=16 << 20) if "://" in url else open(url, "rb")
 
 
 def stream(
@@ -142,8 +150,8 @@ def stream(
         raise ValueError(f"rows={rows!r}: use 'pairs', 'trl' or 'raw'")
     entries = shard_entries(split, config, revision, repo_id, path)
     if path is not None:
-        shards = [(str(Path(path) / s["path"]), s["samples"]) for s in entries]
-        open_shard: Callable[[str], Any] = functools.partial(open, mode="rb")
+        shards = [(str(location(path) / s["path"]), s["samples"]) for s in entries]
+        open_shard: Callable[[str], Any] = open_location
     else:
         shards = [(s["path"], s["samples"]) for s in entries]
         open_shard = HubOpener(repo_id, revision)

@@ -169,6 +169,7 @@ class Location:
             discard = getattr(fh, "discard", None)  # abort the upload: nothing appears
             if discard is not None:
                 discard()
+                fh.closed = True  # so that closing it later does not upload what is left
             raise
         fh.close()
 

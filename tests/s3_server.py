@@ -42,7 +42,12 @@ class S3Server:
         self.proc: subprocess.Popen | None = None
 
     def bucket(self, name: str) -> str:
-        (self.root / name).mkdir(parents=True, exist_ok=True)
+        """A bucket, made through the S3 API (the server lists its folders with a cache)."""
+        import fsspec
+
+        fs = fsspec.filesystem("s3")
+        if not fs.exists(name):
+            fs.mkdir(name)
         return f"s3://{name}"
 
     def __enter__(self) -> S3Server:
@@ -53,7 +58,7 @@ class S3Server:
         self.log = open(self.root.parent / f"rclone-{self.port}.log", "wb")  # closed in __exit__
         self.proc = subprocess.Popen(
             [exe, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--auth-key", f"{KEY},{SECRET}",
-             str(self.root)],
+             "--dir-cache-time", "0s", str(self.root)],
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.time() + 30
