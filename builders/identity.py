@@ -11,11 +11,12 @@ published manifest shard by shard. The manifest records each input's identity ne
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from mp16_reason.storage import location
 
 from .sources import image_sources, load_index
 
@@ -24,7 +25,7 @@ _CHUNK = 8 << 20
 
 def file_identity(path: str | Path) -> dict:
     digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
+    with location(path).open("rb") as fh:
         while block := fh.read(_CHUNK):
             digest.update(block)
             size += len(block)
@@ -53,10 +54,7 @@ def index_identity(index: pa.Table) -> str:
 
 
 def folder_identity(root: str | Path) -> dict:
-    root = Path(root)
-    entries = sorted(
-        (str(Path(d, f).relative_to(root)), os.path.getsize(Path(d, f))) for d, _, fs in os.walk(root) for f in fs
-    )
+    entries = sorted(location(root).walk_files())
     digest = hashlib.sha256("\n".join(f"{name}\t{size}" for name, size in entries).encode())
     return {"files": len(entries), "listing_sha256": digest.hexdigest()}
 

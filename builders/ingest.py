@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mp16_reason.coords import coerce_coordinates
+from mp16_reason.storage import Location, location
 
 from .recipe import InputSpec
 from .units import LABEL_COLUMNS, REJECTION_WORK_SCHEMA
@@ -65,12 +66,13 @@ def rejections(rows, ids, stage: str, reasons: list | str) -> pa.Table:
                     schema=REJECTION_WORK_SCHEMA)  # fmt: skip
 
 
-def _header(path: Path) -> list[str]:
+def _header(path: Location) -> list[str]:
     import csv
+    import io
 
-    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+    with path.open("rb") as raw:
         try:
-            return next(csv.reader(fh))
+            return next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")))
         except StopIteration:
             raise InputError(f"metadata file {path} is empty") from None
 
@@ -116,13 +118,13 @@ def resolve_columns(columns: list[str], spec: InputSpec) -> dict[str, str]:
 def read_metadata(spec: InputSpec, limit: int | None = None) -> tuple[pa.Table, pa.Table, int]:
     """The metadata's columns as our fields (all strings) plus ``row`` (the data row, 0-based, header
     excluded), the malformed lines as rejections, and the number of input rows."""
-    path = Path(spec.metadata)
+    path = location(spec.metadata)  # a local file or an fsspec URL
     if not path.exists():
         raise InputError(f"metadata file {path} does not exist")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        schema = pq.read_schema(path)
+    if path.name.lower().endswith((".parquet", ".pq")):
+        schema = pq.read_schema(path.source())
         mapping = resolve_columns(schema.names, spec)
-        table = pq.read_table(path, columns=sorted(set(mapping.values())))
+        table = pq.read_table(path.source(), columns=sorted(set(mapping.values())))
         if limit is not None:
             table = table.slice(0, limit)
         fields = {f: _as_text(table.column(c)) for f, c in mapping.items()}
@@ -141,7 +143,7 @@ def read_metadata(spec: InputSpec, limit: int | None = None) -> tuple[pa.Table, 
     labels = {mapping[f] for f in mapping if f.startswith("label_")}
     types = {c: pa.dictionary(pa.int32(), pa.string()) if c in labels else pa.string() for c in used}
     reader = pacsv.open_csv(
-        path,
+        path.source(),
         read_options=pacsv.ReadOptions(use_threads=False, block_size=_BLOCK),  # one thread: line numbers are known
         parse_options=pacsv.ParseOptions(invalid_row_handler=malformed),
         convert_options=pacsv.ConvertOptions(
@@ -251,21 +253,23 @@ def join_coordinates(fields: dict[str, pa.Array], files: list[str]) -> None:
         need = pc.or_(pc.equal(lat, ""), pc.equal(lon, ""))
         if not pc.any(need).as_py():
             break
-        if not Path(path).exists():
+        path = location(path)
+        if not path.exists():
             raise InputError(f"input.join file {path} does not exist")
-        columns = pq.read_schema(path).names if str(path).endswith((".parquet", ".pq")) else _header(Path(path))
+        parquet = path.name.lower().endswith((".parquet", ".pq"))
+        columns = pq.read_schema(path.source()).names if parquet else _header(path)
         lower = {c.lower(): c for c in columns}
         cols = {f: next((lower[c.lower()] for c in CANDIDATES[f] if c.lower() in lower), None) for f in REQUIRED}
         if None in cols.values():
             raise InputError(
                 f"input.join file {path} needs id, lat and lon columns (its columns: {', '.join(columns)})"
             )
-        if str(path).endswith((".parquet", ".pq")):
-            table = pq.read_table(path, columns=list(cols.values()))
+        if parquet:
+            table = pq.read_table(path.source(), columns=list(cols.values()))
         else:
             options = pacsv.ConvertOptions(include_columns=list(cols.values()), strings_can_be_null=False,
                                            column_types=dict.fromkeys(cols.values(), pa.string()))  # fmt: skip
-            table = pacsv.read_csv(path, convert_options=options)
+            table = pacsv.read_csv(path.source(), convert_options=options)
         coords = pa.table({f"j_{f}": _as_text(table.column(c)) for f, c in cols.items()})
         rows = pa.table({"id": fields["id"], "_pos": pa.array(np.arange(n))})
         joined = rows.join(coords, keys="id", right_keys="j_id", join_type="left outer").sort_by("_pos")

@@ -29,6 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import urllib3
 
+from mp16_reason.storage import location
+
 KINDS = ("folder", "tar", "zip", "urls")
 INDEX_SCHEMA = pa.schema(
     [("name", pa.string()), ("offset", pa.int64()), ("size", pa.int64()), ("method", pa.int64()),
@@ -87,7 +89,7 @@ class ImageSource:
 def image_sources(locations: list[str]) -> list[ImageSource]:
     sources = [ImageSource(i, source_kind(loc), loc) for i, loc in enumerate(locations)]
     for s in sources:
-        exists = Path(s.location).is_dir() if s.kind == "folder" else Path(s.location).is_file()
+        exists = location(s.location).is_dir() if s.kind == "folder" else location(s.location).is_file()
         if not exists:
             what = "folder" if s.kind == "folder" else f"{s.kind} file"
             raise SourceError(f"image source {s.location} ({what}) does not exist; fix input.images or --images")
@@ -107,7 +109,10 @@ def tar_index(path: str | Path) -> pa.Table:
     """Member name -> data offset and size, from one pass over the tar's headers (uncompressed tars only:
     random access needs them)."""
     names, offsets, sizes = [], [], []
-    with tarfile.open(path, "r:") as tar:
+    source = location(path)
+    # Seeking from header to header: remotely through the file's read-ahead cache, a few large ranged reads.
+    tar_args = {"name": str(source.local)} if source.local else {"fileobj": source.open(block_size=8 << 20)}
+    with tarfile.open(mode="r:", **tar_args) as tar:
         for member in tar:
             if member.isfile():
                 names.append(member.name.removeprefix("./"))
@@ -120,7 +125,7 @@ def tar_index(path: str | Path) -> pa.Table:
 
 def zip_index(path: str | Path) -> pa.Table:
     """Member name -> local header offset, compressed size and method, from the central directory."""
-    with zipfile.ZipFile(path) as zf:
+    with zipfile.ZipFile(location(path).source()) as zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
     names = _strip_top_folder([i.filename for i in infos])
     return pa.table({"name": names, "offset": [i.header_offset for i in infos],
@@ -133,12 +138,12 @@ def url_index(path: str | Path) -> pa.Table:
     case-insensitively)."""
     import pyarrow.csv as pacsv
 
-    p = str(path)
-    if p.endswith((".parquet", ".pq")):
-        table = pq.read_table(p)
+    source = location(path)
+    if source.name.lower().endswith((".parquet", ".pq")):
+        table = pq.read_table(source.source())
     else:
-        table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=False,
-                                                                       auto_dict_encode=False))  # fmt: skip
+        options = pacsv.ConvertOptions(strings_can_be_null=False, auto_dict_encode=False)
+        table = pacsv.read_csv(source.source(), convert_options=options)
     lower = {c.lower(): c for c in table.column_names}
     id_col = next((lower[c] for c in ID_COLUMNS if c in lower), None)
     url_col = next((lower[c] for c in URL_COLUMNS if c in lower), None)
@@ -156,11 +161,10 @@ def url_index(path: str | Path) -> pa.Table:
 
 def load_index(source: ImageSource, work_dir) -> pa.Table:
     """The source's index, built on first use and kept in the work folder (resumed builds reuse it)."""
-    from mp16_reason.storage import location
-
     # Named by the file's location, size and time: a moved or changed archive is indexed again, never mistaken.
-    stat = os.stat(source.location)
-    key = hashlib.sha1(f"{os.path.abspath(source.location)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    where = location(source.location)
+    name = where.url if where.remote else os.path.abspath(where.url)
+    key = hashlib.sha1(f"{name}|{where.stamp()}".encode()).hexdigest()
     path = location(work_dir) / f"index-{source.kind}-{key[:16]}.parquet"
     if not path.exists():
         table = {"tar": tar_index, "zip": zip_index, "urls": url_index}[source.kind](source.location)
@@ -199,11 +203,19 @@ def join_sources(refs: pa.Array, ids: pa.Array, sources: list[ImageSource], work
 # -- reading -------------------------------------------------------------------------------------------------
 class FolderSource:
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
+        self.prefix = location(root)
+        if not self.prefix.is_dir():
+            raise FileNotFoundError(f"image folder {self.prefix} does not exist")
+        self.root = self.prefix.local
 
     def fetch(self, ref: str) -> bytes:
+        if self.root is None:  # a prefix on an object store
+            if ".." in ref.split("/"):
+                raise FetchError(f"image path {ref!r} leaves the image folder")
+            try:
+                return (self.prefix / ref).read_bytes()
+            except FileNotFoundError:
+                raise FetchError(f"missing file {ref}") from None
         path = (self.root / ref).resolve()
         if self.root.resolve() not in path.parents:
             raise FetchError(f"image path {ref!r} leaves the image folder")
@@ -220,9 +232,15 @@ class ArchiveReader:
 
     def __init__(self, path: str | Path, kind: str) -> None:
         self.path, self.kind = str(path), kind
+        self.remote = location(path) if location(path).remote else None
         self._fd: int | None = None
 
     def _read(self, size: int, offset: int) -> bytes:
+        if self.remote is not None:  # a ranged GET
+            try:
+                return self.remote.read_range(offset, size)
+            except OSError as exc:
+                raise FetchError(f"unreadable {self.kind} member at offset {offset}: {exc}") from None
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         return os.pread(self._fd, size, offset)

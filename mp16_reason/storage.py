@@ -109,6 +109,19 @@ class Location:
     def size(self) -> int:
         return Path(self.url).stat().st_size if not self.remote else int(self.fs.size(self._path))
 
+    def source(self) -> str | IO:
+        """What readers that take a path or a file (Arrow's, zipfile's) should get: the local path, or an open
+        file on the remote filesystem (ranged reads on an object store)."""
+        return self.url if not self.remote else self.open("rb")
+
+    def stamp(self) -> str:
+        """Size and modification time (an ETag where there is no time): what changes when the file does."""
+        if not self.remote:
+            stat = os.stat(self.url)
+            return f"{stat.st_size}|{stat.st_mtime_ns}"
+        info = self.fs.info(self._path)
+        return f"{info.get('size')}|{info.get('LastModified') or info.get('mtime') or info.get('ETag')}"
+
     def open(self, mode: str = "rb", **kwargs) -> IO:
         """For reading (writes go through :meth:`commit`)."""
         if not self.remote:
@@ -122,6 +135,8 @@ class Location:
         return self.read_bytes().decode("utf-8")
 
     def read_range(self, offset: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
         if not self.remote:
             with open(self.url, "rb") as fh:
                 return os.pread(fh.fileno(), size, offset)

@@ -58,7 +58,7 @@ class S3Server:
         self.log = open(self.root.parent / f"rclone-{self.port}.log", "wb")  # closed in __exit__
         self.proc = subprocess.Popen(
             [exe, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--auth-key", f"{KEY},{SECRET}",
-             "--dir-cache-time", "0s", str(self.root)],
+             str(self.root)],
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.time() + 30
