@@ -235,13 +235,3 @@ class _TextWriter:
 
 def location(value: str | os.PathLike | Location) -> Location:
     return value if isinstance(value, Location) else Location(value)
-
-
-def display(value: str | os.PathLike | Location) -> str:
-    """A location fit for logs and manifests: no credentials (an ``user:secret@`` part is dropped)."""
-    text = str(value)
-    if is_url(text):
-        parts = urlsplit(text)
-        if parts.username or parts.password:
-            text = text.replace(f"{parts.netloc}", parts.hostname or "", 1)
-    return text
