@@ -120,7 +120,7 @@ build = Build(load_recipe(None, {{"input.metadata": {path!r}, "input.format": "m
 build._check_out_dir(False)
 n = build._ingest()  # read, check, pre-shuffle, commit ingest.parquet
 import pyarrow.parquet as pq
-rejected = pq.read_metadata(build.work / "ingest-rejected.parquet").num_rows
+rejected = pq.read_metadata(str(build.work / "ingest-rejected.parquet")).num_rows
 wall = time.perf_counter() - t
 print(json.dumps({{"wall": wall, "rss_mb": peak_mb(),
                    "rows": n, "rejected": rejected, "input": n + rejected}}))
@@ -171,15 +171,13 @@ from pathlib import Path
 from builders.recipe import Recipe
 from builders.sources import Fetcher, UrlSource, image_sources
 work = Path({work!r})
-recipe = Recipe.model_validate(json.loads((work / "recipe.json").read_text())["recipe_full"])
+recipe = Recipe.model_validate(json.loads((work / "bench-recipe.json").read_text()))
 meta = pq.ParquetFile(work / "ingest.parquet").metadata
 times = []
 from builders.units import _ingest_file
 for unit in range(0, meta.num_row_groups, max(1, meta.num_row_groups // 20)):
     t = time.perf_counter()
-    path = work / "ingest.parquet"  # what process_unit does before its first fetch
-    stat = path.stat()
-    rows = _ingest_file(str(path), stat.st_mtime_ns, stat.st_size).read_row_group(unit).to_pylist()
+    rows = _ingest_file(str(work)).read_row_group(unit).to_pylist()  # what process_unit does first
     fetcher = Fetcher(image_sources(recipe.input.images), UrlSource())
     times.append(time.perf_counter() - t)
     fetcher.close()
@@ -210,6 +208,7 @@ def bench_units(rows: int) -> None:
 
     from builders.pipeline import Build
     from builders.recipe import load_recipe
+    from builders.sources import image_sources, index_path
 
     csv_path = make_csv(rows)
     ids = pq.read_table(csv_path.with_suffix(".ids.parquet")) if csv_path.with_suffix(".ids.parquet").exists() \
@@ -228,22 +227,27 @@ def bench_units(rows: int) -> None:
     out = WORK / f"units-{rows}"
     recipe = load_recipe(None, {"input.metadata": str(csv_path), "input.images": [str(tar)], "out": str(out),
                                 "input.format": "mp16pro"})  # fmt: skip
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # a clean build folder: the index below must not be swept away
     build = Build(recipe, progress=False)
-    build._check_out_dir(True)
-    index = build.work / "index-0-tar.parquet"
+    # The member index of a 4.65M-member tar, made here (the sparse file holds no headers to scan), where the
+    # build looks for it, before the build computes its inputs' identity.
+    index = index_path(image_sources([str(tar)])[0], build.work)
+    build.work.mkdir()
     if not index.exists():
         offsets = pa.array(range(512, rows * 82_432, 82_432)[:rows], pa.int64())
         pq.write_table(pa.table({"name": names, "offset": offsets, "size": pa.repeat(80_000, rows)
                                  if hasattr(pa, "repeat") else pa.array([80_000] * rows, pa.int64()),
                                  "method": pa.array([0] * rows, pa.int64()),
-                                 "url": pa.nulls(rows, pa.string())}), index)  # fmt: skip
+                                 "url": pa.nulls(rows, pa.string())}), str(index))  # fmt: skip
+    build._check_out_dir(False)
     if not (build.work / "ingest.parquet").exists():
         t = time.perf_counter()
         build._ingest()
         print(f"ingest with the tar index joined: {time.perf_counter() - t:.1f} s")
-    info = json.loads((build.work / "recipe.json").read_text())
-    info["recipe_full"] = recipe.model_dump(mode="json")
-    (build.work / "recipe.json").write_text(json.dumps(info))
+    # The whole recipe for the child (the build's own recipe.json holds only what the hash covers).
+    (build.work / "bench-recipe.json").write_text(json.dumps(recipe.model_dump(mode="json")))
     root = str(Path(__file__).resolve().parents[1])
     ours = _child(UNITS.format(root=root, work=str(build.work)))
     anchor = _child(ANCHOR.format(index=str(index)))

@@ -159,13 +159,18 @@ def url_index(path: str | Path) -> pa.Table:
                      "method": pa.nulls(n, pa.int64()), "url": urls}, schema=INDEX_SCHEMA)  # fmt: skip
 
 
-def load_index(source: ImageSource, work_dir) -> pa.Table:
-    """The source's index, built on first use and kept in the work folder (resumed builds reuse it)."""
-    # Named by the file's location, size and time: a moved or changed archive is indexed again, never mistaken.
+def index_path(source: ImageSource, work_dir):
+    """Where the source's index is kept: named by the file's location, size and time, so a moved or changed
+    archive is indexed again, never mistaken for another."""
     where = location(source.location)
     name = where.url if where.remote else os.path.abspath(where.url)
     key = hashlib.sha1(f"{name}|{where.stamp()}".encode()).hexdigest()
-    path = location(work_dir) / f"index-{source.kind}-{key[:16]}.parquet"
+    return location(work_dir) / f"index-{source.kind}-{key[:16]}.parquet"
+
+
+def load_index(source: ImageSource, work_dir) -> pa.Table:
+    """The source's index, built on first use and kept in the work folder (resumed builds reuse it)."""
+    path = index_path(source, work_dir)
     if not path.exists():
         table = {"tar": tar_index, "zip": zip_index, "urls": url_index}[source.kind](source.location)
         table = table.filter(pc.invert(pc.is_null(table.column("name")))).filter(pc.not_equal(table.column("name"), ""))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -211,14 +210,13 @@ def release_curator(recipe: Recipe):
 def _ingest_file(work_dir: str) -> pq.ParquetFile:
     """The committed ``ingest.parquet``, opened once per worker process: its footer, one row group per unit
     and thousands of them at MP16-Pro's size, takes tens of ms to parse, which each unit would otherwise pay.
-    Keyed by the file's size and, locally, its time: a rewritten file is opened again."""
+    Keyed by the file's size and time: a rewritten file is opened again."""
     path = location(work_dir) / "ingest.parquet"
-    stamp = os.stat(path.local).st_mtime_ns if path.local is not None else 0
-    return _open_ingest(path, stamp, path.size())
+    return _open_ingest(path, path.stamp())
 
 
 @functools.lru_cache(maxsize=2)
-def _open_ingest(path: Location, stamp: int, size: int) -> pq.ParquetFile:
+def _open_ingest(path: Location, stamp: str) -> pq.ParquetFile:
     return pq.ParquetFile(str(path.local) if path.local is not None else path.open())
 
 
