@@ -89,7 +89,12 @@ def run_local(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> I
                 yield fn(futures[fut])  # one retry in the parent; a second failure propagates
 
 
-def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> Iterator[Any]:
+def run_ray(
+    fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int, options: dict[str, Any] | None = None
+) -> Iterator[Any]:
+    """Each task a Ray task, on any node of the cluster. Tasks read and write only the build's storage (an
+    object store on a cluster), so any node can run any unit, and a unit whose node dies is rerun elsewhere
+    (``max_retries``): its output appears only when committed, so a rerun never meets half of it."""
     try:
         import ray
     except ImportError:
@@ -102,7 +107,8 @@ def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> Ite
             ignore_reinit_error=True,
             log_to_driver=False,
         )
-    remote = ray.remote(max_retries=1, retry_exceptions=True)(fn)
+    options = {"max_retries": 3, **(options or {})}
+    remote = ray.remote(retry_exceptions=True, **options)(fn)
     pending = [remote.remote(t) for t in tasks]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
@@ -110,15 +116,22 @@ def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int) -> Ite
 
 
 def _has_address() -> bool:
-    import os
-
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
 DISTRIBUTORS = {"local": run_local, "ray": run_ray}
 
 
-def run(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int, distributor: str = "local") -> Iterator[Any]:
-    if distributor not in DISTRIBUTORS:
+def run(
+    fn: Callable[[Any], Any],
+    tasks: Iterable[Any],
+    workers: int,
+    distributor: str = "local",
+    ray_options: dict[str, Any] | None = None,
+) -> Iterator[Any]:
+    """``ray_options`` (``num_cpus``, ``resources``, ``max_retries``) place Ray tasks; the local pool ignores them."""
+    if distributor == "ray":
+        return run_ray(fn, tasks, workers, ray_options)
+    if distributor != "local":
         raise ValueError(f"unknown distributor {distributor!r}; use one of {', '.join(DISTRIBUTORS)}")
-    return DISTRIBUTORS[distributor](fn, tasks, workers)
+    return run_local(fn, tasks, workers)

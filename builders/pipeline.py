@@ -194,7 +194,10 @@ class Build:
 
         hand_over()
         rejected = 0
-        for index, n_ok, n_rej in distributor.run(process_unit, tasks, self.recipe.workers, self.recipe.distributor):
+        ray = self.recipe.ray.model_dump()
+        for index, n_ok, n_rej in distributor.run(
+            process_unit, tasks, self.recipe.workers, self.recipe.distributor, ray
+        ):
             committed.add(index)
             hand_over()
             rejected += n_rej

@@ -210,6 +210,18 @@ class CurationSpec(_Spec):
     grounding: GroundingFilter = Field(default_factory=GroundingFilter)
 
 
+class RaySpec(_Spec):
+    """Unit tasks on a Ray cluster (``distributor: ray``). ``RAY_ADDRESS`` joins a running cluster."""
+
+    num_cpus: float = Field(default=1.0, gt=0, description="CPUs each unit task reserves")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom resources each unit task needs, e.g. {image_worker: 1} to run units only on nodes "
+        "started with --resources '{\"image_worker\": 4}'",
+    )
+    max_retries: int = Field(default=3, ge=0, description="reruns of a unit whose worker or node died, or that raised")
+
+
 class Recipe(_Spec):
     version: str = Field(default="0.1.0", description="dataset version written into every record")
     input: InputSpec
@@ -226,8 +238,9 @@ class Recipe(_Spec):
     out: str = "mp16-reason-build"
     workers: int = Field(default=2, ge=1)
     distributor: Literal["local", "ray"] = "local"
+    ray: RaySpec = Field(default_factory=RaySpec)
 
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"out", "workers", "distributor", "distill"})
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"out", "workers", "distributor", "ray", "distill"})
 
     @model_validator(mode="after")
     def _unique_teachers(self) -> Recipe:
