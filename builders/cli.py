@@ -269,6 +269,12 @@ def cache() -> None:
     Export it to rebuild a dataset without the endpoints (import it, then build with --offline):
       mp16-reason cache export replies.jsonl
       mp16-reason cache import replies.jsonl --cache other.sqlite
+    \b
+    Run an open teacher offline over the requests a build still needs (vLLM's batch runner):
+      mp16-reason cache export-requests my.yaml --out requests.jsonl
+      vllm run-batch -i requests.jsonl -o results.jsonl --model Qwen/Qwen2.5-VL-72B-Instruct
+      mp16-reason cache import-results results.jsonl
+      mp16-reason build my.yaml --offline
     """
 
 
@@ -305,6 +311,55 @@ def cache_import(source: str, path: str | None) -> None:
     """Add the replies of an export to the cache (existing entries are kept)."""
     with _open_cache(path) as c:
         click.echo(f"imported {c.import_(source):,} new replies into {c.path} ({len(c):,} in all)")
+
+
+@cache.command("export-requests")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "target", required=True, help="JSON Lines file of requests (a local path or a URL).")
+@click.option("--build-out", help="The build folder whose prepared images are asked about (default: the recipe's out).")
+@_cache_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def cache_export_requests(recipe: str, target: str, build_out: str | None, path: str | None, quiet: bool) -> None:
+    """Write the request of every teacher reply RECIPE's build still lacks, as Batch API JSON Lines.
+
+    \b
+    Prepares the build's images first (the work is kept for the build itself). Each line is
+    {"custom_id": <reply-cache key>, "method": "POST", "url": "/v1/chat/completions", "body": <the request an
+    online build sends>}: the input of OpenAI's Batch API and of vLLM's offline batch runner:
+      vllm run-batch -i requests.jsonl -o results.jsonl --model MODEL
+    Then `mp16-reason cache import-results results.jsonl` and `mp16-reason build RECIPE --offline`. The cache
+    remembers what each custom_id asks, so import into the same cache (--cache) that this read.
+    """
+    from .pipeline import export_requests
+    from .recipe import RecipeError, load_recipe
+
+    try:
+        rec = load_recipe(recipe, {"out": build_out, "distill.cache": path})
+        lines = export_requests(rec, target, progress=not quiet)
+    except (RecipeError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in lines:
+        click.echo(line)
+
+
+@cache.command("import-results")
+@click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@_cache_option
+def cache_import_results(results: str, path: str | None) -> None:
+    """Add the replies of a batch results file (OpenAI Batch API output, or `vllm run-batch -o`) to the cache.
+
+    Lines are matched by custom_id to the requests `cache export-requests` (or a batch build) wrote; failed lines
+    are counted and left out, so a later build or export asks for them again.
+    """
+    from .teacher_batch import import_results
+
+    with _open_cache(path) as c:
+        imported, failed, unknown = import_results(results, c)
+        click.echo(
+            f"imported {imported:,} replies into {c.path}; {len(failed):,} failed, {unknown:,} not asked by this cache"
+        )
+        for key, reason in list(failed.items())[:5]:
+            click.echo(f"  failed {key[:12]}: {reason}")
 
 
 @cache.command("info")

@@ -88,8 +88,12 @@ class Distiller:
         if key in self.inflight:  # the same image twice in flight (a duplicate): one request
             reply = await asyncio.shield(self.inflight[key])
             return to_answer(spec, reply) if reply else f"teacher {spec.name}: duplicate request failed"
-        if teacher is None:
-            return f"teacher {spec.name}: no cached reply and the build is offline (distill.offline)"
+        if teacher is None:  # offline, or a batch teacher whose batches are done
+            if key in self.quarantined:
+                return self.quarantined[key]
+            if self.recipe.distill.offline:
+                return f"teacher {spec.name}: no cached reply and the build is offline (distill.offline)"
+            return f"teacher {spec.name}: no reply from its batches"
         future: asyncio.Future[CachedReply | None] = loop.create_future()
         self.inflight[key] = future
         reply = None
@@ -144,7 +148,7 @@ class Distiller:
     async def _run(self, todo: list[int], n_jobs: int) -> None:
         offline = self.recipe.distill.offline
         specs = self.specs
-        teachers = [None if offline else Teacher(s, self.usage[s.name]) for s in specs]
+        teachers = [None if offline or s.mode == "batch" else Teacher(s, self.usage[s.name]) for s in specs]
         loop = asyncio.get_running_loop()
         n_workers = sum(s.max_concurrency for s in self.specs)
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
@@ -213,6 +217,16 @@ class Distiller:
                 if t is not None:
                     await t.close()
 
+    def _batches(self, todo: list[int]) -> None:
+        """Batch teachers first: their replies go into the cache, and the stage below reads them there."""
+        from .teacher_batch import BatchRunner, run_batches
+
+        runners = [
+            BatchRunner(s, self.work, self.cache, self.progress, self.log) for s in self.specs if s.mode == "batch"
+        ]
+        if runners:
+            self.quarantined = run_batches(runners, todo, self.progress, self.log)
+
     def run(self, n_units: int) -> None:
         (self.work / "curated").remove_temporaries()  # units a killed build was writing; they are redone below
         todo = [i for i in range(n_units) if not curated_path(self.work, i).exists()]
@@ -228,7 +242,10 @@ class Distiller:
             hf_logging.disable_progress_bar()  # loading the curation models shows bars of its own
         self.cache = open_cache(self.recipe)
         self.inflight: dict[str, asyncio.Future] = {}
+        self.quarantined: dict[str, str] = {}  # batch requests given up on, with their reasons
         try:
+            if not self.recipe.distill.offline:
+                self._batches(todo)
             asyncio.run(self._run(todo, n_jobs))
         finally:
             self.cache.close()
@@ -265,6 +282,7 @@ class Estimate:
     input_tokens: int
     output_tokens: int
     cost: float | None
+    batch: bool = False
 
     @property
     def requests(self) -> int:
@@ -291,7 +309,8 @@ def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
             tokens_in = sum(PROMPT_TOKENS + image_tokens(w, h, spec.max_pixels) for w, h in todo)
             tokens_out = len(todo) * spec.expected_output_tokens
             cost = spec.cost(tokens_in, tokens_out)
-            out.append(Estimate(spec.name, len(sizes), len(sizes) - len(todo), tokens_in, tokens_out, cost))
+            batch = spec.mode == "batch"
+            out.append(Estimate(spec.name, len(sizes), len(sizes) - len(todo), tokens_in, tokens_out, cost, batch))
         return out
     finally:
         cache.close()

@@ -324,6 +324,39 @@ def build(recipe: Recipe, overwrite: bool = False, progress: bool = True, log=pr
     return Build(recipe, progress=progress, log=log).run(overwrite=overwrite)
 
 
+def prepare(recipe: Recipe, overwrite: bool = False, progress: bool = True) -> tuple[Build, int] | None:
+    """Ingest and prepare the images (local work, resumable, kept for the real build): the build and its number
+    of units, or None when the build is already complete."""
+    b = Build(recipe, progress=progress)
+    if not b._check_out_dir(overwrite):
+        return None
+    n_rows = b._ingest()
+    b._units(n_rows)
+    return b, b._n_units(n_rows)
+
+
+def export_requests(recipe: Recipe, out: str, overwrite: bool = False, progress: bool = True) -> list[str]:
+    """Prepare the images, then write the Batch API request line of every teacher reply the cache lacks."""
+    if not recipe.teachers:
+        return ["this recipe has no teachers: there are no requests to export"]
+    from .distill import open_cache
+    from .teacher_batch import export_requests as write_requests
+    from .units import curated_path
+
+    ready = prepare(recipe, overwrite, progress)
+    if ready is None:
+        return [f"{recipe.out} is already complete for this recipe: there are no requests to export"]
+    b, n_units = ready
+    todo = [i for i in range(n_units) if not curated_path(b.work, i).exists()]
+    cache = open_cache(recipe)
+    try:
+        per = write_requests(b.work, todo, recipe.teachers, cache, out)
+    finally:
+        cache.close()
+    counts = ", ".join(f"{t.name} {per[t.name]:,}" for t in recipe.teachers)
+    return [f"wrote {sum(per.values()):,} requests ({counts}) to {out}; their replies are missing from {cache.path}"]
+
+
 def estimate(recipe: Recipe, overwrite: bool = False, progress: bool = True) -> list[str]:
     """Prepare the images (local work, resumable, kept for the real build) and say what the teacher stage
     would send: requests, tokens and cost per teacher, cached replies left out."""
@@ -331,23 +364,25 @@ def estimate(recipe: Recipe, overwrite: bool = False, progress: bool = True) -> 
         return ["this recipe has no teachers: the build sends no requests"]
     from .distill import estimate as teacher_estimate
 
-    b = Build(recipe, progress=progress)
-    if not b._check_out_dir(overwrite):
-        return [f"{b.out} is already complete for this recipe: the build sends no requests"]
-    n_rows = b._ingest()
-    b._units(n_rows)
+    ready = prepare(recipe, overwrite, progress)
+    if ready is None:
+        return [f"{recipe.out} is already complete for this recipe: the build sends no requests"]
+    b, n_units = ready
     lines, total = [], 0.0
-    estimates = teacher_estimate(recipe, b.work, b._n_units(n_rows))
+    estimates = teacher_estimate(recipe, b.work, n_units)
     for e in estimates:
         cost = f", ${e.cost:,.2f}" if e.cost is not None else ""
         total += e.cost or 0.0
         lines.append(
-            f"{e.teacher}: {e.requests:,} requests ({e.cached:,} of {e.images:,} images cached), "
+            f"{e.teacher}{' (batch)' if e.batch else ''}: {e.requests:,} requests "
+            f"({e.cached:,} of {e.images:,} images cached), "
             f"~{e.input_tokens:,} input + ~{e.output_tokens:,} output tokens{cost}"
         )
     if any(e.cost is not None for e in estimates):
         lines.append(f"total: ${total:,.2f} (token counts are estimates: images at each teacher's budget)")
+    if any(e.batch for e in estimates):
+        lines.append("batch teachers are priced at their batch price (default: half the online price)")
     return lines
 
 
-__all__ = ["BuildError", "Summary", "build", "estimate", "sample_key"]
+__all__ = ["BuildError", "Summary", "build", "estimate", "export_requests", "prepare", "sample_key"]

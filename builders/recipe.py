@@ -126,6 +126,19 @@ class TeacherSpec(_Spec):
     price_input_per_1k: float | None = Field(default=None, ge=0)
     price_output_per_1k: float | None = Field(default=None, ge=0)
     expected_output_tokens: int = Field(default=400, ge=1, description="used by --estimate")
+    mode: Literal["online", "batch"] = Field(
+        default="online",
+        description="online: requests sent as images are ready; batch: Batch API files (OpenAI bills them at half "
+        "price; `vllm run-batch` runs the same files offline), uploaded, submitted and polled before curation",
+    )
+    batch_max_requests: int = Field(default=50_000, ge=1, description="requests per batch file (the API's limit)")
+    batch_max_bytes: int = Field(
+        default=200_000_000, ge=1, description="bytes per batch file (the API's limit; base64 images fill it first)"
+    )
+    batch_poll_s: float = Field(default=60.0, gt=0, description="seconds between looks at submitted batches")
+    batch_completion_window: str = Field(default="24h", description="how long a batch may take before it expires")
+    batch_price_input_per_1k: float | None = Field(default=None, ge=0, description="default: half the online price")
+    batch_price_output_per_1k: float | None = Field(default=None, ge=0, description="default: half the online price")
 
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {
@@ -142,14 +155,29 @@ class TeacherSpec(_Spec):
             "price_input_per_1k",
             "price_output_per_1k",
             "expected_output_tokens",
+            "mode",
+            "batch_max_requests",
+            "batch_max_bytes",
+            "batch_poll_s",
+            "batch_completion_window",
+            "batch_price_input_per_1k",
+            "batch_price_output_per_1k",
         }
     )
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
-        """Price of these tokens, or None when the recipe gives no price."""
-        if self.price_input_per_1k is None and self.price_output_per_1k is None:
+        """Price of these tokens in this teacher's mode, or None when the recipe gives no price. A batch teacher
+        pays its batch price, or half the online price when the recipe gives none (OpenAI's Batch API)."""
+        price_in, price_out = self.price_input_per_1k, self.price_output_per_1k
+        if self.mode == "batch":
+            if self.batch_price_input_per_1k is not None or self.batch_price_output_per_1k is not None:
+                price_in, price_out = self.batch_price_input_per_1k, self.batch_price_output_per_1k
+            else:
+                price_in = None if price_in is None else price_in / 2
+                price_out = None if price_out is None else price_out / 2
+        if price_in is None and price_out is None:
             return None
-        return (input_tokens * (self.price_input_per_1k or 0) + output_tokens * (self.price_output_per_1k or 0)) / 1000
+        return (input_tokens * (price_in or 0) + output_tokens * (price_out or 0)) / 1000
 
     def request_params(self) -> dict[str, Any]:
         """What, besides the image and the prompt, decides a reply (the cache key covers exactly this)."""

@@ -4,6 +4,9 @@ The key is a hash of (image content hash, prompt version, model, request paramet
 URL nor any key or token is part of it or stored in it, so a cache can be shared and published. It is a
 SQLite file in WAL mode, and every reply is committed as soon as it arrives, so a killed build loses at most
 the requests that were in flight. ``export``/``import_`` move it as JSON Lines, to rebuild without endpoints.
+
+Beside the replies it keeps the requests written to batch files (what each ``custom_id`` asked: model, prompt
+version, image and parameters), so that a results file, which names only the ``custom_id``, becomes replies.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class CachedReply:
 
 
 _COLUMNS = tuple(CachedReply.__dataclass_fields__)
+_REQUEST_COLUMNS = ("key", "model", "prompt_version", "image_sha256", "params")  # a reply without its answer
 
 
 class ReplyCache:
@@ -61,6 +65,10 @@ class ReplyCache:
             "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, "
             "image_sha256 TEXT, params TEXT, text TEXT, input_tokens INTEGER, output_tokens INTEGER, "
             "origin TEXT, created REAL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, "
+            "image_sha256 TEXT, params TEXT)"
         )
 
     def get(self, key: str) -> CachedReply | None:
@@ -86,6 +94,23 @@ class ReplyCache:
     def put(self, *replies: CachedReply) -> None:
         """Store replies (a newer reply under the same key replaces the old one)."""
         self._insert(replies, "REPLACE")
+
+    def put_requests(self, requests: Iterable[CachedReply]) -> None:
+        """Remember what these requests ask (their answers empty), to read results that name only their key."""
+        sql = f"INSERT OR REPLACE INTO requests VALUES ({', '.join('?' * len(_REQUEST_COLUMNS))})"
+        self._db.execute("BEGIN")
+        self._db.executemany(sql, [tuple(getattr(r, c) for c in _REQUEST_COLUMNS) for r in requests])
+        self._db.execute("COMMIT")
+
+    def get_requests(self, keys: Iterable[str]) -> dict[str, CachedReply]:
+        """The remembered requests among ``keys``, as replies with no text and no usage yet."""
+        keys, found = list(keys), {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            sql = f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM requests WHERE key IN ({', '.join('?' * len(chunk))})"
+            found.update((row[0], CachedReply(*row, text="", input_tokens=0, output_tokens=0)) for row in
+                         self._db.execute(sql, chunk))  # fmt: skip
+        return found
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]

@@ -139,6 +139,20 @@ def http_client(spec: TeacherSpec) -> Any:
         ) from None
 
 
+def request_body(spec: TeacherSpec, url: str) -> dict[str, Any]:
+    """The chat-completion body asking about one image (its data URL): what an online request sends, and what a
+    batch file's line holds."""
+    req: dict[str, Any] = {"model": spec.model, "messages": messages(url), "temperature": spec.temperature}
+    req["max_tokens"] = spec.max_tokens
+    if spec.top_p is not None:
+        req["top_p"] = spec.top_p
+    if spec.seed is not None:
+        req["seed"] = spec.seed
+    if spec.structured_output:
+        req["response_format"] = response_format()
+    return {**req, **spec.extra_body}  # as the SDK merges ``extra_body``: endpoint-specific keys win
+
+
 class Teacher:
     def __init__(self, spec: TeacherSpec, usage: Usage | None = None) -> None:
         self.spec = spec
@@ -155,22 +169,10 @@ class Teacher:
     def scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
-    def _request(self, url: str) -> dict[str, Any]:
-        s = self.spec
-        req: dict[str, Any] = {"model": s.model, "messages": messages(url), "temperature": s.temperature}
-        req["max_tokens"] = s.max_tokens
-        if s.top_p is not None:
-            req["top_p"] = s.top_p
-        if s.seed is not None:
-            req["seed"] = s.seed
-        if s.structured_output:
-            req["response_format"] = response_format()
-        return {**req, **s.extra_body}  # as the SDK merges ``extra_body``: endpoint-specific keys win
-
     async def ask(self, image_sha256: str, url: str, expected_tokens: int) -> CachedReply:
         """One reply for one image; raises :class:`TeacherFailed` when it cannot be had."""
         s = self.spec
-        request = self._request(url)
+        request = request_body(s, url)
         for attempt in range(s.max_retries + 1):
             wait: float | None = None
             try:

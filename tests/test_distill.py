@@ -18,22 +18,18 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import sample_recipe
+from helpers import sample_recipe, scripted_replies, teacher_recipe
 from teacher_server import TeacherServer
 
 from builders.cli import main
-from builders.images import prepare
 from builders.pipeline import build
-from builders.recipe import Recipe
 from builders.sample import write_sample
-from builders.sample_replies import replies
 from builders.units import curated_path, read_unit
 from builders.validate import validate_build
 from mp16_reason.schema import from_json_bytes
 
 pytest.importorskip("openai")
 SECRET = "sk-live-THIS-MUST-NOT-LEAK-9f8e7d"
-MODELS = ("vendor/teacher-a", "vendor/teacher-b")
 
 
 @pytest.fixture(scope="module")
@@ -43,37 +39,6 @@ def sample_input(tmp_path_factory) -> Path:
     return root
 
 
-def _recipe(sample_input: Path, out: Path, url: str, cache: Path, **overrides) -> Recipe:
-    teachers = [
-        {"name": f"t{i}", "base_url": url, "model": m, "api_key_env": "MP16_TEST_KEY", "max_concurrency": 4,
-         "timeout_s": 0.6, "backoff_s": 0.01, "max_retries": 6, "price_input_per_1k": 0.001,
-         "price_output_per_1k": 0.002}
-        for i, m in enumerate(MODELS)
-    ]  # fmt: skip
-    return sample_recipe(
-        sample_input,
-        out,
-        teachers=teachers,
-        **{"distill.cache": str(cache), "curation.grounding.model": "bundled:scene-segmenter", **overrides},
-    )
-
-
-def _scripted_replies(sample_input: Path, recipe: Recipe):
-    """The server's answers: the authored replies of the scene whose prepared image was sent."""
-    spec = recipe.image
-    by_digest = {}
-    scenes = [json.loads(x) for x in (sample_input / "scenes.jsonl").read_text().splitlines()]
-    for i, scene in enumerate(scenes):
-        data = (sample_input / "images" / scene["file"]).read_bytes()
-        jpeg = prepare(data, spec.max_pixels, spec.jpeg_quality, spec.max_source_pixels, spec.min_side, spec.resample)
-        by_digest[hashlib.sha256(jpeg.jpeg).hexdigest()] = replies(scene, i)
-
-    def reply(image: bytes, request: dict) -> str:
-        return by_digest[hashlib.sha256(image).hexdigest()][MODELS.index(request["model"])]
-
-    return reply, sorted(by_digest)
-
-
 def _shards(out: Path) -> dict[str, str]:
     return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*.tar")}
 
@@ -81,8 +46,8 @@ def _shards(out: Path) -> dict[str, str]:
 def test_faults_are_retried_or_quarantined_and_nothing_is_lost(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", SECRET)
     cache = tmp_path / "cache.sqlite"
-    recipe = _recipe(sample_input, tmp_path / "a", "http://unused/v1", cache)
-    reply, digests = _scripted_replies(sample_input, recipe)
+    recipe = teacher_recipe(sample_input, tmp_path / "a", "http://unused/v1", cache)
+    reply, digests = scripted_replies(sample_input, recipe)
     doomed, leaky = digests[0], digests[1]  # one image always fails with 500, one with a 401 echoing the key
     cycle = {0: "429", 4: "500", 8: "truncated", 12: "nonjson", 16: "timeout"}
 
@@ -91,7 +56,7 @@ def test_faults_are_retried_or_quarantined_and_nothing_is_lost(sample_input, tmp
 
     logs: list[str] = []
     with TeacherServer(reply, fault, hang_s=1.5) as srv:
-        recipe = _recipe(sample_input, tmp_path / "a", srv.url, cache)
+        recipe = teacher_recipe(sample_input, tmp_path / "a", srv.url, cache)
         summary = build(recipe, progress=False, log=logs.append)
         assert set(srv.faults) == {"429", "500", "truncated", "nonjson", "timeout", "401echo"}
         # Every other image was answered by both teachers exactly once (no reply paid for twice).
@@ -108,7 +73,7 @@ def test_faults_are_retried_or_quarantined_and_nothing_is_lost(sample_input, tmp
         validate_build(tmp_path / "a", require_card=False)
 
         # Same recipe, fresh output folder, same cache: only the quarantined requests go out again.
-        again = _recipe(sample_input, tmp_path / "b", srv.url, cache)
+        again = teacher_recipe(sample_input, tmp_path / "b", srv.url, cache)
         build(again, progress=False, log=logs.append)
         assert srv.n - sent == 2 * 7 + 2 * 1  # doomed: 2 teachers x 7 attempts; leaky: 2 x 1 (a 401 is final)
         assert _shards(tmp_path / "a") == _shards(tmp_path / "b")
@@ -116,7 +81,7 @@ def test_faults_are_retried_or_quarantined_and_nothing_is_lost(sample_input, tmp
     # The exported cache rebuilds the same shards with no endpoint at all.
     res = CliRunner().invoke(main, ["cache", "export", str(tmp_path / "replies.jsonl"), "--cache", str(cache)])
     assert res.exit_code == 0, res.output
-    offline = _recipe(
+    offline = teacher_recipe(
         sample_input,
         tmp_path / "c",
         "http://127.0.0.1:9/v1",
@@ -136,10 +101,10 @@ def test_faults_are_retried_or_quarantined_and_nothing_is_lost(sample_input, tmp
 
 def test_curated_records_and_the_localizability_config(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", "k")
-    recipe = _recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
-    reply, _ = _scripted_replies(sample_input, recipe)
+    recipe = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
+    reply, _ = scripted_replies(sample_input, recipe)
     with TeacherServer(reply) as srv:
-        build(_recipe(sample_input, tmp_path / "o", srv.url, tmp_path / "c.sqlite"), progress=False, log=print)
+        build(teacher_recipe(sample_input, tmp_path / "o", srv.url, tmp_path / "c.sqlite"), progress=False, log=print)
     out = tmp_path / "o"
     manifest = json.loads((out / "manifest.json").read_text())
 
@@ -172,11 +137,11 @@ def test_curated_records_and_the_localizability_config(sample_input, tmp_path, m
 
 def test_estimate_sends_nothing_and_counts_the_cache(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", "k")
-    recipe = _recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
-    reply, _ = _scripted_replies(sample_input, recipe)
+    recipe = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
+    reply, _ = scripted_replies(sample_input, recipe)
     with TeacherServer(reply) as srv:
         path = tmp_path / "r.yaml"
-        rec = _recipe(sample_input, tmp_path / "o", srv.url, tmp_path / "c.sqlite")
+        rec = teacher_recipe(sample_input, tmp_path / "o", srv.url, tmp_path / "c.sqlite")
         path.write_text(yaml.safe_dump(rec.model_dump(mode="json")))
         res = CliRunner().invoke(main, ["build", str(path), "--estimate", "--quiet"])
         assert res.exit_code == 0, res.output
@@ -190,13 +155,15 @@ def test_estimate_sends_nothing_and_counts_the_cache(sample_input, tmp_path, mon
 def test_sigkill_during_distillation_then_resume(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", "k")
     cache = tmp_path / "cache.sqlite"
-    recipe = _recipe(sample_input, tmp_path / "o", "http://unused/v1", cache)
-    reply, digests = _scripted_replies(sample_input, recipe)
+    recipe = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", cache)
+    reply, digests = scripted_replies(sample_input, recipe)
     n_jobs = 2 * len(digests)
     env = dict(os.environ)
     with TeacherServer(reply, latency_s=0.1) as srv:
         path = tmp_path / "r.yaml"
-        path.write_text(yaml.safe_dump(_recipe(sample_input, tmp_path / "o", srv.url, cache).model_dump(mode="json")))
+        path.write_text(
+            yaml.safe_dump(teacher_recipe(sample_input, tmp_path / "o", srv.url, cache).model_dump(mode="json"))
+        )
         cmd = [sys.executable, "-m", "builders.cli", "build", str(path), "--quiet"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
@@ -213,7 +180,9 @@ def test_sigkill_during_distillation_then_resume(sample_input, tmp_path, monkeyp
         # The resumed run asked only for what the cache did not hold: nothing finished was paid for twice.
         assert srv.n - before == n_jobs - len(cached)
     with TeacherServer(reply) as srv:
-        build(_recipe(sample_input, tmp_path / "ref", srv.url, tmp_path / "ref.sqlite"), progress=False, log=print)
+        build(
+            teacher_recipe(sample_input, tmp_path / "ref", srv.url, tmp_path / "ref.sqlite"), progress=False, log=print
+        )
     assert _shards(tmp_path / "o") == _shards(tmp_path / "ref")
     validate_build(tmp_path / "o", require_card=False)
 
