@@ -14,6 +14,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from cards import template
 from mp16_reason import REPO_ID, schema
+from mp16_reason.distance import THRESHOLDS_KM
 from mp16_reason.hub import DEFAULT_CONFIG, config_of
 from mp16_reason.storage import Location, location
 
@@ -120,6 +121,8 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
         localizability_rows=localizability_rows,
         multi_teacher=stats.multi_teacher,
         teachers_agree=stats.teachers_agree,
+        teacher_accuracy=stats.teacher_accuracy(),
+        thresholds=THRESHOLDS_KM,
         release=release,
         served=sorted(stats.image_sources.items(), key=lambda kv: -kv[1]) if release else [],
         rejected_reasons=_reason_rows(root) if release else [],

@@ -10,8 +10,13 @@ In order, each configurable and each stating its numbers when it drops an image:
 3. ``agreement``: with two or more answers, the teachers name the same place (each pair, alias-aware) and
    their reasonings are semantically aligned: the mean pairwise cosine of their sentence embeddings reaches
    ``min_similarity``.
-4. ``grounding``: of the entities the chosen reasoning relies on, at least ``min_fraction`` are visible
+4. ``geoclip``: with a coordinate teacher (``kind: geoclip``) and its checks on, GeoCLIP's point lies within
+   ``max_km`` of the photo, and ``any``/``all`` LVLM teachers agree with it (coordinates within ``teacher_km``,
+   or the place the gazetteer gives the point, at ``level``).
+5. ``grounding``: of the entities the chosen reasoning relies on, at least ``min_fraction`` are visible
    according to the segmentation model (see :mod:`builders.grounding`).
+
+Coordinate teachers answer no other filter and never give the reasoning; their answers stay in ``teachers``.
 
 **The sample's reasoning** is that of the teacher, among those that agree with the ground truth, whose
 entities are best grounded; ties go to the higher localizability score, then to the recipe's teacher order.
@@ -35,7 +40,7 @@ from .grounding import EntityMatcher, segmenter
 from .recipe import CurationSpec
 from .teacher_prompt import PROMPT_VERSION, parse_reply
 
-STAGES = ("teacher", "localizability", "ground-truth", "agreement", "grounding")
+STAGES = ("teacher", "localizability", "ground-truth", "agreement", "geoclip", "grounding")
 
 
 @dataclass
@@ -55,9 +60,11 @@ def _place(a: TeacherAnswer) -> str:
 
 
 class Curator:
-    def __init__(self, spec: CurationSpec, n_teachers: int) -> None:
+    def __init__(self, spec: CurationSpec, n_teachers: int, coordinate_teachers: frozenset[str] = frozenset()) -> None:
+        """``n_teachers``: the LVLM teachers; ``coordinate_teachers``: the names of the GeoCLIP ones."""
         self.spec = spec
         self.need = spec.min_teachers or n_teachers
+        self.coordinate_teachers = coordinate_teachers
         self._matcher: EntityMatcher | None = None
 
     # Models load on first use, so a build whose filters are off never loads them.
@@ -79,6 +86,41 @@ class Curator:
             return False
         return self.spec.ground_truth.level == "country" or city_match(a.city, s.city, s.country)
 
+    def _near_point(self, a: TeacherAnswer, point: TeacherAnswer) -> bool:
+        g = self.spec.geoclip
+        near = a.lat is not None and a.lon is not None
+        if near and float(haversine_km(a.lat, a.lon, point.lat, point.lon)) <= g.teacher_km:
+            return True
+        if not country_match(a.country, point.country):
+            return False
+        return g.level == "country" or city_match(a.city, point.city, point.country)
+
+    def _geoclip(self, record: Sample, parsed: list[TeacherAnswer], coords: list[TeacherAnswer], failures: list[str]):
+        """Why GeoCLIP's checks drop this image, or None."""
+        g = self.spec.geoclip
+        if not coords:
+            said = "; ".join(
+                f for f in failures if f.startswith(tuple(f"teacher {n}:" for n in self.coordinate_teachers))
+            )
+            return f"no GeoCLIP answer ({said or 'none'})"
+        point = coords[0]
+        if g.max_km is not None:
+            km = float(haversine_km(point.lat, point.lon, record.lat, record.lon))
+            if km > g.max_km:
+                return (
+                    f"{point.teacher}'s point is {km:,.0f} km from the photo (> {g.max_km:g} km; "
+                    f"confidence {point.confidence or 0:.2f})"
+                )
+        if g.teachers != "off":
+            agree = [a for a in parsed if self._near_point(a, point)]
+            if not agree or (g.teachers == "all" and len(agree) < len(parsed)):
+                said = "; ".join(f"{a.teacher}: {_place(a)}" for a in parsed)
+                return (
+                    f"teachers disagree with {point.teacher}'s point ({_place(point)}) at {g.level} level and "
+                    f"beyond {g.teacher_km:g} km ({said}; require {g.teachers})"
+                )
+        return None
+
     def _same_place(self, a: TeacherAnswer, b: TeacherAnswer) -> bool:
         if not country_match(a.country, b.country):
             return False
@@ -92,6 +134,8 @@ class Curator:
         record = sample.model_copy(deep=True)
         record.teachers = answers
         record.build.prompt_version = PROMPT_VERSION
+        coords = [a for a in answers if a.teacher in self.coordinate_teachers and a.parsed]
+        answers = [a for a in answers if a.teacher not in self.coordinate_teachers]  # the LVLMs' from here on
         parsed = [a for a in answers if a.parsed]
         judges = [a for a in parsed if a.localizable is not None and a.localizability is not None]
         if judges:
@@ -161,6 +205,12 @@ class Curator:
                     "agreement",
                     f"reasonings not aligned: mean cosine {similarity:.2f} < {spec.agreement.min_similarity:g}",
                 )
+
+        geoclip = spec.geoclip
+        if geoclip.enabled and self.coordinate_teachers and (geoclip.max_km is not None or geoclip.teachers != "off"):
+            reason = self._geoclip(record, parsed, coords, failures)
+            if reason:
+                return drop("geoclip", reason)
 
         order = {a.teacher: i for i, a in enumerate(answers)}
         if spec.grounding.enabled:

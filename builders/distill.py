@@ -71,7 +71,8 @@ class Distiller:
         self.recipe, self.work = recipe, location(work_dir)
         self.specs = recipe.teachers
         self.progress, self.log = progress, log
-        self.curator = Curator(recipe.curation, len(self.specs))
+        coordinates = frozenset(s.name for s in self.specs if s.kind == "geoclip")
+        self.curator = Curator(recipe.curation, len(self.specs) - len(coordinates), coordinates)
         self.usage = {s.name: Usage() for s in self.specs}  # requests sent in this run, per teacher
         self.hits: Counter = Counter()  # answers served from the cache in this run
 
@@ -98,12 +99,20 @@ class Distiller:
         self.inflight[key] = future
         reply = None
         try:
-            url = await asyncio.to_thread(jpeg_data_url, jpeg, spec.max_pixels)
-            expected = PROMPT_TOKENS + image_tokens(*size, spec.max_pixels) + spec.max_tokens
-            reply = await teacher.ask(sha, url, expected)
+            if spec.kind == "geoclip":
+                reply = await teacher.ask(sha, jpeg)
+            else:
+                url = await asyncio.to_thread(jpeg_data_url, jpeg, spec.max_pixels)
+                expected = PROMPT_TOKENS + image_tokens(*size, spec.max_pixels) + spec.max_tokens
+                reply = await teacher.ask(sha, url, expected)
             await loop.run_in_executor(self.db, self.cache.put, reply)  # committed before the job counts as done
         except TeacherFailed as exc:
             return teacher.scrub(str(exc))
+        except Exception as exc:
+            if spec.kind != "geoclip":
+                raise
+            teacher.usage.failed += 1
+            return f"teacher {spec.name}: GeoCLIP failed: {type(exc).__name__}: {str(exc)[:300]}"
         finally:
             # Only now, with the reply in the cache, may a duplicate stop waiting here and look there instead.
             future.set_result(reply)
@@ -148,7 +157,7 @@ class Distiller:
     async def _run(self, todo: list[int], n_jobs: int) -> None:
         offline = self.recipe.distill.offline
         specs = self.specs
-        teachers = [None if offline or s.mode == "batch" else Teacher(s, self.usage[s.name]) for s in specs]
+        teachers = [self._teacher(s, offline) for s in specs]
         loop = asyncio.get_running_loop()
         n_workers = sum(s.max_concurrency for s in self.specs)
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * n_workers)
@@ -216,6 +225,14 @@ class Distiller:
             for t in teachers:
                 if t is not None:
                     await t.close()
+
+    def _teacher(self, spec: TeacherSpec, offline: bool) -> object | None:
+        """What answers this teacher's jobs: None where the cache alone does (offline, or batch mode)."""
+        if spec.kind == "geoclip":  # runs here, sends nothing: offline too
+            from .geoclip_teacher import GeoclipTeacher
+
+            return GeoclipTeacher(spec, self.usage[spec.name])
+        return None if offline or spec.mode == "batch" else Teacher(spec, self.usage[spec.name])
 
     def _batches(self, todo: list[int]) -> None:
         """Batch teachers first: their replies go into the cache, and the stage below reads them there."""
@@ -305,6 +322,8 @@ def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
     try:
         out = []
         for spec in recipe.teachers:
+            if spec.kind == "geoclip":  # runs in the build's process: nothing to send, nothing to pay
+                continue
             todo = [wh for sha, wh in sizes.items() if cache.get(spec_key(spec, sha)) is None]
             tokens_in = sum(PROMPT_TOKENS + image_tokens(w, h, spec.max_pixels) for w, h in todo)
             tokens_out = len(todo) * spec.expected_output_tokens

@@ -296,6 +296,10 @@ class Build:
 
             for spec in self.recipe.teachers:
                 api_key(spec)  # a missing key fails now, not after the images are prepared
+        if any(t.kind == "geoclip" for t in self.recipe.teachers):
+            from .geoclip_teacher import check_installed
+
+            check_installed()
         n_rows = self._ingest()
         return self._finish(n_rows, self._units_and_shards(n_rows))
 
@@ -350,10 +354,11 @@ def export_requests(recipe: Recipe, out: str, overwrite: bool = False, progress:
     todo = [i for i in range(n_units) if not curated_path(b.work, i).exists()]
     cache = open_cache(recipe)
     try:
-        per = write_requests(b.work, todo, recipe.teachers, cache, out)
+        lvlms = [t for t in recipe.teachers if t.kind == "openai"]  # GeoCLIP runs in the build itself
+        per = write_requests(b.work, todo, lvlms, cache, out)
     finally:
         cache.close()
-    counts = ", ".join(f"{t.name} {per[t.name]:,}" for t in recipe.teachers)
+    counts = ", ".join(f"{t.name} {per[t.name]:,}" for t in lvlms)
     return [f"wrote {sum(per.values()):,} requests ({counts}) to {out}; their replies are missing from {cache.path}"]
 
 

@@ -97,11 +97,15 @@ class ShardSpec(_Spec):
 
 
 class TeacherSpec(_Spec):
-    """One teacher LVLM behind an OpenAI-compatible endpoint (vLLM, ``transformers serve``, OpenAI, ...)."""
+    """One teacher: an LVLM behind an OpenAI-compatible endpoint (vLLM, ``transformers serve``, OpenAI, ...), or
+    GeoCLIP run in the build's process (``kind: geoclip``: coordinates with a confidence, no reasoning)."""
 
     name: str = Field(min_length=1, description="short name used in records and logs")
-    base_url: str = Field(description="endpoint root, e.g. http://localhost:8000/v1")
-    model: str = Field(description="model id the endpoint serves")
+    kind: Literal["openai", "geoclip"] = Field(
+        default="openai", description="openai: an LVLM endpoint; geoclip: GeoCLIP's GPS prediction, run in-process"
+    )
+    base_url: str = Field(default="", description="endpoint root, e.g. http://localhost:8000/v1 (kind openai)")
+    model: str = Field(default="", description="model id the endpoint serves (kind geoclip: recorded name)")
     api_key_env: str | None = Field(default=None, description="environment variable holding the API key, if any")
     temperature: float = Field(default=0.7, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -139,6 +143,12 @@ class TeacherSpec(_Spec):
     batch_completion_window: str = Field(default="24h", description="how long a batch may take before it expires")
     batch_price_input_per_1k: float | None = Field(default=None, ge=0, description="default: half the online price")
     batch_price_output_per_1k: float | None = Field(default=None, ge=0, description="default: half the online price")
+    # kind: geoclip
+    top_k: int = Field(default=5, ge=1, description="GeoCLIP: ranked guesses kept in the record (the first is lat/lon)")
+    clip_model: str = Field(
+        default="openai/clip-vit-large-patch14", description="GeoCLIP's image tower: a path or a Hub id (cached)"
+    )
+    device: str = Field(default="cpu", description="GeoCLIP: torch device, e.g. cuda or cuda:1")
 
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {
@@ -162,8 +172,20 @@ class TeacherSpec(_Spec):
             "batch_completion_window",
             "batch_price_input_per_1k",
             "batch_price_output_per_1k",
+            "device",
         }
     )
+    GEOCLIP_FIELDS: ClassVar[frozenset[str]] = frozenset({"kind", "top_k", "clip_model"})
+
+    @model_validator(mode="after")
+    def _kind(self) -> TeacherSpec:
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError(f"teacher {self.name!r} needs base_url and model (or kind: geoclip)")
+        if self.kind == "geoclip":
+            if self.mode == "batch":
+                raise ValueError(f"teacher {self.name!r}: kind geoclip runs in-process; mode batch is for endpoints")
+            self.model = self.model or "GeoCLIP"
+        return self
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
         """Price of these tokens in this teacher's mode, or None when the recipe gives no price. A batch teacher
@@ -181,7 +203,9 @@ class TeacherSpec(_Spec):
 
     def request_params(self) -> dict[str, Any]:
         """What, besides the image and the prompt, decides a reply (the cache key covers exactly this)."""
-        return self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS) | {"name", "model"})
+        if self.kind == "geoclip":
+            return self.model_dump(mode="json", include=set(self.GEOCLIP_FIELDS))
+        return self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS) | self.GEOCLIP_FIELDS | {"name", "model"})
 
 
 class DistillSpec(_Spec):
@@ -228,6 +252,22 @@ class GroundingFilter(_Spec):
     )
 
 
+class GeoclipFilter(_Spec):
+    """Checks that use a coordinate teacher (``kind: geoclip``) when the recipe has one."""
+
+    enabled: bool = True
+    max_km: float | None = Field(
+        default=None, gt=0, description="GeoCLIP's point must lie this close to the photo (none: not checked)"
+    )
+    teachers: Literal["off", "any", "all"] = Field(
+        default="off", description="LVLM teachers whose answer must agree with GeoCLIP's point"
+    )
+    teacher_km: float = Field(default=25.0, gt=0, description="a teacher's coordinates this close to the point agree")
+    level: Literal["country", "city"] = Field(
+        default="city", description="or the teacher's place matches the geocoded place of GeoCLIP's point"
+    )
+
+
 class CurationSpec(_Spec):
     min_teachers: int | None = Field(
         default=None, ge=1, description="parsed answers an image needs (default: every teacher's)"
@@ -236,6 +276,7 @@ class CurationSpec(_Spec):
     ground_truth: GroundTruthFilter = Field(default_factory=GroundTruthFilter)
     agreement: AgreementFilter = Field(default_factory=AgreementFilter)
     grounding: GroundingFilter = Field(default_factory=GroundingFilter)
+    geoclip: GeoclipFilter = Field(default_factory=GeoclipFilter)
 
 
 class RaySpec(_Spec):
@@ -275,8 +316,9 @@ class Recipe(_Spec):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
-        if self.curation.min_teachers and self.curation.min_teachers > len(self.teachers):
-            raise ValueError(f"curation.min_teachers is {self.curation.min_teachers} but there are {len(names)}")
+        lvlms = [t for t in self.teachers if t.kind == "openai"]
+        if self.curation.min_teachers and self.curation.min_teachers > len(lvlms):
+            raise ValueError(f"curation.min_teachers is {self.curation.min_teachers} but there are {len(lvlms)} LVLMs")
         return self
 
     def output_dict(self, inputs: dict | None = None) -> dict[str, Any]:

@@ -54,6 +54,12 @@ class Stats:
     release_answers: int = 0  # samples with the official release's answer
     release_country: int = 0  # ... whose country matches the gazetteer's (alias-aware)
     release_city: int = 0  # ... whose country and city do
+    located: Counter = field(default_factory=Counter)  # teacher -> answers with coordinates
+    within: dict[str, list[int]] = field(default_factory=dict)  # teacher -> answers within each THRESHOLDS_KM
+
+    def teacher_accuracy(self) -> list[tuple[str, int, list[float]]]:
+        """(teacher, answers with coordinates, % within each threshold) for teachers that gave coordinates."""
+        return [(name, n, [100.0 * k / n for k in self.within[name]]) for name, n in self.located.items() if n]
 
     def top_countries(self, n: int = 15) -> list[tuple[str, int]]:
         return self.countries.most_common(n)
@@ -64,6 +70,7 @@ class Stats:
 
 
 def compute(root: str | Path, manifest: dict | None = None) -> Stats:
+    from mp16_reason.distance import THRESHOLDS_KM, haversine_km
     from mp16_reason.matching import city_match, country_match
     from mp16_reason.names import normalize
 
@@ -85,6 +92,12 @@ def compute(root: str | Path, manifest: dict | None = None) -> Stats:
         served = rec.get("source", {}).get("image_source") or {}
         stats.image_sources[(served.get("kind", ""), served.get("name", ""))] += 1
         for t in rec.get("teachers", []):
+            if t.get("lat") is not None and t.get("lon") is not None:
+                km = float(haversine_km(t["lat"], t["lon"], rec["lat"], rec["lon"]))
+                stats.located[t["teacher"]] += 1
+                hits = stats.within.setdefault(t["teacher"], [0] * len(THRESHOLDS_KM))
+                for i, limit in enumerate(THRESHOLDS_KM):
+                    hits[i] += km <= limit
             if t.get("origin") == "release":
                 stats.release_answers += 1
                 if country_match(t.get("country"), rec.get("country")):

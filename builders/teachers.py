@@ -23,7 +23,7 @@ from aiolimiter import AsyncLimiter
 from openai.types.chat import ChatCompletion
 
 from mp16_reason.jpeg import fit_budget
-from mp16_reason.schema import Entity, TeacherAnswer
+from mp16_reason.schema import Entity, GeoGuess, TeacherAnswer
 
 from .recipe import TeacherSpec
 from .teacher_cache import CachedReply, cache_key
@@ -232,6 +232,8 @@ class Teacher:
 
 def to_answer(spec: TeacherSpec, reply: CachedReply) -> TeacherAnswer:
     """A reply, parsed into the record's :class:`TeacherAnswer` (raw text kept only when unparsed)."""
+    if spec.kind == "geoclip":
+        return geoclip_answer(spec, reply)
     parsed = parse_reply(reply.text)
     base = {
         "teacher": spec.name,
@@ -255,4 +257,26 @@ def to_answer(spec: TeacherSpec, reply: CachedReply) -> TeacherAnswer:
         city=r.city.strip(),
         lat=r.lat,
         lon=r.lon,
+    )
+
+
+def geoclip_answer(spec: TeacherSpec, reply: CachedReply) -> TeacherAnswer:
+    """GeoCLIP's reply: its best point (with the country and city the gazetteer places there), its probability as
+    the confidence, and the ranked guesses."""
+    from mp16_reason.gazetteer import default_gazetteer  # loaded once, by the build already
+
+    guesses = [GeoGuess(**g) for g in json.loads(reply.text)["top_k"]]
+    best = guesses[0]
+    place = default_gazetteer().reverse(best.lat, best.lon)
+    return TeacherAnswer(
+        teacher=spec.name,
+        model=reply.model,
+        parsed=True,
+        country=place.country or "",
+        city=place.city or "",
+        lat=best.lat,
+        lon=best.lon,
+        confidence=best.probability,
+        top_k=guesses,
+        origin="local",
     )

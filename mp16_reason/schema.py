@@ -25,7 +25,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SCHEMA_VERSION = "1.2"  # 1.2: source.image_source, image.reencoded, teachers[].origin "release"; 1.1: origin
+# 1.3: teachers[].confidence, teachers[].top_k, origin "local" (GeoCLIP); 1.2: source.image_source,
+# image.reencoded, teachers[].origin "release"; 1.1: origin
+SCHEMA_VERSION = "1.3"
 PROMPT_VERSION_UNSET = ""
 
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
@@ -47,6 +49,14 @@ class Entity(_Model):
     grounded: bool | None = None
 
 
+class GeoGuess(_Model):
+    """One of a coordinate teacher's ranked guesses (GeoCLIP: a GPS gallery point and its probability)."""
+
+    lat: Latitude
+    lon: Longitude
+    probability: Score
+
+
 class TeacherAnswer(_Model):
     """One teacher model's answer for one image, with its provenance (never any secret)."""
 
@@ -62,13 +72,19 @@ class TeacherAnswer(_Model):
     city: str = ""
     lat: Latitude | None = None
     lon: Longitude | None = None
+    confidence: Score | None = Field(
+        default=None, description="the teacher's probability for lat/lon (GeoCLIP: its top gallery point's)"
+    )
+    top_k: list[GeoGuess] = Field(
+        default_factory=list, description="a coordinate teacher's ranked guesses, best first (lat/lon is the first)"
+    )
     raw: str = Field(default="", description="the raw reply, kept only when it could not be parsed")
     input_tokens: Count = 0
     output_tokens: Count = 0
-    origin: Literal["endpoint", "authored", "release"] = Field(
+    origin: Literal["endpoint", "authored", "release", "local"] = Field(
         default="endpoint",
         description="endpoint: a model's reply; authored: written by hand (the offline sample); release: the "
-        "official MP16-Reason release's reasoning and answer",
+        "official MP16-Reason release's reasoning and answer; local: a model run by the build itself (GeoCLIP)",
     )
 
 

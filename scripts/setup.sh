@@ -14,6 +14,11 @@ if [[ ",$EXTRAS," == *",train,"* || ",$EXTRAS," == *",build,"* ]]; then
   .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
 fi
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[${EXTRAS}]"
+# GeoCLIP, the coordinate teacher (kind: geoclip), without its declared torchvision, which has no build for
+# this torch on CPU machines and which its inference code never imports; what it does need comes with [build].
+if [[ ",$EXTRAS," == *",build,"* ]]; then
+  .venv/bin/python -m pip install -q --no-deps "geoclip>=1.3,<2"
+fi
 # The tests serve datasets and models through olah, a read-only Hub mirror, from its own environment
 # (its pins would downgrade ours). TEST_HUB=0 skips it; the Hub tests then skip too.
 if [[ ",$EXTRAS," == *",dev,"* && "${TEST_HUB:-1}" != "0" ]]; then

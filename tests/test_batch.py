@@ -162,12 +162,19 @@ def test_a_killed_build_resumes_polling_and_submits_nothing_twice(sample_input, 
         batches = state.parent.parent
         chunks = [c for t in ("t0", "t1") for c in json.loads((batches / t / "state.json").read_text())["chunks"]]
         assert len(server.batches) >= 3 and chunks and not any(c["imported"] for c in chunks)
+        # Meanwhile someone cancels one of them (as from the provider's dashboard): its requests go to a new batch.
+        import openai
+
+        client = openai.OpenAI(base_url=server.url, api_key=SECRET)
+        assert client.batches.cancel(chunks[0]["batch_id"]).status == "cancelled"
+        cancelled = {line["custom_id"] for line in server.batches[chunks[0]["batch_id"]]["lines"]}
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-    # Every request was submitted once, but the doomed image's, retried after its batch ended.
-    assert {
-        n for k, n in server.submitted.items() if hashlib.sha256(image_of(server.bodies[k])).hexdigest() != doomed
-    } == {1}
+    # Every request was submitted once, but the cancelled batch's and the doomed image's, retried after their
+    # batches ended.
+    doomed_keys = {k for k, b in server.bodies.items() if hashlib.sha256(image_of(b)).hexdigest() == doomed}
+    assert {n for k, n in server.submitted.items() if k not in cancelled | doomed_keys} == {1}
+    assert {server.submitted[k] for k in cancelled - doomed_keys} == {2}
     assert _shards(tmp_path / "out") == _shards(reference)
 
 

@@ -1,0 +1,150 @@
+"""GeoCLIP as a coordinate teacher: GPS predictions with a confidence, run in the build's process.
+
+GeoCLIP (Vivanco Cepeda et al., NeurIPS 2023), the paper's third teacher, scores a CLIP ViT-L/14 image embedding
+against the embeddings of a gallery of 100K GPS points. The ``geoclip`` wheel ships its location encoder
+weights and the gallery; its image tower loads like any transformers CLIP model (a path or a Hub id, cached).
+The gallery's embeddings do not depend on the image, so they are computed once per process: each image then
+costs one pass of the image tower and one matrix product. Images are scored in batches of up to the teacher's
+``max_concurrency``.
+
+A reply is cached like an endpoint's: its text is the JSON of the ranked guesses, keyed by the image hash, the
+recorded model name and the settings that change the answer (``top_k``, ``clip_model``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import json
+from typing import Any
+
+from mp16_reason.schema import GeoGuess
+
+from .recipe import TeacherSpec
+from .teacher_cache import CachedReply
+from .teachers import Usage, new_reply
+
+INSTALL = (
+    "pip install --no-deps geoclip (it declares torchvision, which it does not import; its runtime needs, torch, "
+    "transformers, huggingface_hub, safetensors, pandas and pillow, come with mp16-reason[build])"
+)
+
+
+def check_installed() -> None:
+    """Fail before any work when a recipe's GeoCLIP teacher cannot run here."""
+    import importlib.util
+
+    if importlib.util.find_spec("geoclip") is None:
+        raise ValueError(f"the recipe has a teacher of kind geoclip, which needs the geoclip package: {INSTALL}")
+
+
+def load_geoclip(spec: TeacherSpec) -> Any:
+    """GeoCLIP with its bundled location encoder and gallery, and the image tower ``spec.clip_model``."""
+    try:
+        from geoclip import GeoCLIP
+    except ImportError as exc:
+        raise RuntimeError(
+            f"teacher {spec.name!r} has kind: geoclip, which needs the geoclip package: {INSTALL}"
+        ) from exc
+    return GeoCLIP(from_pretrained=True, clip_path=spec.clip_model).to(spec.device).eval()
+
+
+class GeoclipScorer:
+    """Ranked gallery points for images: the model, and the gallery's normalised embeddings, computed once."""
+
+    def __init__(self, spec: TeacherSpec, model: Any = None) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        self.device, self.torch = spec.device, torch
+        self.model = model if model is not None else load_geoclip(spec)
+        with torch.no_grad():
+            gallery = self.model.gps_gallery.to(spec.device)
+            self.points = gallery.cpu().tolist()
+            parts = [
+                F.normalize(self.model.location_encoder(gallery[i : i + 8192]), dim=1)
+                for i in range(0, len(gallery), 8192)
+            ]
+            self.gallery = torch.cat(parts)
+            self.scale = self.model.logit_scale.exp()
+
+    def __call__(self, jpegs: list[bytes], top_k: int) -> list[list[GeoGuess]]:
+        """GeoCLIP's ``predict`` for a batch of JPEGs: softmax over the gallery, top ``top_k`` points."""
+        import torch.nn.functional as F
+        from PIL import Image
+
+        torch = self.torch
+        images = []
+        for data in jpegs:
+            with Image.open(io.BytesIO(data)) as img:
+                images.append(img.convert("RGB"))
+        with torch.no_grad():
+            pixels = self.model.image_encoder.preprocess_image(images).to(self.device)
+            features = F.normalize(self.model.image_encoder(pixels), dim=1)
+            probs = (self.scale * features @ self.gallery.T).softmax(dim=-1)
+            top = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        out = []
+        for values, indices in zip(top.values.cpu().tolist(), top.indices.cpu().tolist()):
+            out.append(
+                [
+                    GeoGuess(lat=self.points[i][0], lon=self.points[i][1], probability=round(min(1.0, p), 6))
+                    for p, i in zip(values, indices)
+                ]
+            )
+        return out
+
+
+@functools.lru_cache(maxsize=2)
+def scorer(clip_model: str, device: str) -> GeoclipScorer:
+    """One scorer per image tower and device in a process (the gallery's embeddings take ~17 s on two cores)."""
+    return GeoclipScorer(TeacherSpec(name="geoclip", kind="geoclip", clip_model=clip_model, device=device))
+
+
+def reply_text(guesses: list[GeoGuess]) -> str:
+    return json.dumps({"top_k": [g.model_dump() for g in guesses]}, separators=(",", ":"))
+
+
+class GeoclipTeacher:
+    """The teacher stage's view of GeoCLIP: ``ask`` one image, answered in batches on a thread of its own (torch
+    lets go of the GIL), the model loaded on the first ask, so a build whose replies are cached never loads it."""
+
+    def __init__(self, spec: TeacherSpec, usage: Usage | None = None, scorer: GeoclipScorer | None = None) -> None:
+        self.spec, self.usage = spec, usage if usage is not None else Usage()
+        self._scorer = scorer
+        self._pending: list[tuple[bytes, asyncio.Future]] = []
+        self._drain: asyncio.Task | None = None
+
+    def scrub(self, text: str) -> str:
+        return text
+
+    async def ask(self, image_sha256: str, jpeg: bytes) -> CachedReply:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((jpeg, future))
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.ensure_future(self._run())
+        guesses = await future
+        self.usage.requests += 1
+        return new_reply(self.spec, image_sha256, reply_text(guesses), origin="local")
+
+    async def _run(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0)  # let the other workers add their images to this batch
+            batch, self._pending = (
+                self._pending[: self.spec.max_concurrency],
+                self._pending[self.spec.max_concurrency :],
+            )
+            try:
+                if self._scorer is None:
+                    self._scorer = await asyncio.to_thread(scorer, self.spec.clip_model, self.spec.device)
+                results = await asyncio.to_thread(self._scorer, [jpeg for jpeg, _ in batch], self.spec.top_k)
+            except Exception as exc:  # every image of the batch fails with the reason; nothing is cached
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, future), guesses in zip(batch, results):
+                future.set_result(guesses)
+
+    async def close(self) -> None:
+        if self._drain is not None:
+            await self._drain
