@@ -89,3 +89,12 @@ class S3Server:
         import fsspec
 
         fsspec.filesystem("s3").clear_instance_cache()
+
+
+def upload(local: Path, url: str) -> None:
+    """Every file under ``local`` to the S3 prefix ``url``, at the same relative paths."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        fs.put_file(str(path), f"{url.removeprefix('s3://')}/{path.relative_to(local).as_posix()}")

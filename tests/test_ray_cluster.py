@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import sample_recipe
-from s3_server import S3Server, rclone
+from s3_server import S3Server, rclone, upload
 
 from builders.pipeline import build
 from builders.sample import write_sample
@@ -59,14 +59,6 @@ def sample_input(tmp_path_factory):
     return root
 
 
-def _upload(local: Path, url: str) -> None:
-    import fsspec
-
-    fs = fsspec.filesystem("s3")
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        fs.put_file(str(path), f"{url.removeprefix('s3://')}/{path.relative_to(local).as_posix()}")
-
-
 def _ray_build(recipe: dict, tmp_path: Path, cluster, name: str) -> subprocess.Popen:
     """``mp16-reason build RECIPE --distributor ray`` as its own driver process, joining the cluster."""
     path = tmp_path / f"{name}.yaml"
@@ -93,7 +85,7 @@ def test_units_on_the_second_node_write_to_s3_and_match_the_local_build(s3, clus
     node = cluster.add_node(num_cpus=1, resources=SECOND, object_store_memory=80 * 1024 * 1024)
     try:
         prefix = s3.bucket("ray-inputs") + "/sample"
-        _upload(sample_input, prefix)
+        upload(sample_input, prefix)
         local = tmp_path / "local"
         build(sample_recipe(sample_input, local), progress=False)
         out = s3.bucket("ray-builds") + "/sample"
@@ -144,7 +136,7 @@ def test_a_node_killed_mid_build_gives_the_uninterrupted_shards(s3, cluster, sam
         (tmp_path / "urls").mkdir()
         rows.to_csv(tmp_path / "urls" / "metadata.csv", index=False)
         prefix = s3.bucket("ray-inputs") + "/urls"
-        _upload(tmp_path / "urls", prefix)
+        upload(tmp_path / "urls", prefix)
         settings = {"input.metadata": prefix + "/metadata.csv", "input.images": [], "unit_size": 4,
                     "fetch.threads": 1}  # fmt: skip
         reference = tmp_path / "uninterrupted"

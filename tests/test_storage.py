@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from helpers import sample_recipe
-from s3_server import KEY, SECRET, S3Server, rclone
+from s3_server import KEY, SECRET, S3Server, rclone, upload
 
 from builders.pipeline import build
 from builders.sample import write_sample
@@ -119,14 +119,6 @@ def test_a_killed_build_on_s3_resumes_to_the_same_shards(sample_input, local_bui
     assert json.loads(Location(out + "/manifest.json").read_text())["shards"] == here["shards"]
 
 
-def _upload(local, url: str) -> None:
-    import fsspec
-
-    fs = fsspec.filesystem("s3")
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        fs.put_file(str(path), f"{url.removeprefix('s3://')}/{path.relative_to(local).as_posix()}")
-
-
 @pytest.mark.parametrize("images", ["folder", "tar"])
 def test_the_same_build_from_inputs_on_s3(sample_input, local_build, s3, tmp_path, images):
     """Metadata and images on the object store (a folder prefix, or a tar read by ranged GETs) build the
@@ -134,14 +126,14 @@ def test_the_same_build_from_inputs_on_s3(sample_input, local_build, s3, tmp_pat
     import tarfile
 
     prefix = s3.bucket("inputs") + f"/{images}"
-    _upload(sample_input, prefix)
+    upload(sample_input, prefix)
     if images == "tar":
         tar_path = tmp_path / "archive" / "images.tar"
         tar_path.parent.mkdir()
         with tarfile.open(tar_path, "w") as tar:
             for p in sorted((sample_input / "images").iterdir()):
                 tar.add(p, arcname=p.name)
-        _upload(tar_path.parent, prefix + "/tar")
+        upload(tar_path.parent, prefix + "/tar")
         local = tmp_path / "local-tar-build"
         build(sample_recipe(sample_input, local, **{"input.images": str(tar_path)}), progress=False)
         source = prefix + "/tar/images.tar"

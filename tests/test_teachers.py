@@ -99,7 +99,18 @@ def test_cache_key_covers_what_decides_a_reply_only():
     a = TeacherSpec(name="a", base_url="http://one/v1", model="m", api_key_env="KEY_A", max_concurrency=2)
     b = TeacherSpec(name="b", base_url="http://two/v1", model="m", api_key_env="KEY_B", max_concurrency=64)
     assert a.request_params() == b.request_params()  # URL, key, limits: not part of the key
-    assert a.request_params() != TeacherSpec(name="a", base_url="", model="m", temperature=0.1).request_params()
+    assert (
+        a.request_params()
+        != TeacherSpec(name="a", base_url="http://one/v1", model="m", temperature=0.1).request_params()
+    )
+    batch = TeacherSpec(name="a", base_url="http://one/v1", model="m", mode="batch", batch_poll_s=5)
+    assert batch.request_params() == a.request_params()  # how a reply is asked for is not what it is
+    g = TeacherSpec(name="g", kind="geoclip", top_k=3, device="cuda")
+    assert g.request_params() == {"kind": "geoclip", "top_k": 3, "clip_model": "openai/clip-vit-large-patch14"}
+    with pytest.raises(ValueError, match="needs base_url and model"):
+        TeacherSpec(name="a", model="m")
+    with pytest.raises(ValueError, match="mode batch is for endpoints"):
+        TeacherSpec(name="g", kind="geoclip", mode="batch")
 
 
 def test_cache_persists_exports_and_imports(tmp_path):
