@@ -549,6 +549,14 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
             elif self.path == "/slow.jpg":
                 time.sleep(1.0)  # past the client's timeout: no answer
                 return
+            elif self.path == "/hangs-up.jpg":  # answers, then drops the kept-alive connection unannounced
+                body = b"jpegbytes"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+                return
             else:
                 body, code = b"", 404
             self.send_response(code)
@@ -570,6 +578,10 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
         with pytest.raises(FetchError, match=r"dead link \(HTTP 404\) after 1 attempt"):
             src.fetch(f"{base}/gone.jpg")
         assert len(client_ports) == 1  # one kept-alive connection served every request above
+        # A server that closed an idle kept-alive connection costs no attempt: the request goes again on a new one.
+        once = UrlSource(timeout_s=2, retries=0)
+        assert once.fetch(f"{base}/hangs-up.jpg") == b"jpegbytes"
+        assert once.fetch(f"{base}/ok.jpg") == b"jpegbytes" and len(client_ports) == 3
         with pytest.raises(FetchError, match=r"dead link \(timeout\) after 2 attempt"):
             UrlSource(timeout_s=0.2, retries=1, backoff_s=0.01).fetch(f"{base}/slow.jpg")
         with pytest.raises(FetchError, match=r"dead link \(cannot connect: .*\) after 2 attempt"):
