@@ -43,7 +43,8 @@ from mp16_reason.cli import main
 @click.option(
     "--estimate",
     is_flag=True,
-    help="Prepare the images, then print the teacher requests, tokens and cost the build would spend; send nothing.",
+    help="Prepare the images, then print the teacher requests, tokens and cost the build would spend (batch "
+    "teachers at their batch price); send nothing.",
 )
 @click.option("--overwrite", is_flag=True, help="Delete a build of a different recipe found in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
