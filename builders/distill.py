@@ -109,8 +109,10 @@ class Distiller:
         except TeacherFailed as exc:
             return teacher.scrub(str(exc))
         except Exception as exc:
-            if spec.kind != "geoclip":
-                raise
+            from .geoclip_teacher import GeoclipUnavailable
+
+            if spec.kind != "geoclip" or isinstance(exc, GeoclipUnavailable):
+                raise  # not an image's fault: the build stops and says what to fix
             teacher.usage.failed += 1
             return f"teacher {spec.name}: GeoCLIP failed: {type(exc).__name__}: {str(exc)[:300]}"
         finally:

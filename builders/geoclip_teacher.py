@@ -31,6 +31,10 @@ INSTALL = (
 )
 
 
+class GeoclipUnavailable(ValueError):
+    """GeoCLIP could not be loaded: a setting or an install to fix, not an image to quarantine."""
+
+
 def check_installed() -> None:
     """Fail before any work when a recipe's GeoCLIP teacher cannot run here."""
     import importlib.util
@@ -136,14 +140,25 @@ class GeoclipTeacher:
             )
             try:
                 if self._scorer is None:
-                    self._scorer = await asyncio.to_thread(scorer, self.spec.clip_model, self.spec.device)
+                    self._scorer = await asyncio.to_thread(self._load)
                 results = await asyncio.to_thread(self._scorer, [jpeg for jpeg, _ in batch], self.spec.top_k)
             except Exception as exc:  # every image of the batch fails with the reason; nothing is cached
+                if isinstance(exc, GeoclipUnavailable):  # no image will fare better: all fail at once
+                    batch, self._pending = batch + self._pending, []
                 for _, future in batch:
                     future.set_exception(exc)
                 continue
             for (_, future), guesses in zip(batch, results):
                 future.set_result(guesses)
+
+    def _load(self) -> GeoclipScorer:
+        try:
+            return scorer(self.spec.clip_model, self.spec.device)
+        except Exception as exc:
+            raise GeoclipUnavailable(
+                f"teacher {self.spec.name!r}: GeoCLIP could not be loaded (clip_model {self.spec.clip_model}, "
+                f"device {self.spec.device}): {type(exc).__name__}: {str(exc)[:300]}"
+            ) from exc
 
     async def close(self) -> None:
         if self._drain is not None:

@@ -157,6 +157,18 @@ def test_builds_record_geoclip_answers_reuse_them_and_curate_by_distance(sample_
     assert row.count("%") == 5 and "≤ 2500 km" in card
 
 
+def test_a_geoclip_that_cannot_load_stops_the_build_with_the_fix(sample_input, tmp_path, monkeypatch):
+    monkeypatch.setenv("MP16_TEST_KEY", "key")
+    base = teacher_recipe(sample_input, tmp_path / "a", "http://unused/v1", tmp_path / "c.sqlite")
+    reply, _ = scripted_replies(sample_input, base)
+    with TeacherServer(reply) as srv:
+        recipe = _with_geoclip(teacher_recipe(sample_input, tmp_path / "a", srv.url, tmp_path / "c.sqlite"),
+                               str(tmp_path / "no-such-clip"))  # fmt: skip
+        with pytest.raises(ValueError, match=r"GeoCLIP could not be loaded \(clip_model .*no-such-clip"):
+            build(recipe, progress=False, log=lambda *_: None)
+    assert not (tmp_path / "a" / "manifest.json").exists()
+
+
 def _answer(name: str, country: str, city: str, lat: float | None = None, lon: float | None = None) -> TeacherAnswer:
     return TeacherAnswer(teacher=name, model="m", parsed=True, country=country, city=city, lat=lat, lon=lon,
                          localizable=True, localizability=0.9, reasoning="r")  # fmt: skip
