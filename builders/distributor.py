@@ -107,8 +107,7 @@ def run_ray(
             ignore_reinit_error=True,
             log_to_driver=False,
         )
-    options = {"max_retries": 3, **(options or {})}
-    remote = ray.remote(retry_exceptions=True, **options)(fn)
+    remote = ray.remote(retry_exceptions=True, **(options or {}))(fn)  # Ray's own default: 3 retries
     pending = [remote.remote(t) for t in tasks]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
@@ -119,7 +118,7 @@ def _has_address() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
-DISTRIBUTORS = {"local": run_local, "ray": run_ray}
+DISTRIBUTORS = ("local", "ray")
 
 
 def run(

@@ -43,28 +43,24 @@ def check_installed() -> None:
         raise ValueError(f"the recipe has a teacher of kind geoclip, which needs the geoclip package: {INSTALL}")
 
 
-def load_geoclip(spec: TeacherSpec) -> Any:
-    """GeoCLIP with its bundled location encoder and gallery, and the image tower ``spec.clip_model``."""
-    try:
-        from geoclip import GeoCLIP
-    except ImportError as exc:
-        raise RuntimeError(
-            f"teacher {spec.name!r} has kind: geoclip, which needs the geoclip package: {INSTALL}"
-        ) from exc
-    return GeoCLIP(from_pretrained=True, clip_path=spec.clip_model).to(spec.device).eval()
+def load_geoclip(clip_model: str, device: str) -> Any:
+    """GeoCLIP with its bundled location encoder and gallery, and the image tower ``clip_model``."""
+    from geoclip import GeoCLIP  # a build checks the install first (check_installed), with the fix
+
+    return GeoCLIP(from_pretrained=True, clip_path=clip_model).to(device).eval()
 
 
 class GeoclipScorer:
     """Ranked gallery points for images: the model, and the gallery's normalised embeddings, computed once."""
 
-    def __init__(self, spec: TeacherSpec, model: Any = None) -> None:
+    def __init__(self, clip_model: str, device: str) -> None:
         import torch
         import torch.nn.functional as F
 
-        self.device, self.torch = spec.device, torch
-        self.model = model if model is not None else load_geoclip(spec)
+        self.device = device
+        self.model = load_geoclip(clip_model, device)
         with torch.no_grad():
-            gallery = self.model.gps_gallery.to(spec.device)
+            gallery = self.model.gps_gallery.to(device)
             self.points = gallery.cpu().tolist()
             parts = [
                 F.normalize(self.model.location_encoder(gallery[i : i + 8192]), dim=1)
@@ -75,10 +71,10 @@ class GeoclipScorer:
 
     def __call__(self, jpegs: list[bytes], top_k: int) -> list[list[GeoGuess]]:
         """GeoCLIP's ``predict`` for a batch of JPEGs: softmax over the gallery, top ``top_k`` points."""
+        import torch
         import torch.nn.functional as F
         from PIL import Image
 
-        torch = self.torch
         images = []
         for data in jpegs:
             with Image.open(io.BytesIO(data)) as img:
@@ -102,7 +98,7 @@ class GeoclipScorer:
 @functools.lru_cache(maxsize=2)
 def scorer(clip_model: str, device: str) -> GeoclipScorer:
     """One scorer per image tower and device in a process (the gallery's embeddings take ~17 s on two cores)."""
-    return GeoclipScorer(TeacherSpec(name="geoclip", kind="geoclip", clip_model=clip_model, device=device))
+    return GeoclipScorer(clip_model, device)
 
 
 def reply_text(guesses: list[GeoGuess]) -> str:
@@ -113,14 +109,11 @@ class GeoclipTeacher:
     """The teacher stage's view of GeoCLIP: ``ask`` one image, answered in batches on a thread of its own (torch
     lets go of the GIL), the model loaded on the first ask, so a build whose replies are cached never loads it."""
 
-    def __init__(self, spec: TeacherSpec, usage: Usage | None = None, scorer: GeoclipScorer | None = None) -> None:
+    def __init__(self, spec: TeacherSpec, usage: Usage | None = None) -> None:
         self.spec, self.usage = spec, usage if usage is not None else Usage()
-        self._scorer = scorer
+        self._scorer: GeoclipScorer | None = None
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._drain: asyncio.Task | None = None
-
-    def scrub(self, text: str) -> str:
-        return text
 
     async def ask(self, image_sha256: str, jpeg: bytes) -> CachedReply:
         future = asyncio.get_running_loop().create_future()

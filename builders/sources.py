@@ -303,7 +303,8 @@ class UrlSource:
     ) -> None:
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.placeholder_urls = tuple(placeholder_urls)
-        self._local = threading.local()  # each download thread's kept-alive connections, by host
+        # Each download thread's kept-alive connections, by host; they close when their thread ends.
+        self._local = threading.local()
         self._tls: ssl.SSLContext | None = None
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
@@ -313,10 +314,8 @@ class UrlSource:
             if scheme == "https":
                 self._tls = self._tls or ssl.create_default_context()
                 conn = http.client.HTTPSConnection(netloc, timeout=self.timeout_s, context=self._tls)
-            elif scheme == "http":
-                conn = http.client.HTTPConnection(netloc, timeout=self.timeout_s)
             else:
-                raise FetchError(f"not an http(s) URL: {(netloc and f'{scheme}://{netloc}/...') or scheme}")
+                conn = http.client.HTTPConnection(netloc, timeout=self.timeout_s)
             conns[(scheme, netloc)] = conn
         return conn
 
@@ -329,6 +328,8 @@ class UrlSource:
         """(status, body, final URL) of one GET, redirects followed."""
         for _ in range(self.MAX_REDIRECTS + 1):
             parts = urlsplit(url)
+            if parts.scheme not in ("http", "https"):
+                raise FetchError(f"not an http(s) URL: {url}")
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             for fresh in (False, True):
                 conn = self._connection(parts.scheme, parts.netloc)
@@ -381,12 +382,6 @@ class UrlSource:
             if status != 429 and status < 500:
                 break  # 404, 403, 410: the link is dead, retrying will not help
         raise FetchError(f"dead link ({last}) after {attempt + 1} attempt(s): {ref}")
-
-    def close(self) -> None:
-        """Close the calling thread's connections (the others close with their threads' objects)."""
-        for conn in self._local.__dict__.pop("conns", {}).values():
-            conn.close()
-
 
 class _NoConnection(OSError):
     """A connection that could not be made."""

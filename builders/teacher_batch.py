@@ -29,7 +29,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mp16_reason.jpeg import jpeg_data_url
-from mp16_reason.schema import from_json_bytes
 from mp16_reason.storage import Location
 
 from .recipe import TeacherSpec
@@ -48,10 +47,10 @@ def missing_requests(
     once (a duplicate image is asked about once)."""
     seen: set[bytes] = set()  # 16 bytes a key: millions of requests fit in a few hundred MB
     for index in units:
-        table = read_unit(unit_path(work, index), ["status", "json", "jpg"])
+        table = read_unit(unit_path(work, index), ["status", "sha256", "jpg"])
         ok = [pos for pos, status in enumerate(table.column("status").to_pylist()) if status == "ok"]
-        records, jpgs = table.column("json"), table.column("jpg")
-        shas = {pos: from_json_bytes(records[pos].as_py()).image.sha256 for pos in ok}
+        all_shas, jpgs = table.column("sha256").to_pylist(), table.column("jpg")
+        shas = {pos: all_shas[pos] for pos in ok}
         keys = {(pos, t): spec_key(spec, shas[pos]) for pos in ok for t, spec in enumerate(specs)}
         cached = cache.get_many(set(keys.values()))
         for (pos, t), key in keys.items():
@@ -130,12 +129,13 @@ class BatchRunner:
         self.spec, self.cache, self.progress, self.log = spec, cache, progress, log
         self.folder = work / "batches" / spec.name
         self.work = work
-        self._secret = api_key(spec) if spec.api_key_env else ""
+        key = api_key(spec)
+        self._secret = key if spec.api_key_env else ""
         if client is None:
             import openai
 
             client = openai.OpenAI(
-                base_url=spec.base_url, api_key=api_key(spec), max_retries=spec.max_retries, timeout=spec.timeout_s
+                base_url=spec.base_url, api_key=key, max_retries=spec.max_retries, timeout=spec.timeout_s
             )
         self.client = client
         self.usage = Usage()
@@ -348,14 +348,16 @@ def export_requests(
     """Every missing reply's request line into ``out`` (for ``vllm run-batch`` or a Batch API upload made by
     hand), remembered in the cache so that ``import_results`` can read the results; requests per teacher."""
     per: Counter = Counter()
-    asked: dict[str, list[tuple[str, str]]] = {}
+    asked: list[tuple[TeacherSpec, str]] = []  # remembered a few thousand at a time: millions would not fit
     with Location(out).commit() as fh:
         for spec, key, sha, jpeg in missing_requests(work, units, specs, cache):
             fh.write(request_line(spec, key, jpeg))
-            asked.setdefault(spec.name, []).append((key, sha))
+            asked.append((spec, sha))
             per[spec.name] += 1
-    for spec in specs:
-        remember_requests(cache, spec, asked.get(spec.name, []))
+            if len(asked) >= 5000:
+                cache.put_requests(new_reply(s, sha, "") for s, sha in asked)
+                asked.clear()
+        cache.put_requests(new_reply(s, sha, "") for s, sha in asked)
     return per
 
 

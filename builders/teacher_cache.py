@@ -75,14 +75,17 @@ class ReplyCache:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM replies WHERE key = ?", (key,)).fetchone()
         return CachedReply(*row) if row else None
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, CachedReply]:
-        """The cached replies among ``keys``, by key (absent keys are left out)."""
-        keys, found = list(keys), {}
+    def _select(self, table: str, columns: tuple[str, ...], keys: Iterable[str]) -> Iterator[tuple]:
+        """The rows of ``table`` whose key is among ``keys``, ``columns`` first the key."""
+        keys = list(keys)
         for i in range(0, len(keys), 500):  # under SQLite's limit on bound parameters
             chunk = keys[i : i + 500]
-            sql = f"SELECT {', '.join(_COLUMNS)} FROM replies WHERE key IN ({', '.join('?' * len(chunk))})"
-            found.update((row[0], CachedReply(*row)) for row in self._db.execute(sql, chunk))
-        return found
+            sql = f"SELECT {', '.join(columns)} FROM {table} WHERE key IN ({', '.join('?' * len(chunk))})"
+            yield from self._db.execute(sql, chunk)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedReply]:
+        """The cached replies among ``keys``, by key (absent keys are left out)."""
+        return {row[0]: CachedReply(*row) for row in self._select("replies", _COLUMNS, keys)}
 
     def _insert(self, replies: tuple[CachedReply, ...] | list[CachedReply], conflict: str) -> None:
         sql = f"INSERT OR {conflict} INTO replies ({', '.join(_COLUMNS)}, created) VALUES ({', '.join('?' * 10)})"
@@ -104,13 +107,8 @@ class ReplyCache:
 
     def get_requests(self, keys: Iterable[str]) -> dict[str, CachedReply]:
         """The remembered requests among ``keys``, as replies with no text and no usage yet."""
-        keys, found = list(keys), {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            sql = f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM requests WHERE key IN ({', '.join('?' * len(chunk))})"
-            found.update((row[0], CachedReply(*row, text="", input_tokens=0, output_tokens=0)) for row in
-                         self._db.execute(sql, chunk))  # fmt: skip
-        return found
+        rows = self._select("requests", _REQUEST_COLUMNS, keys)
+        return {row[0]: CachedReply(*row, text="", input_tokens=0, output_tokens=0) for row in rows}
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]

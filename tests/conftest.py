@@ -31,6 +31,25 @@ def mp16_coordinates():
 
 
 @pytest.fixture(scope="session")
+def sample_input(tmp_path_factory) -> Path:
+    """A ``write_sample`` folder of 24 drawn scenes (metadata.csv, images/, scenes.jsonl), shared read-only."""
+    from builders.sample import write_sample
+
+    root = tmp_path_factory.mktemp("sample-input")
+    write_sample(root, 24)
+    return root
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3-compatible server (``rclone serve s3``) for one module, its credentials in the environment."""
+    from s3_server import S3Server
+
+    with S3Server(tmp_path_factory.mktemp("s3") / "buckets") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random Qwen2.5-VL checkpoint (real architecture and processor), built offline."""
     pytest.importorskip("transformers")

@@ -34,15 +34,6 @@ SECRET = "sk-batch-THIS-MUST-NOT-LEAK-1a2b3c"
 BATCH = {"mode": "batch", "batch_poll_s": 0.05, "max_retries": 2}
 
 
-@pytest.fixture(scope="module")
-def sample_input(tmp_path_factory) -> Path:
-    from builders.sample import write_sample
-
-    root = tmp_path_factory.mktemp("batch-sample")
-    write_sample(root, 24)
-    return root
-
-
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", SECRET)
@@ -211,14 +202,18 @@ def test_estimate_prices_batch_teachers_at_half_or_their_own_price(sample_input,
                         batch_price_input_per_1k=0.0001, batch_price_output_per_1k=0.0002)  # fmt: skip
     assert online.sha256() == half.sha256() == own.sha256()  # how replies are asked for is not what they are
 
-    def total(recipe) -> float:
-        lines = estimate(recipe, progress=False)
-        return float(next(x for x in lines if x.startswith("total:")).split("$")[1].split()[0])
+    from builders.distill import estimate as teacher_estimate
+    from builders.pipeline import prepare
 
-    full = total(online)
-    assert full > 0 and total(half) == pytest.approx(full / 2, abs=0.011)
-    assert total(own) == pytest.approx(full / 10, abs=0.011)
-    assert any("(batch)" in line for line in estimate(half, progress=False))
+    build_, n_units = prepare(online, progress=False)
+    costs = {name: [e.cost for e in teacher_estimate(r, build_.work, n_units)]
+             for name, r in (("online", online), ("half", half), ("own", own))}  # fmt: skip
+    tokens = [(e.input_tokens, e.output_tokens) for e in teacher_estimate(own, build_.work, n_units)]
+    assert all(c > 0 for c in costs["online"])
+    assert costs["half"] == pytest.approx([c / 2 for c in costs["online"]], rel=1e-12)
+    assert costs["own"] == pytest.approx([(i * 0.0001 + o * 0.0002) / 1000 for i, o in tokens], rel=1e-12)
+    lines = estimate(half, progress=False)
+    assert sum("(batch)" in line for line in lines) == 2 and any("batch price" in line for line in lines)
 
 
 def test_export_requests_run_offline_import_results_then_build_offline(sample_input, online, tmp_path):

@@ -23,20 +23,12 @@ from teacher_server import TeacherServer
 
 from builders.cli import main
 from builders.pipeline import build
-from builders.sample import write_sample
 from builders.units import curated_path, read_unit
 from builders.validate import validate_build
 from mp16_reason.schema import from_json_bytes
 
 pytest.importorskip("openai")
 SECRET = "sk-live-THIS-MUST-NOT-LEAK-9f8e7d"
-
-
-@pytest.fixture(scope="module")
-def sample_input(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("distill-sample")
-    write_sample(root, 24)
-    return root
 
 
 def _shards(out: Path) -> dict[str, str]:

@@ -51,15 +51,6 @@ def tiny_clip(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def sample_input(tmp_path_factory) -> Path:
-    from builders.sample import write_sample
-
-    root = tmp_path_factory.mktemp("geoclip-sample")
-    write_sample(root, 24)
-    return root
-
-
 def _jpeg(colour: tuple[int, int, int]) -> bytes:
     from PIL import Image
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import sample_recipe
-from s3_server import S3Server, rclone, upload
+from s3_server import rclone, upload
 
 from builders.pipeline import build
-from builders.sample import write_sample
 from mp16_reason.storage import Location
 
 pytestmark = [
@@ -30,12 +29,6 @@ pytest.importorskip("s3fs")
 pytest.importorskip("ray")
 
 SECOND = {"second": 1.0}  # the custom resource only the second node (and its replacement) offers
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with S3Server(tmp_path_factory.mktemp("ray-s3") / "buckets") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +43,6 @@ def cluster(s3):
         yield c
     finally:
         c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def sample_input(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray-sample-input")
-    write_sample(root, 24)
-    return root
 
 
 def _ray_build(recipe: dict, tmp_path: Path, cluster, name: str) -> subprocess.Popen:

@@ -10,27 +10,13 @@ import sys
 
 import pytest
 from helpers import sample_recipe
-from s3_server import KEY, SECRET, S3Server, rclone, upload
+from s3_server import KEY, SECRET, rclone, upload
 
 from builders.pipeline import build
-from builders.sample import write_sample
 from mp16_reason.storage import Location, StorageError
 
 pytestmark = pytest.mark.skipif(rclone() is None, reason="rclone not installed: run scripts/setup.sh")
 pytest.importorskip("s3fs")
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with S3Server(tmp_path_factory.mktemp("s3") / "buckets") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sample_input(tmp_path_factory):
-    root = tmp_path_factory.mktemp("s3-sample-input")
-    write_sample(root, 24)
-    return root
 
 
 @pytest.fixture(scope="module")
