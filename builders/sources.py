@@ -383,6 +383,7 @@ class UrlSource:
                 break  # 404, 403, 410: the link is dead, retrying will not help
         raise FetchError(f"dead link ({last}) after {attempt + 1} attempt(s): {ref}")
 
+
 class _NoConnection(OSError):
     """A connection that could not be made."""
 
