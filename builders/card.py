@@ -94,7 +94,7 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
     bins = stats.localizability_bins
     localizability_rows = [(f"{i / 10:.1f}–{(i + 1) / 10:.1f}", n) for i, n in enumerate(bins)] if any(bins) else []
     recipe = manifest["recipe"]
-    release = recipe["input"].get("format") == "globe-release"
+    release = recipe["input"].get("format") in ("globe-release", "globe-release-test")
     card = DatasetCard.from_template(
         card_data(manifest, n_samples),
         template_str=template("dataset_card.md"),

@@ -28,6 +28,7 @@ from mp16_reason.cli import main
 @click.option(
     "--join", multiple=True, help="Override input.join: a metadata file that gives the coordinates, by id; repeatable."
 )
+@click.option("--no-join", is_flag=True, help="Set input.join to none: the metadata has its own coordinates.")
 @click.option("--limit", type=int, help="Use only the first N metadata rows.")
 @click.option("--workers", type=int, help="Worker processes (or Ray CPUs).")
 @click.option("--distributor", type=click.Choice(["local", "ray"]), help="Where units run.")
@@ -76,7 +77,7 @@ def build(
     overrides = {
         "input.metadata": flags["metadata"],
         "input.images": list(flags["images"]) or None,
-        "input.join": list(flags["join"]) or None,
+        "input.join": [] if flags.pop("no_join") else list(flags["join"]) or None,
         "limit": flags["limit"],
         "workers": flags["workers"],
         "distributor": flags["distributor"],
@@ -96,19 +97,25 @@ def build(
             raise click.UsageError("give a RECIPE or --sample, not both")
         from importlib import resources
 
+        from mp16_reason.storage import is_url
+
         from .sample import write_sample
 
-        target = Path(out or "sample-build")
-        inputs = target / "sample-input"
-        if not (inputs / "metadata.csv").exists():
-            click.echo(f"drawing {sample_size} sample images into {inputs} ...")
-            write_sample(inputs, sample_size)
+        target = out or "sample-build"
+        # The drawn inputs go beside a local output, and into the local cache for one on object storage: the
+        # build reads them as it reads any input (their content, not their place, names them in the recipe).
+        if is_url(target):
+            from mp16_reason.gazetteer import cache_dir
+
+            inputs = cache_dir() / f"sample-input-{sample_size}"
+        else:
+            inputs = Path(target) / "sample-input"
         recipe = str(resources.files("builders.recipes").joinpath("sample.yaml"))
         overrides.update(
             {
                 "input.metadata": str(inputs / "metadata.csv"),
                 "input.images": str(inputs / "images"),
-                "out": str(target),
+                "out": target,
                 # The authored teacher replies go into a cache of the sample's own, never the user's.
                 "distill.cache": str(inputs / "teacher-cache.sqlite"),
                 "distill.import_cache": str(inputs / "teacher-cache.jsonl"),
@@ -120,10 +127,18 @@ def build(
         rec = load_recipe(recipe, overrides)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None
+    from .preflight import check_extras
+
+    check_extras(rec)  # before anything is drawn or written
+    if sample and not (inputs / "metadata.csv").exists():
+        click.echo(f"drawing {sample_size} sample images into {inputs} ...")
+        write_sample(inputs, sample_size)
     if sample and not (inputs / "teacher-cache.jsonl").exists():
         from .sample_replies import write_cache
 
         write_cache(inputs, rec)
+    if quiet:
+        quiet_libraries()
     if rec.distributor == "local" and rec.workers > 1:
         from .distributor import warm_up
 
@@ -142,6 +157,17 @@ def build(
         raise click.ClickException(str(exc)) from None
     for line in summary.lines():
         click.echo(line)
+
+
+def quiet_libraries() -> None:
+    """``--quiet``: no library warnings either, in this process and in the workers it starts."""
+    import os
+    import warnings
+
+    os.environ["PYTHONWARNINGS"] = "ignore"  # read by each worker's interpreter as it starts
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 class BuildFolder(click.ParamType):

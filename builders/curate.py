@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mp16_reason.distance import haversine_km
 from mp16_reason.matching import city_match, country_match
@@ -38,6 +39,9 @@ from mp16_reason.schema import Entity, Sample, TeacherAnswer
 from .embeddings import embedder, mean_pairwise_cosine
 from .grounding import EntityMatcher, segmenter
 from .recipe import CurationSpec
+
+if TYPE_CHECKING:
+    from .teachers import TeacherFailure
 from .teacher_prompt import PROMPT_VERSION, parse_reply
 
 STAGES = ("teacher", "localizability", "ground-truth", "agreement", "geoclip", "grounding")
@@ -95,13 +99,13 @@ class Curator:
             return False
         return g.level == "country" or city_match(a.city, point.city, point.country)
 
-    def _geoclip(self, record: Sample, parsed: list[TeacherAnswer], coords: list[TeacherAnswer], failures: list[str]):
+    def _geoclip(
+        self, record: Sample, parsed: list[TeacherAnswer], coords: list[TeacherAnswer], failures: list[TeacherFailure]
+    ):
         """Why GeoCLIP's checks drop this image, or None."""
         g = self.spec.geoclip
         if not coords:
-            said = "; ".join(
-                f for f in failures if f.startswith(tuple(f"teacher {n}:" for n in self.coordinate_teachers))
-            )
+            said = "; ".join(str(f) for f in failures if f.teacher in self.coordinate_teachers)
             return f"no GeoCLIP answer ({said or 'none'})"
         point = coords[0]
         if g.max_km is not None:
@@ -127,7 +131,11 @@ class Curator:
         return self.spec.agreement.level == "country" or city_match(a.city, b.city, b.country)
 
     def curate(
-        self, sample: Sample, jpeg: Callable[[], bytes], answers: list[TeacherAnswer], failures: list[str]
+        self,
+        sample: Sample,
+        jpeg: Callable[[], bytes],
+        answers: list[TeacherAnswer],
+        failures: list[TeacherFailure],
     ) -> Decision:
         """Filter one image's answers; ``jpeg`` gives the image's bytes, read only when grounding needs them."""
         spec = self.spec
@@ -156,7 +164,7 @@ class Curator:
             return decision
 
         if len(parsed) < self.need:
-            problems = list(failures) + [
+            problems = [str(f) for f in failures] + [
                 f"teacher {a.teacher}: reply could not be parsed ({parse_reply(a.raw).error})"
                 for a in answers
                 if not a.parsed

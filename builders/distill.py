@@ -12,6 +12,7 @@ already paid for; at most the requests in flight at the moment of the kill are s
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,11 +29,24 @@ from mp16_reason.storage import Location, location
 
 from .curate import Curator
 from .recipe import Recipe, TeacherSpec
+from .stops import BuildStopped
 from .teacher_cache import CachedReply, ReplyCache, default_path
-from .teachers import PROMPT_TOKENS, Teacher, TeacherFailed, Usage, image_tokens, spec_key, to_answer
+from .teachers import (
+    PROMPT_TOKENS,
+    Teacher,
+    TeacherFailed,
+    TeacherFailure,
+    Usage,
+    image_tokens,
+    import_http_stacks,
+    spec_key,
+    to_answer,
+)
 from .units import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
 
 LOCALIZABILITY = "localizability"
+CLAIM_LEASE_S = 90.0  # a claim not renewed for this long belongs to a build that died
+CLAIM_POLL_S = 0.5  # how often a key another build is asking about is looked up again
 # A curated unit: the prepared unit's columns but the image, which ``pos`` (the row in the prepared unit) finds.
 CURATED_SCHEMA = pa.schema(
     [f for f in UNIT_SCHEMA if f.name != "jpg"] + [pa.field("pos", pa.int32()), pa.field("config", pa.string())]
@@ -46,13 +60,21 @@ def open_cache(recipe: Recipe) -> ReplyCache:
     return cache
 
 
+class QuarantineExceeded(BuildStopped):
+    """More of a teacher's requests failed than its ``max_quarantined`` allows: the build stops, resumably."""
+
+
 @dataclass
 class _Unit:
     index: int
-    table: pa.Table
+    table: pa.Table | None
     jobs: int
     samples: dict[int, Sample] = field(default_factory=dict)  # the prepared records, parsed once
-    results: dict[tuple[int, int], TeacherAnswer | str] = field(default_factory=dict)
+    results: dict[tuple[int, int], TeacherAnswer | TeacherFailure] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return any(isinstance(r, TeacherFailure) for r in self.results.values())
 
 
 @dataclass
@@ -75,51 +97,69 @@ class Distiller:
         self.curator = Curator(recipe.curation, len(self.specs) - len(coordinates), coordinates)
         self.usage = {s.name: Usage() for s in self.specs}  # requests sent in this run, per teacher
         self.hits: Counter = Counter()  # answers served from the cache in this run
+        self.waited: Counter = Counter()  # looks at keys another build sharing the cache was asking about
+        self.asked: Counter = Counter()  # jobs settled in this run (answers, cached or not, and failures)
+        self.failures: dict[str, Counter] = {s.name: Counter() for s in self.specs}  # reason -> quarantined
+        self.owner = uuid.uuid4().hex  # this run's name on its claims in the shared reply cache
 
     # -- one job ---------------------------------------------------------------------------------------------
     async def _answer(
         self, teacher: Teacher | None, spec: TeacherSpec, key: str, sha: str, jpeg: bytes, size: tuple[int, int]
-    ) -> object:
+    ) -> TeacherAnswer | TeacherFailure:
         loop = asyncio.get_running_loop()
-        # Looked up again: the same image may have been answered (for another row) since its unit was loaded.
-        reply = await loop.run_in_executor(self.db, self.cache.get, key)
-        if reply is not None:
-            self.hits[spec.name] += 1
-            return to_answer(spec, reply)
-        if key in self.inflight:  # the same image twice in flight (a duplicate): one request
+        if key in self.inflight:  # the same image twice in flight in this build (a duplicate): one request
             reply = await asyncio.shield(self.inflight[key])
-            return to_answer(spec, reply) if reply else f"teacher {spec.name}: duplicate request failed"
+            return to_answer(spec, reply) if reply else TeacherFailure(spec.name, "duplicate request failed", 0)
         if teacher is None:  # offline, or a batch teacher whose batches are done
+            reply = await loop.run_in_executor(self.db, self.cache.get, key)
+            if reply is not None:
+                self.hits[spec.name] += 1
+                return to_answer(spec, reply)
             if key in self.quarantined:
                 return self.quarantined[key]
             if self.recipe.distill.offline:
-                return f"teacher {spec.name}: no cached reply and the build is offline (distill.offline)"
-            return f"teacher {spec.name}: no reply from its batches"
+                return TeacherFailure(spec.name, "no cached reply and the build is offline (distill.offline)", 0,
+                                      "offline")  # fmt: skip
+            return TeacherFailure(spec.name, "no reply from its batches", 0, "batch")
         future: asyncio.Future[CachedReply | None] = loop.create_future()
-        self.inflight[key] = future
+        self.inflight[key] = future  # before any await: a duplicate of this image now waits for this job
         reply = None
         try:
-            if spec.kind == "geoclip":
-                reply = await teacher.ask(sha, jpeg)
-            else:
-                url = await asyncio.to_thread(jpeg_data_url, jpeg, spec.max_pixels)
-                expected = PROMPT_TOKENS + image_tokens(*size, spec.max_pixels) + spec.max_tokens
-                reply = await teacher.ask(sha, url, expected)
-            await loop.run_in_executor(self.db, self.cache.put, reply)  # committed before the job counts as done
-        except TeacherFailed as exc:
-            return teacher.scrub(str(exc))
-        except Exception as exc:
-            from .geoclip_teacher import GeoclipUnavailable
+            # Claimed in the shared cache first: a build sharing the cache may have answered it, or be asking now.
+            while (
+                claim := await loop.run_in_executor(self.db, self.cache.claim, key, self.owner, CLAIM_LEASE_S)
+            ) is False:
+                self.waited[spec.name] += 1
+                await asyncio.sleep(CLAIM_POLL_S)
+            if not isinstance(claim, bool):
+                self.hits[spec.name] += 1
+                reply = claim
+                return to_answer(spec, claim)
+            try:
+                if spec.kind == "geoclip":
+                    received = await teacher.ask(sha, jpeg)
+                else:
+                    url = await asyncio.to_thread(jpeg_data_url, jpeg, spec.max_pixels)
+                    expected = PROMPT_TOKENS + image_tokens(*size, spec.max_pixels) + spec.max_tokens
+                    received = await teacher.ask(sha, url, expected)
+            except TeacherFailed as exc:
+                await loop.run_in_executor(self.db, self.cache.release, key, self.owner)
+                return exc.failure
+            except Exception as exc:
+                from .geoclip_teacher import GeoclipUnavailable
 
-            if spec.kind != "geoclip" or isinstance(exc, GeoclipUnavailable):
-                raise  # not an image's fault: the build stops and says what to fix
-            teacher.usage.failed += 1
-            return f"teacher {spec.name}: GeoCLIP failed: {type(exc).__name__}: {str(exc)[:300]}"
+                if spec.kind != "geoclip" or isinstance(exc, GeoclipUnavailable):
+                    raise  # not an image's fault: the build stops and says what to fix
+                teacher.usage.failed += 1
+                await loop.run_in_executor(self.db, self.cache.release, key, self.owner)
+                return TeacherFailure(spec.name, f"GeoCLIP failed: {type(exc).__name__}: {str(exc)[:300]}", 1, "local")
+            # Committed before the job counts as done; the ledger's reply is the one used (the first stored).
+            reply = (await loop.run_in_executor(self.db, self.cache.put, received))[0]
         finally:
             # Only now, with the reply in the cache, may a duplicate stop waiting here and look there instead.
             future.set_result(reply)
             self.inflight.pop(key, None)
-        return to_answer(spec, reply)
+        return to_answer(spec, reply)  # our own code: an error here stops the build, the reply stays cached
 
     # -- one unit --------------------------------------------------------------------------------------------
     def _finish(self, unit: _Unit) -> None:
@@ -127,6 +167,8 @@ class Distiller:
 
         The images stay in the prepared unit (``pos`` points back to them): only the small columns are
         rewritten, so curating holds the GIL, and the disk, for milliseconds rather than the unit's megabytes."""
+        if unit.table is None:  # a held unit (it had quarantines): read again now that the stage may seal it
+            unit.table = read_unit(unit_path(self.work, unit.index))
         rows = unit.table.drop_columns(["jpg"]).to_pylist()
         jpgs = unit.table.column("jpg")
         jpg_bytes = pc.binary_length(jpgs).to_pylist()
@@ -143,7 +185,7 @@ class Distiller:
                 continue
             results = [unit.results[(pos, t)] for t in range(len(self.specs))]
             answers = [r for r in results if isinstance(r, TeacherAnswer)]
-            failures = [r for r in results if isinstance(r, str)]
+            failures = [r for r in results if isinstance(r, TeacherFailure)]
             d = self.curator.curate(unit.samples[pos], jpgs[pos].as_py, answers, failures)
             js = to_json_bytes(d.record)
             size = tar_member_bytes(jpg_bytes[pos], len(js))
@@ -156,7 +198,9 @@ class Distiller:
         write_unit(pa.table(cols, schema=CURATED_SCHEMA), curated_path(self.work, unit.index))
 
     # -- the stage -------------------------------------------------------------------------------------------
-    async def _run(self, todo: list[int], n_jobs: int) -> None:
+    async def _run(self, todo: list[int], n_jobs: int) -> list[_Unit]:
+        """Every job of ``todo``; commits each unit whose answers all came, and returns the units with
+        quarantined requests, which the stage seals only if the quarantines stay under each teacher's limit."""
         offline = self.recipe.distill.offline
         specs = self.specs
         teachers = [self._teacher(s, offline) for s in specs]
@@ -169,9 +213,15 @@ class Distiller:
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply-cache")
         room = asyncio.Semaphore(2)  # units loaded or curating at once: bounds memory
         finishing: list[asyncio.Future] = []
+        held: list[_Unit] = []
         bar = tqdm(total=n_jobs, unit="ask", desc="teachers", disable=not self.progress)
 
         def done(unit: _Unit) -> None:
+            if unit.failed:  # kept back, without its images, until the stage knows it may seal quarantines
+                unit.table = None
+                held.append(unit)
+                room.release()
+                return
             fut = loop.run_in_executor(curation, self._finish, unit)
             fut.add_done_callback(lambda _: room.release())
             finishing.append(fut)
@@ -205,8 +255,11 @@ class Distiller:
             for _ in range(n_workers):
                 await queue.put(None)
 
-        def settle(unit: _Unit, pos: int, t: int, result: TeacherAnswer | str) -> None:
+        def settle(unit: _Unit, pos: int, t: int, result: TeacherAnswer | TeacherFailure) -> None:
             unit.results[(pos, t)] = result
+            self.asked[specs[t].name] += 1
+            if isinstance(result, TeacherFailure):
+                self.failures[specs[t].name][result.reason] += 1
             unit.jobs -= 1
             bar.update(1)
             if unit.jobs == 0:
@@ -217,16 +270,39 @@ class Distiller:
                 unit, pos, t, key, sha, jpeg, size = job
                 settle(unit, pos, t, await self._answer(teachers[t], specs[t], key, sha, jpeg, size))
 
+        async def renew_claims() -> None:  # while this build asks, its claims in the shared cache stay live
+            while True:
+                await asyncio.sleep(CLAIM_LEASE_S / 3)
+                await loop.run_in_executor(self.db, self.cache.renew, self.owner, CLAIM_LEASE_S)
+
+        renewing = asyncio.create_task(renew_claims())
         try:
             await asyncio.gather(produce(), *(work() for _ in range(n_workers)))
             await asyncio.gather(*finishing)
         finally:
+            renewing.cancel()
+            # A stopped stage leaves no claim behind: its rerun, or another build, asks those keys at once.
+            await loop.run_in_executor(self.db, self.cache.release_all, self.owner)
             bar.close()
             curation.shutdown(wait=True)
             self.db.shutdown(wait=True)
             for t in teachers:
                 if t is not None:
                     await t.close()
+        return held
+
+    def _over_limit(self) -> list[str]:
+        """The teachers whose quarantines exceed ``max_quarantined``, each with its counts by reason."""
+        lines = []
+        for spec in self.specs:
+            failed, asked = sum(self.failures[spec.name].values()), self.asked[spec.name]
+            if asked and failed > spec.max_quarantined * asked:
+                reasons = "; ".join(f"{n:,} x {why}" for why, n in self.failures[spec.name].most_common(5))
+                lines.append(
+                    f"teacher {spec.name!r}: {failed:,} of {asked:,} requests quarantined "
+                    f"({failed / asked:.1%} > max_quarantined {spec.max_quarantined:.1%}): {reasons}"
+                )
+        return lines
 
     def _teacher(self, spec: TeacherSpec, offline: bool) -> object | None:
         """What answers this teacher's jobs: None where the cache alone does (offline, or batch mode)."""
@@ -240,11 +316,11 @@ class Distiller:
         """Batch teachers first: their replies go into the cache, and the stage below reads them there."""
         from .teacher_batch import BatchRunner, run_batches
 
-        runners = [
+        self.runners = [
             BatchRunner(s, self.work, self.cache, self.progress, self.log) for s in self.specs if s.mode == "batch"
         ]
-        if runners:
-            self.quarantined = run_batches(runners, todo, self.progress, self.log)
+        if self.runners:
+            self.quarantined = run_batches(self.runners, todo, self.progress, self.log)
 
     def run(self, n_units: int) -> None:
         (self.work / "curated").remove_temporaries()  # units a killed build was writing; they are redone below
@@ -259,17 +335,34 @@ class Distiller:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # loading the curation models shows bars of its own
+        import_http_stacks()  # before the curation, cache and request threads start
         self.cache = open_cache(self.recipe)
         self.inflight: dict[str, asyncio.Future] = {}
-        self.quarantined: dict[str, str] = {}  # batch requests given up on, with their reasons
+        self.quarantined: dict[str, TeacherFailure] = {}  # batch requests given up on, with their reasons
+        self.runners: list = []
         try:
             if not self.recipe.distill.offline:
                 self._batches(todo)
-            asyncio.run(self._run(todo, n_jobs))
+            held = asyncio.run(self._run(todo, n_jobs))
+            if over := self._over_limit():
+                for runner in self.runners:  # the rerun asks the given-up batch requests again
+                    runner.forgive()
+                raise QuarantineExceeded(
+                    "the teacher stage stopped instead of sealing a build with this many quarantined requests:\n  "
+                    + "\n  ".join(over)
+                    + f"\n{len(held):,} unit(s) are left open: fix the cause and run the same command again to ask "
+                    "exactly the requests not yet answered (or raise the teacher's max_quarantined to keep them "
+                    "as rejections)"
+                )
+            for unit in held:  # under every teacher's limit: the quarantines become rejections
+                self._finish(unit)
         finally:
             self.cache.close()
         per = ", ".join(
-            f"{name} {u.requests:,} sent ({u.retries:,} retries, {u.failed:,} failed) + {self.hits[name]:,} cached"
+            f"{name} {u.requests:,} sent ({u.retries:,} retries, {u.failed:,} failed"
+            + (f", paused {u.paused:,} time(s) while most requests failed" if u.paused else "")
+            + f") + {self.hits[name]:,} cached"
+            + (f" ({self.waited[name]:,} waited for another build's request)" if self.waited[name] else "")
             for name, u in self.usage.items()
         )
         self.log(f"teacher replies: {per}")

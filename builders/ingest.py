@@ -13,6 +13,8 @@ of memory; coordinates, ids and duplicates are checked on whole columns.
 from __future__ import annotations
 
 import ast
+import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -45,7 +47,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "entities": ("entities",),
 }
 REQUIRED = ("id", "lat", "lon")
-RELEASE_COLUMNS = ("response", "solution", "entities")  # required together: a release training file
+RELEASE_COLUMNS = ("response", "solution", "entities")  # a release training file: every row needs all three
 _SOLUTION = re.compile(r"\s*<country>(.*?)</country>\s*<city>(.*?)</city>\s*", re.S)
 _BLOCK = 8 << 20  # bytes of CSV parsed at a time
 
@@ -67,12 +69,10 @@ def rejections(rows, ids, stage: str, reasons: list | str) -> pa.Table:
 
 
 def _header(path: Location) -> list[str]:
-    import csv
-    import io
-
+    """The CSV's column names; a byte-order mark (Excel, many Windows tools) is not part of the first one."""
     with path.open("rb") as raw:
         try:
-            return next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")))
+            return next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")))
         except StopIteration:
             raise InputError(f"metadata file {path} is empty") from None
 
@@ -96,7 +96,7 @@ def resolve_columns(columns: list[str], spec: InputSpec) -> dict[str, str]:
                 mapping[field] = lower[name.lower()]
                 break
     required = [f for f in REQUIRED if not (spec.join and f in ("lat", "lon"))]
-    if spec.format == "globe-release" and "response" in mapping:
+    if spec.format == "globe-release":  # never a release record without its reasoning
         required += RELEASE_COLUMNS
     missing = [f for f in required if f not in mapping]
     if missing:
@@ -133,10 +133,10 @@ def read_metadata(spec: InputSpec, limit: int | None = None) -> tuple[pa.Table, 
     header = _header(path)
     mapping = resolve_columns(header, spec)
     width = len(header)
-    bad: list[tuple[int, str, int]] = []
+    bad: list[tuple[int, str]] = []
 
     def malformed(row: pacsv.InvalidRow) -> str:
-        bad.append((row.number, row.text, row.actual_columns))
+        bad.append((row.number, row.text))
         return "skip"
 
     used = sorted(set(mapping.values()))
@@ -156,30 +156,63 @@ def read_metadata(spec: InputSpec, limit: int | None = None) -> tuple[pa.Table, 
         if limit is not None and sum(b.num_rows for b in batches) + len(bad) >= limit:
             break
     table = pa.Table.from_batches(batches, reader.schema)
+    # The malformed records, taken apart into lines: the malformed line itself is a rejection, and the lines an
+    # unclosed quote swallowed after it are rows again (or rejections of their own).
+    extra_lines: list[int] = []
+    extra_rows: list[dict | None] = []  # a recovered row, or None for a malformed line
+    extra_why: list[tuple[str, str]] = []  # (id, reason) of a malformed line
+    for number, text in bad:
+        for line, fields, reason in _recover(number, text, width):
+            extra_lines.append(line)
+            extra_rows.append(None if reason else dict(zip(header, fields)))
+            extra_why.append((fields[0] if fields else "", reason))
     # Physical line -> data row: the header is line 1 and blank lines are not rows.
-    bad_rows = np.array([n - 2 for n, _, _ in bad], dtype=np.int64)
-    order = np.argsort(bad_rows, kind="stable")
-    bad_rows = bad_rows[order]
+    extra_at = np.array([n - 2 for n in extra_lines], dtype=np.int64)
+    order = np.argsort(extra_at, kind="stable")
+    extra_at = extra_at[order]
     good = np.arange(table.num_rows, dtype=np.int64)
-    # The i-th good row is data row i + (malformed rows before it).
-    shift = np.searchsorted(bad_rows - np.arange(len(bad_rows)), good, side="right")
+    # The i-th row Arrow read is data row i + (recovered or malformed lines before it).
+    shift = np.searchsorted(extra_at - np.arange(len(extra_at)), good, side="right")
     rows = good + shift
+    recovered = [i for i in order if extra_rows[i] is not None]
+    if recovered:
+        again = pa.Table.from_pylist([{c: extra_rows[i][c] for c in used} for i in recovered], schema=table.schema)
+        table = pa.concat_tables([table, again]).unify_dictionaries()
+        rows = np.concatenate([rows, np.array([extra_lines[i] - 2 for i in recovered], dtype=np.int64)])
+        ranked = np.argsort(rows, kind="stable")
+        table, rows = table.take(pa.array(ranked)), rows[ranked]
+    failed = [i for i in order if extra_rows[i] is None]
+    bad_rows = np.array([extra_lines[i] - 2 for i in failed], dtype=np.int64)
     if limit is not None:  # the first `limit` data lines, malformed ones included
         keep = rows < limit
         table, rows = table.filter(pa.array(keep)), rows[keep]
-        order = order[bad_rows < limit]
+        failed = [i for i, r in zip(failed, bad_rows) if r < limit]
         bad_rows = bad_rows[bad_rows < limit]
     fields = {f: table.column(c) for f, c in mapping.items()}
     fields["row"] = pa.array(rows)
     n_input = table.num_rows + len(bad_rows)
-    texts = [bad[i][1] for i in order]
-    rejected = rejections(
-        bad_rows,
-        [t.split(",", 1)[0] for t in texts],
-        "ingest",
-        [f"malformed CSV line {r + 2}: {bad[i][2]} fields, header has {width}" for r, i in zip(bad_rows, order)],
-    )
+    rejected = rejections(bad_rows, [extra_why[i][0] for i in failed], "ingest", [extra_why[i][1] for i in failed])
     return pa.table(fields), rejected, n_input
+
+
+def _recover(number: int, text: str, width: int) -> list[tuple[int, list[str], str]]:
+    """A record Arrow could not read, as ``(line, fields, reason)`` per physical line: the first line is the
+    malformed one (reason given); each line after it, swallowed by an unclosed quote, is read on its own and is
+    a row (reason "") when it is a well-formed line of ``width`` fields. Blank lines are not rows."""
+    out = []
+    for k, line in enumerate(text.split("\n")):
+        line = line.rstrip("\r")
+        if k and not line.strip():
+            continue
+        fields = next(csv.reader([line]), [])
+        if line.count('"') % 2:
+            reason = "an unclosed quote"
+        elif len(fields) != width:
+            reason = f"{len(fields)} fields, header has {width}"
+        else:
+            reason = "" if k else "cannot be parsed"
+        out.append((number + k, fields, f"malformed CSV line {number + k}: {reason}" if reason else ""))
+    return out
 
 
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -243,9 +276,10 @@ def _release_fields(fields: dict[str, pa.Array], reasons: np.ndarray) -> None:
     fields["label_country"], fields["label_city"] = fields["answer_country"], fields["answer_city"]
 
 
-def join_coordinates(fields: dict[str, pa.Array], files: list[str]) -> None:
+def join_coordinates(fields: dict[str, pa.Array], files: list[str], reasons: np.ndarray) -> None:
     """Fill missing lat/lon from ``files`` (CSV or parquet with id, lat, lon; the first file that has a row
-    wins)."""
+    wins). An id a join file lists more than once counts once when every listing has the same coordinates;
+    when they differ, the rows with that id are rejected (``reasons``), since which one is right is unknown."""
     n = len(fields["id"])
     lat = fields.get("lat", pa.array([""] * n))
     lon = fields.get("lon", pa.array([""] * n))
@@ -255,7 +289,7 @@ def join_coordinates(fields: dict[str, pa.Array], files: list[str]) -> None:
             break
         path = location(path)
         if not path.exists():
-            raise InputError(f"input.join file {path} does not exist")
+            raise InputError(f"input.join file {path} does not exist; fix --join or input.join")
         parquet = path.name.lower().endswith((".parquet", ".pq"))
         columns = pq.read_schema(path.source()).names if parquet else _header(path)
         lower = {c.lower(): c for c in columns}
@@ -270,13 +304,32 @@ def join_coordinates(fields: dict[str, pa.Array], files: list[str]) -> None:
             options = pacsv.ConvertOptions(include_columns=list(cols.values()), strings_can_be_null=False,
                                            column_types=dict.fromkeys(cols.values(), pa.string()))  # fmt: skip
             table = pacsv.read_csv(path.source(), convert_options=options)
-        coords = pa.table({f"j_{f}": _as_text(table.column(c)) for f, c in cols.items()})
+        coords = pa.table({f"j_{f}": pc.utf8_trim_whitespace(_as_text(table.column(c))) for f, c in cols.items()})
+        coords, conflicting = _one_per_id(coords)
         rows = pa.table({"id": fields["id"], "_pos": pa.array(np.arange(n))})
         joined = rows.join(coords, keys="id", right_keys="j_id", join_type="left outer").sort_by("_pos")
         found = pc.and_(need, pc.is_valid(joined.column("j_lat")))
         lat = pc.if_else(found, joined.column("j_lat"), lat)
         lon = pc.if_else(found, joined.column("j_lon"), lon)
+        if len(conflicting):
+            clash = pc.and_(need, pc.is_in(fields["id"], value_set=conflicting)).to_numpy(zero_copy_only=False)
+            clash &= reasons == ""
+            reasons[clash] = f"input.join file {path.name} lists this id more than once, with different coordinates"
     fields["lat"], fields["lon"] = lat, lon
+
+
+def _one_per_id(coords: pa.Table) -> tuple[pa.Table, pa.Array]:
+    """One row per id (listings with the same coordinates collapse), and the ids listed with different ones."""
+    groups = coords.group_by("j_id").aggregate([("j_lat", "min"), ("j_lon", "min"), ("j_lat", "count_distinct"),
+                                                ("j_lon", "count_distinct")])  # fmt: skip
+    agree = pc.and_(
+        pc.equal(groups.column("j_lat_count_distinct"), 1), pc.equal(groups.column("j_lon_count_distinct"), 1)
+    )
+    conflicting = groups.filter(pc.invert(agree)).column("j_id").combine_chunks()
+    single = groups.filter(agree)
+    table = pa.table({"j_id": single.column("j_id"), "j_lat": single.column("j_lat_min"),
+                      "j_lon": single.column("j_lon_min")})  # fmt: skip
+    return table, conflicting
 
 
 def _coordinates(lat: pa.Array, lon: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -336,14 +389,16 @@ def ingest(spec: InputSpec, limit: int | None = None, work_dir: Path | None = No
         refs = pc.if_else(pc.equal(fields["image"], ""), fields["id"], fields["image"])
         has = pc.ends_with(refs, spec.image_suffix)
         fields["image"] = pc.if_else(has, refs, pc.binary_join_element_wise(refs, spec.image_suffix, ""))
+    clashes = np.full(n, "", dtype=object)
     if spec.join:
-        join_coordinates(fields, spec.join)
+        join_coordinates(fields, spec.join, clashes)
     missing_coords = pc.and_(pc.equal(fields["lat"], ""), pc.equal(fields["lon"], "")).to_numpy(zero_copy_only=False)
     lat, lon, reasons = _coordinates(fields["lat"], fields["lon"])
     fields["lat"], fields["lon"] = pa.array(lat), pa.array(lon)
     if spec.join:
         where = ", ".join(Path(p).name for p in spec.join)
         reasons[missing_coords] = f"no coordinates: not in the metadata nor in input.join ({where})"
+        reasons[clashes != ""] = clashes[clashes != ""]
     if spec.format == "globe-release" and "response" in fields:
         _release_fields(fields, reasons)
     ids = fields["id"]

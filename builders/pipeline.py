@@ -9,6 +9,7 @@ output, and the shards come out byte-identical to an uninterrupted build; a fini
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata as md
 import json
@@ -22,11 +23,13 @@ from tqdm.auto import tqdm
 
 from mp16_reason.storage import Location
 
-from . import distributor
+from . import distributor, preflight
 from .ingest import ingest
+from .lock import BuildLock
 from .recipe import Recipe
 from .shards import FOLD_REJECTED, ShardProcess, ShardProcessError, sample_key
 from .split import shuffle_order
+from .stops import BuildStopped
 from .teacher_prompt import PROMPT_VERSION
 from .units import REJECTION_SCHEMA, REJECTION_WORK_SCHEMA, UnitTask, process_unit, unit_path, write_atomic
 
@@ -120,7 +123,8 @@ class Build:
 
     # -- state -----------------------------------------------------------------------------------------
     def _check_out_dir(self, overwrite: bool) -> bool:
-        """False when the build is already complete. Raises if ``out`` holds another recipe's build."""
+        """False when the build is already complete. Raises if ``out`` holds another recipe's build; with
+        ``overwrite``, deletes whatever build is there (the same recipe's too: it is built again)."""
         manifest = self.out / MANIFEST
         recipe_file = self.work / "recipe.json"
         found = None
@@ -128,14 +132,15 @@ class Build:
             found = json.loads(manifest.read_text())["recipe_sha256"]
         elif recipe_file.exists():
             found = json.loads(recipe_file.read_text())["recipe_sha256"]
-        if found is not None and found != self.sha:
-            if not overwrite:
-                raise BuildError(
-                    f"{self.out} holds a build of a different recipe (sha256 {found[:12]}, this one {self.sha[:12]}); "
-                    "use another --out, or --overwrite to delete it"
-                )
-            for name in ("data", ".work", MANIFEST, REJECTIONS):
+        if overwrite and (found is not None or (self.out / "data").exists()):
+            for name in ("data", ".work", MANIFEST, REJECTIONS, "README.md"):
                 (self.out / name).rmtree()
+            self._inputs = None  # the sources' indexes went with the work folder
+        elif found is not None and found != self.sha:
+            raise BuildError(
+                f"{self.out} holds a build of a different recipe (sha256 {found[:12]}, this one {self.sha[:12]}); "
+                "use another --out, or --overwrite to delete it"
+            )
         elif found is not None and manifest.exists():
             return False
         self.work.mkdir()
@@ -276,7 +281,22 @@ class Build:
         return summary
 
     # -- entry -----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, what: str):
+        """The checks that need no writing, then the output's lock for the block (one build per output).
+        The teacher stage's and the lock's own stops become :class:`BuildError`, which the CLI prints."""
+        preflight.check(self.recipe)
+        try:
+            with BuildLock(self.out, what):
+                yield
+        except BuildStopped as exc:
+            raise BuildError(str(exc)) from None
+
     def run(self, overwrite: bool = False) -> Summary:
+        with self.locked("mp16-reason build"):
+            return self._run(overwrite)
+
+    def _run(self, overwrite: bool) -> Summary:
         if not self._check_out_dir(overwrite):
             m = json.loads((self.out / MANIFEST).read_text())
             t = m["totals"]
@@ -291,15 +311,6 @@ class Build:
                 str(self.out),
                 did_work=False,
             )
-        if self.recipe.teachers and not self.recipe.distill.offline:
-            from .teachers import api_key
-
-            for spec in self.recipe.teachers:
-                api_key(spec)  # a missing key fails now, not after the images are prepared
-        if any(t.kind == "geoclip" for t in self.recipe.teachers):
-            from .geoclip_teacher import check_installed
-
-            check_installed()
         n_rows = self._ingest()
         return self._finish(n_rows, self._units_and_shards(n_rows))
 
@@ -328,15 +339,14 @@ def build(recipe: Recipe, overwrite: bool = False, progress: bool = True, log=pr
     return Build(recipe, progress=progress, log=log).run(overwrite=overwrite)
 
 
-def prepare(recipe: Recipe, overwrite: bool = False, progress: bool = True) -> tuple[Build, int] | None:
-    """Ingest and prepare the images (local work, resumable, kept for the real build): the build and its number
-    of units, or None when the build is already complete."""
-    b = Build(recipe, progress=progress)
+def prepare(b: Build, overwrite: bool = False) -> int | None:
+    """Ingest and prepare the images (local work, resumable, kept for the real build), under the build's lock:
+    the number of units, or None when the build is already complete."""
     if not b._check_out_dir(overwrite):
         return None
     n_rows = b._ingest()
     b._units(n_rows)
-    return b, b._n_units(n_rows)
+    return b._n_units(n_rows)
 
 
 def export_requests(recipe: Recipe, out: str, overwrite: bool = False, progress: bool = True) -> list[str]:
@@ -347,17 +357,18 @@ def export_requests(recipe: Recipe, out: str, overwrite: bool = False, progress:
     from .teacher_batch import export_requests as write_requests
     from .units import curated_path
 
-    ready = prepare(recipe, overwrite, progress)
-    if ready is None:
-        return [f"{recipe.out} is already complete for this recipe: there are no requests to export"]
-    b, n_units = ready
-    todo = [i for i in range(n_units) if not curated_path(b.work, i).exists()]
-    cache = open_cache(recipe)
-    try:
-        lvlms = [t for t in recipe.teachers if t.kind == "openai"]  # GeoCLIP runs in the build itself
-        per = write_requests(b.work, todo, lvlms, cache, out)
-    finally:
-        cache.close()
+    b = Build(recipe, progress=progress)
+    with b.locked("mp16-reason cache export-requests"):
+        n_units = prepare(b, overwrite)
+        if n_units is None:
+            return [f"{recipe.out} is already complete for this recipe: there are no requests to export"]
+        todo = [i for i in range(n_units) if not curated_path(b.work, i).exists()]
+        cache = open_cache(recipe)
+        try:
+            lvlms = [t for t in recipe.teachers if t.kind == "openai"]  # GeoCLIP runs in the build itself
+            per = write_requests(b.work, todo, lvlms, cache, out)
+        finally:
+            cache.close()
     counts = ", ".join(f"{t.name} {per[t.name]:,}" for t in lvlms)
     return [f"wrote {sum(per.values()):,} requests ({counts}) to {out}; their replies are missing from {cache.path}"]
 
@@ -369,12 +380,13 @@ def estimate(recipe: Recipe, overwrite: bool = False, progress: bool = True) -> 
         return ["this recipe has no teachers: the build sends no requests"]
     from .distill import estimate as teacher_estimate
 
-    ready = prepare(recipe, overwrite, progress)
-    if ready is None:
-        return [f"{recipe.out} is already complete for this recipe: the build sends no requests"]
-    b, n_units = ready
+    b = Build(recipe, progress=progress)
+    with b.locked("mp16-reason build --estimate"):
+        n_units = prepare(b, overwrite)
+        if n_units is None:
+            return [f"{recipe.out} is already complete for this recipe: the build sends no requests"]
+        estimates = teacher_estimate(recipe, b.work, n_units)
     lines, total = [], 0.0
-    estimates = teacher_estimate(recipe, b.work, n_units)
     for e in estimates:
         cost = f", ${e.cost:,.2f}" if e.cost is not None else ""
         total += e.cost or 0.0

@@ -24,11 +24,18 @@ class _Spec(BaseModel):
 
 class InputSpec(_Spec):
     metadata: str = Field(description="CSV or parquet with one row per image")
-    format: Literal["auto", "mp16pro", "globe", "plain", "globe-release"] = Field(
+    format: Literal["auto", "mp16pro", "globe", "plain", "globe-release", "globe-release-test"] = Field(
         default="auto",
         description="column layout; auto detects MP16-Pro, the GLOBE test CSV and plain id/lat/lon; globe-release: "
-        "the official MP16-Reason CSVs (response, solution, entities), turned into records as they are",
+        "the official MP16-Reason training CSV (response, solution and entities required), turned into records as "
+        "it is; globe-release-test: the official test CSV (IMG_ID, LAT, LON, city, country)",
     )
+
+    @property
+    def release(self) -> bool:
+        """The official release's files (train or test): the card reports their completeness."""
+        return self.format in ("globe-release", "globe-release-test")
+
     columns: dict[str, str] = Field(
         default_factory=dict, description="our field -> your column, e.g. {id: photo_id, lat: latitude}"
     )
@@ -127,6 +134,19 @@ class TeacherSpec(_Spec):
     max_retries: int = Field(default=6, ge=0)
     backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time, with jitter")
     max_backoff_s: float = Field(default=60.0, ge=0)
+    outage_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a teacher failing most of its requests is paused and probed; not recovered within this many "
+        "seconds, the build stops (resumably)",
+    )
+    max_quarantined: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="the build never seals while more than this share of a teacher's requests are quarantined: it "
+        "stops with the counts by reason, and the rerun asks them again",
+    )
     price_input_per_1k: float | None = Field(default=None, ge=0)
     price_output_per_1k: float | None = Field(default=None, ge=0)
     expected_output_tokens: int = Field(default=400, ge=1, description="used by --estimate")
@@ -162,6 +182,8 @@ class TeacherSpec(_Spec):
             "max_retries",
             "backoff_s",
             "max_backoff_s",
+            "outage_s",
+            "max_quarantined",
             "price_input_per_1k",
             "price_output_per_1k",
             "expected_output_tokens",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -100,12 +101,26 @@ def image_sources(locations: list[str]) -> list[ImageSource]:
 
 
 # -- indexes (built once per build, in the main process) ---------------------------------------------------
-def _strip_top_folder(names: list[str]) -> list[str]:
-    """Members that all sit under one top folder are known by their names inside it."""
-    tops = {n.split("/", 1)[0] for n in names}
-    if len(tops) == 1 and all("/" in n for n in names):
-        return [n.split("/", 1)[1] for n in names]
-    return names
+def _junk(name: str) -> bool:
+    """Files archivers add beside the images: macOS's resource forks and folder settings, Windows' thumbnails."""
+    base = name.rsplit("/", 1)[-1]
+    return name.startswith("__MACOSX/") or "/__MACOSX/" in name or base.startswith("._") or base in _JUNK_NAMES
+
+
+_JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def _common_folder(names: pa.Array) -> str:
+    """The folder every member sits under (``a/b/`` for ``a/b/x.jpg`` and ``a/b/c/y.jpg``), or ""."""
+    if not len(names):
+        return ""
+    parts = names[0].as_py().split("/")[:-1]
+    while parts:
+        prefix = "/".join(parts) + "/"
+        if pc.all(pc.starts_with(names, prefix)).as_py():
+            return prefix
+        parts.pop()
+    return ""
 
 
 def tar_index(path: str | Path) -> pa.Table:
@@ -117,11 +132,12 @@ def tar_index(path: str | Path) -> pa.Table:
     tar_args = {"name": str(source.local)} if source.local else {"fileobj": source.open(block_size=8 << 20)}
     with tarfile.open(mode="r:", **tar_args) as tar:
         for member in tar:
-            if member.isfile():
-                names.append(member.name.removeprefix("./"))
+            name = member.name.removeprefix("./")
+            if member.isfile() and not _junk(name):
+                names.append(name)
                 offsets.append(member.offset_data)
                 sizes.append(member.size)
-    names = _strip_top_folder(names)
+
     return pa.table({"name": names, "offset": offsets, "size": sizes, "method": [0] * len(names),
                      "url": pa.nulls(len(names), pa.string())}, schema=INDEX_SCHEMA)  # fmt: skip
 
@@ -129,8 +145,8 @@ def tar_index(path: str | Path) -> pa.Table:
 def zip_index(path: str | Path) -> pa.Table:
     """Member name -> local header offset, compressed size and method, from the central directory."""
     with zipfile.ZipFile(location(path).source()) as zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-    names = _strip_top_folder([i.filename for i in infos])
+        infos = [i for i in zf.infolist() if not i.is_dir() and not _junk(i.filename)]
+    names = [i.filename for i in infos]
     return pa.table({"name": names, "offset": [i.header_offset for i in infos],
                      "size": [i.compress_size for i in infos], "method": [i.compress_type for i in infos],
                      "url": pa.nulls(len(infos), pa.string())}, schema=INDEX_SCHEMA)  # fmt: skip
@@ -187,8 +203,10 @@ def join_sources(refs: pa.Array, ids: pa.Array, sources: list[ImageSource], work
     """For each indexed source, the columns that say where each row's image sits in it (null: not there).
 
     Rows are looked up by their image reference (the image column, or the id with ``input.image_suffix``), and
-    where that is not listed, by their bare id. A name listed twice in one source counts once (its first
-    entry)."""
+    where that is not listed, by their bare id. In an archive, a member is also known by its name inside the
+    folders all members share (``photos/2024/9e/13/1.jpg`` serves ``9e/13/1.jpg``), and by its file name alone
+    when no other member has that file name (``photos/1.jpg`` serves ``9e/13/1.jpg``). A name listed twice in
+    one source counts once (its first entry)."""
     columns: dict[str, pa.Array] = {}
     same = pc.all(pc.equal(refs, ids)).as_py() is not False
     for source in sources:
@@ -201,11 +219,30 @@ def join_sources(refs: pa.Array, ids: pa.Array, sources: list[ImageSource], work
         where = pc.index_in(refs, value_set=names)
         if not same:
             where = pc.coalesce(where, pc.index_in(ids, value_set=names))
+        if source.kind in ("tar", "zip") and where.null_count and (prefix := _common_folder(names)):
+            inside = pc.utf8_slice_codeunits(names, len(prefix))
+            where = pc.coalesce(where, pc.index_in(refs, value_set=inside))
+        if source.kind in ("tar", "zip") and where.null_count:
+            where = pc.coalesce(where, _by_file_name(refs, names))
         fields = ("url",) if source.kind == "urls" else ("offset", "size", "method")
         for field in fields:
             columns[source.column(field)] = index.column(field).take(where).combine_chunks()
         del names
     return columns
+
+
+def _by_file_name(refs: pa.Array, names: pa.Array) -> pa.Array:
+    """For each ref, the member whose file name (the part after the last ``/``) is the ref's own, when exactly
+    one member has that file name; else null."""
+    base = pc.replace_substring_regex(names, r"^.*/", "")
+    counts = base.value_counts()
+    unique = counts.field("values").filter(pc.equal(counts.field("counts"), 1))
+    position = pc.index_in(base, value_set=unique)  # each name's rank among the unique file names, or null
+    valid = pc.is_valid(position).to_numpy(zero_copy_only=False)
+    member = np.empty(len(unique), dtype=np.int64)  # unique file name -> its member's position
+    member[pc.drop_null(position).to_numpy()] = np.flatnonzero(valid)
+    found = pc.index_in(pc.replace_substring_regex(refs, r"^.*/", ""), value_set=unique)
+    return pa.array(member).take(found)
 
 
 # -- reading -------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from mp16_reason.storage import Location
 
 from .recipe import TeacherSpec
 from .teacher_cache import CachedReply, ReplyCache
-from .teachers import Usage, api_key, new_reply, request_body, spec_key
+from .teachers import TeacherFailure, Usage, api_key, new_reply, request_body, spec_key
 from .units import read_unit, unit_path
 
 ENDPOINT = "/v1/chat/completions"
@@ -150,13 +150,19 @@ class BatchRunner:
         self.folder.mkdir()
         self.state_path.write_text(json.dumps(self.state, indent=1, sort_keys=True) + "\n")
 
-    def quarantined(self) -> dict[str, str]:
+    def quarantined(self) -> dict[str, TeacherFailure]:
         """Keys given up on, with the reason as the build records it."""
         return {
-            key: f"teacher {self.spec.name}: {f['reason']} (after {f['attempts']} attempt(s))"
+            key: TeacherFailure(self.spec.name, f["reason"], f["attempts"], "batch")
             for key, f in self.state["failures"].items()
             if f["attempts"] > self.spec.max_retries
         }
+
+    def forgive(self) -> None:
+        """Ask the given-up requests again on the next run (the build stopped instead of quarantining them)."""
+        for key in self.quarantined():
+            del self.state["failures"][key]
+        self._save()
 
     def scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -171,7 +177,7 @@ class BatchRunner:
         )
 
     # -- the stage ---------------------------------------------------------------------------------------------
-    def run(self, units: list[int]) -> dict[str, str]:
+    def run(self, units: list[int]) -> dict[str, TeacherFailure]:
         """This teacher alone (see :func:`run_batches`)."""
         return run_batches([self], units, self.progress, self.log)
 
@@ -306,7 +312,9 @@ class BatchRunner:
         self._save()
 
 
-def run_batches(runners: list[BatchRunner], units: list[int], progress: bool = True, log=print) -> dict[str, str]:
+def run_batches(
+    runners: list[BatchRunner], units: list[int], progress: bool = True, log=print
+) -> dict[str, TeacherFailure]:
     """Every batch teacher's missing replies into the cache, or quarantined: all teachers' files are submitted
     before any is waited for, then polled together; what failed goes into the next round. Returns the
     quarantined keys with their reasons."""
@@ -316,7 +324,7 @@ def run_batches(runners: list[BatchRunner], units: list[int], progress: bool = T
         _wait(runners, progress)
         if not sum(runner.submit(units) for runner in runners):
             break
-    quarantined: dict[str, str] = {}
+    quarantined: dict[str, TeacherFailure] = {}
     for runner in runners:
         log(runner.summary())
         quarantined.update(runner.quarantined())

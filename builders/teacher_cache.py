@@ -5,12 +5,19 @@ URL nor any key or token is part of it or stored in it, so a cache can be shared
 SQLite file in WAL mode, and every reply is committed as soon as it arrives, so a killed build loses at most
 the requests that were in flight. ``export``/``import_`` move it as JSON Lines, to rebuild without endpoints.
 
+It is a ledger: a stored reply is never replaced. A later reply under the same key (another build that asked
+at the same time, an import) is counted in ``later`` and dropped, so a build and its offline rebuild read the
+same reply. Builds sharing one cache file also never send a request another has in flight: before asking, a
+build *claims* the key, with a lease it renews while it waits for the answer (``claim``/``renew``/``release``);
+a key claimed by another live build is waited for, and a lease that runs out (its build died) is taken over.
+
 Beside the replies it keeps the requests written to batch files (what each ``custom_id`` asked: model, prompt
 version, image and parameters), so that a results file, which names only the ``custom_id``, becomes replies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -57,19 +64,23 @@ class ReplyCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # autocommit (one reply, one commit); the build uses it from one thread at a time, not always the same one
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # autocommit (one reply, one commit); the build uses it from one thread at a time, not always the same one;
+        # another build writing to the same file makes us wait (busy timeout), never fail
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, which is what we need
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, "
             "image_sha256 TEXT, params TEXT, text TEXT, input_tokens INTEGER, output_tokens INTEGER, "
-            "origin TEXT, created REAL)"
+            "origin TEXT, created REAL, later INTEGER DEFAULT 0)"
         )
+        if "later" not in {row[1] for row in self._db.execute("PRAGMA table_info(replies)")}:  # an older cache
+            self._db.execute("ALTER TABLE replies ADD COLUMN later INTEGER DEFAULT 0")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, "
             "image_sha256 TEXT, params TEXT)"
         )
+        self._db.execute("CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT, expires REAL)")
 
     def get(self, key: str) -> CachedReply | None:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM replies WHERE key = ?", (key,)).fetchone()
@@ -87,23 +98,72 @@ class ReplyCache:
         """The cached replies among ``keys``, by key (absent keys are left out)."""
         return {row[0]: CachedReply(*row) for row in self._select("replies", _COLUMNS, keys)}
 
-    def _insert(self, replies: tuple[CachedReply, ...] | list[CachedReply], conflict: str) -> None:
-        sql = f"INSERT OR {conflict} INTO replies ({', '.join(_COLUMNS)}, created) VALUES ({', '.join('?' * 10)})"
+    def _insert(self, replies: tuple[CachedReply, ...] | list[CachedReply], count_later: bool) -> None:
+        """Store replies whose key is new; a reply under a stored key is dropped (and counted, with
+        ``count_later``): the first reply stored is the one every build reads."""
+        sql = f"INSERT INTO replies ({', '.join(_COLUMNS)}, created) VALUES ({', '.join('?' * 10)}) ON CONFLICT(key) "
+        sql += "DO UPDATE SET later = later + 1" if count_later else "DO NOTHING"
         now = time.time()
-        self._db.execute("BEGIN")  # many rows, one commit
-        self._db.executemany(sql, [(*astuple(r), now) for r in replies])
+        with self._write():  # many rows, one commit
+            self._db.executemany(sql, [(*astuple(r), now) for r in replies])
+            self._db.executemany("DELETE FROM claims WHERE key = ?", [(r.key,) for r in replies])
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction, taking the file's write lock at once (no upgrade deadlock between builds)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         self._db.execute("COMMIT")
 
-    def put(self, *replies: CachedReply) -> None:
-        """Store replies (a newer reply under the same key replaces the old one)."""
-        self._insert(replies, "REPLACE")
+    def put(self, *replies: CachedReply) -> list[CachedReply]:
+        """Store replies; returns what the cache holds under their keys, which is the earlier reply wherever one
+        was stored already (the later one is counted in ``later``, not kept)."""
+        self._insert(replies, count_later=True)
+        stored = self.get_many(r.key for r in replies)
+        return [stored[r.key] for r in replies]
+
+    # -- claims: builds sharing the file never send the same request at once -------------------------------
+    def claim(self, key: str, owner: str, lease_s: float) -> CachedReply | bool:
+        """The stored reply when there is one; else True when ``owner`` now holds the key's claim (it was free,
+        ``owner``'s, or its lease had run out), False when another build's claim is live."""
+        now = time.time()
+        with self._write():
+            if (reply := self.get(key)) is not None:
+                return reply
+            row = self._db.execute("SELECT owner, expires FROM claims WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return False
+            self._db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (key, owner, now + lease_s))
+        return True
+
+    def renew(self, owner: str, lease_s: float) -> None:
+        """Extend every claim ``owner`` holds (its build is alive and still waiting for those replies)."""
+        with self._write():
+            self._db.execute("UPDATE claims SET expires = ? WHERE owner = ?", (time.time() + lease_s, owner))
+
+    def release(self, key: str, owner: str) -> None:
+        """Give up ``owner``'s claim on ``key`` (its request failed): another build may ask."""
+        with self._write():
+            self._db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (key, owner))
+
+    def release_all(self, owner: str) -> None:
+        """Give up every claim ``owner`` holds (its stage is over, or stopped)."""
+        with self._write():
+            self._db.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+
+    def later(self) -> int:
+        """Replies received for keys that already had one (counted, not kept)."""
+        return self._db.execute("SELECT COALESCE(SUM(later), 0) FROM replies").fetchone()[0]
 
     def put_requests(self, requests: Iterable[CachedReply]) -> None:
         """Remember what these requests ask (their answers empty), to read results that name only their key."""
         sql = f"INSERT OR REPLACE INTO requests VALUES ({', '.join('?' * len(_REQUEST_COLUMNS))})"
-        self._db.execute("BEGIN")
-        self._db.executemany(sql, [tuple(getattr(r, c) for c in _REQUEST_COLUMNS) for r in requests])
-        self._db.execute("COMMIT")
+        with self._write():
+            self._db.executemany(sql, [tuple(getattr(r, c) for c in _REQUEST_COLUMNS) for r in requests])
 
     def get_requests(self, keys: Iterable[str]) -> dict[str, CachedReply]:
         """The remembered requests among ``keys``, as replies with no text and no usage yet."""
@@ -131,7 +191,7 @@ class ReplyCache:
         before = len(self)
         with open(path, encoding="utf-8") as fh:
             rows = [CachedReply(**json.loads(line)) for line in fh if line.strip()]
-        self._insert(rows, "IGNORE")
+        self._insert(rows, count_later=False)
         return len(self) - before
 
     def close(self) -> None:

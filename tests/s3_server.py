@@ -74,6 +74,9 @@ class S3Server:
                 time.sleep(0.1)
         self._saved = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)
+        import fsspec
+
+        fsspec.filesystem("s3").clear_instance_cache()  # an instance made for another server would be reused
         return self
 
     def __exit__(self, *exc) -> None:

@@ -3,9 +3,10 @@
 ``reply(image_bytes, request) -> str`` writes the answer text; ``fault(n, digest) -> str | None`` picks a fault
 for the n-th request (0-based, over the whole server) of the image with sha256 ``digest``:
 
-``"429"`` (with Retry-After), ``"500"``, ``"timeout"`` (sleeps ``hang_s``, then hangs up), ``"truncated"``
-(a body shorter than its Content-Length, then the connection closes), ``"nonjson"`` (200 with an HTML body),
-``"401echo"`` (401 whose message repeats the caller's key, as some gateways do).
+``"429"`` (with Retry-After); any other status as its digits (``"500"``, ``"503"``, ``"400"``); ``"timeout"``
+(sleeps ``hang_s``, then hangs up); ``"truncated"`` (a body shorter than its Content-Length, then the connection
+closes); ``"nonjson"`` (200 with an HTML body); ``"401echo"`` and ``"400echo"`` (401 or 400 whose message
+repeats the caller's key, as some gateways do).
 
 Each request sleeps ``latency_s`` first (the benchmark's fixed latency). ``logprobs(request)``, when given,
 returns the first token's top candidates ``[(token, logprob), ...]``, sent as vLLM does when a request asks for
@@ -111,12 +112,12 @@ class TeacherServer:
                         server.faults[fault] += 1
                 if fault == "429":
                     return self._send(429, b'{"error":{"message":"slow down"}}', Retry_After=server.retry_after)
-                if fault == "500":
-                    return self._send(500, b'{"error":{"message":"internal error"}}')
-                if fault == "401echo":
+                if fault and fault.isdigit():  # any status: "500", "503", "400", ...
+                    return self._send(int(fault), json.dumps({"error": {"message": f"fault {fault}"}}).encode())
+                if fault in ("401echo", "400echo"):
                     key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                    msg = json.dumps({"error": {"message": f"Incorrect API key provided: {key}"}}).encode()
-                    return self._send(401, msg)
+                    msg = json.dumps({"error": {"message": f"Request with key {key} refused"}}).encode()
+                    return self._send(int(fault[:3]), msg)
                 if fault == "nonjson":
                     return self._send(200, b"<html><body>Bad gateway</body></html>")
                 if fault == "timeout":  # answer nothing until the client has given up

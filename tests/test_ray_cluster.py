@@ -4,18 +4,17 @@ disk: units forced onto the second node by a custom resource, and that node kill
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import sample_recipe
+from image_server import SlowImages, url_metadata
 from s3_server import rclone, upload
 
 from builders.pipeline import build
@@ -86,41 +85,9 @@ def test_units_on_the_second_node_write_to_s3_and_match_the_local_build(s3, clus
         cluster.remove_node(node)
 
 
-class _SlowImages(http.server.BaseHTTPRequestHandler):
-    """Serves the sample's images, each after a delay: units take long enough to kill a node in one."""
-
-    folder: Path
-    delay_s = 0.15
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        path = self.folder / self.path.lstrip("/")
-        if not path.is_file():
-            self.send_error(404)
-            return
-        time.sleep(self.delay_s)
-        body = path.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 def test_a_node_killed_mid_build_gives_the_uninterrupted_shards(s3, cluster, sample_input, tmp_path):
-    import pandas as pd
-
-    handler = type("Handler", (_SlowImages,), {"folder": sample_input / "images"})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        rows = pd.read_csv(sample_input / "metadata.csv", dtype=str, keep_default_na=False)
-        base = f"http://127.0.0.1:{server.server_port}/"
-        rows["image"] = [base + name if name else "" for name in rows["image"]]
-        (tmp_path / "urls").mkdir()
-        rows.to_csv(tmp_path / "urls" / "metadata.csv", index=False)
+    with SlowImages(sample_input / "images") as base:
+        url_metadata(sample_input, base, tmp_path / "urls")
         prefix = s3.bucket("ray-inputs") + "/urls"
         upload(tmp_path / "urls", prefix)
         settings = {"input.metadata": prefix + "/metadata.csv", "input.images": [], "unit_size": 4,
@@ -146,5 +113,3 @@ def test_a_node_killed_mid_build_gives_the_uninterrupted_shards(s3, cluster, sam
         total = len(list(first.parent.glob("unit-*.arrow")))
         assert units < total  # the node died before the build's units were all done
         assert _shards(out) == _shards(reference)
-    finally:
-        server.shutdown()

@@ -1,0 +1,77 @@
+"""Configuration errors, found before a build writes anything: each names the flag or recipe key and the fix.
+
+A build that would fail on a missing file, a column the input format needs, an unset API key or a missing
+package fails here, at once, rather than after the output folder, the lock or the work folder were made (or
+after hours of image preparation).
+"""
+
+from __future__ import annotations
+
+from mp16_reason.storage import location
+
+from .recipe import Recipe
+
+
+class ConfigError(ValueError):
+    """A setting to fix before the build can start."""
+
+
+def check_extras(recipe: Recipe) -> None:
+    """The optional packages this recipe needs are installed; else ModuleNotFoundError naming one (which the CLI
+    turns into the ``pip install "mp16-reason[extra]"`` line)."""
+    from mp16_reason.cli import require
+    from mp16_reason.storage import is_url
+
+    needed = []
+    if recipe.teachers:
+        needed += ["openai", "aiolimiter"]
+        c = recipe.curation
+        if c.agreement.enabled or c.grounding.enabled:
+            needed += ["torch", "transformers", "sentence_transformers"]
+    if recipe.distributor == "ray":
+        needed.append("ray")
+    if any(str(p).startswith("s3://") for p in (recipe.out, recipe.input.metadata, *recipe.input.images)):
+        needed.append("s3fs")
+    elif is_url(recipe.out) and recipe.out.startswith("gs://"):
+        needed.append("gcsfs")
+    require(*needed)
+
+
+def check(recipe: Recipe) -> None:
+    check_extras(recipe)
+    inp = recipe.input
+    if not location(inp.metadata).is_file():
+        raise ConfigError(f"metadata file {inp.metadata} does not exist; fix --metadata or input.metadata")
+    for path in inp.join:
+        if not location(path).is_file():
+            raise ConfigError(
+                f"join file {path} does not exist (input.join gives coordinates the metadata lacks): pass --join PATH "
+                "to the file that has them (MP16-Pro's MP16_Pro_filtered.csv for the official release), or --no-join "
+                "(input.join: []) when the metadata has its own coordinates"
+            )
+    from .sources import image_sources
+
+    image_sources(inp.images)  # each source exists, or a SourceError naming --images / input.images
+    _columns(recipe)
+    if recipe.teachers and not recipe.distill.offline:
+        from .teachers import api_key
+
+        for spec in recipe.teachers:
+            if spec.kind == "openai":
+                api_key(spec)  # a missing key fails now, not after the images are prepared
+    if any(t.kind == "geoclip" for t in recipe.teachers):
+        from .geoclip_teacher import check_installed
+
+        check_installed()
+
+
+def _columns(recipe: Recipe) -> None:
+    """The metadata has every column its ``input.format`` needs (a missing one: the file's columns and the
+    ``input.columns`` line to write)."""
+    import pyarrow.parquet as pq
+
+    from .ingest import _header, resolve_columns
+
+    path = location(recipe.input.metadata)
+    parquet = path.name.lower().endswith((".parquet", ".pq"))
+    resolve_columns(pq.read_schema(path.source()).names if parquet else _header(path), recipe.input)
