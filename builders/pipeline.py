@@ -188,8 +188,8 @@ class Build:
         committed = set(range(n_units)) - {t.index for t in tasks}
         next_unit = 0
         bars = [tqdm(total=n_rows, initial=done_rows, unit="img", desc="prepare", disable=not self.progress)]
-        if shards is not None:
-            bars.append(tqdm(total=n_rows, unit="img", desc="shards", disable=not self.progress))
+        if shards is not None:  # rows the shard process has taken in (planned), while later units are prepared
+            bars.append(tqdm(total=n_rows, unit="img", desc="plan shards", disable=not self.progress))
 
         def hand_over() -> None:
             nonlocal next_unit
@@ -213,8 +213,14 @@ class Build:
         bars[0].close()
         if shards is None:
             return None
-        result = shards.finish(bars[1])
-        bars[1].close()
+        return self._write_shards(shards, bars[1])
+
+    def _write_shards(self, shards: ShardProcess, planning) -> list[dict]:
+        """The shard process's last units taken in, then every shard written (a bar of samples)."""
+        written = tqdm(unit="img", desc="write shards", disable=not self.progress)
+        result = shards.finish(planning, written)
+        planning.close()
+        written.close()
         return result
 
     def _distill(self, n_rows: int) -> None:
@@ -317,7 +323,7 @@ class Build:
     def _units_and_shards(self, n_rows: int) -> list[dict]:
         """Shards are written while the units are prepared, or after the teacher stage, whose curated units
         they take."""
-        args = (self.out, self.work, self.recipe.shards.max_bytes)
+        args = (self.out, self.work, self.recipe.shards.max_bytes, self.recipe.shards.multiple_of)
         try:
             if not self.recipe.teachers:
                 with ShardProcess(*args, curated=False) as shards:
@@ -325,12 +331,10 @@ class Build:
             self._units(n_rows)
             self._distill(n_rows)
             with ShardProcess(*args, curated=True) as shards:
-                bar = tqdm(total=n_rows, unit="img", desc="shards", disable=not self.progress)
+                bar = tqdm(total=n_rows, unit="img", desc="plan shards", disable=not self.progress)
                 for unit in range(self._n_units(n_rows)):
                     bar.update(shards.add(unit))
-                result = shards.finish(bar)
-                bar.close()
-                return result
+                return self._write_shards(shards, bar)
         except ShardProcessError as exc:
             raise BuildError(str(exc)) from None
 

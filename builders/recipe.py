@@ -100,6 +100,12 @@ class SplitSpec(_Spec):
 
 class ShardSpec(_Spec):
     max_bytes: int = Field(default=1_000_000_000, gt=0, description="upper bound of a shard's size")
+    multiple_of: int = Field(
+        default=24,
+        ge=1,
+        description="a split's shards, of equal sample counts, number a multiple of this once the split has that "
+        "many samples: 24 divides evenly over 1, 2, 3, 4, 6, 8, 12 and 24 readers (GPUs x DataLoader workers)",
+    )
     seed: str = Field(default="mp16-reason", description="seed of the deterministic pre-shuffle")
 
 

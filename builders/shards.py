@@ -1,10 +1,11 @@
-"""Shards: fold committed units, in input order, into size-bounded WebDataset tars.
+"""Shards: fold committed units, in input order, into WebDataset tars of equal sample counts.
 
-Ingest sorts the rows into their shuffled order, so units arrive already in shard order and the fold can run
-while later units are still being prepared: a duplicate image is one whose content hash an earlier row had,
-and a shard is closed as soon as its next sample would not fit. Everything the fold decides depends on the
-units alone, so a resumed build makes the same decisions; a shard already on disk (written whole, then
-renamed) is kept and not rewritten.
+Ingest sorts the rows into their shuffled order, so units arrive already in shard order and the fold can
+decide while later units are still being prepared: a duplicate image is one whose content hash an earlier
+row had. Once every unit is in, each split's shards are planned (equal counts, within ``max_bytes``, a
+multiple of ``multiple_of``: readers that divide it all get equal shares) and the units are streamed into
+them. Everything the fold decides depends on the units alone, so a resumed build makes the same decisions; a
+shard already on disk (written whole, then renamed) is kept and not rewritten.
 
 The fold runs in a process of its own (:class:`ShardProcess`), beside the workers that prepare images.
 """
@@ -19,6 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -76,16 +78,14 @@ class _Shard:
         self.entry: dict[str, Any] = {"path": path, "split": split, "samples": 0}
         if config != DEFAULT_CONFIG:
             self.entry["config"] = config
-        self.fill = 0
         self.writer = None
         if not self.final.exists():  # else complete from an earlier run: its bytes are already these
             self.file = ExitStack()  # the shard stays open across many units; close() commits it
             self.hashed = HashingFile(self.file.enter_context(self.final.commit()))
             self.writer = wds.TarWriter(self.hashed, user="mp16", group="mp16", mtime=TAR_MTIME)
 
-    def add(self, key: str, jpg: Any, js: bytes, tar_bytes: int) -> None:
+    def add(self, key: str, jpg: Any, js: bytes) -> None:
         self.entry["samples"] += 1
-        self.fill += tar_bytes
         if self.writer is not None:
             self.writer.write({"__key__": key, "jpg": jpg, "json": js})
 
@@ -102,47 +102,120 @@ class _Shard:
 FOLD_REJECTED = "fold-rejected.parquet"  # in the work folder: the units' rejections and the duplicates
 
 
+def plan_counts(sizes: np.ndarray, max_bytes: int, multiple_of: int) -> list[int]:
+    """Sample counts of one split's shards, in order: equal to within one, as few shards as keep each under
+    ``max_bytes``, and a multiple of ``multiple_of`` once the split holds that many samples (so that any
+    number of readers dividing it, GPUs x DataLoader workers, gets the same number of shards and samples).
+
+    ``sizes`` are the samples' bytes in a tar, in shard order. A shard may exceed ``max_bytes`` only when one
+    sample alone does."""
+    n = len(sizes)
+    if not n:
+        return []
+    ends = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    step = multiple_of if n >= multiple_of > 1 else 1
+    k = max(1, -(-tar_file_bytes(int(ends[-1])) // max_bytes))
+    k = min(n, -(-k // step) * step)
+    while True:
+        counts = (n // k + _spread(k, n % k)).tolist()
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        biggest = int(np.max(ends[bounds[1:]] - ends[bounds[:-1]]))
+        if tar_file_bytes(biggest) <= max_bytes or k == n:
+            return counts
+        k = min(n, k + step)
+
+
+BALANCED_READERS = (2, 3, 4)  # reader counts whose shares of a split are kept within one sample
+
+
+def _spread(k: int, extra: int) -> np.ndarray:
+    """Which of ``k`` shards hold one sample more (``extra`` of them, as 0/1): placed so that 2, 3 or 4 readers
+    get the same number of samples to within one, whether each takes a contiguous block of shards (as
+    ``datasets.distributed.split_dataset_by_node`` does) or every r-th shard (as ``webdataset.split_by_node``
+    does). Evenly spaced first; where that leaves a reader two samples behind, a seeded local search moves
+    extras until none is (it keeps the best placement found if it cannot reach that)."""
+    chosen = np.zeros(k, np.int64)
+    if not 0 < extra < k:
+        return chosen + (extra == k)
+    chosen[(np.arange(extra) * k) // extra] = 1
+    readers = [w for w in BALANCED_READERS if k % w == 0 and w < k]
+    groups = [np.arange(k) % w for w in readers] + [np.arange(k) * w // k for w in readers]
+
+    def imbalance(x: np.ndarray) -> int:
+        return sum(max(0, int(np.ptp(np.bincount(g, weights=x, minlength=g.max() + 1))) - 1) for g in groups)
+
+    best, best_cost = chosen.copy(), imbalance(chosen)
+    for restart in range(20):
+        if not best_cost:
+            break
+        rng = np.random.default_rng([k, extra, restart])
+        x = best.copy() if restart == 0 else rng.permutation(best)
+        cost = imbalance(x)
+        for _ in range(3000):
+            i, j = rng.choice(np.flatnonzero(x == 1)), rng.choice(np.flatnonzero(x == 0))
+            x[i], x[j] = 0, 1
+            moved = imbalance(x)
+            if moved <= cost:
+                cost = moved
+                if not cost:
+                    break
+            else:
+                x[i], x[j] = 1, 0
+        if cost < best_cost:
+            best, best_cost = x.copy(), cost
+    return best
+
+
 class ShardFold:
-    """Takes units in order (:meth:`add`); :meth:`finish` closes the last shards, writes the rejection records
-    found in the units (dedup included) to ``FOLD_REJECTED`` in the work folder, and returns one manifest entry
-    per shard. Rejections stay Arrow columns all the way: millions of dead links cost what their parquet does.
+    """Takes units in order (:meth:`add`); :meth:`finish` writes the shards, writes the rejection records found
+    in the units (dedup included) to ``FOLD_REJECTED`` in the work folder, and returns one manifest entry per
+    shard. Rejections stay Arrow columns all the way: millions of dead links cost what their parquet does.
+
+    Two passes. While units arrive, only their small columns are read: which rows are kept (duplicates are
+    decided here, in input order), in which config and split, and their size. :meth:`finish` then knows each
+    split's samples and plans its shards (:func:`plan_counts`: equal counts within ``max_bytes``), and streams
+    the units once more, in order, into them. A shard already on disk (written whole, then renamed) is kept.
 
     Rows of the default config reconcile with the input (each is written or rejected); rows of another config
     (the localizability one) are a second view of the same images.
     """
 
-    def __init__(self, out: str | Path | Location, work: str | Path | Location, max_bytes: int, curated: bool) -> None:
+    def __init__(
+        self,
+        out: str | Path | Location,
+        work: str | Path | Location,
+        max_bytes: int,
+        curated: bool,
+        multiple_of: int = 24,
+    ) -> None:
         self.out, self.work, self.max_bytes, self.curated = location(out), location(work), max_bytes, curated
+        self.multiple_of = multiple_of
         self.wds = import_webdataset()
         self.rejected: list[pa.Table] = []
         self.duplicates: list[dict] = []
-        self.entries: list[dict] = []
         self.seen: dict[tuple[str, str], str] = {}
-        self.open: dict[tuple[str, str], _Shard] = {}
-        self.count: dict[tuple[str, str], int] = {}
+        # (config, split) -> per unit, (unit, the kept rows' positions in it, their sizes)
+        self.kept: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        self.units: list[int] = []
         data = self.out / "data"
         if data.local is not None and data.local.is_dir():  # half-written shards of an interrupted run
             for folder in [data.local, *(p for p in data.local.iterdir() if p.is_dir())]:
                 remove_stale(folder)
 
-    def add(self, unit: int) -> int:
-        """Fold one unit in; returns its number of input rows (rows of the default config)."""
-        prepared = unit_path(self.work, unit)
+    def _rows(self, unit: int, columns: list[str]) -> pa.Table:
         if self.curated:
-            final = read_unit(curated_path(self.work, unit), [*META, "json", "pos", "config"])
-            jpgs = read_unit(prepared, ["jpg"]).column("jpg")
-            image_of = final.column("pos").to_pylist()
-            configs = final.column("config").to_pylist()
-        else:
-            final = read_unit(prepared, [*META, "json", "jpg"])
-            jpgs = final.column("jpg")
-            image_of = range(final.num_rows)
-            configs = [DEFAULT_CONFIG] * final.num_rows
-        jsons = final.column("json")
+            return read_unit(curated_path(self.work, unit), columns)
+        return read_unit(unit_path(self.work, unit), [c for c in columns if c not in ("pos", "config")])
+
+    def add(self, unit: int) -> int:
+        """Take in one unit's small columns; returns its number of input rows (rows of the default config)."""
+        final = self._rows(unit, [*META, "config"])
+        configs = final.column("config").to_pylist() if self.curated else [DEFAULT_CONFIG] * final.num_rows
         ok = pc.equal(final.column("status"), "ok")
         if not pc.all(ok).as_py():
             self.rejected.append(final.filter(pc.invert(ok)).select(["row", "id", "stage", "reason"]))
         keep = ok.to_numpy(zero_copy_only=False)
+        picked: dict[tuple[str, str], list[tuple[int, int]]] = {}
         columns = [final.column(c).to_pylist() for c in ("row", "id", "split", "sha256", "tar_bytes")]
         for k, (row, sid, split, sha, nbytes) in enumerate(zip(*columns)):
             if not keep[k]:
@@ -154,35 +227,80 @@ class ShardFold:
                     self.duplicates.append({"row": row, "id": sid, "stage": "dedup", "reason": reason})
                 continue
             self.seen[(config, sha)] = sid
-            shard = self._shard_for(config, split, nbytes)
-            shard.add(sample_key(sid), jpgs[image_of[k]].as_py(), jsons[k].as_py(), nbytes)
+            picked.setdefault((config, split), []).append((k, nbytes))
+        for group, rows in picked.items():
+            at, sizes = zip(*rows)
+            self.kept.setdefault(group, []).append((unit, np.array(at, np.int32), np.array(sizes, np.int64)))
+        self.units.append(unit)
         return configs.count(DEFAULT_CONFIG)
 
-    def _shard_for(self, config: str, split: str, nbytes: int) -> _Shard:
-        group = (config, split)
-        shard = self.open.get(group)
-        if shard is None or tar_file_bytes(shard.fill + nbytes) > self.max_bytes:
-            if shard is not None:
-                self.entries.append(shard.close())
-            n = self.count.get(group, 0)
-            self.count[group] = n + 1
-            folder = "data" if config == DEFAULT_CONFIG else f"data/{config}"
-            (self.out / folder).mkdir()
-            shard = self.open[group] = _Shard(self.out, f"{folder}/{split}-{n:06d}.tar", split, config, self.wds)
-        return shard
-
-    def finish(self) -> list[dict]:
-        self.entries.extend(shard.close() for shard in self.open.values())
-        self.open.clear()
+    def finish(self, progress=None) -> list[dict]:
+        """Plan every split's shards and write them, one pass over the units; ``progress`` (a callable) is told
+        how many samples were written as it goes."""
+        plans = {
+            group: plan_counts(np.concatenate([s for _, _, s in parts]), self.max_bytes, self.multiple_of)
+            for group, parts in self.kept.items()
+        }
+        writers = {group: _GroupWriter(self, group, counts) for group, counts in plans.items()}
+        by_unit: dict[int, list[tuple[tuple[str, str], np.ndarray]]] = {}
+        for group, parts in self.kept.items():
+            for unit, at, _ in parts:
+                by_unit.setdefault(unit, []).append((group, at))
+        for unit in self.units:
+            chosen = by_unit.get(unit)
+            if not chosen:
+                continue
+            final = self._rows(unit, ["id", "json", "pos"] if self.curated else ["id", "json", "jpg"])
+            jpgs = read_unit(unit_path(self.work, unit), ["jpg"]).column("jpg") if self.curated else final["jpg"]
+            image_of = final.column("pos").to_pylist() if self.curated else None
+            ids, jsons = final.column("id"), final.column("json")
+            for group, at in chosen:
+                for k in at.tolist():
+                    jpg = jpgs[image_of[k] if image_of is not None else k].as_py()
+                    writers[group].add(ids[k].as_py(), jpg, jsons[k].as_py())
+                if progress is not None:
+                    progress(len(at))
+        entries = [e for w in writers.values() for e in w.close()]
         tables = [t.cast(REJECTION_WORK_SCHEMA) for t in self.rejected]
         tables.append(pa.Table.from_pylist(self.duplicates, schema=REJECTION_WORK_SCHEMA))
         write_atomic(pa.concat_tables(tables), self.work / FOLD_REJECTED)
-        return sorted(self.entries, key=lambda e: e["path"])
+        return sorted(entries, key=lambda e: e["path"])
 
 
-def _shard_process_main(todo, results, out: str, work: str, max_bytes: int, curated: bool, env: dict) -> None:
-    """The shard process: fold each unit index it is sent (None ends), reporting rows as it goes. It holds
-    only the reading end of ``todo``, so if the build is killed the next read fails and it exits."""
+class _GroupWriter:
+    """One config and split's shards, filled in order to their planned counts."""
+
+    def __init__(self, fold: ShardFold, group: tuple[str, str], counts: list[int]) -> None:
+        self.fold, self.counts = fold, counts
+        self.config, self.split = group
+        self.folder = "data" if self.config == DEFAULT_CONFIG else f"data/{self.config}"
+        self.index = 0
+        self.shard: _Shard | None = None
+        self.entries: list[dict] = []
+
+    def add(self, sample_id: str, jpg: bytes, js: bytes) -> None:
+        if self.shard is None or self.shard.entry["samples"] == self.counts[self.index - 1]:
+            if self.shard is not None:
+                self.entries.append(self.shard.close())
+            path = f"{self.folder}/{self.split}-{self.index:06d}.tar"
+            (self.fold.out / self.folder).mkdir()
+            self.shard = _Shard(self.fold.out, path, self.split, self.config, self.fold.wds)
+            self.index += 1
+        self.shard.add(sample_key(sample_id), jpg, js)
+
+    def close(self) -> list[dict]:
+        if self.shard is not None:
+            self.entries.append(self.shard.close())
+            self.shard = None
+        return self.entries
+
+
+def _shard_process_main(
+    todo, results, out: str, work: str, max_bytes: int, multiple_of: int, curated: bool, env: dict
+) -> None:
+    """The shard process: fold each unit index it is sent (None ends), reporting rows as it goes, then write
+    the shards, reporting samples. It holds only the reading end of ``todo``, so if the build is killed the
+    next read fails and it exits."""
     from .distributor import take_environment
 
     take_environment(env)
@@ -195,10 +313,11 @@ def _shard_process_main(todo, results, out: str, work: str, max_bytes: int, cura
             raise SystemExit(0) from None
 
     try:
-        fold = ShardFold(out, work, max_bytes, curated)
+        fold = ShardFold(out, work, max_bytes, curated, multiple_of)
         while (unit := next_unit()) is not None:
             results.send(("rows", fold.add(unit)))
-        results.send(("done", fold.finish()))
+        unit = None
+        results.send(("done", fold.finish(progress=lambda n: results.send(("written", n)))))
     except Exception as exc:
         where = "" if unit is None else f" at unit {unit} ({unit_path(work, unit).relative_to(location(out))})"
         fix = "" if unit is None else ". If a rerun fails the same way, delete that unit's files to redo it"
@@ -217,7 +336,7 @@ class ShardProcess:
     Leaving the ``with`` block on an error stops the child; its half-written shard is removed on the next run.
     """
 
-    def __init__(self, out: Location, work: Location, max_bytes: int, curated: bool) -> None:
+    def __init__(self, out: Location, work: Location, max_bytes: int, multiple_of: int, curated: bool) -> None:
         from .distributor import process_context
 
         ctx = process_context()
@@ -225,7 +344,7 @@ class ShardProcess:
         self._results, child_results = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=_shard_process_main,
-            args=(child_todo, child_results, str(out), str(work), max_bytes, curated, dict(os.environ)),
+            args=(child_todo, child_results, str(out), str(work), max_bytes, multiple_of, curated, dict(os.environ)),
             name="mp16-reason-shards",
             daemon=True,
         )
@@ -254,17 +373,19 @@ class ShardProcess:
         """Rows folded since the last call (does not wait)."""
         n = 0
         while self._done is None and self._results.poll():
-            n += self._receive()
+            n += self._receive()[1]
         return n
 
-    def finish(self, progress: Any = None) -> list[dict]:
-        """Wait for the fold to take in every unit sent (``progress``, a tqdm bar, counts the rows); returns
-        the shard entries (the rejections are in ``FOLD_REJECTED``)."""
+    def finish(self, rows: Any = None, written: Any = None) -> list[dict]:
+        """Wait for the fold to take in every unit sent and to write the shards (tqdm bars: ``rows`` counts the
+        rows folded, ``written`` the samples written); returns the shard entries (the rejections are in
+        ``FOLD_REJECTED``)."""
         self._send(None)
         while self._done is None:
-            n = self._receive()
-            if progress is not None:
-                progress.update(n)
+            kind, n = self._receive()
+            bar = rows if kind == "rows" else written if kind == "written" else None
+            if bar is not None:
+                bar.update(n)
         return self._done
 
     def _send(self, unit: int | None) -> None:
@@ -274,8 +395,8 @@ class ShardProcess:
             self._proc.join(5)
             raise ShardProcessError(f"the shard process died (exit code {self._proc.exitcode})") from None
 
-    def _receive(self) -> int:
-        """Wait for the child's next message; returns the rows it reports."""
+    def _receive(self) -> tuple[str, int]:
+        """Wait for the child's next message: ``("rows" | "written", count)``, or ("done", 0)."""
         try:
             kind, *payload = self._results.recv()
         except EOFError:
@@ -284,5 +405,5 @@ class ShardProcess:
             raise ShardProcessError(payload[0])
         if kind == "done":
             self._done = payload[0]
-            return 0
-        return payload[0]
+            return kind, 0
+        return kind, payload[0]

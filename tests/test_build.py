@@ -210,7 +210,8 @@ def test_fold_over_a_finished_build_reproduces_its_manifest(build_dir, request):
     out = out[0] if isinstance(out, tuple) else out
     manifest = json.loads((out / "manifest.json").read_text())
     before = shard_digests(out)
-    fold = ShardFold(out, out / ".work", manifest["recipe"]["shards"]["max_bytes"], curated="teachers" in manifest)
+    spec = manifest["recipe"]["shards"]
+    fold = ShardFold(out, out / ".work", spec["max_bytes"], "teachers" in manifest, spec["multiple_of"])
     n_units = len(list((out / ".work" / "units").glob("unit-*.arrow")))
     rows = sum(fold.add(unit) for unit in range(n_units))
     entries = fold.finish()
@@ -229,7 +230,7 @@ def test_shard_process_exits_when_the_build_is_killed(sample_input, tmp_path):
         "from pathlib import Path\n"
         "from builders.shards import ShardProcess\n"
         "if __name__ == '__main__':\n"
-        "    p = ShardProcess(Path(sys.argv[1]), Path(sys.argv[1]) / '.work', 150_000, curated=False)\n"
+        "    p = ShardProcess(Path(sys.argv[1]), Path(sys.argv[1]) / '.work', 150_000, 24, curated=False)\n"
         "    print(p._proc.pid, flush=True)\n"
         "    time.sleep(600)\n"
     )

@@ -44,12 +44,17 @@ def test_faults_are_retried_or_quarantined_and_nothing_is_lost(sample_input, tmp
     doomed, echoed = digests[0], digests[1]  # one image always fails with 500; one once with a 400 echoing the key
     cycle = {0: "429", 4: "500", 8: "truncated", 12: "nonjson", 16: "timeout"}
     seen_echo: set[str] = set()
+    others = iter(range(10**6))  # the other requests, counted apart: each fault of the cycle happens
 
     def fault(n: int, digest: str) -> str | None:
         if digest == echoed and digest not in seen_echo:
             seen_echo.add(digest)
             return "400echo"
-        return "500" if digest == doomed else cycle.get(n % 23)
+        if digest == doomed:
+            return "500"
+        return cycle.get(next(others) % 23) if faulty else None
+
+    faulty = True
 
     def allowing(r):
         data = r.model_dump()
@@ -77,6 +82,7 @@ def test_faults_are_retried_or_quarantined_and_nothing_is_lost(sample_input, tmp
         validate_build(tmp_path / "a", require_card=False)
 
         # Same recipe, fresh output folder, same cache: only the quarantined requests go out again.
+        faulty = False
         again = allowing(teacher_recipe(sample_input, tmp_path / "b", srv.url, cache))
         build(again, progress=False, log=logs.append)
         # doomed: 2 teachers x 7 attempts; echoed: the teacher whose 400 was final asks once more, and is answered

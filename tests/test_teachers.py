@@ -17,6 +17,7 @@ from builders.teachers import (
     MissingApiKey,
     Teacher,
     TeacherFailed,
+    TeacherOutage,
     http_client,
     retry_after,
     to_answer,
@@ -150,7 +151,7 @@ def _ask(spec: TeacherSpec, jpeg: bytes, n: int = 1) -> tuple[list, Teacher]:
         async def one(i):
             try:
                 return await teacher.ask(f"sha{i}", jpeg_data_url(jpeg, spec.max_pixels), 100)
-            except TeacherFailed as exc:
+            except (TeacherFailed, TeacherOutage) as exc:
                 return exc
 
         try:
@@ -183,21 +184,24 @@ def test_persistent_fault_is_quarantined_with_reason(pool):
     with TeacherServer(lambda img, req: "", lambda n, d: "500") as srv:
         spec = TeacherSpec(name="t", base_url=srv.url, model="m", backoff_s=0.0, max_retries=2, http_client=pool)
         (err,), teacher = _ask(spec, _jpeg())
-    assert isinstance(err, TeacherFailed) and "HTTP 500" in str(err) and err.attempts == 3
+    assert isinstance(err, TeacherFailed) and "HTTP 500" in str(err) and err.failure.attempts == 3
     assert srv.n == 3 and teacher.usage.failed == 1
 
 
 @pytest.mark.parametrize("pool", POOLS)
-def test_client_errors_are_not_retried_and_keys_are_scrubbed(monkeypatch, pool):
+@pytest.mark.parametrize("fault", ["400echo", "401echo"])
+def test_client_errors_are_not_retried_and_keys_are_scrubbed(monkeypatch, pool, fault):
     secret = "sk-test-DO-NOT-LEAK-4242"
     monkeypatch.setenv("TEACHER_KEY", secret)
-    with TeacherServer(lambda img, req: "", lambda n, d: "401echo") as srv:
+    with TeacherServer(lambda img, req: "", lambda n, d: fault) as srv:
         spec = TeacherSpec(
             name="t", base_url=srv.url, model="m", api_key_env="TEACHER_KEY", max_retries=5, http_client=pool
         )
         (err,), _ = _ask(spec, _jpeg())
     assert srv.n == 1 and srv.auth == {f"Bearer {secret}"}  # the key was sent, once
-    assert "HTTP 401" in str(err) and secret not in str(err) and "***" in str(err)
+    # A 400 is the image's (quarantined); a 401 is the endpoint's: the stage stops.
+    assert isinstance(err, TeacherFailed if fault == "400echo" else TeacherOutage)
+    assert f"HTTP {fault[:3]}" in str(err) and secret not in str(err) and "***" in str(err)
 
 
 def test_missing_api_key_names_the_variable(monkeypatch):
