@@ -21,6 +21,7 @@ from mp16_reason.storage import Location, location
 from .stats import Stats, compute, read_manifest, reason_class, size_category, world_map
 
 MAP_PATH = "assets/world_map.png"
+LICENSE_PATH = "LICENSE.md"  # the card's license_link: what `license: other` is made of
 TASK_CATEGORIES = ["image-text-to-text", "visual-question-answering"]
 TAGS = ["geolocation", "geo-localization", "reasoning", "webdataset", "mp16", "flickr", "grpo"]
 
@@ -48,6 +49,7 @@ def card_data(manifest: dict, n_samples: int) -> DatasetCardData:
     data = DatasetCardData(
         license="other",
         license_name="mixed-flickr-cc",
+        license_link=LICENSE_PATH,
         pretty_name="MP16-Reason",
         language=["en"],
         task_categories=TASK_CATEGORIES,
@@ -87,6 +89,8 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
             "samples": sum(s["samples"] for s in shards),
             "shards": len(shards),
             "bytes": sum(s["bytes"] for s in shards),
+            "per_shard": _per_shard(shards),
+            "readers": ", ".join(str(d) for d in range(1, min(len(shards), 64) + 1) if len(shards) % d == 0),
         }
         for config, splits in groups.items()
         for split, shards in sorted(splits.items(), key=lambda kv: kv[0] != "train")
@@ -134,6 +138,12 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
     return str(card)
 
 
+def _per_shard(shards: list[dict]) -> str:
+    counts = [s["samples"] for s in shards]
+    low, high = min(counts), max(counts)
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
 def _reason_rows(root: Location) -> list[tuple[str, str, int]]:
     """(stage, reason class, rows) over the build's rejections, most frequent first."""
     import pyarrow.parquet as pq
@@ -144,7 +154,29 @@ def _reason_rows(root: Location) -> list[tuple[str, str, int]]:
     return [(stage, why, n) for (stage, why), n in counts.most_common()]
 
 
+FRONT_ONLY = "<!-- front matter only: `mp16-reason card` writes the full card -->"
+
+
+def write_front_matter(root: str | Path | Location, manifest: dict) -> None:
+    """``README.md`` with the card's front matter alone (configs and features, from the manifest), written by
+    the build itself: from its first moment a build folder is a dataset that ``load_dataset(folder)`` and the
+    Hub's viewer read exactly as the manifest says, with no folder scan to mix its configs. A full card, once
+    ``mp16-reason card`` has written one, is left alone."""
+    path = location(root) / "README.md"
+    if path.exists() and FRONT_ONLY not in path.read_text():
+        return
+    write_license(root)
+    data = card_data(manifest, manifest["totals"]["written"])
+    body = f"# MP16-Reason\n\n{FRONT_ONLY}\nRun `mp16-reason card` on this folder for the dataset card.\n"
+    path.write_text(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def write_license(root: str | Path | Location) -> None:
+    (location(root) / LICENSE_PATH).write_text(template("dataset_license.md"))
+
+
 def write_card(root: str | Path | Location, repo_id: str = REPO_ID) -> Path | Location:
+    write_license(root)
     path = location(root) / "README.md"
     path.write_text(render(root, repo_id))
     return path.local or path

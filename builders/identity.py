@@ -78,6 +78,22 @@ def input_identities(spec, work_dir: Path) -> dict:
     }
 
 
+def published(identities: dict) -> dict:
+    """The identities as the manifest publishes them: a local input named by its file or folder name (no local
+    path leaves the machine), a URL as it is; beside each, its content identity."""
+    from mp16_reason.storage import is_url
+
+    def name(entry: dict) -> dict:
+        where = entry["location"]
+        return {**entry, "location": where if is_url(where) else location(where).name}
+
+    return {
+        "metadata": name(identities["metadata"]),
+        "join": [name(e) for e in identities["join"]],
+        "images": [name(e) for e in identities["images"]],
+    }
+
+
 def content_only(identities: dict) -> dict:
     """The identities without their locations: what the recipe hash covers."""
 

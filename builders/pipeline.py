@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from mp16_reason.storage import Location
 
 from . import distributor, preflight
+from .identity import published
 from .ingest import ingest
 from .lock import BuildLock
 from .recipe import Recipe
@@ -260,7 +261,7 @@ class Build:
             "version": self.recipe.version,
             "recipe_sha256": self.sha,
             "recipe": self.output_recipe(),
-            "inputs": self.inputs,
+            "inputs": published(self.inputs),
             "versions": _versions(),
             "totals": {
                 "input_rows": n_input,
@@ -283,6 +284,9 @@ class Build:
                 {"name": t.name, "model": t.model, **t.request_params(), **asdict(usage[t.name])}
                 for t in self.recipe.teachers
             ]
+        from .card import write_front_matter
+
+        write_front_matter(self.out, manifest)  # the configs, before the manifest says the build is complete
         _write_json_atomic(manifest, self.out / MANIFEST)  # last: its presence means the build is complete
         return summary
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from mp16_reason.storage import Location, location
 
-from .card import MAP_PATH
+from .card import FRONT_ONLY, LICENSE_PATH, MAP_PATH
 from .stats import read_manifest
 from .validate import validate_build
 
 # What a dataset repository holds; work files, inputs and caches stay behind.
-REPO_FILES = ("README.md", "manifest.json", "rejections.parquet", MAP_PATH)
+REPO_FILES = ("README.md", LICENSE_PATH, "manifest.json", "rejections.parquet", MAP_PATH)
 
 
 @dataclass
@@ -93,6 +93,8 @@ def publish(
     """Validate the build, stage the tree, and (unless ``dry_run``) upload it and tag the release."""
     root = location(root)
     validate_build(root, require_card=True)  # never publish what does not check out
+    if FRONT_ONLY in (root / "README.md").read_text():
+        raise ValueError(f"{root}/README.md is the build's front matter only: run `mp16-reason card {root}` first")
     manifest = read_manifest(root)
     plan = PublishPlan(
         repo_id=repo_id,

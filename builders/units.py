@@ -290,7 +290,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
                 continue
             img, served_by = got
             place = places[i]
-            if place["country"] is None:
+            if not place["country"]:
                 emit(
                     row,
                     "rejected",
@@ -298,7 +298,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
                     f"no populated place within {gaz.country_max_km:g} km of ({row['lat']:.5f}, {row['lon']:.5f})",
                 )
                 continue
-            has_city = place["city"] is not None
+            has_city = bool(place["city"])
             split = assign_split(
                 row["id"],
                 f"{place['country_code']}:{place['geonames_id']}" if has_city else "",
@@ -312,9 +312,9 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
                 lon=row["lon"],
                 country=place["country"],
                 country_code=place["country_code"],
-                admin1=place["admin1"] or "",
-                city=place["city"] or "",
-                continent=place["continent"] or "",
+                admin1=place["admin1"],
+                city=place["city"],
+                continent=place["continent"],
                 geonames_id=int(place["geonames_id"]) if has_city else None,
                 city_distance_km=round(float(place["city_distance_km"]), 3) if has_city else None,
                 source=Source(

@@ -66,7 +66,7 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("coords", nargs=-1)
 @click.option("--name", "name", metavar="'CITY, COUNTRY'", help="Forward-geocode a place name instead.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (null where there is no city).")
+@click.option("--json", "as_json", is_flag=True, help='Print machine-readable JSON ("" where there is no city).')
 @click.option("--exact", is_flag=True, help="Also give the ellipsoidal (geodesic) distance to the city.")
 def geocode(coords: tuple[str, ...], name: str | None, as_json: bool, exact: bool) -> None:
     """Label a coordinate with country, region and city, offline (GeoNames).
@@ -104,7 +104,7 @@ def geocode(coords: tuple[str, ...], name: str | None, as_json: bool, exact: boo
     except InvalidCoordinateError as exc:
         raise click.BadParameter(str(exc), param_hint="LAT LON") from None
     data = place.to_dict()
-    if exact and place.city is not None:
+    if exact and place.city:
         from .distance import geodesic_km
 
         idx = gaz.places_named(place.city, place.country_code)
@@ -113,12 +113,12 @@ def geocode(coords: tuple[str, ...], name: str | None, as_json: bool, exact: boo
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False))
         return
-    if place.country is None:
+    if not place.country:
         click.echo(f"{place.lat:.5f}, {place.lon:.5f}: no populated place within {gaz.country_max_km:g} km (open sea?)")
         return
     city = place.city or f"(no city within {gaz.city_max_km:g} km)"
     click.echo(f"{city}, {place.admin1 or '-'}, {place.country} [{place.country_code}], {place.continent}")
-    if place.city is not None:
+    if place.city:
         click.echo(
             f"  GeoNames {place.geonames_id}, {place.city_distance_km:.2f} km from the city centre; "
             f"nearest place: {place.place} ({place.place_distance_km:.2f} km)"

@@ -159,18 +159,19 @@ def build_index(min_population: int = 1000) -> tuple[pa.Table, pa.Table]:
 
 @dataclass(frozen=True)
 class Place:
-    """The labels of one coordinate. ``city`` is None for points far from any populated place."""
+    """The labels of one coordinate. Text is "" where unknown, as in the records: ``city`` for points far from
+    any populated place, and everything for points far from any country; ids and distances are None."""
 
     lat: float
     lon: float
-    country_code: str | None
-    country: str | None
-    continent: str | None
-    admin1: str | None
-    city: str | None
+    country_code: str
+    country: str
+    continent: str
+    admin1: str
+    city: str
     geonames_id: int | None
     city_distance_km: float | None
-    place: str | None
+    place: str
     place_geonames_id: int | None
     place_distance_km: float
 
@@ -250,8 +251,8 @@ class Gazetteer:
         """Label many coordinates at once.
 
         Returns one row per input with the :class:`Place` columns plus ``error`` ("" for valid rows); an
-        invalid row (NaN, out of range, not a number) gets its reason there and nulls elsewhere instead of
-        failing the batch.
+        invalid row (NaN, out of range, not a number) gets its reason there instead of failing the batch.
+        Text is "" where unknown (as in the records), numbers are null.
         """
         lat_f, lon_f, errors = coerce_coordinates(lat, lon)
         ok = errors == ""
@@ -267,11 +268,10 @@ class Gazetteer:
         ci = np.maximum(city, 0)
         city_km = np.where(has_city, haversine_km(lat_f, lon_f, self.lat[ci], self.lon[ci]), np.nan)
         pi = np.maximum(place, 0)
-        codes = np.where(has_country, self.country_code[pi], None)
-        admin1 = np.where(has_country, self.admin1[pi], None)
-        admin1[admin1 == ""] = None
+        codes = np.where(has_country, self.country_code[pi], "")
+        admin1 = np.where(has_country, self.admin1[pi], "")
 
-        def text(values) -> pd.Series:  # object columns keep None (pandas' str dtype would turn it into NaN)
+        def text(values) -> pd.Series:  # plain Python strings
             return pd.Series(values, dtype=object)
 
         out = pd.DataFrame(
@@ -279,13 +279,13 @@ class Gazetteer:
                 "lat": lat_f,
                 "lon": lon_f,
                 "country_code": text(codes),
-                "country": text([self._country_name.get(c) if c else None for c in codes]),
-                "continent": text([self._continent.get(c) if c else None for c in codes]),
+                "country": text([self._country_name.get(c, "") if c else "" for c in codes]),
+                "continent": text([self._continent.get(c, "") if c else "" for c in codes]),
                 "admin1": text(admin1),
-                "city": text(np.where(has_city, self.name[ci], None)),
+                "city": text(np.where(has_city, self.name[ci], "")),
                 "geonames_id": pd.array(np.where(has_city, self.geonames_id[ci], 0), dtype="Int64"),
                 "city_distance_km": city_km,
-                "place": text(np.where(has_city, self.name[pi], None)),
+                "place": text(np.where(has_city, self.name[pi], "")),
                 "place_geonames_id": pd.array(np.where(has_city, self.geonames_id[pi], 0), dtype="Int64"),
                 "place_distance_km": place_km,
                 "error": text(errors),
@@ -298,7 +298,7 @@ class Gazetteer:
         """Label one coordinate; raises :class:`~mp16_reason.coords.InvalidCoordinateError` on bad input."""
         la, lo = check_coordinate(lat, lon)
         row = self.reverse_batch(np.array([la]), np.array([lo])).iloc[0]
-        fields = {k: (None if pd.isna(v) else v) for k, v in row.items() if k != "error"}
+        fields = {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items() if k != "error"}
         for key in ("geonames_id", "place_geonames_id"):
             fields[key] = None if fields[key] is None else int(fields[key])
         for key in ("lat", "lon", "city_distance_km", "place_distance_km"):

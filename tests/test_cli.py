@@ -18,11 +18,11 @@ def test_geocode_text_and_negative_coordinates():
     assert "Sydney" in res.output and "Australia" in res.output
 
 
-def test_geocode_json_has_null_city_at_sea():
+def test_geocode_json_has_no_city_at_sea():
     res = run("geocode", "0", "-30", "--json")
     assert res.exit_code == 0
     data = json.loads(res.output)
-    assert data["city"] is None and data["country"] is None
+    assert data["city"] == "" and data["country"] == "" and data["geonames_id"] is None
 
 
 def test_geocode_json_exact_distance():

@@ -53,7 +53,7 @@ def test_known_places(gaz, lat, lon, cc, city, admin1):
 )
 def test_open_sea_and_poles_get_no_place(gaz, lat, lon):
     place = gaz.reverse(lat, lon)
-    assert place.city is None and place.country is None and place.geonames_id is None
+    assert place.city == "" and place.country == "" and place.geonames_id is None
     assert place.place_distance_km > gaz.country_max_km
 
 
@@ -68,7 +68,7 @@ def test_antimeridian_is_seamless(gaz):
 def test_remote_land_keeps_country_but_no_city(gaz):
     # Chukotka, ~70 km from any town of 1,000: Russia, but no city.
     place = gaz.reverse(65.7, -179.5)
-    assert place.country_code == "RU" and place.city is None
+    assert place.country_code == "RU" and place.city == ""
 
 
 def test_border_towns_keep_their_country(gaz):
@@ -87,7 +87,10 @@ def test_batch_reports_invalid_rows(gaz):
     assert "outside [-90, 90]" in df["error"][2]
     assert "'abc' is not a number" in df["error"][3]
     assert df["city"][0] == "Paris" and df["city"][4] == "London"
-    assert df["city"][1] is None and df["country"][2] is None
+    # One convention for unknown text, as in the records: "" (never None).
+    assert df["city"][1] == "" and df["country"][2] == "" and df["admin1"][3] == ""
+    assert all(isinstance(v, str) for c in ("country", "country_code", "continent", "admin1", "city", "place")
+               for v in df[c])  # fmt: skip
 
 
 def test_batch_matches_single(gaz, mp16_coordinates):

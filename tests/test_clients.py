@@ -1,0 +1,148 @@
+"""Every standard client gets exactly the right data: ``datasets``, ``webdataset`` and ``huggingface_hub``
+called through their own documented APIs, each in a fresh process (our imports cannot hide a failure there),
+on a fresh build folder, through the Hub (olah) and offline from the cache, and across ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hub_servers import OlahHub, olah_cli
+
+from builders.card import write_card
+
+pytest.importorskip("datasets")
+
+
+def client(code: str, tmp_path: Path, **env: str) -> dict:
+    """Run ``code`` in a fresh Python with a cache of its own; it prints one JSON object, returned here."""
+    home = tmp_path / "hf-home"
+    full = {**os.environ, "HF_HOME": str(home), "HF_DATASETS_CACHE": str(home / "datasets"), **env}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full,
+                          cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> tuple[Path, dict]:
+    """A build folder just as the quick start's `mp16-reason build --sample` leaves it (no `card` step), with
+    both configs and enough training samples for 24 equal shards."""
+    from click.testing import CliRunner
+
+    from builders.cli import main
+
+    out = tmp_path_factory.mktemp("clients") / "sample-build"
+    res = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "140", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return out, json.loads((out / "manifest.json").read_text())
+
+
+def _count(manifest: dict, config: str, split: str) -> int:
+    return sum(s["samples"] for s in manifest["shards"] if s.get("config", "default") == config and s["split"] == split)
+
+
+def test_load_dataset_on_a_fresh_build_folder_reads_exactly_the_manifests_configs(fresh, tmp_path):
+    out, manifest = fresh
+    assert manifest["totals"]["configs"]["localizability"]  # the folder holds a second config
+    got = client(f"""
+        import json, datasets
+        ds = datasets.load_dataset({str(out)!r})
+        loc = datasets.load_dataset({str(out)!r}, "localizability")
+        wds = datasets.load_dataset("webdataset", data_dir={str(out / "data")!r}, split="train")
+        print(json.dumps({{"splits": {{k: len(v) for k, v in ds.items()}},
+                          "ids": len(set(ds["train"]["json"][i]["id"] for i in range(len(ds["train"])))),
+                          "loc": {{k: len(v) for k, v in loc.items()}},
+                          "configs": datasets.get_dataset_config_names({str(out)!r}),
+                          "wds": len(wds)}}))
+    """, tmp_path)
+    assert got["splits"] == {s: _count(manifest, "default", s) for s in ("train", "test")}
+    assert got["ids"] == got["splits"]["train"]  # every sample once: no config mixed in
+    assert got["loc"] == {s: _count(manifest, "localizability", s) for s in ("train", "test")}
+    assert got["configs"] == ["default", "localizability"]
+    # The webdataset builder over data/ reads that folder's shards; the other config's live in a subfolder.
+    assert got["wds"] >= got["splits"]["train"]
+
+
+def test_shards_are_equal_and_third_party_splitters_balance_ranks(fresh, tmp_path):
+    out, manifest = fresh
+    train = sorted((s for s in manifest["shards"] if s["split"] == "train" and "config" not in s),
+                   key=lambda s: s["path"])  # fmt: skip
+    counts = [s["samples"] for s in train]
+    assert len(train) == 24 and max(counts) - min(counts) <= 1
+    files = [str(out / s["path"]) for s in train]
+    got = client(f"""
+        import json
+        import datasets, webdataset as wds
+        from datasets.distributed import split_dataset_by_node
+        files = {files!r}
+        ds = datasets.load_dataset("webdataset", data_files={{"train": files}}, split="train", streaming=True)
+        result = {{}}
+        for world in (2, 3, 4):
+            by_datasets = [[r["__key__"] for r in split_dataset_by_node(ds, rank, world)] for rank in range(world)]
+            by_wds = []
+            for rank in range(world):
+                def nodes(urls, rank=rank, world=world):
+                    yield from list(urls)[rank::world]
+                keys = [s["__key__"] for s in wds.WebDataset(files, nodesplitter=nodes, shardshuffle=False,
+                                                             empty_check=False)]
+                by_wds.append(keys)
+            result[world] = {{"datasets": [len(k) for k in by_datasets], "wds": [len(k) for k in by_wds],
+                             "unique": len({{k for ks in by_datasets for k in ks}}),
+                             "unique_wds": len({{k for ks in by_wds for k in ks}})}}
+        print(json.dumps(result))
+    """, tmp_path)
+    n = sum(counts)
+    for world, r in got.items():
+        assert r["unique"] == r["unique_wds"] == n, (world, r)  # every sample once
+        assert max(r["datasets"]) - min(r["datasets"]) <= 1 and max(r["wds"]) - min(r["wds"]) <= 1, (world, r)
+
+
+def test_dataset_card_meets_the_hubs_metadata_rules(fresh, tmp_path):
+    """``license: other`` comes with ``license_name`` and ``license_link`` (the Hub asks for both), the main
+    config is marked default, and no local path is published."""
+    out, _ = fresh
+    write_card(out)
+    got = client(f"""
+        import json
+        from huggingface_hub import DatasetCard
+        card = DatasetCard.load({str(out / "README.md")!r})  # the Hub's own parser of card metadata
+        d = card.data.to_dict()
+        print(json.dumps({{"license": d.get("license"), "link": d.get("license_link"), "name": d.get("license_name"),
+                          "configs": [c["config_name"] for c in d["configs"]],
+                          "default": [c["config_name"] for c in d["configs"] if c.get("default")]}}))
+    """, tmp_path)
+    assert got["license"] == "other" and got["link"] == "LICENSE.md" and got["name"]
+    assert (out / "LICENSE.md").exists()
+    assert got["configs"] == ["default", "localizability"] and got["default"] == ["default"]
+    text = (out / "README.md").read_text() + (out / "manifest.json").read_text()
+    assert str(out.parent) not in text and str(Path.home()) not in text  # no local path is published
+
+
+@pytest.mark.skipif(olah_cli() is None, reason="olah not installed: run scripts/setup.sh")
+def test_the_readmes_call_works_offline_after_both_configs_were_cached(fresh, tmp_path):
+    out, manifest = fresh
+    write_card(out)
+    with OlahHub(tmp_path / "olah") as hub:
+        hub.add("datasets", "globe/mp16-reason", out)
+        online = client("""
+            import json, datasets
+            a = datasets.load_dataset("globe/mp16-reason", "default", split="train")
+            b = datasets.load_dataset("globe/mp16-reason", "localizability", split="train")
+            print(json.dumps({"default": len(a), "localizability": len(b)}))
+        """, tmp_path, HF_ENDPOINT=hub.endpoint)
+    assert online == {"default": _count(manifest, "default", "train"),
+                      "localizability": _count(manifest, "localizability", "train")}  # fmt: skip
+    offline = client("""
+        import json, datasets
+        ds = datasets.load_dataset("globe/mp16-reason", "default", split="train")
+        print(json.dumps({"n": len(ds), "ids": len(set(r["id"] for r in ds["json"]))}))
+    """, tmp_path, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+    assert offline["n"] == offline["ids"] == online["default"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert 'load_dataset("globe/mp16-reason", "default", split="train")' in readme
