@@ -38,6 +38,7 @@ class Benchmark:
     name: str
     items: list[EvalItem]
     skipped: int = 0  # rows without valid coordinates
+    source: dict | None = None  # {"hub_id", "revision"} for a Hub dataset: what a model card may cite
 
 
 def _pick(columns: list[str], names: tuple[str, ...], what: str, path: Path) -> str:
@@ -128,17 +129,29 @@ def from_mp16_reason(path: str | Path | None = None, split: str = "test", revisi
             )
         )
     _label(items)
-    return Benchmark("mp16-reason-test", items)
+    if path is not None:
+        return Benchmark("mp16-reason-test", items)
+    from huggingface_hub import HfApi
+
+    from mp16_reason.hub import REPO_ID
+
+    sha = revision if revision and len(revision) == 40 else HfApi().dataset_info(REPO_ID, revision=revision).sha
+    return Benchmark("mp16-reason-test", items, source={"hub_id": REPO_ID, "revision": sha})
 
 
 def load_benchmark(
-    name: str, data: str | Path | None = None, images: str | Path | None = None, limit: int | None = None
+    name: str,
+    data: str | Path | None = None,
+    images: str | Path | None = None,
+    limit: int | None = None,
+    revision: str | None = None,
 ) -> Benchmark:
-    """``name`` is one of :data:`BENCHMARKS`; ``data`` the CSV (or the MP16-Reason build folder)."""
+    """``name`` is one of :data:`BENCHMARKS`; ``data`` the CSV (or the MP16-Reason build folder); ``revision``
+    pins the Hub dataset (MP16-Reason-Test without ``data``)."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; use one of {', '.join(BENCHMARKS)}")
     if name == "mp16-reason-test" and (data is None or Path(data).is_dir()):
-        bench = from_mp16_reason(data)
+        bench = from_mp16_reason(data, revision=revision)
     elif data is None:
         raise ValueError(f"benchmark {name} needs --data: its CSV of image ids and coordinates")
     else:

@@ -14,10 +14,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from cards import template
 from mp16_reason import THRESHOLDS_KM
 from mp16_reason.atomic import atomic_file
-from mp16_reason.hub import REPO_ID as DATASET_REPO_ID
 
 from .modeling import TINY
-from .runs import RUN_INFO
+from .runs import RUN_INFO, is_hub_id
 
 DEFAULT_REPO = "globe/GLOBE-Qwen2.5-VL-7B"
 TEST_SIZE = 10_000_000  # parameters: below this a checkpoint can only be a test model
@@ -66,28 +65,34 @@ def _eval_row(report: dict) -> dict:
 
 
 def card_data(run: dict, model_name: str, evals: list[dict]) -> ModelCardData:
+    """The Hub metadata: only what is true of the published files. The base model and the training data are
+    named only when they are Hub repositories (a local folder or the tiny test model are not); the
+    model-index lists only evaluations on a Hub dataset, by its id and revision."""
     base = run["base_model"]
-    dataset = run["dataset"]["name"]
+    data = run["dataset"]
     results = [
         EvalResult(
             task_type="image-text-to-text",
             task_name="Image geo-localization",
-            dataset_type=r.get("benchmark", "unknown"),
-            dataset_name=r.get("benchmark", "unknown"),
+            dataset_type=r["dataset"]["hub_id"],
+            dataset_name=r.get("benchmark", r["dataset"]["hub_id"]),
+            dataset_revision=r["dataset"].get("revision"),
             metric_type="accuracy",
             metric_name=f"accuracy within {t:g} km",
             metric_value=r["metrics"][f"acc_{t:g}km"],
         )
         for r in evals
+        if (r.get("dataset") or {}).get("hub_id")
         for t in THRESHOLDS_KM
         if f"acc_{t:g}km" in r["metrics"]
     ]
+    hub_data = not data.get("local") and is_hub_id(data.get("name"))
     return ModelCardData(
         license="apache-2.0",
         library_name="transformers",
         pipeline_tag="image-text-to-text",
-        base_model=None if base == TINY or Path(base).exists() else base,
-        datasets=[dataset] if "/" in dataset and not Path(dataset).exists() else [DATASET_REPO_ID],
+        base_model=base if base != TINY and is_hub_id(base) else None,
+        datasets=[data["name"]] if hub_data else None,
         tags=["geolocation", "geo-localization", "reasoning", "grpo", "trl", "qwen2.5-vl"],
         model_name=model_name,
         eval_results=results or None,

@@ -53,16 +53,59 @@ def match(pred_country: str, pred_city: str, true_country: str, true_city: str, 
         )
 
 
+def _model_options(task: str):
+    """The options that choose what answers: a model (the released GLOBE by default), an endpoint, a protocol."""
+    from .protocols import PROTOCOLS
+    from .released import DEFAULT_MODEL
+
+    def decorate(f):
+        for option in reversed([
+            click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                         help="A Hub id or local folder run with transformers; the paper's released checkpoints "
+                         "are globe-project/GLOBE-Qwen2.5VL-7B and globe-project/GLOBE-InternVL3-8B."),
+            click.option("--model-revision" if task == "eval" else "--revision", "model_revision",
+                         help="Pin the model's revision (branch, tag or commit)."),
+            click.option("--endpoint", help="Base URL of an OpenAI-compatible server (vLLM, transformers serve) "
+                         "to ask instead of running the model here, e.g. http://localhost:8000/v1."),
+            click.option("--endpoint-model", help="Model name to request from --endpoint (default: --model)."),
+            click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
+                         help="Variable holding the endpoint's API key."),
+            click.option("--protocol", type=click.Choice(list(PROTOCOLS[task])), default="ours", show_default=True,
+                         help="How the model is asked: ours (the training prompt, greedy), or globe-release (the "
+                         "official release's prompt, message order, image encoding and sampling, exactly)."),
+            click.option("--max-new-tokens", type=int, help="Tokens to generate (default: the protocol's, 512)."),
+        ]):  # fmt: skip
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _predictor(task: str, model, model_revision, endpoint, endpoint_model, api_key_env, protocol, max_new_tokens,
+               concurrency: int = 16):  # fmt: skip
+    """The predictor the options name; a model that cannot be had or run here is one line naming the fix."""
+    from .predictors import EndpointPredictor, TransformersPredictor
+    from .protocols import protocol as preset
+    from .released import ModelUnavailable
+
+    chosen = preset(protocol, task, max_new_tokens)
+    try:
+        if endpoint:
+            return EndpointPredictor(endpoint, endpoint_model or model, api_key_env, concurrency, protocol=chosen)
+        return TransformersPredictor(model, revision=model_revision, protocol=chosen)
+    except ModelUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot load model {model!r}: {str(exc).splitlines()[0]}") from None
+
+
 @main.command("eval")
 @click.argument("benchmark", type=click.Choice(["mp16-reason-test", "im2gps3k", "yfcc4k", "osv5m", "csv"]))
 @click.option("--data", help="The benchmark's CSV (IMG_ID/id, LAT/latitude, LON/longitude); for mp16-reason-test "
               "a local build folder, or nothing for the Hub dataset.")  # fmt: skip
+@click.option("--revision", help="Pin the Hub benchmark's revision (mp16-reason-test without --data).")
 @click.option("--images", type=click.Path(file_okay=False), help="Folder of the images (default: beside --data).")
-@click.option("--model", help="A local folder or Hub id of a model to run with transformers.")
-@click.option("--revision", help="Model revision (branch, tag or commit).")
-@click.option("--endpoint", help="Base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1.")
-@click.option("--endpoint-model", help="Model name to request from --endpoint (default: --model).")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Variable holding the API key.")
+@_model_options("eval")
 @click.option("--concurrency", default=16, show_default=True, help="Requests in flight against --endpoint.")
 @click.option(
     "--predictions",
@@ -71,48 +114,42 @@ def match(pred_country: str, pred_city: str, true_country: str, true_city: str, 
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for predictions and metrics.")
 @click.option("--limit", type=int, help="Only the first N items.")
-@click.option("--max-new-tokens", default=512, show_default=True)
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for 95% intervals (0: off).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_cmd(benchmark: str, data, images, model, revision, endpoint, endpoint_model, api_key_env, concurrency,
-             predictions, out, limit, max_new_tokens, bootstrap, seed, quiet) -> None:  # fmt: skip
+def eval_cmd(benchmark, data, revision, images, model, model_revision, endpoint, endpoint_model, api_key_env,
+             protocol, max_new_tokens, concurrency, predictions, out, limit, bootstrap, seed,
+             quiet) -> None:  # fmt: skip
     """Evaluate a model, an endpoint or a predictions file on a geo-localization benchmark, offline.
 
     \b
-    Writes OUT/predictions.jsonl as answers arrive (re-run the same command to resume), then
-    OUT/metrics.json, OUT/scores.csv and OUT/error_map.png, and prints the table: accuracy within
-    1/25/200/750/2500 km, median error, GeoScore, country/city accuracy (alias and official rules),
-    unparseable answers, bootstrap 95% intervals and a per-continent breakdown.
+    The model is the paper's released GLOBE unless told otherwise. Writes OUT/predictions.jsonl as answers
+    arrive (re-run the same command to resume), then OUT/metrics.json (which records the protocol),
+    OUT/scores.csv and OUT/error_map.png, and prints the table: accuracy within 1/25/200/750/2500 km, median
+    error, GeoScore, country/city accuracy (alias and official rules), unparseable answers, bootstrap 95%
+    intervals and a per-continent breakdown.
     \b
     Examples:
-      globe eval mp16-reason-test --model globe/GLOBE-Qwen2.5-VL-7B --out runs/globe
+      globe eval mp16-reason-test --protocol globe-release --out runs/released   # the paper's model, as released
       globe eval im2gps3k --data im2gps3k_places365.csv --images im2gps3ktest \\
           --endpoint http://localhost:8000/v1 --endpoint-model globe --out runs/im2gps3k
+      globe eval mp16-reason-test --model runs/globe --out runs/globe/eval/mp16-reason-test
       globe eval csv --data mp16-reason-test-12k.csv --predictions official_output.csv --out runs/official
     """
     from .benchmarks import load_benchmark
     from .evaluate import evaluate, table
-    from .predictors import EndpointPredictor, FilePredictor, TransformersPredictor
+    from .predictors import FilePredictor
 
-    chosen = [x for x in (model and not endpoint, endpoint, predictions) if x]
-    if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --model, --endpoint (with --endpoint-model) or --predictions")
     try:
-        bench = load_benchmark(benchmark, data, images, limit)
+        bench = load_benchmark(benchmark, data, images, limit, revision)
         if predictions:
             predictor = FilePredictor(predictions)
-        elif endpoint:
-            if not (endpoint_model or model):
-                raise click.UsageError("--endpoint needs --endpoint-model (the model name the server expects)")
-            predictor = EndpointPredictor(
-                endpoint, endpoint_model or model, api_key_env, concurrency, max_tokens=max_new_tokens
-            )
         else:
-            predictor = TransformersPredictor(model, revision=revision, max_new_tokens=max_new_tokens)
+            predictor = _predictor("eval", model, model_revision, endpoint, endpoint_model, api_key_env, protocol,
+                                   max_new_tokens, concurrency)  # fmt: skip
+        report = evaluate(bench, predictor, out, bootstrap=bootstrap, seed=seed, progress=not quiet)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    report = evaluate(bench, predictor, out, bootstrap=bootstrap, seed=seed, progress=not quiet)
     if report["n"] == 0:
         raise click.ClickException(f"{benchmark}: no items to evaluate")
     click.echo(table(report, f"{benchmark} - {predictor.name}"))
@@ -149,14 +186,19 @@ def _train_command(method: str):
     )
     @click.pass_context
     def command(ctx: click.Context) -> None:
+        args = list(ctx.args)
+        if ({"--help", "-h"} & set(args)) and "--help-all" not in args:
+            click.echo(quick_help(method))  # no TRL import: under a second
+            return
         from importlib import import_module
 
         from .configs import RecipeError
         from .data import DatasetError
         from .runs import parse
 
+        if "--help-all" in args:
+            args = [a for a in args if a != "--help-all"] + ["--help"]
         require("torch", "transformers", "trl", "peft", "accelerate")  # the [train] extra, before any work
-        args = list(ctx.args)
         if not ({"--recipe", "--config", "--help", "-h"} & set(args)):
             raise click.UsageError(f"give a recipe: globe train {method} --recipe NAME (see `globe train --help`)")
         module = import_module(f"globe_train.{method}")
@@ -175,6 +217,61 @@ def _train_command(method: str):
 
 for _method in ("grpo", "rm", "sft"):
     _train_command(_method)
+
+
+COMMON_FLAGS = {
+    "all": [
+        ("--output_dir DIR", "where the weights, processor, run_info.json and logs.jsonl go"),
+        ("--model_name_or_path ID", "the model to start from: a Hub id, a folder, or bundled:tiny-qwen2.5-vl"),
+        ("--learning_rate LR", "peak learning rate"),
+        ("--num_train_epochs N / --max_steps N", "how long (max_steps wins when > 0)"),
+        ("--per_device_train_batch_size N", "completions (grpo) or rows (sft, rm) per device and step"),
+        ("--gradient_accumulation_steps N", "steps per optimizer update"),
+        ("--use_peft --lora_r R --lora_alpha A", "LoRA instead of a full fine-tune (lora_target_modules too)"),
+        ("--bf16 / --use_cpu", "precision and device"),
+        ("--seed N", "everything random: data order, sampling, initialisation"),
+    ],
+    "grpo": [
+        ("--num_generations G", "completions per photo; advantages are taken within each group"),
+        ("--max_completion_length N", "new tokens per completion"),
+        ("--temperature T / --beta B", "sampling temperature; KL weight"),
+        ("--reward_funcs A B ... --reward_weights x y ...", "rewards by name (see below) and their weights"),
+        ("--use_vllm", "generate on a vLLM server (trl vllm-serve) or colocated"),
+    ],
+}
+
+
+def quick_help(method: str) -> str:
+    """``globe train METHOD --help``: the recipe, the common flags and this project's fields, without importing
+    TRL; ``--help-all`` gives TRL's full list."""
+    from dataclasses import MISSING, fields
+
+    from . import configs
+
+    script = {"grpo": configs.GRPOScriptArguments, "sft": configs.SFTScriptArguments,
+              "rm": configs.RMScriptArguments}[method]  # fmt: skip
+    lines = [
+        f"Usage: globe train {method} --recipe NAME | --config PATH [--FIELD VALUE ...]",
+        "",
+        f"Runs {method} training from a recipe (a YAML file of fields); any field can be set as a flag on top.",
+        f"Recipes shipped for {method}: {', '.join(configs.shipped_recipes(method))}",
+        "",
+        "Common flags:",
+        "  --recipe NAME / --config PATH".ljust(52) + "the recipe (required)",
+    ]
+    lines += [f"  {flag}".ljust(52) + text for flag, text in COMMON_FLAGS["all"] + COMMON_FLAGS.get(method, [])]
+    lines += ["", "This project's fields:"]
+    for f in fields(script):
+        default = (
+            f.default if f.default is not MISSING else f.default_factory() if f.default_factory is not MISSING else ""
+        )
+        lines.append(f"  --{f.name}".ljust(34) + f"{f.metadata.get('help', '')} [default: {default}]")
+    if method == "grpo":
+        from .rewards import REWARDS
+
+        lines += ["", f"Rewards (reward_funcs): {', '.join(REWARDS)}"]
+    lines += ["", f"`globe train {method} --help-all` lists every field of TRL's config as well (it imports TRL)."]
+    return "\n".join(lines)
 
 
 # -- cards, push, predict --------------------------------------------------------------------------------------
@@ -216,43 +313,40 @@ def push(ckpt: str, repo: str, revision: str | None, private: bool, no_card: boo
       globe push runs/globe --repo me/GLOBE-Qwen2.5-VL-7B --private
     """
     from .push import push as do_push
+    from .released import ModelUnavailable
 
     try:
         url = do_push(ckpt, repo, revision, private, card=not no_card, commit_message=message)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError, ModelUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # huggingface_hub's and httpx's errors carry the server's message, never the token
+        if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("huggingface_hub", "httpx", "httpx2"):
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise click.ClickException(f"push to {repo} failed: {first}") from None
+        raise
     click.echo(f"pushed {ckpt} to {repo}: {url}")
 
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", default="globe/GLOBE-Qwen2.5-VL-7B", show_default=True,
-              help="Hub id or local folder, run with transformers.")  # fmt: skip
-@click.option("--revision", help="Model revision (branch, tag or commit).")
-@click.option("--endpoint", help="Base URL of an OpenAI-compatible server (vLLM, transformers serve) instead.")
-@click.option("--endpoint-model", help="Model name to request from --endpoint (default: --model).")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Variable holding the API key.")
-@click.option("--max-new-tokens", default=512, show_default=True)
+@_model_options("predict")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line.")
-def predict(images, model, revision, endpoint, endpoint_model, api_key_env, max_new_tokens, as_json) -> None:
+def predict(images, model, model_revision, endpoint, endpoint_model, api_key_env, protocol, max_new_tokens,
+            as_json) -> None:  # fmt: skip
     """Where was each photo taken? Prints the reasoning, country, city and coordinates.
 
     \b
-      globe predict photo.jpg                                  # GLOBE from the Hub, on GPU when there is one
+    The model is the paper's released GLOBE (globe-project/GLOBE-Qwen2.5VL-7B), downloaded once:
+      globe predict photo.jpg                                  # on the GPU when there is one
+      globe predict photo.jpg --protocol globe-release         # asked exactly as the release asks it
       globe predict *.jpg --model runs/globe --json            # a local checkpoint, JSON lines
       globe predict photo.jpg --endpoint http://localhost:8000/v1 --endpoint-model globe
     Coordinates are the answer's own lat/lon lines, else its city (or country) geocoded offline.
     """
     from .predict import predict as run
-    from .predictors import EndpointPredictor, TransformersPredictor
 
-    try:
-        if endpoint:
-            predictor = EndpointPredictor(endpoint, endpoint_model or model, api_key_env, max_tokens=max_new_tokens)
-        else:
-            predictor = TransformersPredictor(model, revision=revision, max_new_tokens=max_new_tokens)
-    except OSError as exc:
-        raise click.ClickException(f"cannot load model {model!r}: {exc}") from None
+    predictor = _predictor("predict", model, model_revision, endpoint, endpoint_model, api_key_env, protocol,
+                           max_new_tokens)  # fmt: skip
     results = run(list(images), predictor)
     for p in results:
         click.echo(json.dumps(p.as_dict(), ensure_ascii=False) if as_json else "\n".join(p.lines()))

@@ -28,6 +28,20 @@ def check_reward_weights(reward_funcs: list[str], reward_weights: list[float] | 
         )
 
 
+def recipe_method(path: Path) -> str:
+    """The method a recipe is for, as the shipped recipes name it: ``method:`` in a ``# globe train`` comment,
+    else by the file name (rm-*, sft-*, otherwise grpo)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# method:"):
+            return line.split(":", 1)[1].strip()
+    name = path.stem
+    return "rm" if name.startswith("rm-") else "sft" if name.startswith("sft-") else "grpo"
+
+
+def shipped_recipes(method: str) -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml") if recipe_method(p) == method)
+
+
 def recipe_path(name: str) -> Path:
     """A recipe file: a path, or the name of one shipped in ``globe_train/recipes`` (``tiny-cpu``)."""
     path = Path(name)

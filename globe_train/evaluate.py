@@ -29,6 +29,15 @@ from mp16_reason.matching import city_match, country_match, official_match
 from .benchmarks import Benchmark, EvalItem
 
 PREDICTIONS = "predictions.jsonl"
+
+
+def public_name(name: str) -> str:
+    """A model's name as a report (and the card made from it) may show it: a local folder by its name."""
+    from .runs import public
+
+    return " @ ".join(public(part) for part in name.split(" @ "))
+
+
 GEOSCORE_SCALE_KM = 1492.7
 
 
@@ -257,9 +266,20 @@ def evaluate(
 ) -> dict:
     """Predict what is missing, score everything, and write ``metrics.json``, ``scores.csv`` and ``error_map.png``."""
     out = Path(out_dir)
+    answers = getattr(predictor, "answers", None)
+    if answers is not None and not any(i.id in answers or i.id.removesuffix(".jpg") in answers for i in bench.items):
+        sample = ", ".join(list(answers)[:3])
+        raise ValueError(
+            f"{predictor.path}: none of its {len(answers):,} ids is an id of {bench.name} (its ids look like "
+            f"{sample}; the benchmark's like {', '.join(i.id for i in bench.items[:3])}): is it for this benchmark?"
+        )
     path = predict(bench.items, predictor, out, progress=progress)
     df = score(bench.items, read_predictions(path))
-    report = {"benchmark": bench.name, "model": predictor.name, "skipped_rows": bench.skipped}
+    report = {"benchmark": bench.name, "model": public_name(predictor.name), "skipped_rows": bench.skipped}
+    if bench.source:
+        report["dataset"] = bench.source
+    if getattr(predictor, "protocol", None) is not None:
+        report["protocol"] = predictor.protocol.record()
     report.update(metrics(df, bootstrap=bootstrap, seed=seed))
     df.to_csv(out / "scores.csv", index=False)
     (out / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -18,7 +18,7 @@ from .configs import GRPOScriptArguments, RecipeError, check_reward_weights
 from .data import stream_length, training_dataset
 from .modeling import freeze_vision, load_model, peft_config, save_final
 from .rewards import get_reward_funcs
-from .runs import JsonlLogs, parse, setup, write_run_info
+from .runs import CompleteCheckpoints, JsonlLogs, parse, setup, write_run_info
 
 ARGS = (GRPOScriptArguments, GRPOConfig, ModelConfig)  # what a recipe fills, in parse order
 
@@ -64,12 +64,14 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
         train_dataset=train,
         processing_class=processor,
         peft_config=peft_config(model_args, model, script_args.freeze_vision),
-        callbacks=[JsonlLogs(training_args.output_dir)],
+        callbacks=[JsonlLogs(training_args.output_dir), CompleteCheckpoints(model_args.model_name_or_path)],
     )
     result = trainer.train(resume_from_checkpoint=resume)
 
     # -- save weights, processor and the run record (the model card is rendered from it) ----------------------
-    out = save_final(trainer, processor, training_args.output_dir, script_args.merge_adapter)
+    out = save_final(
+        trainer, processor, training_args.output_dir, script_args.merge_adapter, model_args.model_name_or_path
+    )
     write_run_info("grpo", out, script_args, training_args, model_args, result.metrics, model.num_parameters(),
                    script_args.reward_funcs)  # fmt: skip
     return out

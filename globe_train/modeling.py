@@ -57,13 +57,17 @@ def load_for_inference(name: str, revision: str | None = None, device: str | Non
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .compat import patch_processors_without_torchvision
+    from .released import check_transformers_format, local_copy
 
     patch_processors_without_torchvision()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = resolve_model(name)
-    processor = AutoProcessor.from_pretrained(path, revision=revision)
+    # The whole checkpoint first (cache, or one download that fails at once when the Hub is unreachable), its
+    # format checked before any weight is read; then everything loads from that folder.
+    path = local_copy(resolve_model(name), revision)
+    check_transformers_format(path, name)
+    processor = AutoProcessor.from_pretrained(path)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(path, revision=revision, dtype=dtype)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
     return model.to(device).eval(), processor, device
 
 
@@ -101,8 +105,11 @@ def peft_config(model_args: Any, model: Any, vision_frozen: bool):
     return config
 
 
-def save_final(trainer: Any, processor: Any, output_dir: str | Path, merge_adapter: bool) -> Path:
-    """Save the trained model and processor to ``output_dir``; a LoRA model is merged first when asked."""
+def save_final(
+    trainer: Any, processor: Any, output_dir: str | Path, merge_adapter: bool, base: str | None = None
+) -> Path:
+    """Save the trained model and processor to ``output_dir``; a LoRA model is merged first when asked. The
+    processor's files are complete (``base``'s video processor config too), so stock transformers loads it."""
     output_dir = Path(output_dir)
     model = trainer.model
     if hasattr(model, "peft_config") and merge_adapter:
@@ -110,7 +117,7 @@ def save_final(trainer: Any, processor: Any, output_dir: str | Path, merge_adapt
         model.save_pretrained(output_dir)
     else:
         trainer.save_model(str(output_dir))
-    save_processor(processor, output_dir)
+    save_processor(processor, output_dir, base)
     for path in output_dir.glob("*.safetensors"):
         path.chmod(0o644)  # written 0600; a server or another user must be able to read it
     return output_dir

@@ -7,18 +7,18 @@ returned as an error string, never as an empty answer, so the evaluation can cou
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
+import hashlib
 import io
 import json
 import os
 from pathlib import Path
 
 from mp16_reason.jpeg import downscale_jpeg, jpeg_data_url
-from mp16_reason.prompt import INSTRUCTION
 
 from .benchmarks import EvalItem
-
-SYSTEM = "You are a helpful assistant."
+from .protocols import PROTOCOLS, Protocol
 
 
 def image_bytes(item: EvalItem, max_pixels: int | None = None) -> bytes:
@@ -26,9 +26,24 @@ def image_bytes(item: EvalItem, max_pixels: int | None = None) -> bytes:
     return downscale_jpeg(data, max_pixels)
 
 
+def image_url(item: EvalItem, protocol: Protocol, max_pixels: int | None = None) -> str:
+    """The image as the protocol sends it: the file's own bytes (as released), or a JPEG within the budget."""
+    if protocol.raw_image:
+        data = item.image if isinstance(item.image, bytes) else Path(item.image).read_bytes()
+        return protocol.data_url_prefix + base64.b64encode(data).decode()
+    return jpeg_data_url(image_bytes(item, max_pixels))
+
+
+def messages(protocol: Protocol, image_part: dict) -> list[dict]:
+    """The system prompt, then one user message: the image before the text (the release's order)."""
+    user = {"role": "user", "content": [image_part, {"type": "text", "text": protocol.prompt}]}
+    return ([{"role": "system", "content": protocol.system}] if protocol.system else []) + [user]
+
+
 class EndpointPredictor:
     """Any OpenAI-compatible chat endpoint (vLLM, ``transformers serve``, OpenAI). The openai client retries
-    429/5xx/timeouts with exponential backoff and honours Retry-After; ``concurrency`` caps requests in flight."""
+    429/5xx/timeouts with exponential backoff and honours Retry-After; ``concurrency`` caps requests in flight.
+    ``protocol`` sets the messages and the sampling."""
 
     def __init__(
         self,
@@ -38,8 +53,7 @@ class EndpointPredictor:
         concurrency: int = 16,
         max_retries: int = 5,
         timeout_s: float = 120.0,
-        temperature: float = 0.1,
-        max_tokens: int = 512,
+        protocol: Protocol | None = None,
         max_pixels: int | None = None,
         extra_body: dict | None = None,
     ) -> None:
@@ -51,30 +65,26 @@ class EndpointPredictor:
             max_retries=max_retries,
             timeout=timeout_s,
         )
+        self.protocol = protocol or PROTOCOLS["eval"]["ours"]
+        p = self.protocol
         self.model, self.concurrency = model, concurrency
-        self.sampling = {"temperature": temperature, "max_tokens": max_tokens}
+        self.sampling: dict = {"temperature": p.temperature, "max_tokens": p.max_tokens}
+        if p.frequency_penalty:
+            self.sampling["frequency_penalty"] = p.frequency_penalty
+        if p.presence_penalty:
+            self.sampling["presence_penalty"] = p.presence_penalty
         self.max_pixels, self.extra_body = max_pixels, extra_body
         self.name = f"{model} @ {base_url}"
 
     async def apredict(self, item: EvalItem) -> tuple[str, str]:
         try:
-            data = await asyncio.to_thread(image_bytes, item, self.max_pixels)
+            url = await asyncio.to_thread(image_url, item, self.protocol, self.max_pixels)
         except OSError as exc:
             return "", f"image unreadable: {exc}"
-        url = jpeg_data_url(data)
         try:
             reply = await self.client.chat.completions.create(
                 model=self.model,
-                messages=[
-                    {"role": "system", "content": SYSTEM},
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "image_url", "image_url": {"url": url}},
-                            {"type": "text", "text": INSTRUCTION},
-                        ],
-                    },
-                ],
+                messages=messages(self.protocol, {"type": "image_url", "image_url": {"url": url}}),
                 extra_body=self.extra_body,
                 **self.sampling,
             )
@@ -85,15 +95,23 @@ class EndpointPredictor:
 
 
 class TransformersPredictor:
-    """A local folder or Hub id loaded with transformers (greedy decoding, one image at a time)."""
+    """A local folder or Hub id loaded with transformers, one image at a time, sampled as ``protocol`` says
+    (greedy at temperature 0; frequency and presence penalties as vLLM applies them, to the generated tokens;
+    each image's sample seeded by its id, so a rerun gives the same answers)."""
 
     def __init__(
-        self, model: str, revision: str | None = None, max_new_tokens: int = 512, device: str | None = None
+        self,
+        model: str,
+        revision: str | None = None,
+        max_new_tokens: int | None = None,
+        device: str | None = None,
+        protocol: Protocol | None = None,
     ) -> None:
         from .modeling import load_for_inference
 
         self.model, self.processor, self.device = load_for_inference(model, revision, device)
-        self.max_new_tokens = max_new_tokens
+        self.protocol = protocol or PROTOCOLS["eval"]["ours"]
+        self.max_new_tokens = max_new_tokens or self.protocol.max_tokens
         self.concurrency = 1
         self.name = model
 
@@ -101,20 +119,43 @@ class TransformersPredictor:
         import torch
         from PIL import Image
 
+        p = self.protocol
         try:
-            image = Image.open(io.BytesIO(image_bytes(item))).convert("RGB")
+            raw = item.image if isinstance(item.image, bytes) else Path(item.image).read_bytes()
+            image = Image.open(io.BytesIO(raw if p.raw_image else image_bytes(item))).convert("RGB")
         except OSError as exc:
             return "", f"image unreadable: {exc}"
-        messages = [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": INSTRUCTION}]},
-        ]
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        prompt = self.processor.apply_chat_template(messages(p, {"type": "image"}), add_generation_prompt=True)
         inputs = self.processor(text=[prompt], images=[image], return_tensors="pt").to(self.device)
+        sampling: dict = {"do_sample": False}
+        if p.temperature > 0:
+            sampling = {"do_sample": True, "temperature": p.temperature, "top_k": 0, "top_p": 1.0}
+            torch.manual_seed(int.from_bytes(hashlib.blake2b(item.id.encode(), digest_size=4).digest(), "big"))
+        if p.frequency_penalty or p.presence_penalty:
+            from transformers import LogitsProcessorList
+
+            penalties = OpenAIPenalties(inputs["input_ids"].shape[1], p.frequency_penalty, p.presence_penalty)
+            sampling["logits_processor"] = LogitsProcessorList([penalties])
         with torch.no_grad():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
         text = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
         return text, ""
+
+
+class OpenAIPenalties:
+    """OpenAI's (and vLLM's) frequency and presence penalties, as a transformers logits processor: each token
+    already generated loses ``frequency`` per occurrence and ``presence`` once (the prompt is not counted)."""
+
+    def __init__(self, prompt_length: int, frequency: float, presence: float) -> None:
+        self.prompt_length, self.frequency, self.presence = prompt_length, frequency, presence
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        generated = input_ids[:, self.prompt_length :]
+        counts = torch.zeros_like(scores)
+        counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 def structured_to_text(country: str = "", city: str = "", lat=None, lon=None) -> str:
@@ -150,10 +191,30 @@ class FilePredictor:
         self.name = f"file {self.path.name}"
 
     def _rows(self) -> list[dict]:
-        if self.path.suffix == ".jsonl":
-            return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        with self.path.open(newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{self.path} is not a text file ({exc.reason} at byte {exc.start})") from None
+        if self.path.suffix != ".jsonl":
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+            if rows and not ({"id", "IMG_ID", "img_id"} & set(rows[0])):
+                raise ValueError(f"{self.path}: line 1 names no id column (id or IMG_ID): {list(rows[0])[:8]}")
+            return rows
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{self.path}, line {n}: not JSON ({exc.msg} at column {exc.colno}); each line must be one "
+                    'object such as {"id": ..., "text": ...}'
+                ) from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{self.path}, line {n}: a JSON {type(row).__name__}, not an object with an id")
+            rows.append(row)
+        return rows
 
     @staticmethod
     def _text(row: dict) -> str:

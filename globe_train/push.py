@@ -33,6 +33,13 @@ def push(
         raise FileNotFoundError(f"{ckpt} holds no weights (*.safetensors): is it the output_dir of `globe train`?")
     if card and not (ckpt / "README.md").exists():
         write_card(ckpt, repo_id)
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"cannot push {ckpt.name} to {repo_id}: HF_HUB_OFFLINE is set (unset it to upload)")
+    from .released import check_hub_reachable
+
+    check_hub_reachable(f"push {ckpt.name} to {repo_id}")  # at once, not after a round of upload retries
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     if revision and revision != "main":

@@ -28,14 +28,59 @@ LOGS = "logs.jsonl"
 
 def parse(dataclass_types: tuple, argv: list[str] | None = None, prog: str | None = None) -> tuple:
     """TRL's parser over ``dataclass_types``: ``--recipe NAME_OR_PATH`` (or ``--config PATH``) gives the
-    defaults, other flags override them, unknown keys fail."""
+    defaults, other flags override them, unknown keys fail (naming the nearest field, or the method a recipe
+    of another method is for)."""
     from trl import TrlParser
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--recipe" in args:
         i = args.index("--recipe")
         args[i : i + 2] = ["--config", str(recipe_path(args[i + 1]))]
+    check_names(dataclass_types, args, prog)
     return TrlParser(dataclass_types, prog=prog).parse_args_and_config(args)
+
+
+def field_names(dataclass_types: tuple) -> set[str]:
+    """Every field, and the ``no_`` form argparse gives boolean fields."""
+    from dataclasses import fields
+
+    names = {f.name for t in dataclass_types for f in fields(t)}
+    return names | {f"no_{n}" for n in names}
+
+
+def check_names(dataclass_types: tuple, args: list[str], prog: str | None) -> None:
+    """Every flag and recipe key is a field: else a ValueError naming the nearest one, or, for a recipe whose
+    keys are another method's, that method."""
+    import difflib
+
+    import yaml
+
+    known = field_names(dataclass_types) | {"config", "help", "help_all"}
+    flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
+    for flag in flags:
+        if flag not in known:
+            near = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            hint = f"; did you mean --{near[0]}?" if near else f"; `{prog or 'globe train'} --help` lists the fields"
+            raise ValueError(f"unknown flag --{flag}{hint}")
+    if "--config" not in args:
+        return
+    path = Path(args[args.index("--config") + 1])
+    keys = set((yaml.safe_load(path.read_text()) or {}).keys())
+    stray = sorted(keys - known)
+    if not stray:
+        return
+    from .configs import recipe_method
+
+    method = recipe_method(path)
+    this = (prog or "").split()[-1] if prog else ""
+    if method != this:
+        raise ValueError(
+            f"recipe {path.name} is for `globe train {method}` (it sets {', '.join(stray[:4])}, which "
+            f"`{prog}` does not have): run `globe train {method} --recipe {path.stem}`"
+        )
+    near = {k: difflib.get_close_matches(k, known, n=1, cutoff=0.6) for k in stray}
+    said = ", ".join(f"{k}" + (f" (did you mean {m[0]}?)" if m else "") for k, m in near.items())
+    raise ValueError(f"recipe {path.name} sets keys `{prog}` does not have: {said}")
 
 
 def setup(training_args: Any) -> str | None:
@@ -65,6 +110,40 @@ class JsonlLogs(TrainerCallback):
                 fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+class CompleteCheckpoints(TrainerCallback):
+    """Every intermediate checkpoint gets the processor files a save without torchvision leaves out (see
+    :func:`~globe_train.compat.complete_processor_files`), so any of them loads with stock transformers."""
+
+    def __init__(self, base: str | None) -> None:
+        self.base = base
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        from .compat import complete_processor_files
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            complete_processor_files(folder, self.base)
+
+
+def public(value: Any) -> Any:
+    """``value`` with every local path replaced by its last part (a folder or file name): what a run record or
+    a card may say about this machine. Hub ids (``org/name``) and URLs are kept."""
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [public(v) for v in value]
+    if isinstance(value, str) and value and "://" not in value:
+        path = Path(value).expanduser()
+        if path.is_absolute() or value.startswith(("./", "../", "~")) or (path.exists() and len(path.parts) > 1):
+            return path.name
+    return value
+
+
+def is_hub_id(name: str | None) -> bool:
+    """An ``org/name`` that is not a local path (what the Hub's metadata fields may name)."""
+    return bool(name) and name.count("/") == 1 and not Path(name).expanduser().exists() and ":" not in name
+
+
 def dataset_info(script_args: Any) -> dict:
     """Where the training data came from; a local build also gives its version and recipe hash."""
     info = {
@@ -75,7 +154,7 @@ def dataset_info(script_args: Any) -> dict:
     }
     if local := local_build(script_args.dataset_name):
         manifest = json.loads((local / "manifest.json").read_text())
-        info |= {"version": manifest.get("version"), "recipe_sha256": manifest.get("recipe_sha256")}
+        info |= {"local": True, "version": manifest.get("version"), "recipe_sha256": manifest.get("recipe_sha256")}
     return info
 
 
@@ -115,7 +194,9 @@ def write_run_info(method: str, output_dir: str | Path, script_args: Any, traini
             "trl": trl.__version__,
         },
     }
+    # Pushed with the weights: local paths (base model, data, output folders) become their names.
+    info = public(json.loads(json.dumps(info, default=str)))
     path = Path(output_dir) / RUN_INFO
     with atomic_file(path, "w") as fh:
-        fh.write(json.dumps(info, indent=2, default=str))
+        fh.write(json.dumps(info, indent=2))
     return path

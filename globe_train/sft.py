@@ -13,7 +13,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 from .configs import DataArguments, SFTScriptArguments
 from .data import training_dataset
 from .modeling import freeze_vision, load_model, peft_config, save_final
-from .runs import JsonlLogs, parse, setup, write_run_info
+from .runs import CompleteCheckpoints, JsonlLogs, parse, setup, write_run_info
 
 ARGS = (SFTScriptArguments, SFTConfig, ModelConfig)
 
@@ -37,12 +37,14 @@ def train_supervised(kind: str, script_args: DataArguments, training_args: SFTCo
         train_dataset=train,
         processing_class=processor,
         peft_config=peft_config(model_args, model, script_args.freeze_vision),
-        callbacks=[JsonlLogs(training_args.output_dir)],
+        callbacks=[JsonlLogs(training_args.output_dir), CompleteCheckpoints(model_args.model_name_or_path)],
     )
     result = trainer.train(resume_from_checkpoint=resume)
 
     # -- save -------------------------------------------------------------------------------------------------
-    out = save_final(trainer, processor, training_args.output_dir, script_args.merge_adapter)
+    out = save_final(
+        trainer, processor, training_args.output_dir, script_args.merge_adapter, model_args.model_name_or_path
+    )
     write_run_info(kind, out, script_args, training_args, model_args, result.metrics, model.num_parameters())
     return out
 

@@ -139,8 +139,12 @@ def stream(
       (multi-epoch training; stop by step count).
     - ``split_by_node=False``: every rank reads the whole split in the same order, for trainers that shard
       the stream themselves (TRL's GRPO with an iterable dataset does).
-    - ``rows="pairs"`` yields ``(PIL image, record dict)``; ``rows="trl"`` yields TRL-ready rows (prompt,
-      image, and the columns the GLOBE rewards read); ``rows="raw"`` yields webdataset's sample dicts.
+    - ``rows="pairs"`` yields ``(PIL image, record dict)``; ``rows="raw"`` yields webdataset's sample dicts.
+    - ``rows="trl"`` returns a ``datasets.IterableDataset`` of TRL-ready rows (a conversational prompt, the
+      image, and the columns the GLOBE rewards read) that TRL's trainers take as ``train_dataset``. It is not
+      split by rank (``split_by_node`` does not apply): under accelerate every process reads the same stream
+      and accelerate hands each its part of every batch, which is how TRL keeps a prompt's generations
+      together; each prompt is used once per epoch across the processes.
     """
     import webdataset as wds
 
@@ -148,6 +152,8 @@ def stream(
 
     if rows not in ("pairs", "trl", "raw"):
         raise ValueError(f"rows={rows!r}: use 'pairs', 'trl' or 'raw'")
+    if rows == "trl":  # read alike by every process: accelerate, not the stream, splits it
+        split_by_node = False
     entries = shard_entries(split, config, revision, repo_id, path)
     if path is not None:
         shards = [(str(location(path) / s["path"]), s["samples"]) for s in entries]
@@ -166,4 +172,16 @@ def stream(
         stages.append(wds.map(pair))
     elif rows == "trl":
         stages.append(wds.map(trl_pair))
+        return _trl_dataset(Stream(*stages))
     return Stream(*stages)
+
+
+def _trl_dataset(rows):
+    """``rows`` (a TRL-row stream) as the ``datasets.IterableDataset`` TRL's trainers take: one generator, so that
+    accelerate splits its batches, not its shards; each pass over it is the stream's next epoch."""
+    import datasets
+
+    def generate():
+        yield from rows
+
+    return datasets.IterableDataset.from_generator(generate)

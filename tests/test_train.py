@@ -171,19 +171,41 @@ def _front(text: str) -> dict:
 def test_model_card_from_the_run_and_an_evaluation(grpo_run, tmp_path):
     metrics = {"acc_1km": 9.8, "acc_25km": 40.2, "acc_200km": 56.2, "acc_750km": 71.5, "acc_2500km": 82.4,
                "median_km": 210.0, "country_alias": 71.0, "city_alias": 25.0}  # fmt: skip
-    report = {"benchmark": "im2gps3k", "n": 2997, "metrics": metrics}
-    (tmp_path / "metrics.json").write_text(json.dumps(report))
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    hub = {"benchmark": "mp16-reason-test", "n": 2997, "metrics": metrics,
+           "dataset": {"hub_id": "globe/mp16-reason", "revision": sha}}  # fmt: skip
+    local = {"benchmark": "im2gps3k", "n": 2997, "metrics": {**metrics, "acc_1km": 1.0}}  # a local CSV: no Hub id
+    (tmp_path / "hub.json").write_text(json.dumps(hub))
+    (tmp_path / "local.json").write_text(json.dumps(local))
     result = CliRunner().invoke(globe, ["card", str(grpo_run), "--repo", "me/GLOBE-tiny", "--eval",
-                                        str(tmp_path / "metrics.json")])  # fmt: skip
+                                        str(tmp_path / "hub.json"), "--eval", str(tmp_path / "local.json")])  # fmt: skip
     assert result.exit_code == 0, result.output
     text = (grpo_run / "README.md").read_text()
     meta = _front(text)
     assert meta["pipeline_tag"] == "image-text-to-text" and meta["license"] == "apache-2.0"
-    results = meta["model-index"][0]["results"]
-    assert {m["value"] for r in results for m in r["metrics"]} == {9.8, 40.2, 56.2, 71.5, 82.4}
-    assert "| im2gps3k | 2,997 | 9.80 | 40.20 | 56.20 | 71.50 | 82.40 | 210 | 71.00 | 25.00 |" in text
+    # Only what is true of the published files: a local sample build and a local base model are not named.
+    assert "datasets" not in meta and "base_model" not in meta
+    (index,) = meta["model-index"]
+    datasets = {r["dataset"]["type"] for r in index["results"]}
+    assert datasets == {"globe/mp16-reason"} and {r["dataset"]["revision"] for r in index["results"]} == {sha}
+    assert {m["value"] for r in index["results"] for m in r["metrics"]} == {9.8, 40.2, 56.2, 71.5, 82.4}
+    assert "| im2gps3k | 2,997 | 1.00 | 40.20 |" in text  # the local evaluation stays in the body
     assert "| `localizability` | 0.5 |" in text and "A test checkpoint" in text and "Privacy" in text
     assert "globe predict photo.jpg --model me/GLOBE-tiny" in text and "@inproceedings" in text
+    run_info = (grpo_run / "run_info.json").read_text()
+    assert str(tmp_path.parent.parent) not in text + run_info  # no local path is published
+    # huggingface_hub's own parsers of card metadata and of the model-index, in a fresh process.
+    code = (
+        "import json, sys\n"
+        "from huggingface_hub import ModelCard\n"
+        "from huggingface_hub.repocard_data import model_index_to_eval_results\n"
+        "card = ModelCard.load(sys.argv[1])\n"
+        "name, results = model_index_to_eval_results(card.data.to_dict()['model-index'])\n"
+        "print(json.dumps([name, sorted({(r.dataset_type, r.dataset_revision) for r in results}), len(results)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(grpo_run / "README.md")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == ["GLOBE-tiny", [["globe/mp16-reason", sha]], 5]
 
 
 def test_card_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -216,7 +238,7 @@ def test_predict_downloads_the_model_from_a_hub(grpo_run, sample_build, tmp_path
     images = sorted((sample_build / "sample-input" / "images").glob("*.jpg"))[:2]
     local = predict(images, TransformersPredictor(str(grpo_run), max_new_tokens=12))
     with OlahHub(tmp_path / "olah") as hub:
-        sha = hub.add("models", "globe/GLOBE-Qwen2.5-VL-7B", grpo_run)
+        sha = hub.add("models", "globe-project/GLOBE-Qwen2.5VL-7B", grpo_run)  # the default: the released model
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf")}
         env.pop("HF_HUB_OFFLINE", None)
         proc = subprocess.run([sys.executable, "-m", "globe_train.cli", "predict", *map(str, images), "--revision",
@@ -226,7 +248,7 @@ def test_predict_downloads_the_model_from_a_hub(grpo_run, sample_build, tmp_path
     got = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [g["image"] for g in got] == [str(p) for p in images]
     assert [g["text"] for g in got] == [p.text for p in local]  # the same weights, greedy: the same answers
-    assert (tmp_path / "hf" / "hub" / "models--globe--GLOBE-Qwen2.5-VL-7B").exists()  # fetched from the Hub
+    assert (tmp_path / "hf" / "hub" / "models--globe-project--GLOBE-Qwen2.5VL-7B").exists()  # fetched from the Hub
 
 
 def test_prediction_reads_answer_and_places_it():

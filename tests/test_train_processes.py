@@ -76,6 +76,26 @@ def test_streams_each_prompt_once_per_epoch(sample_build, tmp_path, source):
         assert used == Counter(dict.fromkeys(train_ids(sample_build), 2))
 
 
+def test_plain_trl_takes_our_stream_and_rewards_each_prompt_once(sample_build, tiny_model, tmp_path):
+    """The README's TRL path: ``GRPOTrainer(train_dataset=mp16_reason.stream(rows="trl"))`` with our reward
+    functions, in two accelerate processes: TRL accepts the rows as they are, and each prompt of the epoch
+    reaches the rewards once."""
+    out = tmp_path / "ids"
+    out.mkdir()
+    n = sum(s["samples"] for s in shard_entries("train", path=sample_build))
+    steps = n // 2  # a step's generation batch: 4 completions x 2 processes / 4 generations = 2 prompts
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(HERE / "plain_trl_grpo.py"), str(sample_build),
+           str(tiny_model), str(tmp_path / "run"), str(steps)]  # fmt: skip
+    env = {**os.environ, "IDS_OUT": str(out), "WITHOUT_TORCHVISION": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    calls = [json.loads(line) for rank in (0, 1) for line in (out / f"ids-{rank}.jsonl").read_text().splitlines()]
+    used = uses(calls)
+    assert len(used) == 2 * steps and set(used.values()) == {1} and set(used) <= set(train_ids(sample_build))
+
+
 @pytest.mark.skipif(olah_cli() is None, reason="olah not installed: run scripts/setup.sh")
 @pytest.mark.parametrize("loader", ["datasets", "webdataset"])
 def test_hub_dataset_each_prompt_once(sample_build, tmp_path, loader):

@@ -1,0 +1,105 @@
+"""GLOBE's published checkpoints, and getting any checkpoint onto this machine (or failing at once, saying why).
+
+The authors of the paper publish two models on the Hub: ``globe-project/GLOBE-Qwen2.5VL-7B`` (the default
+of ``globe predict``, ``globe eval`` and the demo) and ``globe-project/GLOBE-InternVL3-8B``. A checkpoint in
+transformers' own format runs here with ``AutoModelForImageTextToText``; one that needs the custom code in its
+repository (InternVL's original layout) is refused before any weight is downloaded, with the vLLM command
+that serves it and the ``--endpoint`` flags that use it. Which layout a repository has is read from its
+``config.json``, so either works.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Released:
+    repo_id: str
+    backbone: str
+    served_name: str  # the --served-model-name of the release's own vLLM command
+
+
+RELEASED = {
+    r.repo_id: r
+    for r in (
+        Released("globe-project/GLOBE-Qwen2.5VL-7B", "Qwen2.5-VL-7B-Instruct", "qwen2.5-vl"),
+        Released("globe-project/GLOBE-InternVL3-8B", "InternVL3-8B", "internvl3"),
+    )
+}
+DEFAULT_MODEL = "globe-project/GLOBE-Qwen2.5VL-7B"
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot be had or run here; the message says what to do instead."""
+
+
+def check_hub_reachable(what: str, timeout_s: float = 10.0) -> None:
+    """Raise :class:`ModelUnavailable` at once when the Hub (``HF_ENDPOINT``) does not answer at all; any HTTP
+    answer, an error included, means it is there."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().get(f"{constants.ENDPOINT}/api/models", params={"limit": 1}, timeout=timeout_s)
+    except Exception as exc:  # connection refused, DNS, TLS, timeouts, in whichever HTTP library's classes
+        raise ModelUnavailable(
+            f"cannot {what}: the Hub at {constants.ENDPOINT} does not answer ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check the network or HF_ENDPOINT"
+        ) from None
+
+
+def serve_command(model: str, served: str = "globe") -> str:
+    return (
+        f"vllm serve {model} --trust-remote-code --served-model-name {served} --max-model-len 8096, then add "
+        f"--endpoint http://localhost:8000/v1 --endpoint-model {served}"
+    )
+
+
+def local_copy(model: str, revision: str | None = None) -> Path:
+    """A folder holding ``model``: the folder itself, the Hub cache's copy, or a fresh download. Fails at once,
+    in one line, when the Hub cannot be reached (offline mode, no network) and the cache has no copy."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return folder
+    if model.count("/") != 1:
+        raise ModelUnavailable(f"model {model!r} is neither a local folder nor a Hub id (org/name)")
+    try:
+        return Path(snapshot_download(model, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise ModelUnavailable(
+            f"model {model} is not in the local Hub cache and HF_HUB_OFFLINE is set: download it first "
+            f"(hf download {model}) where the Hub is reachable, or pass a local folder"
+        ) from None
+    check_hub_reachable(f"download model {model}")
+    try:
+        HfApi().model_info(model, revision=revision, timeout=15)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelUnavailable(f"no model {model}{f'@{revision}' if revision else ''} on the Hub ({first})") from None
+    return Path(snapshot_download(model, revision=revision))
+
+
+def check_transformers_format(folder: Path, model: str) -> None:
+    """Refuse, before the weights are read, a checkpoint transformers cannot load by itself: one whose config
+    names custom code (``auto_map``) or an architecture transformers does not have."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        raise ModelUnavailable(f"{model}: no readable config.json in {folder.name}") from None
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    architectures = config.get("architectures") or []
+    if config.get("auto_map") or config.get("model_type") not in CONFIG_MAPPING_NAMES:
+        served = RELEASED[model].served_name if model in RELEASED else "globe"
+        raise ModelUnavailable(
+            f"{model} is not in transformers' own format ({', '.join(architectures) or config.get('model_type')} "
+            f"with custom code in its repository), so it cannot be loaded here; serve it with vLLM instead: "
+            f"{serve_command(model, served)}"
+        )
