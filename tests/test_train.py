@@ -177,8 +177,8 @@ def test_model_card_from_the_run_and_an_evaluation(grpo_run, tmp_path):
     local = {"benchmark": "im2gps3k", "n": 2997, "metrics": {**metrics, "acc_1km": 1.0}}  # a local CSV: no Hub id
     (tmp_path / "hub.json").write_text(json.dumps(hub))
     (tmp_path / "local.json").write_text(json.dumps(local))
-    result = CliRunner().invoke(globe, ["card", str(grpo_run), "--repo", "me/GLOBE-tiny", "--eval",
-                                        str(tmp_path / "hub.json"), "--eval", str(tmp_path / "local.json")])  # fmt: skip
+    evals = ["--eval", str(tmp_path / "hub.json"), "--eval", str(tmp_path / "local.json")]
+    result = CliRunner().invoke(globe, ["card", str(grpo_run), "--repo", "me/GLOBE-tiny", *evals])
     assert result.exit_code == 0, result.output
     text = (grpo_run / "README.md").read_text()
     meta = _front(text)
