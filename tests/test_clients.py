@@ -50,7 +50,8 @@ def _count(manifest: dict, config: str, split: str) -> int:
 def test_load_dataset_on_a_fresh_build_folder_reads_exactly_the_manifests_configs(fresh, tmp_path):
     out, manifest = fresh
     assert manifest["totals"]["configs"]["localizability"]  # the folder holds a second config
-    got = client(f"""
+    got = client(
+        f"""
         import json, datasets
         ds = datasets.load_dataset({str(out)!r})
         loc = datasets.load_dataset({str(out)!r}, "localizability")
@@ -60,7 +61,9 @@ def test_load_dataset_on_a_fresh_build_folder_reads_exactly_the_manifests_config
                           "loc": {{k: len(v) for k, v in loc.items()}},
                           "configs": datasets.get_dataset_config_names({str(out)!r}),
                           "wds": len(wds)}}))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert got["splits"] == {s: _count(manifest, "default", s) for s in ("train", "test")}
     assert got["ids"] == got["splits"]["train"]  # every sample once: no config mixed in
     assert got["loc"] == {s: _count(manifest, "localizability", s) for s in ("train", "test")}
@@ -76,7 +79,8 @@ def test_shards_are_equal_and_third_party_splitters_balance_ranks(fresh, tmp_pat
     counts = [s["samples"] for s in train]
     assert len(train) == 24 and max(counts) - min(counts) <= 1
     files = [str(out / s["path"]) for s in train]
-    got = client(f"""
+    got = client(
+        f"""
         import json
         import datasets, webdataset as wds
         from datasets.distributed import split_dataset_by_node
@@ -96,7 +100,9 @@ def test_shards_are_equal_and_third_party_splitters_balance_ranks(fresh, tmp_pat
                              "unique": len({{k for ks in by_datasets for k in ks}}),
                              "unique_wds": len({{k for ks in by_wds for k in ks}})}}
         print(json.dumps(result))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     n = sum(counts)
     for world, r in got.items():
         assert r["unique"] == r["unique_wds"] == n, (world, r)  # every sample once
@@ -108,7 +114,8 @@ def test_dataset_card_meets_the_hubs_metadata_rules(fresh, tmp_path):
     config is marked default, and no local path is published."""
     out, _ = fresh
     write_card(out)
-    got = client(f"""
+    got = client(
+        f"""
         import json
         from huggingface_hub import DatasetCard
         card = DatasetCard.load({str(out / "README.md")!r})  # the Hub's own parser of card metadata
@@ -116,7 +123,9 @@ def test_dataset_card_meets_the_hubs_metadata_rules(fresh, tmp_path):
         print(json.dumps({{"license": d.get("license"), "link": d.get("license_link"), "name": d.get("license_name"),
                           "configs": [c["config_name"] for c in d["configs"]],
                           "default": [c["config_name"] for c in d["configs"] if c.get("default")]}}))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert got["license"] == "other" and got["link"] == "LICENSE.md" and got["name"]
     assert (out / "LICENSE.md").exists()
     assert got["configs"] == ["default", "localizability"] and got["default"] == ["default"]
@@ -130,19 +139,28 @@ def test_the_readmes_call_works_offline_after_both_configs_were_cached(fresh, tm
     write_card(out)
     with OlahHub(tmp_path / "olah") as hub:
         hub.add("datasets", "globe/mp16-reason", out)
-        online = client("""
+        online = client(
+            """
             import json, datasets
             a = datasets.load_dataset("globe/mp16-reason", "default", split="train")
             b = datasets.load_dataset("globe/mp16-reason", "localizability", split="train")
             print(json.dumps({"default": len(a), "localizability": len(b)}))
-        """, tmp_path, HF_ENDPOINT=hub.endpoint)
+        """,
+            tmp_path,
+            HF_ENDPOINT=hub.endpoint,
+        )
     assert online == {"default": _count(manifest, "default", "train"),
                       "localizability": _count(manifest, "localizability", "train")}  # fmt: skip
-    offline = client("""
+    offline = client(
+        """
         import json, datasets
         ds = datasets.load_dataset("globe/mp16-reason", "default", split="train")
         print(json.dumps({"n": len(ds), "ids": len(set(r["id"] for r in ds["json"]))}))
-    """, tmp_path, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+    """,
+        tmp_path,
+        HF_HUB_OFFLINE="1",
+        HF_ENDPOINT="http://127.0.0.1:9",
+    )
     assert offline["n"] == offline["ids"] == online["default"]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert 'load_dataset("globe/mp16-reason", "default", split="train")' in readme
