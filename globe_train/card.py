@@ -14,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from cards import template
 from mp16_reason import THRESHOLDS_KM
 from mp16_reason.atomic import atomic_file
+from mp16_reason.prompt import INSTRUCTION
 
 from .modeling import TINY
 from .runs import RUN_INFO, is_hub_id
@@ -130,6 +131,7 @@ def render(ckpt: str | Path, repo_id: str = DEFAULT_REPO, evals: list[str | Path
         template_str=template("model_card.md"),
         model_name=model_name,
         repo_id=repo_id,
+        instruction=json.dumps(INSTRUCTION),  # the training prompt, as a Python string literal
         summary=summary,
         tiny=run.get("parameters", 0) < TEST_SIZE,
         parameters=f"{run.get('parameters', 0):,}",

@@ -71,15 +71,23 @@ def complete_processor_files(out: str | Path, base: str | None = None, revision:
     return True
 
 
-def _video_processor_class(folder: Path) -> str | None:
-    """The video processor class transformers pairs with the checkpoint's model type (names only: no import)."""
-    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING_NAMES
+# The video processor transformers pairs with each model type we train. Its own table (VIDEO_PROCESSOR_MAPPING_
+# NAMES) blanks the names out where torchvision is missing, which is exactly where this is needed.
+VIDEO_PROCESSORS = {
+    "qwen2_vl": "Qwen2VLVideoProcessor",
+    "qwen2_5_vl": "Qwen2VLVideoProcessor",
+    "qwen3_vl": "Qwen3VLVideoProcessor",
+    "internvl": "InternVLVideoProcessor",
+}
 
+
+def _video_processor_class(folder: Path) -> str | None:
+    """The video processor class transformers pairs with the checkpoint's model type (a name: no import)."""
     try:
         model_type = json.loads((folder / "config.json").read_text())["model_type"]
     except (OSError, ValueError, KeyError):
         return None
-    return VIDEO_PROCESSOR_MAPPING_NAMES.get(model_type)
+    return VIDEO_PROCESSORS.get(model_type)
 
 
 def _base_video_config(base: str, revision: str | None) -> dict | None:

@@ -268,9 +268,9 @@ def evaluate(
     out = Path(out_dir)
     answers = getattr(predictor, "answers", None)
     if answers is not None and not any(i.id in answers or i.id.removesuffix(".jpg") in answers for i in bench.items):
-        sample = ", ".join(list(answers)[:3])
+        sample = ", ".join(predictor.ids[:3])
         raise ValueError(
-            f"{predictor.path}: none of its {len(answers):,} ids is an id of {bench.name} (its ids look like "
+            f"{predictor.path}: none of its {len(predictor.ids):,} ids is an id of {bench.name} (its ids look like "
             f"{sample}; the benchmark's like {', '.join(i.id for i in bench.items[:3])}): is it for this benchmark?"
         )
     path = predict(bench.items, predictor, out, progress=progress)

@@ -178,11 +178,13 @@ class FilePredictor:
         if not self.path.exists():
             raise FileNotFoundError(f"predictions file {self.path} does not exist")
         self.answers: dict[str, str] = {}
+        self.ids: list[str] = []  # as the file gives them
         rows = self._rows()
         for row in rows:
             ident = str(row.get("id") or row.get("IMG_ID") or row.get("img_id") or "")
             if not ident:
                 continue
+            self.ids.append(ident)
             self.answers[ident] = self._text(row)
             self.answers.setdefault(ident.removesuffix(".jpg"), self.answers[ident])
         if not self.answers:

@@ -24,4 +24,14 @@ fi
 if [[ ",$EXTRAS," == *",dev,"* && "${TEST_HUB:-1}" != "0" ]]; then
   [ -x .venv-olah/bin/olah-cli ] || { "$PYTHON" -m venv .venv-olah && .venv-olah/bin/python -m pip install -q olah; }
 fi
+# A second environment with stock transformers beside torchvision (torch 2.14.1, which has a torchvision build;
+# it runs on the CPU too): the tests load our checkpoints there as users' machines do, with nothing of ours
+# imported and no workaround applied. TEST_STOCK=0 skips it; those tests then skip too.
+if [[ ",$EXTRAS," == *",dev,"* && "${TEST_STOCK:-1}" != "0" ]]; then
+  if [ ! -x .venv-stock/bin/python ]; then
+    "$PYTHON" -m venv .venv-stock
+    .venv-stock/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+    .venv-stock/bin/python -m pip install -q -c <(echo "torch==2.14.1") "transformers>=5" pillow accelerate
+  fi
+fi
 echo "mp16-reason installed in .venv ($(.venv/bin/python -c 'import mp16_reason; print(mp16_reason.__version__)'))"

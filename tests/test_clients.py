@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hub_servers import OlahHub, olah_cli
+from hub_servers import OlahHub, free_port, olah_cli
 
 from builders.card import write_card
 
@@ -164,3 +164,94 @@ def test_the_readmes_call_works_offline_after_both_configs_were_cached(fresh, tm
     assert offline["n"] == offline["ids"] == online["default"]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert 'load_dataset("globe/mp16-reason", "default", split="train")' in readme
+
+
+# -- the CLIs answer like their users expect -------------------------------------------------------------------
+def cli(args: list[str], tmp_path: Path, timeout: int = 120, **env: str) -> subprocess.CompletedProcess:
+    home = tmp_path / "hf-home"
+    full = {**os.environ, "HF_HOME": str(home), **env}
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=full, cwd=tmp_path,
+                          timeout=timeout)  # fmt: skip
+
+
+def _one_line_error(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("Error: "), done.stderr
+    return done.stderr
+
+
+def test_eval_names_the_file_and_line_of_unusable_predictions(fresh, tmp_path):
+    out, _ = fresh
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "x"}\nnot json at all\n')
+    err = _one_line_error(cli(["globe_train.cli", "eval", "mp16-reason-test", "--data", str(out), "--predictions",
+                               str(bad), "--out", str(tmp_path / "e1")], tmp_path))  # fmt: skip
+    assert "bad.jsonl, line 2: not JSON" in err
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"id": f"im2gps/{i}.jpg", "text": "country: France"}) + "\n" for i in range(5)))
+    err = _one_line_error(cli(["globe_train.cli", "eval", "mp16-reason-test", "--data", str(out), "--predictions",
+                               str(other), "--out", str(tmp_path / "e2")], tmp_path))  # fmt: skip
+    assert "other.jsonl: none of its 5 ids is an id of mp16-reason-test" in err
+    assert not (tmp_path / "e2" / "metrics.json").exists()
+
+
+def test_predict_and_push_fail_at_once_in_one_line_when_the_hub_is_out_of_reach(fresh, tmp_path):
+    out, _ = fresh
+    photo = next((out / "sample-input" / "images").glob("*.jpg"))
+    err = _one_line_error(cli(["globe_train.cli", "predict", str(photo)], tmp_path, HF_HUB_OFFLINE="1"))
+    assert "globe-project/GLOBE-Qwen2.5VL-7B is not in the local Hub cache and HF_HUB_OFFLINE is set" in err
+    closed = f"http://127.0.0.1:{free_port()}"
+    err = _one_line_error(cli(["globe_train.cli", "predict", str(photo)], tmp_path, HF_ENDPOINT=closed, timeout=60))
+    assert f"the Hub at {closed} does not answer" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"x")
+    (run / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    err = _one_line_error(cli(["globe_train.cli", "push", str(run), "--repo", "me/x"], tmp_path, HF_ENDPOINT=closed,
+                              HF_TOKEN="hf_x", timeout=60))  # fmt: skip
+    assert "the Hub at" in err and "does not answer" in err
+
+
+def test_train_help_is_quick_and_flags_and_recipes_are_checked(tmp_path):
+    probe = (
+        "import json, sys\n"
+        "from click.testing import CliRunner\n"
+        "from globe_train.cli import main\n"
+        "r = CliRunner().invoke(main, ['train', 'grpo', '--help'])\n"
+        "print(json.dumps({'code': r.exit_code, 'out': r.output, 'heavy': sorted(m for m in ('torch', 'trl',\n"
+        "    'transformers', 'peft') if m in sys.modules)}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["code"] == 0 and got["heavy"] == []  # no TRL, torch or transformers imported for the help
+    first = got["out"].splitlines()
+    assert first[0].startswith("Usage: globe train grpo --recipe") and "tiny-cpu" in got["out"]
+    assert "--help-all" in got["out"] and "--reward_funcs" in got["out"]
+    err = _one_line_error(cli(["globe_train.cli", "train", "grpo", "--recipe", "tiny-cpu", "--learning_rte", "1"],
+                              tmp_path))  # fmt: skip
+    assert "unknown flag --learning_rte; did you mean --learning_rate?" in err
+    err = _one_line_error(cli(["globe_train.cli", "train", "sft", "--recipe", "tiny-cpu"], tmp_path))
+    assert "recipe tiny-cpu.yaml is for `globe train grpo`" in err and "globe train grpo --recipe tiny-cpu" in err
+
+
+@pytest.mark.skipif(olah_cli() is None, reason="olah not installed: run scripts/setup.sh")
+def test_eval_pins_a_hub_benchmarks_revision_and_records_it(fresh, tmp_path):
+    out, manifest = fresh
+    write_card(out)
+    ids = []
+    for shard in manifest["shards"]:
+        if shard["split"] == "test" and "config" not in shard:
+            import tarfile
+
+            with tarfile.open(out / shard["path"]) as tar:
+                ids += [json.load(tar.extractfile(m))["id"] for m in tar if m.name.endswith(".json")]
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": i, "country": "France", "city": "Paris"}) + "\n" for i in ids))
+    with OlahHub(tmp_path / "olah") as hub:
+        sha = hub.add("datasets", "globe/mp16-reason", out)
+        done = cli(["globe_train.cli", "eval", "mp16-reason-test", "--revision", sha, "--predictions", str(preds),
+                    "--out", str(tmp_path / "e"), "--bootstrap", "0", "--quiet"], tmp_path,
+                   HF_ENDPOINT=hub.endpoint)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert report["dataset"] == {"hub_id": "globe/mp16-reason", "revision": sha} and report["n"] == len(ids)
