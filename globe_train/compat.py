@@ -21,9 +21,9 @@ def patch_processors_without_torchvision() -> bool:
     global _applied
     if _applied or importlib.util.find_spec("torchvision") is not None:
         return _applied
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+    from transformers import InternVLProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor
 
-    for cls in (Qwen2VLProcessor, Qwen2_5_VLProcessor):
+    for cls in (Qwen2VLProcessor, Qwen2_5_VLProcessor, InternVLProcessor):
         base = cls.get_attributes.__func__
         cls.get_attributes = classmethod(lambda c, _b=base: [a for a in _b(c) if a != "video_processor"])
     _applied = True

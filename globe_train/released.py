@@ -60,7 +60,7 @@ def serve_command(model: str, served: str = "globe") -> str:
 def local_copy(model: str, revision: str | None = None) -> Path:
     """A folder holding ``model``: the folder itself, the Hub cache's copy, or a fresh download. Fails at once,
     in one line, when the Hub cannot be reached (offline mode, no network) and the cache has no copy."""
-    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     folder = Path(model).expanduser()
@@ -79,11 +79,14 @@ def local_copy(model: str, revision: str | None = None) -> Path:
         ) from None
     check_hub_reachable(f"download model {model}")
     try:
-        HfApi().model_info(model, revision=revision, timeout=15)
+        sha = HfApi().model_info(model, revision=revision or "main", timeout=15).sha
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         first = str(exc).splitlines()[0]
         raise ModelUnavailable(f"no model {model}{f'@{revision}' if revision else ''} on the Hub ({first})") from None
-    return Path(snapshot_download(model, revision=revision))
+    # Its config first: a checkpoint that cannot run here is refused before gigabytes of weights come down.
+    config = Path(hf_hub_download(model, "config.json", revision=sha))
+    check_transformers_format(config.parent, model)
+    return Path(snapshot_download(model, revision=sha))
 
 
 def check_transformers_format(folder: Path, model: str) -> None:

@@ -67,6 +67,7 @@ class TeacherServer:
         self.max_in_flight = 0
         self.auth: set[str] = set()
         self.requests: list[dict] = []  # the bodies (without images), for assertions
+        self.bodies: list[dict] = []  # the whole bodies, images included
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -98,6 +99,7 @@ class TeacherServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.auth.add(self.headers.get("Authorization", ""))
                     server.requests.append({k: v for k, v in body.items() if k != "messages"})
+                    server.bodies.append(body)
                 try:
                     if server.latency_s:
                         time.sleep(server.latency_s)
