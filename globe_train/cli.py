@@ -299,24 +299,32 @@ def card(ckpt: str, repo: str, evals: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("ckpt", type=click.Path(exists=True, file_okay=False))
-@click.option("--repo", required=True, help="Hub model id, e.g. globe/GLOBE-Qwen2.5-VL-7B.")
+@click.argument("ckpt", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", required=True, help="Hub id, e.g. me/GLOBE-Qwen2.5-VL-7B (a model, or with --space a Space).")
+@click.option("--space", is_flag=True, help="Upload the demo app as a Gradio Space (no CKPT).")
 @click.option("--revision", help="Branch to upload to (created from main when missing).")
 @click.option("--private", is_flag=True, help="Create the repository private.")
 @click.option("--no-card", is_flag=True, help="Do not render a card when CKPT has none.")
 @click.option("--message", help="Commit message.")
-def push(ckpt: str, repo: str, revision: str | None, private: bool, no_card: bool, message: str | None) -> None:
-    """Upload a trained model (weights, processor, card, run record) to the Hub.
+def push(ckpt, repo, space, revision, private, no_card, message) -> None:
+    """Upload a trained model (weights, processor, card, run record), or the demo Space, to the Hub.
 
     \b
     The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT points at another Hub.
       globe push runs/globe --repo me/GLOBE-Qwen2.5-VL-7B --private
+      globe push --space --repo me/globe-demo        # app.py, requirements.txt, examples and our packages
     """
     from .push import push as do_push
+    from .push import push_space
     from .released import ModelUnavailable
 
+    if bool(space) == bool(ckpt):
+        raise click.UsageError("give CKPT to push a model, or --space (and no CKPT) to push the demo")
     try:
-        url = do_push(ckpt, repo, revision, private, card=not no_card, commit_message=message)
+        if space:
+            url = push_space(repo, private)
+        else:
+            url = do_push(ckpt, repo, revision, private, card=not no_card, commit_message=message)
     except (FileNotFoundError, ValueError, ModelUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # huggingface_hub's and httpx's errors carry the server's message, never the token
@@ -324,7 +332,36 @@ def push(ckpt: str, repo: str, revision: str | None, private: bool, no_card: boo
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise click.ClickException(f"push to {repo} failed: {first}") from None
         raise
-    click.echo(f"pushed {ckpt} to {repo}: {url}")
+    click.echo(f"pushed {'the demo Space' if space else ckpt} to {repo}: {url}")
+
+
+@main.command()
+@click.option("--model", default=None, help="The model chosen at start (default: the released GLOBE-Qwen2.5VL-7B); "
+              "a Hub id or a local folder. The app also offers the released checkpoints and an endpoint.")  # fmt: skip
+@click.option("--protocol", type=click.Choice(["ours", "globe-release"]), default="globe-release", show_default=True,
+              help="How the model is asked (globe-release: as the release's own demo asks).")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 to serve others).")
+@click.option("--port", default=7860, show_default=True)
+@click.option("--share", is_flag=True, help="Also open a temporary public gradio.live link.")
+@click.option("--max-file-size", default="20mb", show_default=True, help="Largest upload accepted.")
+@click.option("--endpoint", default="", help="Start with an OpenAI-compatible server (vLLM) as the model instead.")
+@click.option("--endpoint-model", default="", help="Model name to request from --endpoint.")
+def demo(model, protocol, host, port, share, max_file_size, endpoint, endpoint_model) -> None:
+    """Open the GLOBE demo in the browser: a photo in, reasoning, country, city and a map out.
+
+    \b
+    Binds to 127.0.0.1 unless --host says otherwise; uploads over --max-file-size and images over 40 MP are
+    refused. Scripts can call its first API endpoint with a photo alone:
+      from gradio_client import Client, handle_file
+      Client("http://127.0.0.1:7860").predict(handle_file("photo.jpg"), api_name="/predict")
+    """
+    from mp16_reason.cli import require
+
+    require("gradio")
+    from .demo import launch
+    from .released import DEFAULT_MODEL
+
+    launch(model or DEFAULT_MODEL, protocol, host, port, share, max_file_size, endpoint, endpoint_model)
 
 
 @main.command()

@@ -54,3 +54,45 @@ def push(
         commit_message=commit_message or f"Upload {ckpt.name}",
     )
     return str(info.commit_url if hasattr(info, "commit_url") else info)
+
+
+SPACE = Path(__file__).parent / "space"
+SPACE_PACKAGES = ("mp16_reason", "globe_train", "cards")  # what app.py imports, uploaded beside it
+
+
+def stage_space(folder: str | Path) -> list[str]:
+    """The demo Space's repository tree in ``folder``: ``app.py``, ``requirements.txt``, the README with the
+    Space's front matter, the example photos, and the packages the app imports (no bytecode, no tests)."""
+    import shutil
+
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(SPACE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    root = Path(__file__).resolve().parents[1]
+    for package in SPACE_PACKAGES:
+        shutil.copytree(
+            root / package, folder / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "space")
+        )
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def push_space(repo_id: str, private: bool = False, staging: str | Path | None = None) -> str:
+    """Create (or update) the Gradio Space ``repo_id`` with the demo; returns the commit URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"cannot push the Space {repo_id}: HF_HUB_OFFLINE is set (unset it to upload)")
+    from .released import check_hub_reachable
+
+    check_hub_reachable(f"push the Space {repo_id}")
+    with tempfile.TemporaryDirectory(prefix="globe-space-") as tmp:
+        folder = Path(staging or tmp) / "space"
+        stage_space(folder)
+        api = HfApi()
+        api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder,
+                                 commit_message="GLOBE demo")  # fmt: skip
+    return str(info.commit_url if hasattr(info, "commit_url") else info)

@@ -173,7 +173,7 @@ class HubWriteServer:
                     private = req.get("visibility") == "private" or bool(req.get("private"))
                     hub.repos[name] = {"private": private, "refs": {"main": {}}, "tags": {}}
                     return self._json(200, {"url": f"{hub.endpoint}/{name}", "name": name})
-                if len(parts) >= 4 and parts[0] == "api" and parts[1] in ("datasets", "models"):
+                if len(parts) >= 4 and parts[0] == "api" and parts[1] in ("datasets", "models", "spaces"):
                     repo = "/".join(parts[1:4])
                     action, rev = parts[4], "/".join(parts[5:]) or "main"
                     state = hub.repos.get(repo)

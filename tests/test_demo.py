@@ -1,0 +1,150 @@
+"""``globe demo``: a running app called through ``gradio_client`` (a photo given alone) and used in headless
+Chromium, offline with the tiny model and with a scripted endpoint; the Space folder and its upload."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from hub_servers import HubWriteServer, free_port
+from PIL import Image
+from teacher_server import TeacherServer
+
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+
+from globe_train.demo import ENDPOINT, exif_gps, highlight
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "globe_train" / "space" / "examples"
+KYOTO = EXAMPLES / "kyoto.jpg"  # EXIF GPS 35.0037, 135.7788
+ANSWER = "<think>The roofs are tiled and the street signs are in Japanese script.</think>" \
+         "<answer>country: Japan\ncity: Kyoto</answer>"  # fmt: skip
+
+
+class Demo:
+    """``globe demo`` in a process of its own, on a free port of 127.0.0.1."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "GRADIO_ANALYTICS_ENABLED": "False",
+               "HF_HUB_OFFLINE": "1"}  # fmt: skip
+        self.log = open(tmp_path / f"demo-{self.port}.log", "wb")  # noqa: SIM115 - closed in __exit__
+        self.proc = subprocess.Popen([sys.executable, "-m", "globe_train.cli", "demo", "--port", str(self.port), *args],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.logfile = tmp_path / f"demo-{self.port}.log"
+
+    def __enter__(self) -> Demo:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(self.url, timeout=1)
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(self.logfile.read_text()[-3000:]) from None
+                time.sleep(0.3)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.log.close()
+
+
+def test_cues_are_highlighted_and_exif_gps_read():
+    pieces = highlight("The street signs are in Japanese and the roofs are tiled.")
+    assert ("signs", "signage") in pieces and ("roofs", "architecture") in pieces
+    assert "".join(text for text, _ in pieces) == "The street signs are in Japanese and the roofs are tiled."
+    lat, lon = exif_gps(KYOTO)
+    assert abs(lat - 35.0037) < 1e-3 and abs(lon - 135.7788) < 1e-3
+    assert exif_gps(EXAMPLES / "lisbon.jpg")[1] < 0  # west of Greenwich
+
+
+def test_a_photo_alone_through_gradio_client_with_the_tiny_model_offline(tiny_model, tmp_path):
+    from gradio_client import Client, handle_file
+
+    with Demo(tmp_path, "--model", str(tiny_model), "--protocol", "ours") as demo:
+        assert f"Running on local URL:  http://127.0.0.1:{demo.port}" in demo.logfile.read_text()
+        client = Client(demo.url, verbose=False)
+        _, place, world, details = client.predict(handle_file(str(KYOTO)), api_name="/predict")
+    assert isinstance(place, str) and place
+    assert "Photo's GPS (EXIF) 35.0037, 135.7788" in details and "Answered in" in details
+    assert Image.open(world).size == (900, 450)  # our own world map, no tiles
+
+
+def test_the_answer_the_map_and_the_distance_through_an_endpoint_and_the_bounds(tmp_path):
+    from gradio_client import Client, handle_file
+
+    big = tmp_path / "big.png"
+    Image.effect_noise((600, 600), 60).convert("RGB").save(big)  # ~1 MB: over the limit below
+    with (
+        TeacherServer(lambda image, request: ANSWER) as server,
+        Demo(tmp_path, "--endpoint", server.url, "--endpoint-model", "globe", "--max-file-size", "500kb") as demo,
+    ):
+        client = Client(demo.url, verbose=False)
+        reasoning, place, world, details = client.predict(handle_file(str(KYOTO)), api_name="/predict")
+        assert place == "Kyoto, Japan"
+        km = float(details.split("Distance: ")[1].split(" km")[0])
+        assert km < 10  # Kyoto's centre, a few km from the photo's GPS
+        assert {"signage", "architecture"} <= {r["class_or_confidence"] for r in reasoning}
+        pixels = Image.open(world).convert("RGB")
+        x, y = round((135.78 + 180) / 360 * 899), round((90 - 35.0) / 180 * 449)  # Kyoto on the map
+        assert pixels.getpixel((x, y)) in {(231, 76, 60), (46, 204, 113)}  # the predicted (red) or true (green) dot
+        with pytest.raises(Exception, match=r"(?i)size|large|exceed"):
+            client.predict(handle_file(str(big)), ENDPOINT, api_name="/predict")
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium (Debian's package) for the browser test")
+def test_a_finished_prediction_in_headless_chromium(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with (
+        TeacherServer(lambda image, request: ANSWER) as server,
+        Demo(tmp_path, "--endpoint", server.url, "--endpoint-model", "globe") as demo,
+        sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])  # fmt: skip
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(demo.url)
+        page.locator("input[type=file]").first.set_input_files(str(KYOTO))
+        page.get_by_role("button", name="Where was it taken?").click()
+        page.wait_for_function("document.querySelector('#answer textarea')?.value === 'Kyoto, Japan'", timeout=60_000)
+        page.wait_for_function("document.querySelector('#map img')?.naturalWidth === 900", timeout=60_000)
+        shot = tmp_path / "demo.png"
+        page.screenshot(path=str(shot), full_page=True)
+        text = page.locator("#details").inner_text()
+        browser.close()
+    assert "Distance:" in text and "Photo's GPS" in text
+    image = Image.open(shot).convert("RGB")
+    assert image.width >= 1000 and len(image.getcolors(1 << 20) or []) > 50  # a rendered page, not a blank one
+
+
+def test_the_space_folder_and_its_upload(tmp_path):
+    import yaml
+
+    from globe_train.push import stage_space
+
+    files = stage_space(tmp_path / "space")
+    assert {"app.py", "requirements.txt", "README.md", "examples/kyoto.jpg", "globe_train/demo.py",
+            "mp16_reason/worldmap.py", "cards/model_card.md"} <= set(files)  # fmt: skip
+    assert not any("__pycache__" in f or f.startswith("globe_train/space/") for f in files)
+    text = (tmp_path / "space" / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    with HubWriteServer() as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_x",
+               "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
+        env.pop("HF_HUB_OFFLINE", None)
+        done = subprocess.run([sys.executable, "-m", "globe_train.cli", "push", "--space", "--repo", "me/globe-demo"],
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        tree = hub.tree("spaces/me/globe-demo")
+    assert {"app.py", "requirements.txt", "README.md", "globe_train/demo.py"} <= set(tree)
