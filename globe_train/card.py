@@ -19,7 +19,7 @@ from mp16_reason.prompt import INSTRUCTION
 from .modeling import TINY
 from .runs import RUN_INFO, is_hub_id
 
-DEFAULT_REPO = "globe/GLOBE-Qwen2.5-VL-7B"
+DEFAULT_REPO = "me/GLOBE-Qwen2.5-VL-7B"  # the user's own repository: cards and pushes always name one
 TEST_SIZE = 10_000_000  # parameters: below this a checkpoint can only be a test model
 EVAL_DIR = "eval"  # CKPT/eval/<benchmark>/metrics.json is picked up without --eval
 METHODS = {
@@ -55,9 +55,10 @@ def find_evals(ckpt: str | Path, extra: list[str | Path] = ()) -> list[dict]:
     return reports
 
 
-def _eval_row(report: dict) -> dict:
+def _eval_row(report: dict, model: str = "this model") -> dict:
     m = report["metrics"]
-    row = {"name": report.get("benchmark", "?"), "n": report.get("n", 0)}
+    protocol = (report.get("protocol") or {}).get("name", "-")
+    row = {"name": report.get("benchmark", "?"), "n": report.get("n", 0), "model": model, "protocol": protocol}
     for t in THRESHOLDS_KM:
         row[f"acc_{t:g}km"] = f"{m.get(f'acc_{t:g}km', 0):.2f}"
     row["median_km"] = "n/a" if m.get("median_km") is None else f"{m['median_km']:,.0f}"
@@ -100,9 +101,34 @@ def card_data(run: dict, model_name: str, evals: list[dict]) -> ModelCardData:
     )
 
 
-def render(ckpt: str | Path, repo_id: str = DEFAULT_REPO, evals: list[str | Path] = ()) -> str:
+def comparable(report: dict, baseline: dict) -> bool:
+    """Scored by the same command on the same thing: benchmark, dataset (and revision), protocol, item count."""
+
+    def key(r: dict) -> tuple:
+        return (r.get("benchmark"), json.dumps(r.get("dataset"), sort_keys=True),
+                (r.get("protocol") or {}).get("name"), r.get("n"))  # fmt: skip
+
+    return key(report) == key(baseline)
+
+
+def render(
+    ckpt: str | Path, repo_id: str = DEFAULT_REPO, evals: list[str | Path] = (), baselines: list[str | Path] = ()
+) -> str:
+    """The card; ``baselines`` are evaluation reports of the released checkpoint, each shown beside this model's
+    report on the same benchmark, dataset revision and protocol (a report with no such twin is an error)."""
     run = load_run(ckpt)
     reports = find_evals(ckpt, evals)
+    compared = []
+    for path in baselines:
+        base = json.loads(Path(path).read_text())
+        twin = [r for r in reports if comparable(r, base)]
+        if not twin:
+            raise ValueError(
+                f"{path}: no evaluation of this model on the same benchmark, dataset revision, protocol and items "
+                f"({base.get('benchmark')}, {(base.get('protocol') or {}).get('name')}, {base.get('n')}): score both "
+                "with the same `globe eval` command"
+            )
+        compared.append(_eval_row(base, (base.get("model") or "released").split(" @ ")[0] + " (released)"))
     method = run["method"]
     model_name = repo_id.split("/")[-1]
     args = run.get("script_args", {})
@@ -151,14 +177,17 @@ def render(ckpt: str | Path, repo_id: str = DEFAULT_REPO, evals: list[str | Path
             for k, v in run.get("metrics", {}).items()
             if k in ("train_loss", "train_runtime", "train_samples_per_second")
         ],
-        evals=[_eval_row(r) for r in reports],
+        evals=[_eval_row(r) for r in reports] + compared,
+        baselines=bool(compared),
     )
     return str(card)
 
 
-def write_card(ckpt: str | Path, repo_id: str = DEFAULT_REPO, evals: list[str | Path] = ()) -> Path:
+def write_card(
+    ckpt: str | Path, repo_id: str = DEFAULT_REPO, evals: list[str | Path] = (), baselines: list[str | Path] = ()
+) -> Path:
     path = Path(ckpt) / "README.md"
-    text = render(ckpt, repo_id, evals)
+    text = render(ckpt, repo_id, evals, baselines)
     with atomic_file(path, "w") as fh:
         fh.write(text)
     return path

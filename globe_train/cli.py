@@ -277,22 +277,26 @@ def quick_help(method: str) -> str:
 # -- cards, push, predict --------------------------------------------------------------------------------------
 @main.command()
 @click.argument("ckpt", type=click.Path(exists=True, file_okay=False))
-@click.option("--repo", default="globe/GLOBE-Qwen2.5-VL-7B", show_default=True, help="Hub id the card speaks of.")
+@click.option("--repo", required=True, help="The Hub id the card speaks of, e.g. me/GLOBE-Qwen2.5-VL-7B.")
 @click.option("--eval", "evals", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A `globe eval` metrics.json to report (repeatable); CKPT/eval/*/metrics.json too.")  # fmt: skip
-def card(ckpt: str, repo: str, evals: tuple[str, ...]) -> None:
+@click.option("--baseline", "baselines", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="The released checkpoint's metrics.json from the same `globe eval` command, shown beside this "
+              "model's (repeatable).")  # fmt: skip
+def card(ckpt: str, repo: str, evals: tuple[str, ...], baselines: tuple[str, ...]) -> None:
     """Render CKPT/README.md, the model card, from the run record and evaluation reports.
 
     \b
     It holds the base model, dataset and revision, the recipe's settings, rewards and weights, the evaluation
     table, intended use, limitations and the citation:
-      globe eval mp16-reason-test --model runs/globe --out runs/globe/eval/mp16-reason-test
-      globe card runs/globe --repo me/GLOBE-Qwen2.5-VL-7B
+      globe eval mp16-reason-test --model runs/globe --protocol globe-release --out runs/globe/eval/mp16-reason-test
+      globe eval mp16-reason-test --protocol globe-release --out runs/released      # the released checkpoint
+      globe card runs/globe --repo me/GLOBE-Qwen2.5-VL-7B --baseline runs/released/metrics.json
     """
     from .card import write_card
 
     try:
-        path = write_card(ckpt, repo, list(evals))
+        path = write_card(ckpt, repo, list(evals), list(baselines))
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {path}")

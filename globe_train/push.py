@@ -1,4 +1,4 @@
-"""``globe push CKPT --repo globe/GLOBE-Qwen2.5-VL-7B``: upload weights, processor, card and run record.
+"""``globe push CKPT --repo me/GLOBE-Qwen2.5-VL-7B``: upload weights, processor, card and run record.
 
 The card is rendered first when the folder has none. Only what a user of the model needs is uploaded:
 intermediate checkpoints, optimizer states, sample completions and the pickled trainer arguments stay behind.

@@ -189,7 +189,7 @@ def test_model_card_from_the_run_and_an_evaluation(grpo_run, tmp_path):
     datasets = {r["dataset"]["type"] for r in index["results"]}
     assert datasets == {"globe/mp16-reason"} and {r["dataset"]["revision"] for r in index["results"]} == {sha}
     assert {m["value"] for r in index["results"] for m in r["metrics"]} == {9.8, 40.2, 56.2, 71.5, 82.4}
-    assert "| im2gps3k | 2,997 | 1.00 | 40.20 |" in text  # the local evaluation stays in the body
+    assert "| im2gps3k | this model | - | 2,997 | 1.00 | 40.20 |" in text  # the local evaluation stays in the body
     assert "| `localizability` | 0.5 |" in text and "A test checkpoint" in text and "Privacy" in text
     assert "globe predict photo.jpg --model me/GLOBE-tiny" in text and "@inproceedings" in text
     run_info = (grpo_run / "run_info.json").read_text()
@@ -209,7 +209,7 @@ def test_model_card_from_the_run_and_an_evaluation(grpo_run, tmp_path):
 
 
 def test_card_refuses_a_folder_that_is_not_a_run(tmp_path):
-    result = CliRunner().invoke(globe, ["card", str(tmp_path)])
+    result = CliRunner().invoke(globe, ["card", str(tmp_path), "--repo", "me/x"])
     assert result.exit_code != 0 and "run_info.json" in result.output
 
 
@@ -334,3 +334,22 @@ print(json.dumps({{"loaded": loaded, "pipeline": bool(out)}}))
     assert set(got["loaded"].values()) == {"Qwen2VLVideoProcessor"} and got["pipeline"]
     done = subprocess.run([str(STOCK), "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_card_compares_with_the_released_checkpoint_only_on_the_same_command(grpo_run, tmp_path):
+    metrics = {f"acc_{t}km": v for t, v in zip((1, 25, 200, 750, 2500), (1.0, 2.0, 3.0, 4.0, 5.0))}
+    same = {"benchmark": "mp16-reason-test", "n": 12000, "protocol": {"name": "globe-release"},
+            "dataset": {"hub_id": "globe/mp16-reason", "revision": "a" * 40}}  # fmt: skip
+    ours = {**same, "model": "GLOBE-tiny", "metrics": metrics}
+    released = {**same, "model": "globe-project/GLOBE-Qwen2.5VL-7B", "metrics": {**metrics, "acc_25km": 62.85}}
+    other = {**released, "protocol": {"name": "ours"}}
+    for name, report in (("ours", ours), ("released", released), ("other", other)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    args = ["card", str(grpo_run), "--repo", "me/GLOBE-tiny", "--eval", str(tmp_path / "ours.json")]
+    result = CliRunner().invoke(globe, [*args, "--baseline", str(tmp_path / "released.json")])
+    assert result.exit_code == 0, result.output
+    text = (grpo_run / "README.md").read_text()
+    assert "| mp16-reason-test | this model | globe-release | 12,000 | 1.00 | 2.00 |" in text
+    assert "| globe-project/GLOBE-Qwen2.5VL-7B (released) | globe-release | 12,000 | 1.00 | 62.85 |" in text
+    result = CliRunner().invoke(globe, [*args, "--baseline", str(tmp_path / "other.json")])
+    assert result.exit_code == 1 and "same benchmark, dataset revision, protocol and items" in result.output
