@@ -111,7 +111,7 @@ INGEST = (
 import json, resource, shutil, sys, time
 sys.path.insert(0, {root!r})
 t = time.perf_counter()
-from builders.pipeline import Build
+from builders.plane.pipeline import Build
 from builders.recipe import load_recipe
 out = {path!r} + ".ingest-out"
 shutil.rmtree(out, ignore_errors=True)
@@ -169,12 +169,12 @@ sys.path.insert(0, {root!r})
 import pyarrow.parquet as pq
 from pathlib import Path
 from builders.recipe import Recipe
-from builders.sources import Fetcher, UrlSource, image_sources
+from builders.sources.base import Fetcher, UrlSource, image_sources
 work = Path({work!r})
 recipe = Recipe.model_validate(json.loads((work / "bench-recipe.json").read_text()))
 meta = pq.ParquetFile(work / "ingest.parquet").metadata
 times = []
-from builders.units import _ingest_file
+from builders.plane.units import _ingest_file
 for unit in range(0, meta.num_row_groups, max(1, meta.num_row_groups // 20)):
     t = time.perf_counter()
     rows = _ingest_file(str(work)).read_row_group(unit).to_pylist()  # what process_unit does first
@@ -206,9 +206,9 @@ def bench_units(rows: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from builders.pipeline import Build
+    from builders.plane.pipeline import Build
     from builders.recipe import load_recipe
-    from builders.sources import image_sources, index_path
+    from builders.sources.base import image_sources, index_path
 
     csv_path = make_csv(rows)
     ids = pq.read_table(csv_path.with_suffix(".ids.parquet")) if csv_path.with_suffix(".ids.parquet").exists() \

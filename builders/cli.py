@@ -72,7 +72,7 @@ def build(
       mp16-reason build builders/recipes/globe-release.yaml --metadata mp16-reason-train.csv \
           --images mp16-reason-train-images.zip --images mp-16-images.tar --images mp16-urls.csv
     """
-    from .recipe import RecipeError, load_recipe
+    from builders.recipe import RecipeError, load_recipe
 
     overrides = {
         "input.metadata": flags["metadata"],
@@ -97,9 +97,8 @@ def build(
             raise click.UsageError("give a RECIPE or --sample, not both")
         from importlib import resources
 
+        from builders.sample.scenes import write_sample
         from mp16_reason.storage import is_url
-
-        from .sample import write_sample
 
         target = out or "sample-build"
         # The drawn inputs go beside a local output, and into the local cache for one on object storage: the
@@ -127,25 +126,25 @@ def build(
         rec = load_recipe(recipe, overrides)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None
-    from .preflight import check_extras
+    from builders.preflight import check_extras
 
     check_extras(rec)  # before anything is drawn or written
     if sample and not (inputs / "metadata.csv").exists():
         click.echo(f"drawing {sample_size} sample images into {inputs} ...")
         write_sample(inputs, sample_size)
     if sample and not (inputs / "teacher-cache.jsonl").exists():
-        from .sample_replies import write_cache
+        from builders.sample.replies import write_cache
 
         write_cache(inputs, rec)
     if quiet:
         quiet_libraries()
     if rec.distributor == "local" and rec.workers > 1:
-        from .distributor import warm_up
+        from builders.plane.distributor import warm_up
 
         warm_up()  # the workers' imports now overlap with the rest of ours
-    from .pipeline import BuildError
-    from .pipeline import build as run_build
-    from .pipeline import estimate as run_estimate
+    from builders.plane.pipeline import BuildError
+    from builders.plane.pipeline import build as run_build
+    from builders.plane.pipeline import estimate as run_estimate
 
     try:
         if estimate:
@@ -195,9 +194,8 @@ def card(directory: str, repo: str | None) -> None:
     (`dataset_info.features`, from the schema), so `load_dataset` needs no loading script and infers nothing.
     The body holds the build's recipe, filters with counts, statistics and a world map (assets/world_map.png).
     """
+    from builders.publish.card import write_card
     from mp16_reason.hub import REPO_ID
-
-    from .card import write_card
 
     try:
         path = write_card(directory, repo or REPO_ID)
@@ -214,7 +212,7 @@ def validate_cmd(directory: str, no_card: bool) -> None:
 
     Exits with status 1 and lists every problem when anything is off.
     """
-    from .validate import ValidationFailed, validate_build
+    from builders.publish.validate import ValidationFailed, validate_build
 
     try:
         summary = validate_build(directory, require_card=not no_card)
@@ -255,9 +253,9 @@ def publish(
       mp16-reason publish out/ --repo me/mp16-reason --dry-run
       mp16-reason publish out/ --repo globe/mp16-reason --tag v1.0
     """
-    from .publish import publish as run_publish
-    from .stats import read_manifest
-    from .validate import ValidationFailed
+    from builders.publish.stats import read_manifest
+    from builders.publish.upload import publish as run_publish
+    from builders.publish.validate import ValidationFailed
 
     try:
         version = read_manifest(directory)["version"]
@@ -313,7 +311,7 @@ def _cache_option(f):
 
 @contextlib.contextmanager
 def _open_cache(path: str | None):
-    from .teacher_cache import ReplyCache, default_path
+    from builders.teachers.cache import ReplyCache, default_path
 
     c = ReplyCache(path or default_path())
     try:
@@ -357,8 +355,8 @@ def cache_export_requests(recipe: str, target: str, build_out: str | None, path:
     Then `mp16-reason cache import-results results.jsonl` and `mp16-reason build RECIPE --offline`. The cache
     remembers what each custom_id asks, so import into the same cache (--cache) that this read.
     """
-    from .pipeline import export_requests
-    from .recipe import RecipeError, load_recipe
+    from builders.plane.pipeline import export_requests
+    from builders.recipe import RecipeError, load_recipe
 
     try:
         rec = load_recipe(recipe, {"out": build_out, "distill.cache": path})
@@ -378,7 +376,7 @@ def cache_import_results(results: str, path: str | None) -> None:
     Lines are matched by custom_id to the requests `cache export-requests` (or a batch build) wrote; failed lines
     are counted and left out, so a later build or export asks for them again.
     """
-    from .teacher_batch import import_results
+    from builders.teachers.batch import import_results
 
     with _open_cache(path) as c:
         imported, failed, unknown = import_results(results, c)

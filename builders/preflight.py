@@ -7,9 +7,8 @@ after hours of image preparation).
 
 from __future__ import annotations
 
+from builders.recipe import Recipe
 from mp16_reason.storage import location
-
-from .recipe import Recipe
 
 
 class ConfigError(ValueError):
@@ -49,18 +48,18 @@ def check(recipe: Recipe) -> None:
                 "to the file that has them (MP16-Pro's MP16_Pro_filtered.csv for the official release), or --no-join "
                 "(input.join: []) when the metadata has its own coordinates"
             )
-    from .sources import image_sources
+    from builders.sources.base import image_sources
 
     image_sources(inp.images)  # each source exists, or a SourceError naming --images / input.images
     _columns(recipe)
     if recipe.teachers and not recipe.distill.offline:
-        from .teachers import api_key
+        from builders.teachers.online import api_key
 
         for spec in recipe.teachers:
             if spec.kind == "openai":
                 api_key(spec)  # a missing key fails now, not after the images are prepared
     if any(t.kind == "geoclip" for t in recipe.teachers):
-        from .geoclip_teacher import check_installed
+        from builders.teachers.geoclip import check_installed
 
         check_installed()
 
@@ -70,7 +69,7 @@ def _columns(recipe: Recipe) -> None:
     ``input.columns`` line to write)."""
     import pyarrow.parquet as pq
 
-    from .ingest import _header, resolve_columns
+    from builders.plane.ingest import _header, resolve_columns
 
     path = location(recipe.input.metadata)
     parquet = path.name.lower().endswith((".parquet", ".pq"))

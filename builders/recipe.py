@@ -10,9 +10,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from builders.plane.images import ResampleFilter
 from mp16_reason.schema import SCHEMA_VERSION
-
-from .images import ResampleFilter
 
 # The Qwen2.5-VL recipe of 1280 visual tokens of 28x28 pixels: ~1 MP, about 1000x1000.
 QWEN25VL_MAX_PIXELS = 1280 * 28 * 28
@@ -351,7 +350,7 @@ class Recipe(_Spec):
 
     def output_dict(self, inputs: dict | None = None) -> dict[str, Any]:
         """Every setting that changes the output (what the recipe hash covers). With ``inputs`` (the content
-        identities of :mod:`builders.identity`), the inputs are named by content, not by location: the same
+        identities of :mod:`builders.plane.identity`), the inputs are named by content, not by location: the same
         bytes anywhere hash alike."""
         data = self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS))
         if inputs is not None:

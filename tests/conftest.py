@@ -33,7 +33,7 @@ def mp16_coordinates():
 @pytest.fixture(scope="session")
 def sample_input(tmp_path_factory) -> Path:
     """A ``write_sample`` folder of 24 drawn scenes (metadata.csv, images/, scenes.jsonl), shared read-only."""
-    from builders.sample import write_sample
+    from builders.sample.scenes import write_sample
 
     root = tmp_path_factory.mktemp("sample-input")
     write_sample(root, 24)

@@ -6,9 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from builders.images import prepare
+from builders.plane.images import prepare
 from builders.recipe import Recipe, load_recipe
-from builders.sample_replies import replies
+from builders.sample.replies import replies
 
 MODELS = ("vendor/teacher-a", "vendor/teacher-b")
 

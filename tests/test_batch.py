@@ -23,10 +23,10 @@ from helpers import MODELS, scripted_replies, teacher_recipe
 from teacher_server import TeacherServer, image_of
 
 from builders.cli import main
-from builders.pipeline import build, estimate
-from builders.teacher_batch import BatchRunner
-from builders.teacher_cache import ReplyCache
-from builders.teachers import request_body
+from builders.plane.pipeline import build, estimate
+from builders.teachers.batch import BatchRunner
+from builders.teachers.cache import ReplyCache
+from builders.teachers.online import request_body
 from mp16_reason.storage import Location
 
 pytest.importorskip("openai")
@@ -175,7 +175,7 @@ def test_a_batch_created_before_a_kill_is_found_not_submitted_again(sample_input
     _, reply, _, _ = online
     with BatchServer(reply, delay_s=0.1) as server:
         recipe = _batch_recipe(sample_input, tmp_path / "out", server.url, tmp_path / "cache.sqlite")
-        from builders.pipeline import Build, prepare
+        from builders.plane.pipeline import Build, prepare
 
         build_ = Build(recipe, progress=False)
         with build_.locked("test"):
@@ -205,8 +205,8 @@ def test_estimate_prices_batch_teachers_at_half_or_their_own_price(sample_input,
                         batch_price_input_per_1k=0.0001, batch_price_output_per_1k=0.0002)  # fmt: skip
     assert online.sha256() == half.sha256() == own.sha256()  # how replies are asked for is not what they are
 
-    from builders.distill import estimate as teacher_estimate
-    from builders.pipeline import Build, prepare
+    from builders.plane.pipeline import Build, prepare
+    from builders.teachers.stage import estimate as teacher_estimate
 
     build_ = Build(online, progress=False)
     with build_.locked("test"):

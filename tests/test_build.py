@@ -20,9 +20,9 @@ from helpers import sample_recipe
 from PIL import Image, ImageDraw
 
 from builders.cli import main
-from builders.pipeline import BuildError, build, sample_key
+from builders.plane.pipeline import BuildError, build, sample_key
 from builders.recipe import RecipeError, load_recipe
-from builders.sample import write_sample
+from builders.sample.scenes import write_sample
 from mp16_reason import schema
 
 SAMPLE_N = 60
@@ -204,7 +204,7 @@ def test_shard_process_failure_is_reported_and_resumable(sample_input, reference
 @pytest.mark.parametrize("build_dir", ["reference", "sample_build"])  # without and with teachers
 def test_fold_over_a_finished_build_reproduces_its_manifest(build_dir, request):
     """Shards already on disk are kept, their entries recomputed; every input row is counted once."""
-    from builders.shards import ShardFold
+    from builders.plane.shards import ShardFold
 
     out = request.getfixturevalue(build_dir)
     out = out[0] if isinstance(out, tuple) else out
@@ -228,7 +228,7 @@ def test_shard_process_exits_when_the_build_is_killed(sample_input, tmp_path):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from builders.shards import ShardProcess\n"
+        "from builders.plane.shards import ShardProcess\n"
         "if __name__ == '__main__':\n"
         "    p = ShardProcess(Path(sys.argv[1]), Path(sys.argv[1]) / '.work', 150_000, 24, curated=False)\n"
         "    print(p._proc.pid, flush=True)\n"
@@ -348,7 +348,7 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def test_image_preparation_modes():
-    from builders.images import prepare
+    from builders.plane.images import prepare
 
     rgba = Image.new("RGBA", (100, 80), (255, 0, 0, 0))  # fully transparent red -> white
     out = Image.open(io.BytesIO(prepare(_encode(rgba, "PNG"), 10_000).jpeg))
@@ -365,7 +365,7 @@ def test_image_preparation_modes():
 
 
 def test_exif_orientation_is_applied():
-    from builders.images import prepare
+    from builders.plane.images import prepare
 
     img = Image.new("RGB", (120, 60), "white")
     exif = Image.Exif()
@@ -375,7 +375,7 @@ def test_exif_orientation_is_applied():
 
 
 def test_decompression_bomb_is_refused():
-    from builders.images import ImageRejected, prepare
+    from builders.plane.images import ImageRejected, prepare
 
     data = _encode(Image.new("1", (20000, 20000)), "PNG")
     with pytest.raises(ImageRejected, match=r"decompression bomb refused: 20000x20000 exceeds 100,000,000 pixels"):
@@ -392,7 +392,7 @@ def test_decompression_bomb_is_refused():
 
 
 def test_every_resample_filter_fits_the_budget_and_is_applied():
-    from builders.images import RESAMPLE, prepare
+    from builders.plane.images import RESAMPLE, prepare
 
     src = _encode(Image.effect_noise((1024, 768), 80).convert("RGB"), "PNG")
     outs = {name: prepare(src, 682 * 512, resample=name) for name in RESAMPLE}
@@ -413,7 +413,7 @@ def test_resample_filter_is_a_recipe_setting_and_changes_the_hash(tmp_path):
 def test_ordered_map_keeps_order_and_bounds_work_in_flight():
     import threading
 
-    from builders.units import ordered_map
+    from builders.plane.units import ordered_map
 
     started: list[int] = []
     lock = threading.Lock()
@@ -436,7 +436,7 @@ def test_ordered_map_keeps_order_and_bounds_work_in_flight():
 def test_prepare_on_threads_equals_serial():
     from concurrent.futures import ThreadPoolExecutor
 
-    from builders.images import prepare
+    from builders.plane.images import prepare
 
     srcs = [_encode(Image.effect_noise((300 + 10 * i, 200), 40 + i).convert("RGB"), "JPEG") for i in range(12)]
     serial = [prepare(d, 20_000).jpeg for d in srcs]
@@ -447,12 +447,12 @@ def test_prepare_on_threads_equals_serial():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_keeping_image_memory_changes_speed_not_bytes(tmp_path):
     """Workers tell glibc to keep freed image buffers; what they prepare stays byte for byte the same."""
-    from builders.images import prepare
+    from builders.plane.images import prepare
 
     src = tmp_path / "src.jpg"
     src.write_bytes(_encode(Image.effect_noise((640, 480), 50).convert("RGB"), "JPEG"))
     code = (
-        "import sys; from pathlib import Path; from builders.images import keep_image_memory, prepare\n"
+        "import sys; from pathlib import Path; from builders.plane.images import keep_image_memory, prepare\n"
         "assert keep_image_memory() and keep_image_memory()\n"  # once per process; the second call is cached
         "sys.stdout.buffer.write(prepare(Path(sys.argv[1]).read_bytes(), 20_000).jpeg)"
     )
@@ -461,7 +461,7 @@ def test_keeping_image_memory_changes_speed_not_bytes(tmp_path):
 
 
 def test_fork_server_preload_loads_the_gazetteer():
-    from builders.distributor import PRELOAD
+    from builders.plane.distributor import PRELOAD
 
     code = (
         f"import {', '.join(PRELOAD)}\n"
@@ -474,7 +474,7 @@ def test_fork_server_preload_loads_the_gazetteer():
 def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
     import pyarrow as pa
 
-    from builders.units import write_atomic
+    from builders.plane.units import write_atomic
     from mp16_reason.atomic import atomic_path
 
     target = tmp_path / "t.parquet"
@@ -487,7 +487,7 @@ def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
 
 
 def test_tar_source_random_access_and_bad_member(tmp_path):
-    from builders.sources import ArchiveReader, FetchError, tar_index
+    from builders.sources.base import ArchiveReader, FetchError, tar_index
 
     tar_path = tmp_path / "images.tar"
     with tarfile.open(tar_path, "w") as tar:
@@ -533,7 +533,7 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
     import http.server
     import threading
 
-    from builders.sources import FetchError, UrlSource
+    from builders.sources.base import FetchError, UrlSource
 
     hits = {"flaky": 0}
     client_ports: set[int] = set()
@@ -605,9 +605,9 @@ def test_streaming_ingest_matches_a_plain_reading_of_the_csv(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from builders.pipeline import Build
+    from builders.plane.pipeline import Build
+    from builders.plane.split import shuffle_key
     from builders.recipe import load_recipe
-    from builders.split import shuffle_key
 
     lines = ["IMG_ID,LAT,LON,url,city"]
     for i in range(3000):
@@ -661,7 +661,7 @@ def _jpeg(size=(320, 240), mode="RGB", exif=None, **save) -> bytes:
 
 
 def test_a_jpeg_that_fits_keeps_its_image_data_and_loses_its_metadata():
-    from builders.images import prepare, strip_metadata
+    from builders.plane.images import prepare, strip_metadata
 
     with_gps = _jpeg(exif=_exif({0x8825: {2: (48.0, 51.0, 29.0), 1: "N"}, 0x010F: "Camera maker"}))  # GPS
     assert b"Exif" in with_gps
@@ -687,7 +687,7 @@ def test_a_jpeg_that_fits_keeps_its_image_data_and_loses_its_metadata():
     ],
 )  # fmt: skip
 def test_other_images_are_encoded_again(case, data, budget, kw):
-    from builders.images import prepare
+    from builders.plane.images import prepare
 
     if data is None:
         buf = io.BytesIO()
@@ -698,7 +698,7 @@ def test_other_images_are_encoded_again(case, data, budget, kw):
 
 
 def test_a_truncated_jpeg_that_fits_is_rejected():
-    from builders.images import ImageRejected, prepare
+    from builders.plane.images import ImageRejected, prepare
 
     data = _jpeg((320, 240))
     with pytest.raises(ImageRejected, match="corrupt or truncated"):
@@ -708,7 +708,7 @@ def test_a_truncated_jpeg_that_fits_is_rejected():
 def test_unit_files_are_written_a_batch_at_a_time(tmp_path):
     import pyarrow as pa
 
-    from builders.units import UnitWriter, read_unit
+    from builders.plane.units import UnitWriter, read_unit
 
     path = tmp_path / "unit-000000.arrow"
     rows = [(i, f"id{i}", "ok", "", "", "train", "sha", b"jpg" * i, b"{}", 1024) for i in range(10)]
@@ -741,7 +741,7 @@ def test_the_same_inputs_elsewhere_build_identical_shards(sample_input, referenc
     assert str(sample_input) not in json.dumps(there["recipe"])  # no location in what the hash covers
     # A changed byte is another input: another hash.
     (moved / "metadata.csv").write_text((moved / "metadata.csv").read_text() + "\n")
-    from builders.pipeline import Build
+    from builders.plane.pipeline import Build
 
     assert Build(sample_recipe(moved, tmp_path / "third")).sha != here["recipe_sha256"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hub_servers import OlahHub, free_port, olah_cli
 
-from builders.card import write_card
+from builders.publish.card import write_card
 
 pytest.importorskip("datasets")
 

@@ -22,9 +22,9 @@ from helpers import sample_recipe, scripted_replies, teacher_recipe
 from teacher_server import TeacherServer
 
 from builders.cli import main
-from builders.pipeline import build
-from builders.units import curated_path, read_unit
-from builders.validate import validate_build
+from builders.plane.pipeline import build
+from builders.plane.units import curated_path, read_unit
+from builders.publish.validate import validate_build
 from mp16_reason.schema import from_json_bytes
 
 pytest.importorskip("openai")

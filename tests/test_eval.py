@@ -351,8 +351,8 @@ def test_csv_benchmarks_and_their_errors(tmp_path):
 
 
 def test_mp16_reason_test_from_a_local_build(tmp_path):
-    from builders.pipeline import build
-    from builders.sample import write_sample
+    from builders.plane.pipeline import build
+    from builders.sample.scenes import write_sample
 
     write_sample(tmp_path / "in", 30)
     recipe = sample_recipe(

@@ -24,9 +24,9 @@ from image_server import SlowImages, url_metadata
 from teacher_server import TeacherServer
 
 from builders.cli import main
-from builders.lock import BuildLock, LockHeld, NoConditionalWrites
-from builders.pipeline import BuildError, build
-from builders.validate import validate_build
+from builders.plane.lock import BuildLock, LockHeld, NoConditionalWrites
+from builders.plane.pipeline import BuildError, build
+from builders.publish.validate import validate_build
 from mp16_reason.storage import Location
 
 pytest.importorskip("openai")
@@ -214,15 +214,15 @@ def test_more_quarantines_than_allowed_stop_the_build_and_the_rerun_asks_exactly
 
 
 def test_an_error_in_our_code_reading_a_reply_stops_the_build_and_keeps_the_reply(sample_input, tmp_path, monkeypatch):
-    import builders.distill
-    from builders.teacher_cache import ReplyCache
+    import builders.teachers.stage
+    from builders.teachers.cache import ReplyCache
 
     monkeypatch.setenv("MP16_TEST_KEY", "k")
 
     def broken(spec, reply):
         raise AttributeError("a bug in our reading of replies")
 
-    monkeypatch.setattr(builders.distill, "to_answer", broken)
+    monkeypatch.setattr(builders.teachers.stage, "to_answer", broken)
     recipe = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
     reply, _ = scripted_replies(sample_input, recipe)
     with TeacherServer(reply) as srv:
@@ -237,7 +237,7 @@ def test_an_error_in_our_code_reading_a_reply_stops_the_build_and_keeps_the_repl
 
 # -- the reply cache is a ledger --------------------------------------------------------------------------------
 def test_the_cache_keeps_the_first_reply_and_counts_later_ones(tmp_path):
-    from builders.teacher_cache import CachedReply, ReplyCache
+    from builders.teachers.cache import CachedReply, ReplyCache
 
     cache = ReplyCache(tmp_path / "c.sqlite")
     first = CachedReply("k", "m", "v", "sha", "{}", "first", 1, 2)
@@ -248,7 +248,7 @@ def test_the_cache_keeps_the_first_reply_and_counts_later_ones(tmp_path):
 
 
 def test_claims_keep_two_builds_from_asking_the_same_key_until_a_lease_runs_out(tmp_path):
-    from builders.teacher_cache import CachedReply, ReplyCache
+    from builders.teachers.cache import CachedReply, ReplyCache
 
     a, b = ReplyCache(tmp_path / "c.sqlite"), ReplyCache(tmp_path / "c.sqlite")
     assert a.claim("k", "build-a", 60) is True and b.claim("k", "build-b", 60) is False
@@ -333,7 +333,7 @@ def test_a_malformed_line_is_one_rejection_and_every_line_after_it_is_read(sampl
 
 
 def test_a_join_files_duplicate_ids_collapse_when_equal_and_are_rejected_when_they_conflict(sample_input, tmp_path):
-    from builders.ingest import ingest
+    from builders.plane.ingest import ingest
 
     rows = [r for r in _rows(sample_input)[1:] if r[0].startswith("sample/")][:6]
     meta = tmp_path / "meta.csv"

@@ -17,12 +17,12 @@ import webdataset as wds
 from helpers import scripted_replies, teacher_recipe
 from teacher_server import TeacherServer
 
-from builders.card import write_card
-from builders.curate import Curator
-from builders.geoclip_teacher import GeoclipTeacher, scorer
-from builders.pipeline import build
+from builders.curation.curator import Curator
+from builders.plane.pipeline import build
+from builders.publish.card import write_card
 from builders.recipe import CurationSpec, Recipe, TeacherSpec
-from builders.teachers import to_answer
+from builders.teachers.geoclip import GeoclipTeacher, scorer
+from builders.teachers.online import to_answer
 from mp16_reason.distance import haversine_km
 from mp16_reason.schema import Sample, TeacherAnswer
 

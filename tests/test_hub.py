@@ -20,12 +20,12 @@ from helpers import sample_recipe
 from hub_servers import HubWriteServer, OlahHub, olah_cli
 from PIL import Image
 
-from builders.card import MAP_PATH, write_card
 from builders.cli import main
-from builders.pipeline import build
-from builders.publish import publish, repo_paths
-from builders.sample import write_sample
-from builders.validate import ValidationFailed, validate_build
+from builders.plane.pipeline import build
+from builders.publish.card import MAP_PATH, write_card
+from builders.publish.upload import publish, repo_paths
+from builders.publish.validate import ValidationFailed, validate_build
+from builders.sample.scenes import write_sample
 from mp16_reason import schema
 from mp16_reason.hub import shard_paths, stream
 

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from builders.card import write_card
-from builders.pipeline import build
+from builders.plane.pipeline import build
+from builders.publish.card import write_card
 from builders.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def recipe(root: Path, out: Path, **overrides):
 
 
 def records(out: Path) -> dict[str, dict]:
-    from builders.stats import iter_records
+    from builders.publish.stats import iter_records
 
     return {rec["id"]: rec for _, rec in iter_records(out)}
 
@@ -299,7 +299,7 @@ def test_load_dataset_reads_the_release_build(built, tmp_path):
 
 
 def test_a_missing_release_column_names_the_file_columns_and_the_override(release, tmp_path):
-    from builders.ingest import InputError, ingest
+    from builders.plane.ingest import InputError, ingest
 
     root, _ = release
     bad = tmp_path / "train.csv"

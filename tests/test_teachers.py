@@ -11,9 +11,8 @@ from PIL import Image
 from teacher_server import TeacherServer
 
 from builders.recipe import TeacherSpec, load_recipe
-from builders.teacher_cache import CachedReply, ReplyCache, cache_key
-from builders.teacher_prompt import parse_reply
-from builders.teachers import (
+from builders.teachers.cache import CachedReply, ReplyCache, cache_key
+from builders.teachers.online import (
     MissingApiKey,
     Teacher,
     TeacherFailed,
@@ -22,6 +21,7 @@ from builders.teachers import (
     retry_after,
     to_answer,
 )
+from builders.teachers.prompt import parse_reply
 from mp16_reason.jpeg import jpeg_data_url
 
 GOOD = {

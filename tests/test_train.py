@@ -265,8 +265,8 @@ def test_prediction_reads_answer_and_places_it():
 def test_training_rows_from_the_hub_dataset(sample_build, tmp_path):
     import shutil
 
-    from builders.card import write_card
-    from builders.publish import publish
+    from builders.publish.card import write_card
+    from builders.publish.upload import publish
 
     build = tmp_path / "build"
     shutil.copytree(sample_build, build, ignore=shutil.ignore_patterns("sample-input"))

@@ -99,8 +99,8 @@ def test_plain_trl_takes_our_stream_and_rewards_each_prompt_once(sample_build, t
 @pytest.mark.skipif(olah_cli() is None, reason="olah not installed: run scripts/setup.sh")
 @pytest.mark.parametrize("loader", ["datasets", "webdataset"])
 def test_hub_dataset_each_prompt_once(sample_build, tmp_path, loader):
-    from builders.card import write_card
-    from builders.publish import publish
+    from builders.publish.card import write_card
+    from builders.publish.upload import publish
 
     build = tmp_path / "build"
     shutil.copytree(sample_build, build, ignore=shutil.ignore_patterns("sample-input"))

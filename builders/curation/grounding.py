@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from builders.curation.embeddings import Embedder
 from mp16_reason.names import normalize
 from mp16_reason.schema import Entity
-
-from .embeddings import Embedder
 
 
 def synonyms(label: str) -> list[str]:
@@ -31,7 +30,7 @@ BUNDLED_PREFIX = "bundled:"  # models shipped in builders/data, e.g. bundled:sce
 
 def model_path(model: str) -> str:
     if model.startswith(BUNDLED_PREFIX):
-        path = Path(__file__).parent / "data" / model.removeprefix(BUNDLED_PREFIX)
+        path = Path(__file__).parents[1] / "data" / model.removeprefix(BUNDLED_PREFIX)
         if not path.is_dir():
             raise FileNotFoundError(f"no bundled model {model!r} (looked in {path.parent})")
         return str(path)

@@ -19,11 +19,10 @@ import io
 import json
 from typing import Any
 
+from builders.recipe import TeacherSpec
+from builders.teachers.cache import CachedReply
+from builders.teachers.online import Usage, new_reply
 from mp16_reason.schema import GeoGuess
-
-from .recipe import TeacherSpec
-from .teacher_cache import CachedReply
-from .teachers import Usage, new_reply
 
 INSTALL = (
     "pip install --no-deps geoclip (it declares torchvision, which it does not import; its runtime needs, torch, "

@@ -14,7 +14,7 @@ In order, each configurable and each stating its numbers when it drops an image:
    ``max_km`` of the photo, and ``any``/``all`` LVLM teachers agree with it (coordinates within ``teacher_km``,
    or the place the gazetteer gives the point, at ``level``).
 5. ``grounding``: of the entities the chosen reasoning relies on, at least ``min_fraction`` are visible
-   according to the segmentation model (see :mod:`builders.grounding`).
+   according to the segmentation model (see :mod:`builders.curation.grounding`).
 
 Coordinate teachers answer no other filter and never give the reasoning; their answers stay in ``teachers``.
 
@@ -32,17 +32,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from builders.curation.embeddings import embedder, mean_pairwise_cosine
+from builders.curation.grounding import EntityMatcher, segmenter
+from builders.recipe import CurationSpec
 from mp16_reason.distance import haversine_km
 from mp16_reason.matching import city_match, country_match
 from mp16_reason.schema import Entity, Sample, TeacherAnswer
 
-from .embeddings import embedder, mean_pairwise_cosine
-from .grounding import EntityMatcher, segmenter
-from .recipe import CurationSpec
-
 if TYPE_CHECKING:
-    from .teachers import TeacherFailure
-from .teacher_prompt import PROMPT_VERSION, parse_reply
+    from builders.teachers.online import TeacherFailure
+from builders.teachers.prompt import PROMPT_VERSION, parse_reply
 
 STAGES = ("teacher", "localizability", "ground-truth", "agreement", "geoclip", "grounding")
 

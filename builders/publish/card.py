@@ -12,13 +12,12 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from builders.publish.stats import Stats, compute, read_manifest, reason_class, size_category, world_map
 from cards import template
 from mp16_reason import REPO_ID, schema
 from mp16_reason.distance import THRESHOLDS_KM
 from mp16_reason.hub import DEFAULT_CONFIG, config_of
 from mp16_reason.storage import Location, location
-
-from .stats import Stats, compute, read_manifest, reason_class, size_category, world_map
 
 MAP_PATH = "assets/world_map.png"
 LICENSE_PATH = "LICENSE.md"  # the card's license_link: what `license: other` is made of

@@ -21,12 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from builders.publish.stats import read_manifest
 from mp16_reason import schema
 from mp16_reason.atomic import HashingFile
 from mp16_reason.hub import DEFAULT_CONFIG, config_of
 from mp16_reason.storage import Location, location
-
-from .stats import read_manifest
 
 MAX_PROBLEMS = 50
 
@@ -117,7 +116,7 @@ def _front_matter(text: str) -> dict:
 def _check_card(root: Location, manifest: dict, problems: list[str]) -> None:
     import datasets
 
-    from .card import shard_groups
+    from builders.publish.card import shard_groups
 
     path = root / "README.md"
     try:

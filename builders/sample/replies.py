@@ -16,9 +16,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from .recipe import Recipe
-from .teacher_cache import ReplyCache
-from .teachers import new_reply
+from builders.recipe import Recipe
+from builders.teachers.cache import ReplyCache
+from builders.teachers.online import new_reply
 
 LANDMARK_TEXT = {
     "tower": "a tall lattice tower",

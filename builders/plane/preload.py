@@ -4,8 +4,7 @@ Workers forked from it start with both in memory and share the gazetteer's pages
 CPU each, otherwise paid once per worker). Imported only by the fork server (``distributor.PRELOAD``).
 """
 
+from builders.plane import units  # noqa: F401  # imported for the workers
 from mp16_reason.gazetteer import default_gazetteer
-
-from . import units  # noqa: F401  # imported for the workers
 
 default_gazetteer()

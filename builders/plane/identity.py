@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from builders.sources.base import image_sources, load_index
 from mp16_reason.storage import location
-
-from .sources import image_sources, load_index
 
 _CHUNK = 8 << 20
 

@@ -28,13 +28,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from builders.plane.units import read_unit, unit_path
+from builders.recipe import TeacherSpec
+from builders.teachers.cache import CachedReply, ReplyCache
+from builders.teachers.online import TeacherFailure, Usage, api_key, new_reply, request_body, spec_key
 from mp16_reason.jpeg import jpeg_data_url
 from mp16_reason.storage import Location
-
-from .recipe import TeacherSpec
-from .teacher_cache import CachedReply, ReplyCache
-from .teachers import TeacherFailure, Usage, api_key, new_reply, request_body, spec_key
-from .units import read_unit, unit_path
 
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})

@@ -21,15 +21,14 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
+from builders.plane.images import ImageRejected, PreparedImage, keep_image_memory, prepare
+from builders.plane.split import assign_split
+from builders.recipe import Recipe
+from builders.sources.base import Fetcher, FetchError, ImageSource, UrlSource, image_sources
 from mp16_reason.gazetteer import default_gazetteer
 from mp16_reason.schema import BuildInfo, Entity, ImageInfo, Sample, Source, SourceLabels, TeacherAnswer, to_json_bytes
 from mp16_reason.schema import ImageSource as SchemaImageSource
 from mp16_reason.storage import Location, location
-
-from .images import ImageRejected, PreparedImage, keep_image_memory, prepare
-from .recipe import Recipe
-from .sources import Fetcher, FetchError, ImageSource, UrlSource, image_sources
-from .split import assign_split
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -200,7 +199,7 @@ def with_release_answer(sample: Sample, row: dict) -> None:
 def release_curator(recipe: Recipe):
     """Curation for release rows: ground truth and grounding as the recipe sets them; localizability is not
     judged (the release has no scores) and agreement needs a second answer."""
-    from .curate import Curator
+    from builders.curation.curator import Curator
 
     spec = recipe.curation.model_copy(deep=True)
     spec.localizability.enabled = False

@@ -3,7 +3,7 @@ with id, lat, lon.
 
 Every input row ends up either as an ingest row or as a rejection with its reason; a malformed CSV line is a
 rejection with its line number, not a crash. Ingest also takes coordinates the file lacks from
-``input.join`` files, and joins the image sources' indexes onto the rows (see :mod:`builders.sources`).
+``input.join`` files, and joins the image sources' indexes onto the rows (see :mod:`builders.sources.base`).
 
 It streams: the CSV is parsed block by block by Arrow's reader into Arrow columns (only the columns the build
 uses; labels dictionary-encoded), so MP16-Pro's 4.65M rows take about a second to parse and a few hundred MB
@@ -25,11 +25,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from builders.plane.units import LABEL_COLUMNS, REJECTION_WORK_SCHEMA
+from builders.recipe import InputSpec
 from mp16_reason.coords import coerce_coordinates
 from mp16_reason.storage import Location, location
-
-from .recipe import InputSpec
-from .units import LABEL_COLUMNS, REJECTION_WORK_SCHEMA
 
 # Candidate source columns for each of our fields, in order of preference (matched case-insensitively).
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -426,7 +425,7 @@ def ingest(spec: InputSpec, limit: int | None = None, work_dir: Path | None = No
 
 def _locate_images(rows: pa.Table, spec: InputSpec, work_dir: Path | None) -> tuple[pa.Table, pa.Table]:
     """Join the image sources' indexes onto the rows; rows that no source can serve are rejected here."""
-    from .sources import image_sources, join_sources, missing_reason
+    from builders.sources.base import image_sources, join_sources, missing_reason
 
     if work_dir is None:
         raise ValueError("ingest needs a work folder for the image sources' indexes")

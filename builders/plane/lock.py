@@ -24,9 +24,8 @@ import uuid
 import warnings
 from dataclasses import dataclass
 
+from builders.stops import BuildStopped
 from mp16_reason.storage import Location
-
-from .stops import BuildStopped
 
 LOCK_NAME = ".lock"
 

@@ -41,7 +41,7 @@ def _palette(lat: float) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 
 
 # The classes a scene is drawn from, named as in ADE20K so that the segmentation models used on real photos
-# and the scene segmenter trained on these drawings (builders/scene_segmenter.py) speak the same language.
+# and the scene segmenter trained on these drawings (builders/sample/segmenter.py) speak the same language.
 CLASSES = (
     "sky", "building", "tree", "road", "grass", "sand", "snow", "signboard, sign", "windowpane, window",
     "pole", "tower", "dome", "pyramid", "bridge", "lighthouse",

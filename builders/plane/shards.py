@@ -24,11 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from builders.plane.units import REJECTION_WORK_SCHEMA, curated_path, read_unit, unit_path, write_atomic
 from mp16_reason.atomic import HashingFile, remove_stale
 from mp16_reason.hub import DEFAULT_CONFIG
 from mp16_reason.storage import Location, location
-
-from .units import REJECTION_WORK_SCHEMA, curated_path, read_unit, unit_path, write_atomic
 
 TAR_MTIME = 0  # fixed member times keep shards byte-identical across runs
 TAR_RECORD = 10240  # tarfile pads an archive to whole records of 20 blocks
@@ -301,7 +300,7 @@ def _shard_process_main(
     """The shard process: fold each unit index it is sent (None ends), reporting rows as it goes, then write
     the shards, reporting samples. It holds only the reading end of ``todo``, so if the build is killed the
     next read fails and it exits."""
-    from .distributor import take_environment
+    from builders.plane.distributor import take_environment
 
     take_environment(env)
     unit = None
@@ -337,7 +336,7 @@ class ShardProcess:
     """
 
     def __init__(self, out: Location, work: Location, max_bytes: int, multiple_of: int, curated: bool) -> None:
-        from .distributor import process_context
+        from builders.plane.distributor import process_context
 
         ctx = process_context()
         child_todo, self._todo = ctx.Pipe(duplex=False)

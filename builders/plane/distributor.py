@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-PRELOAD = ["builders.preload"]  # the unit code and the gazetteer, loaded once for all workers
+PRELOAD = ["builders.plane.preload"]  # the unit code and the gazetteer, loaded once for all workers
 
 
 def process_context() -> mp.context.BaseContext:

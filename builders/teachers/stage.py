@@ -22,16 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from mp16_reason.hub import DEFAULT_CONFIG
-from mp16_reason.jpeg import jpeg_data_url
-from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
-from mp16_reason.storage import Location, location
-
-from .curate import Curator
-from .recipe import Recipe, TeacherSpec
-from .stops import BuildStopped
-from .teacher_cache import CachedReply, ReplyCache, default_path
-from .teachers import (
+from builders.curation.curator import Curator
+from builders.plane.units import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
+from builders.recipe import Recipe, TeacherSpec
+from builders.stops import BuildStopped
+from builders.teachers.cache import CachedReply, ReplyCache, default_path
+from builders.teachers.online import (
     PROMPT_TOKENS,
     Teacher,
     TeacherFailed,
@@ -42,7 +38,10 @@ from .teachers import (
     spec_key,
     to_answer,
 )
-from .units import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
+from mp16_reason.hub import DEFAULT_CONFIG
+from mp16_reason.jpeg import jpeg_data_url
+from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
+from mp16_reason.storage import Location, location
 
 LOCALIZABILITY = "localizability"
 CLAIM_LEASE_S = 90.0  # a claim not renewed for this long belongs to a build that died
@@ -146,7 +145,7 @@ class Distiller:
                 await loop.run_in_executor(self.db, self.cache.release, key, self.owner)
                 return exc.failure
             except Exception as exc:
-                from .geoclip_teacher import GeoclipUnavailable
+                from builders.teachers.geoclip import GeoclipUnavailable
 
                 if spec.kind != "geoclip" or isinstance(exc, GeoclipUnavailable):
                     raise  # not an image's fault: the build stops and says what to fix
@@ -307,14 +306,14 @@ class Distiller:
     def _teacher(self, spec: TeacherSpec, offline: bool) -> object | None:
         """What answers this teacher's jobs: None where the cache alone does (offline, or batch mode)."""
         if spec.kind == "geoclip":  # runs here, sends nothing: offline too
-            from .geoclip_teacher import GeoclipTeacher
+            from builders.teachers.geoclip import GeoclipTeacher
 
             return GeoclipTeacher(spec, self.usage[spec.name])
         return None if offline or spec.mode == "batch" else Teacher(spec, self.usage[spec.name])
 
     def _batches(self, todo: list[int]) -> None:
         """Batch teachers first: their replies go into the cache, and the stage below reads them there."""
-        from .teacher_batch import BatchRunner, run_batches
+        from builders.teachers.batch import BatchRunner, run_batches
 
         self.runners = [
             BatchRunner(s, self.work, self.cache, self.progress, self.log) for s in self.specs if s.mode == "batch"

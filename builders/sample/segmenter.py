@@ -2,11 +2,11 @@
 
 The grounding filter needs a semantic segmentation model. Real builds use an ADE20K model from the Hub; the
 offline sample cannot download one, and an ADE20K model would not know drawings anyway. So the sample uses
-this model, trained here on scenes drawn by :func:`builders.sample.draw_scene_with_mask` (whose masks are
+this model, trained here on scenes drawn by :func:`builders.sample.scenes.draw_scene_with_mask` (whose masks are
 exact) with the sample's ADE20K-named classes. It ships in ``builders/data/scene-segmenter`` with its
 held-out scores in the folder's README; rebuild it with::
 
-    python -m builders.scene_segmenter [--steps 400] [--out builders/data/scene-segmenter]
+    python -m builders.sample.segmenter [--steps 400] [--out builders/data/scene-segmenter]
 
 Training scenes use random coordinates and names and never the sample's own seeds, so the sample's images
 are unseen by the model.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .sample import CLASSES, draw_scene_with_mask
+from builders.sample.scenes import CLASSES, draw_scene_with_mask
 
 SIZE = (160, 120)  # width, height the model sees
-DEFAULT_OUT = Path(__file__).parent / "data" / "scene-segmenter"
+DEFAULT_OUT = Path(__file__).parents[1] / "data" / "scene-segmenter"
 
 
 def _scene(rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
@@ -94,9 +94,9 @@ def train(out: Path = DEFAULT_OUT, steps: int = 400, n_train: int = 320, n_eval:
     rows = "\n".join(f"| {name} | {v:.3f} |" for name, v in iou.items())
     (out / "README.md").write_text(
         "# Scene segmenter for the offline sample\n\n"
-        "A SegFormer with random initial weights, trained by `python -m builders.scene_segmenter` on "
+        "A SegFormer with random initial weights, trained by `python -m builders.sample.segmenter` on "
         f"{n_train} drawn scenes (never the sample's own) for {steps} steps, {n_params:,} parameters. "
-        "It only knows the drawings of `builders/sample.py`; it is not a model of real photos.\n\n"
+        "It only knows the drawings of `builders/sample/scenes.py`; it is not a model of real photos.\n\n"
         f"Held-out ({n_eval} scenes): pixel accuracy {accuracy:.3f}, mean IoU {np.mean(list(iou.values())):.3f}.\n\n"
         f"| class | IoU |\n|---|---:|\n{rows}\n"
     )

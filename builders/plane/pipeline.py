@@ -1,6 +1,6 @@
 """`mp16-reason build`: ingest -> units (fetch, prepare, geocode) -> [teachers] -> dedup and shards -> manifest.
 
-Shards are written while units are still being prepared (see :mod:`builders.shards`), except after the
+Shards are written while units are still being prepared (see :mod:`builders.plane.shards`), except after the
 teacher stage, which they wait for. Resumable at every step: ingest and each unit commit one file
 atomically, each shard is written to a temporary name and renamed when complete, and the manifest is
 written last. Re-running the same command after a crash (even SIGKILL) redoes only what has no committed
@@ -21,18 +21,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from builders import preflight
+from builders.plane import distributor
+from builders.plane.identity import published
+from builders.plane.ingest import ingest
+from builders.plane.lock import BuildLock
+from builders.plane.shards import FOLD_REJECTED, ShardProcess, ShardProcessError, sample_key
+from builders.plane.split import shuffle_order
+from builders.plane.units import (
+    REJECTION_SCHEMA,
+    REJECTION_WORK_SCHEMA,
+    UnitTask,
+    process_unit,
+    unit_path,
+    write_atomic,
+)
+from builders.recipe import Recipe
+from builders.stops import BuildStopped
+from builders.teachers.prompt import PROMPT_VERSION
 from mp16_reason.storage import Location
-
-from . import distributor, preflight
-from .identity import published
-from .ingest import ingest
-from .lock import BuildLock
-from .recipe import Recipe
-from .shards import FOLD_REJECTED, ShardProcess, ShardProcessError, sample_key
-from .split import shuffle_order
-from .stops import BuildStopped
-from .teacher_prompt import PROMPT_VERSION
-from .units import REJECTION_SCHEMA, REJECTION_WORK_SCHEMA, UnitTask, process_unit, unit_path, write_atomic
 
 MANIFEST = "manifest.json"
 REJECTIONS = "rejections.parquet"
@@ -104,7 +111,7 @@ class Build:
     def inputs(self) -> dict:
         """The inputs' content identities and locations (the sources are indexed here, once)."""
         if self._inputs is None:
-            from .identity import input_identities
+            from builders.plane.identity import input_identities
 
             self.work.mkdir()
             self._inputs = input_identities(self.recipe.input, self.work)
@@ -113,12 +120,12 @@ class Build:
     @functools.cached_property
     def sha(self) -> str:
         """The recipe hash: settings that change the output, and the inputs by content, not location."""
-        from .identity import content_only
+        from builders.plane.identity import content_only
 
         return self.recipe.sha256(content_only(self.inputs))
 
     def output_recipe(self) -> dict:
-        from .identity import content_only
+        from builders.plane.identity import content_only
 
         return self.recipe.output_dict(content_only(self.inputs))
 
@@ -226,7 +233,7 @@ class Build:
 
     def _distill(self, n_rows: int) -> None:
         if self.recipe.teachers:  # imported here: the teacher stage needs the build extra (openai)
-            from .distill import Distiller
+            from builders.teachers.stage import Distiller
 
             Distiller(self.recipe, self.work, self.progress, self.log).run(self._n_units(n_rows))
 
@@ -276,7 +283,7 @@ class Build:
             "shards": entries,
         }
         if self.recipe.teachers:
-            from .distill import teacher_totals
+            from builders.teachers.stage import teacher_totals
 
             manifest["prompt_version"] = PROMPT_VERSION
             usage = teacher_totals(self.work, self._n_units(n_rows), self.recipe.teachers)
@@ -284,7 +291,7 @@ class Build:
                 {"name": t.name, "model": t.model, **t.request_params(), **asdict(usage[t.name])}
                 for t in self.recipe.teachers
             ]
-        from .card import write_front_matter
+        from builders.publish.card import write_front_matter
 
         write_front_matter(self.out, manifest)  # the configs, before the manifest says the build is complete
         _write_json_atomic(manifest, self.out / MANIFEST)  # last: its presence means the build is complete
@@ -361,9 +368,9 @@ def export_requests(recipe: Recipe, out: str, overwrite: bool = False, progress:
     """Prepare the images, then write the Batch API request line of every teacher reply the cache lacks."""
     if not recipe.teachers:
         return ["this recipe has no teachers: there are no requests to export"]
-    from .distill import open_cache
-    from .teacher_batch import export_requests as write_requests
-    from .units import curated_path
+    from builders.plane.units import curated_path
+    from builders.teachers.batch import export_requests as write_requests
+    from builders.teachers.stage import open_cache
 
     b = Build(recipe, progress=progress)
     with b.locked("mp16-reason cache export-requests"):
@@ -386,7 +393,7 @@ def estimate(recipe: Recipe, overwrite: bool = False, progress: bool = True) -> 
     would send: requests, tokens and cost per teacher, cached replies left out."""
     if not recipe.teachers:
         return ["this recipe has no teachers: the build sends no requests"]
-    from .distill import estimate as teacher_estimate
+    from builders.teachers.stage import estimate as teacher_estimate
 
     b = Build(recipe, progress=progress)
     with b.locked("mp16-reason build --estimate"):

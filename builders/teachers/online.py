@@ -37,13 +37,12 @@ import openai
 from aiolimiter import AsyncLimiter
 from openai.types.chat import ChatCompletion
 
+from builders.recipe import TeacherSpec
+from builders.stops import BuildStopped
+from builders.teachers.cache import CachedReply, cache_key
+from builders.teachers.prompt import INSTRUCTION, PROMPT_VERSION, SYSTEM, messages, parse_reply, response_format
 from mp16_reason.jpeg import fit_budget
 from mp16_reason.schema import Entity, GeoGuess, TeacherAnswer
-
-from .recipe import TeacherSpec
-from .stops import BuildStopped
-from .teacher_cache import CachedReply, cache_key
-from .teacher_prompt import INSTRUCTION, PROMPT_VERSION, SYSTEM, messages, parse_reply, response_format
 
 PIXELS_PER_TOKEN = 28 * 28  # Qwen2.5-VL and InternVL3 both spend about one token per 28x28 patch
 

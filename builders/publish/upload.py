@@ -13,11 +13,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builders.publish.card import FRONT_ONLY, LICENSE_PATH, MAP_PATH
+from builders.publish.stats import read_manifest
+from builders.publish.validate import validate_build
 from mp16_reason.storage import Location, location
-
-from .card import FRONT_ONLY, LICENSE_PATH, MAP_PATH
-from .stats import read_manifest
-from .validate import validate_build
 
 # What a dataset repository holds; work files, inputs and caches stay behind.
 REPO_FILES = ("README.md", LICENSE_PATH, "manifest.json", "rejections.parquet", MAP_PATH)
