@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 from builders.plane.units import UNIT_SCHEMA, unit_path, write_unit  # noqa: E402
 from builders.recipe import load_recipe  # noqa: E402
 from builders.teachers.cache import ReplyCache  # noqa: E402
-from builders.teachers.online import new_reply  # noqa: E402
 from builders.teachers.prompt import messages  # noqa: E402
 from builders.teachers.stage import Distiller  # noqa: E402
 from mp16_reason.jpeg import jpeg_data_url  # noqa: E402
@@ -176,7 +175,7 @@ def memory_child(n: int, root: Path) -> None:
     cache_path = root / "cache.sqlite"
     rec = recipe("http://127.0.0.1:9/v1", cache_path, 64)  # nothing listens there: any request would fail
     cache = ReplyCache(cache_path)
-    cache.put(*(new_reply(rec.teachers[0], sha, REPLY, 1, 1) for sha in shas))
+    cache.put(*(rec.teachers[0].reply(sha, REPLY, 1, 1) for sha in shas))
     cache.close()
     rss_before = peak_rss_mb()
     d = Distiller(rec, work, progress=False, log=lambda *_: None)

@@ -52,16 +52,8 @@ def check(recipe: Recipe) -> None:
 
     image_sources(inp.images)  # each source exists, or a SourceError naming --images / input.images
     _columns(recipe)
-    if recipe.teachers and not recipe.distill.offline:
-        from builders.teachers.online import api_key
-
-        for spec in recipe.teachers:
-            if spec.kind == "openai":
-                api_key(spec)  # a missing key fails now, not after the images are prepared
-    if any(t.kind == "geoclip" for t in recipe.teachers):
-        from builders.teachers.geoclip import check_installed
-
-        check_installed()
+    for spec in recipe.teachers:  # keys, packages: each kind checks what it needs
+        spec.check(recipe.distill.offline)
 
 
 def _columns(recipe: Recipe) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from builders.plane.images import ResampleFilter
+from builders.teachers.base import TeacherSettings
 from mp16_reason.schema import SCHEMA_VERSION
 
 # The Qwen2.5-VL recipe of 1280 visual tokens of 28x28 pixels: ~1 MP, about 1000x1000.
@@ -108,133 +109,6 @@ class ShardSpec(_Spec):
     seed: str = Field(default="mp16-reason", description="seed of the deterministic pre-shuffle")
 
 
-class TeacherSpec(_Spec):
-    """One teacher: an LVLM behind an OpenAI-compatible endpoint (vLLM, ``transformers serve``, OpenAI, ...), or
-    GeoCLIP run in the build's process (``kind: geoclip``: coordinates with a confidence, no reasoning)."""
-
-    name: str = Field(min_length=1, description="short name used in records and logs")
-    kind: Literal["openai", "geoclip"] = Field(
-        default="openai", description="openai: an LVLM endpoint; geoclip: GeoCLIP's GPS prediction, run in-process"
-    )
-    base_url: str = Field(default="", description="endpoint root, e.g. http://localhost:8000/v1 (kind openai)")
-    model: str = Field(default="", description="model id the endpoint serves (kind geoclip: recorded name)")
-    api_key_env: str | None = Field(default=None, description="environment variable holding the API key, if any")
-    temperature: float = Field(default=0.7, ge=0.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=1024, ge=1)
-    seed: int | None = None
-    extra_body: dict[str, Any] = Field(default_factory=dict, description="passed through to the endpoint")
-    structured_output: bool = Field(default=True, description="the endpoint honours JSON-schema response_format")
-    max_pixels: int = Field(
-        default=768 * 28 * 28, gt=0, description="image budget sent to the teacher: the main lever on tokens and cost"
-    )
-    # How requests are sent; these do not change what a reply means and are left out of the recipe hash.
-    max_concurrency: int = Field(default=16, ge=1)
-    http_client: Literal["auto", "aiohttp", "httpx"] = Field(
-        default="auto", description="connection pool under the openai client; auto: aiohttp when installed"
-    )
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
-    timeout_s: float = Field(default=120.0, gt=0)
-    max_retries: int = Field(default=6, ge=0)
-    backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time, with jitter")
-    max_backoff_s: float = Field(default=60.0, ge=0)
-    outage_s: float = Field(
-        default=300.0,
-        gt=0,
-        description="a teacher failing most of its requests is paused and probed; not recovered within this many "
-        "seconds, the build stops (resumably)",
-    )
-    max_quarantined: float = Field(
-        default=0.01,
-        ge=0,
-        le=1,
-        description="the build never seals while more than this share of a teacher's requests are quarantined: it "
-        "stops with the counts by reason, and the rerun asks them again",
-    )
-    price_input_per_1k: float | None = Field(default=None, ge=0)
-    price_output_per_1k: float | None = Field(default=None, ge=0)
-    expected_output_tokens: int = Field(default=400, ge=1, description="used by --estimate")
-    mode: Literal["online", "batch"] = Field(
-        default="online",
-        description="online: requests sent as images are ready; batch: Batch API files (OpenAI bills them at half "
-        "price; `vllm run-batch` runs the same files offline), uploaded, submitted and polled before curation",
-    )
-    batch_max_requests: int = Field(default=50_000, ge=1, description="requests per batch file (the API's limit)")
-    batch_max_bytes: int = Field(
-        default=200_000_000, ge=1, description="bytes per batch file (the API's limit; base64 images fill it first)"
-    )
-    batch_poll_s: float = Field(default=60.0, gt=0, description="seconds between looks at submitted batches")
-    batch_completion_window: str = Field(default="24h", description="how long a batch may take before it expires")
-    batch_price_input_per_1k: float | None = Field(default=None, ge=0, description="default: half the online price")
-    batch_price_output_per_1k: float | None = Field(default=None, ge=0, description="default: half the online price")
-    # kind: geoclip
-    top_k: int = Field(default=5, ge=1, description="GeoCLIP: ranked guesses kept in the record (the first is lat/lon)")
-    clip_model: str = Field(
-        default="openai/clip-vit-large-patch14", description="GeoCLIP's image tower: a path or a Hub id (cached)"
-    )
-    device: str = Field(default="cpu", description="GeoCLIP: torch device, e.g. cuda or cuda:1")
-
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "base_url",
-            "api_key_env",
-            "max_concurrency",
-            "http_client",
-            "requests_per_minute",
-            "tokens_per_minute",
-            "timeout_s",
-            "max_retries",
-            "backoff_s",
-            "max_backoff_s",
-            "outage_s",
-            "max_quarantined",
-            "price_input_per_1k",
-            "price_output_per_1k",
-            "expected_output_tokens",
-            "mode",
-            "batch_max_requests",
-            "batch_max_bytes",
-            "batch_poll_s",
-            "batch_completion_window",
-            "batch_price_input_per_1k",
-            "batch_price_output_per_1k",
-            "device",
-        }
-    )
-    GEOCLIP_FIELDS: ClassVar[frozenset[str]] = frozenset({"kind", "top_k", "clip_model"})
-
-    @model_validator(mode="after")
-    def _kind(self) -> TeacherSpec:
-        if self.kind == "openai" and not (self.base_url and self.model):
-            raise ValueError(f"teacher {self.name!r} needs base_url and model (or kind: geoclip)")
-        if self.kind == "geoclip":
-            if self.mode == "batch":
-                raise ValueError(f"teacher {self.name!r}: kind geoclip runs in-process; mode batch is for endpoints")
-            self.model = self.model or "GeoCLIP"
-        return self
-
-    def cost(self, input_tokens: int, output_tokens: int) -> float | None:
-        """Price of these tokens in this teacher's mode, or None when the recipe gives no price. A batch teacher
-        pays its batch price, or half the online price when the recipe gives none (OpenAI's Batch API)."""
-        price_in, price_out = self.price_input_per_1k, self.price_output_per_1k
-        if self.mode == "batch":
-            if self.batch_price_input_per_1k is not None or self.batch_price_output_per_1k is not None:
-                price_in, price_out = self.batch_price_input_per_1k, self.batch_price_output_per_1k
-            else:
-                price_in = None if price_in is None else price_in / 2
-                price_out = None if price_out is None else price_out / 2
-        if price_in is None and price_out is None:
-            return None
-        return (input_tokens * (price_in or 0) + output_tokens * (price_out or 0)) / 1000
-
-    def request_params(self) -> dict[str, Any]:
-        """What, besides the image and the prompt, decides a reply (the cache key covers exactly this)."""
-        if self.kind == "geoclip":
-            return self.model_dump(mode="json", include=set(self.GEOCLIP_FIELDS))
-        return self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS) | self.GEOCLIP_FIELDS | {"name", "model"})
-
-
 class DistillSpec(_Spec):
     cache: str | None = Field(default=None, description="reply cache (SQLite); default under $MP16_REASON_CACHE")
     import_cache: str | None = Field(default=None, description="a JSON Lines export to add to the cache first")
@@ -327,7 +201,11 @@ class Recipe(_Spec):
     shards: ShardSpec = Field(default_factory=ShardSpec)
     unit_size: int = Field(default=1000, ge=1, description="rows per unit of work (the resume granularity)")
     limit: int | None = Field(default=None, ge=1, description="use only the first N rows of the metadata")
-    teachers: list[TeacherSpec] = Field(default_factory=list, description="teacher LVLMs; none: no reasoning stage")
+    teachers: list[SerializeAsAny[TeacherSettings]] = Field(
+        default_factory=list,
+        description="teachers, each of a kind (openai: an LVLM endpoint, the default; geoclip: GeoCLIP in-process; "
+        "or a kind another package registers); none: no reasoning stage",
+    )
     curation: CurationSpec = Field(default_factory=CurationSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     # How the build runs; these do not change its output and are left out of the recipe hash.
@@ -338,12 +216,20 @@ class Recipe(_Spec):
 
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"out", "workers", "distributor", "ray", "distill"})
 
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _teacher_kinds(cls, value: Any) -> Any:
+        """Each entry as the settings of its kind: a union discriminated by ``kind`` over the registered kinds."""
+        from builders.teachers.base import settings_from
+
+        return [settings_from(t) for t in value] if isinstance(value, list) else value
+
     @model_validator(mode="after")
     def _unique_teachers(self) -> Recipe:
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
-        lvlms = [t for t in self.teachers if t.kind == "openai"]
+        lvlms = [t for t in self.teachers if t.reasons]
         if self.curation.min_teachers and self.curation.min_teachers > len(lvlms):
             raise ValueError(f"curation.min_teachers is {self.curation.min_teachers} but there are {len(lvlms)} LVLMs")
         return self

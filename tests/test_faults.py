@@ -214,15 +214,15 @@ def test_more_quarantines_than_allowed_stop_the_build_and_the_rerun_asks_exactly
 
 
 def test_an_error_in_our_code_reading_a_reply_stops_the_build_and_keeps_the_reply(sample_input, tmp_path, monkeypatch):
-    import builders.teachers.stage
     from builders.teachers.cache import ReplyCache
+    from builders.teachers.online import OpenAITeacher
 
     monkeypatch.setenv("MP16_TEST_KEY", "k")
 
-    def broken(spec, reply):
+    def broken(self, reply):
         raise AttributeError("a bug in our reading of replies")
 
-    monkeypatch.setattr(builders.teachers.stage, "to_answer", broken)
+    monkeypatch.setattr(OpenAITeacher, "answer", broken)
     recipe = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
     reply, _ = scripted_replies(sample_input, recipe)
     with TeacherServer(reply) as srv:

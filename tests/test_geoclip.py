@@ -20,9 +20,9 @@ from teacher_server import TeacherServer
 from builders.curation.curator import Curator
 from builders.plane.pipeline import build
 from builders.publish.card import write_card
-from builders.recipe import CurationSpec, Recipe, TeacherSpec
-from builders.teachers.geoclip import GeoclipTeacher, scorer
-from builders.teachers.online import to_answer
+from builders.recipe import CurationSpec, Recipe
+from builders.teachers.base import Job
+from builders.teachers.geoclip import GeoclipRunner, GeoclipTeacher, scorer
 from mp16_reason.distance import haversine_km
 from mp16_reason.schema import Sample, TeacherAnswer
 
@@ -62,7 +62,7 @@ def _jpeg(colour: tuple[int, int, int]) -> bytes:
 def test_the_scorer_is_geoclips_predict_over_the_bundled_gallery(tiny_clip, tmp_path):
     import geoclip
 
-    spec = TeacherSpec(name="g", kind="geoclip", clip_model=tiny_clip, top_k=3)
+    spec = GeoclipTeacher(name="g", clip_model=tiny_clip, top_k=3)
     s = scorer(spec.clip_model, spec.device)
     assert len(s.points) == 100_000  # the wheel's gallery, encoded by the wheel's location encoder
     images = [_jpeg((200, 30, 30)), _jpeg((20, 120, 220))]
@@ -78,13 +78,13 @@ def test_the_scorer_is_geoclips_predict_over_the_bundled_gallery(tiny_clip, tmp_
     assert isinstance(s.model, geoclip.GeoCLIP)
 
     async def ask() -> list:
-        teacher = GeoclipTeacher(spec)
-        replies = await asyncio.gather(*(teacher.ask(f"sha{i}", img) for i, img in enumerate(images)))
+        teacher = GeoclipRunner(spec)
+        replies = await asyncio.gather(*(teacher.ask(Job(f"sha{i}", img, 64, 48)) for i, img in enumerate(images)))
         await teacher.close()
         return replies
 
     replies = asyncio.run(ask())
-    answer = to_answer(spec, replies[0])
+    answer = spec.answer(replies[0])
     assert replies[0].origin == "local" and answer.origin == "local" and answer.parsed
     assert (answer.lat, answer.lon, answer.confidence) == (ours[0][0].lat, ours[0][0].lon, ours[0][0].probability)
     assert answer.top_k == ours[0] and answer.country  # the gazetteer's country at the point

@@ -10,16 +10,16 @@ import pytest
 from PIL import Image
 from teacher_server import TeacherServer
 
-from builders.recipe import TeacherSpec, load_recipe
+from builders.recipe import load_recipe
+from builders.teachers.base import Job, TeacherFailed, TeacherOutage, settings_from
 from builders.teachers.cache import CachedReply, ReplyCache, cache_key
+from builders.teachers.geoclip import GeoclipTeacher
 from builders.teachers.online import (
     MissingApiKey,
-    Teacher,
-    TeacherFailed,
-    TeacherOutage,
+    OnlineTeacher,
+    OpenAITeacher,
     http_client,
     retry_after,
-    to_answer,
 )
 from builders.teachers.prompt import parse_reply
 from mp16_reason.jpeg import jpeg_data_url
@@ -86,9 +86,9 @@ def test_unusable_replies_are_errors_not_defaults(text, error):
 
 
 def test_unparsed_reply_keeps_raw_text():
-    spec = TeacherSpec(name="t", base_url="http://x/v1", model="m")
+    spec = OpenAITeacher(name="t", base_url="http://x/v1", model="m")
     reply = CachedReply("k", "m", "v", "sha", "{}", "no idea, sorry", 10, 3)
-    a = to_answer(spec, reply)
+    a = spec.answer(reply)
     assert not a.parsed and a.raw == "no idea, sorry" and a.country == "" and a.localizable is None
 
 
@@ -97,21 +97,23 @@ def test_cache_key_covers_what_decides_a_reply_only():
     k = cache_key("sha", "v1", "model", {"temperature": 0.7})
     assert k == cache_key("sha", "v1", "model", {"temperature": 0.7})
     assert len({k, cache_key("sha2", "v1", "model", {"temperature": 0.7}), cache_key("sha", "v2", "model", {})}) == 3
-    a = TeacherSpec(name="a", base_url="http://one/v1", model="m", api_key_env="KEY_A", max_concurrency=2)
-    b = TeacherSpec(name="b", base_url="http://two/v1", model="m", api_key_env="KEY_B", max_concurrency=64)
+    a = OpenAITeacher(name="a", base_url="http://one/v1", model="m", api_key_env="KEY_A", max_concurrency=2)
+    b = OpenAITeacher(name="b", base_url="http://two/v1", model="m", api_key_env="KEY_B", max_concurrency=64)
     assert a.request_params() == b.request_params()  # URL, key, limits: not part of the key
     assert (
         a.request_params()
-        != TeacherSpec(name="a", base_url="http://one/v1", model="m", temperature=0.1).request_params()
+        != OpenAITeacher(name="a", base_url="http://one/v1", model="m", temperature=0.1).request_params()
     )
-    batch = TeacherSpec(name="a", base_url="http://one/v1", model="m", mode="batch", batch_poll_s=5)
+    batch = OpenAITeacher(name="a", base_url="http://one/v1", model="m", mode="batch", batch_poll_s=5)
     assert batch.request_params() == a.request_params()  # how a reply is asked for is not what it is
-    g = TeacherSpec(name="g", kind="geoclip", top_k=3, device="cuda")
+    g = GeoclipTeacher(name="g", top_k=3, device="cuda")
     assert g.request_params() == {"kind": "geoclip", "top_k": 3, "clip_model": "openai/clip-vit-large-patch14"}
     with pytest.raises(ValueError, match="needs base_url and model"):
-        TeacherSpec(name="a", model="m")
-    with pytest.raises(ValueError, match="mode batch is for endpoints"):
-        TeacherSpec(name="g", kind="geoclip", mode="batch")
+        OpenAITeacher(name="a", model="m")
+    with pytest.raises(ValueError, match="mode"):  # batch is a mode of endpoints: GeoCLIP has no such setting
+        settings_from({"name": "g", "kind": "geoclip", "mode": "batch"})
+    with pytest.raises(ValueError, match="unknown teacher kind 'gemini'; known kinds: geoclip, openai"):
+        settings_from({"name": "x", "kind": "gemini"})
 
 
 def test_cache_persists_exports_and_imports(tmp_path):
@@ -144,13 +146,13 @@ def test_retry_after_forms():
     assert retry_after(R()) is None and retry_after(None) is None
 
 
-def _ask(spec: TeacherSpec, jpeg: bytes, n: int = 1) -> tuple[list, Teacher]:
-    teacher = Teacher(spec)
+def _ask(spec: OpenAITeacher, jpeg: bytes, n: int = 1) -> tuple[list, OnlineTeacher]:
+    teacher = OnlineTeacher(spec)
 
     async def go():
         async def one(i):
             try:
-                return await teacher.ask(f"sha{i}", jpeg_data_url(jpeg, spec.max_pixels), 100)
+                return await teacher.ask(Job(f"sha{i}", jpeg, 64, 48))
             except (TeacherFailed, TeacherOutage) as exc:
                 return exc
 
@@ -170,7 +172,7 @@ POOLS = ["aiohttp", "httpx"]  # both connection pools must meet every fault the 
 def test_transient_faults_are_retried(fault, pool):
     first_two = {0: fault, 1: fault}
     with TeacherServer(lambda img, req: json.dumps(GOOD), lambda n, d: first_two.get(n), hang_s=1.0) as srv:
-        spec = TeacherSpec(
+        spec = OpenAITeacher(
             name="t", base_url=srv.url, model="m", timeout_s=0.4, backoff_s=0.01, max_retries=3, http_client=pool
         )
         (reply,), teacher = _ask(spec, _jpeg())
@@ -182,7 +184,7 @@ def test_transient_faults_are_retried(fault, pool):
 @pytest.mark.parametrize("pool", POOLS)
 def test_persistent_fault_is_quarantined_with_reason(pool):
     with TeacherServer(lambda img, req: "", lambda n, d: "500") as srv:
-        spec = TeacherSpec(name="t", base_url=srv.url, model="m", backoff_s=0.0, max_retries=2, http_client=pool)
+        spec = OpenAITeacher(name="t", base_url=srv.url, model="m", backoff_s=0.0, max_retries=2, http_client=pool)
         (err,), teacher = _ask(spec, _jpeg())
     assert isinstance(err, TeacherFailed) and "HTTP 500" in str(err) and err.failure.attempts == 3
     assert srv.n == 3 and teacher.usage.failed == 1
@@ -194,7 +196,7 @@ def test_client_errors_are_not_retried_and_keys_are_scrubbed(monkeypatch, pool, 
     secret = "sk-test-DO-NOT-LEAK-4242"
     monkeypatch.setenv("TEACHER_KEY", secret)
     with TeacherServer(lambda img, req: "", lambda n, d: fault) as srv:
-        spec = TeacherSpec(
+        spec = OpenAITeacher(
             name="t", base_url=srv.url, model="m", api_key_env="TEACHER_KEY", max_retries=5, http_client=pool
         )
         (err,), _ = _ask(spec, _jpeg())
@@ -207,12 +209,14 @@ def test_client_errors_are_not_retried_and_keys_are_scrubbed(monkeypatch, pool, 
 def test_missing_api_key_names_the_variable(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(MissingApiKey, match=r"\$NO_SUCH_KEY_VAR"):
-        Teacher(TeacherSpec(name="t", base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NO_SUCH_KEY_VAR"))
+        OnlineTeacher(
+            OpenAITeacher(name="t", base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NO_SUCH_KEY_VAR")
+        )
 
 
 def test_concurrency_cap_and_request_shape():
     with TeacherServer(lambda img, req: json.dumps(GOOD), latency_s=0.05) as srv:
-        spec = TeacherSpec(
+        spec = OpenAITeacher(
             name="t", base_url=srv.url, model="m", max_concurrency=3, max_pixels=32 * 24, seed=7, top_p=0.9,
             extra_body={"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}},
         )  # fmt: skip
@@ -230,7 +234,7 @@ def test_connection_pool_choice(monkeypatch):
     error that names the fix."""
     import openai
 
-    spec = TeacherSpec(name="t", base_url="http://127.0.0.1:9/v1", model="m")
+    spec = OpenAITeacher(name="t", base_url="http://127.0.0.1:9/v1", model="m")
     assert isinstance(http_client(spec), openai.DefaultAioHttpClient)  # auto, with the extra installed
     assert http_client(spec.model_copy(update={"http_client": "httpx"})) is None
 

@@ -40,7 +40,7 @@ from mp16_reason.matching import city_match, country_match
 from mp16_reason.schema import Entity, Sample, TeacherAnswer
 
 if TYPE_CHECKING:
-    from builders.teachers.online import TeacherFailure
+    from builders.teachers.base import TeacherFailure
 from builders.teachers.prompt import PROMPT_VERSION, parse_reply
 
 STAGES = ("teacher", "localizability", "ground-truth", "agreement", "geoclip", "grounding")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from builders.recipe import Recipe
 from builders.teachers.cache import ReplyCache
-from builders.teachers.online import new_reply
 
 LANDMARK_TEXT = {
     "tower": "a tall lattice tower",
@@ -119,7 +118,7 @@ def write_cache(inputs: Path, recipe: Recipe) -> Path:
         for i, scene in enumerate(scenes):
             sha = hashlib.sha256((inputs / "images" / scene["file"]).read_bytes()).hexdigest()
             for spec, text in zip(recipe.teachers, replies(scene, i)):
-                authored.append(new_reply(spec, sha, text, origin="authored"))
+                authored.append(spec.reply(sha, text, origin="authored"))
         cache.put(*authored)
         out = inputs / "teacher-cache.jsonl"
         cache.export(out)

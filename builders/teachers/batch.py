@@ -29,9 +29,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from builders.plane.units import read_unit, unit_path
-from builders.recipe import TeacherSpec
+from builders.teachers.base import TeacherFailure, Usage
 from builders.teachers.cache import CachedReply, ReplyCache
-from builders.teachers.online import TeacherFailure, Usage, api_key, new_reply, request_body, spec_key
+from builders.teachers.online import OpenAITeacher, api_key, request_body
 from mp16_reason.jpeg import jpeg_data_url
 from mp16_reason.storage import Location
 
@@ -40,8 +40,8 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 def missing_requests(
-    work: Location, units: Iterable[int], specs: list[TeacherSpec], cache: ReplyCache
-) -> Iterator[tuple[TeacherSpec, str, str, bytes]]:
+    work: Location, units: Iterable[int], specs: list[OpenAITeacher], cache: ReplyCache
+) -> Iterator[tuple[OpenAITeacher, str, str, bytes]]:
     """(teacher, cache key, image sha256, prepared JPEG) of every reply the cache lacks over ``units``, each key
     once (a duplicate image is asked about once)."""
     seen: set[bytes] = set()  # 16 bytes a key: millions of requests fit in a few hundred MB
@@ -50,7 +50,7 @@ def missing_requests(
         ok = [pos for pos, status in enumerate(table.column("status").to_pylist()) if status == "ok"]
         all_shas, jpgs = table.column("sha256").to_pylist(), table.column("jpg")
         shas = {pos: all_shas[pos] for pos in ok}
-        keys = {(pos, t): spec_key(spec, shas[pos]) for pos in ok for t, spec in enumerate(specs)}
+        keys = {(pos, t): spec.key(shas[pos]) for pos in ok for t, spec in enumerate(specs)}
         cached = cache.get_many(set(keys.values()))
         for (pos, t), key in keys.items():
             short = bytes.fromhex(key[:32])
@@ -60,7 +60,7 @@ def missing_requests(
             yield specs[t], key, shas[pos], jpgs[pos].as_py()
 
 
-def request_line(spec: TeacherSpec, key: str, jpeg: bytes) -> bytes:
+def request_line(spec: OpenAITeacher, key: str, jpeg: bytes) -> bytes:
     """One Batch API input line: the online request's body, under the reply's cache key."""
     body = request_body(spec, jpeg_data_url(jpeg, spec.max_pixels))
     line = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}
@@ -108,9 +108,9 @@ def _reply(line: dict[str, Any], request: CachedReply) -> CachedReply | str:
     return replace(request, text=text, input_tokens=tokens[0], output_tokens=tokens[1], origin="endpoint")
 
 
-def remember_requests(cache: ReplyCache, spec: TeacherSpec, asked: list[tuple[str, str]]) -> None:
+def remember_requests(cache: ReplyCache, spec: OpenAITeacher, asked: list[tuple[str, str]]) -> None:
     """Record what each (key, image sha256) asks, so that results naming only the key become replies."""
-    cache.put_requests(new_reply(spec, sha, "") for _, sha in asked)
+    cache.put_requests(spec.reply(sha, "") for _, sha in asked)
 
 
 class BatchRunner:
@@ -118,7 +118,7 @@ class BatchRunner:
 
     def __init__(
         self,
-        spec: TeacherSpec,
+        spec: OpenAITeacher,
         work: Location,
         cache: ReplyCache,
         progress: bool = True,
@@ -350,21 +350,21 @@ def _wait(runners: list[BatchRunner], progress: bool) -> None:
 
 
 def export_requests(
-    work: Location, units: list[int], specs: list[TeacherSpec], cache: ReplyCache, out: str | Path
+    work: Location, units: list[int], specs: list[OpenAITeacher], cache: ReplyCache, out: str | Path
 ) -> Counter:
     """Every missing reply's request line into ``out`` (for ``vllm run-batch`` or a Batch API upload made by
     hand), remembered in the cache so that ``import_results`` can read the results; requests per teacher."""
     per: Counter = Counter()
-    asked: list[tuple[TeacherSpec, str]] = []  # remembered a few thousand at a time: millions would not fit
+    asked: list[tuple[OpenAITeacher, str]] = []  # remembered a few thousand at a time: millions would not fit
     with Location(out).commit() as fh:
         for spec, key, sha, jpeg in missing_requests(work, units, specs, cache):
             fh.write(request_line(spec, key, jpeg))
             asked.append((spec, sha))
             per[spec.name] += 1
             if len(asked) >= 5000:
-                cache.put_requests(new_reply(s, sha, "") for s, sha in asked)
+                cache.put_requests(s.reply(sha, "") for s, sha in asked)
                 asked.clear()
-        cache.put_requests(new_reply(s, sha, "") for s, sha in asked)
+        cache.put_requests(s.reply(sha, "") for s, sha in asked)
     return per
 
 

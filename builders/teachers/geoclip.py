@@ -17,17 +17,67 @@ import asyncio
 import functools
 import io
 import json
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from builders.recipe import TeacherSpec
+from pydantic import Field
+
+from builders.teachers.base import Job, TeacherFailed, TeacherFailure, TeacherSettings, Usage, register
 from builders.teachers.cache import CachedReply
-from builders.teachers.online import Usage, new_reply
-from mp16_reason.schema import GeoGuess
+from mp16_reason.schema import GeoGuess, TeacherAnswer
 
 INSTALL = (
     "pip install --no-deps geoclip (it declares torchvision, which it does not import; its runtime needs, torch, "
     "transformers, huggingface_hub, safetensors, pandas and pillow, come with mp16-reason[build])"
 )
+
+
+@register
+class GeoclipTeacher(TeacherSettings):
+    """GeoCLIP's GPS prediction, run in the build's process: coordinates with a confidence, no reasoning."""
+
+    kind: Literal["geoclip"] = "geoclip"
+    model: str = Field(default="GeoCLIP", description="the name recorded with its answers")
+    top_k: int = Field(default=5, ge=1, description="ranked guesses kept in the record (the first is lat/lon)")
+    clip_model: str = Field(
+        default="openai/clip-vit-large-patch14", description="GeoCLIP's image tower: a path or a Hub id (cached)"
+    )
+    device: str = Field(default="cpu", description="torch device, e.g. cuda or cuda:1")
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = TeacherSettings.RUNTIME_FIELDS | {"device"}
+    reasons: ClassVar[bool] = False
+
+    def request_params(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", include={"kind", "top_k", "clip_model"})
+
+    def where(self) -> str:
+        return f"GeoCLIP on {self.device}"
+
+    def check(self, offline: bool) -> None:
+        check_installed()
+
+    def make(self, usage: Usage, offline: bool) -> GeoclipRunner:
+        return GeoclipRunner(self, usage)  # runs here, sends nothing: offline too
+
+    def answer(self, reply: CachedReply) -> TeacherAnswer:
+        """Its best point (with the country and city the gazetteer places there), its probability as the
+        confidence, and the ranked guesses."""
+        from mp16_reason.gazetteer import default_gazetteer  # loaded once, by the build already
+
+        guesses = [GeoGuess(**g) for g in json.loads(reply.text)["top_k"]]
+        best = guesses[0]
+        place = default_gazetteer().reverse(best.lat, best.lon)
+        return TeacherAnswer(
+            teacher=self.name,
+            model=reply.model,
+            parsed=True,
+            country=place.country,
+            city=place.city,
+            lat=best.lat,
+            lon=best.lon,
+            confidence=best.probability,
+            top_k=guesses,
+            origin="local",
+        )
 
 
 class GeoclipUnavailable(ValueError):
@@ -104,24 +154,32 @@ def reply_text(guesses: list[GeoGuess]) -> str:
     return json.dumps({"top_k": [g.model_dump() for g in guesses]}, separators=(",", ":"))
 
 
-class GeoclipTeacher:
+class GeoclipRunner:
     """The teacher stage's view of GeoCLIP: ``ask`` one image, answered in batches on a thread of its own (torch
-    lets go of the GIL), the model loaded on the first ask, so a build whose replies are cached never loads it."""
+    lets go of the GIL), the model loaded on the first ask, so a build whose replies are cached never loads it.
+    An image GeoCLIP cannot score is that image's failure; GeoCLIP that cannot load stops the build."""
 
-    def __init__(self, spec: TeacherSpec, usage: Usage | None = None) -> None:
+    def __init__(self, spec: GeoclipTeacher, usage: Usage | None = None) -> None:
         self.spec, self.usage = spec, usage if usage is not None else Usage()
         self._scorer: GeoclipScorer | None = None
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._drain: asyncio.Task | None = None
 
-    async def ask(self, image_sha256: str, jpeg: bytes) -> CachedReply:
+    async def ask(self, job: Job) -> CachedReply:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((jpeg, future))
+        self._pending.append((job.jpeg, future))
         if self._drain is None or self._drain.done():
             self._drain = asyncio.ensure_future(self._run())
-        guesses = await future
+        try:
+            guesses = await future
+        except GeoclipUnavailable:
+            raise  # not an image's fault: the build stops and says what to fix
+        except Exception as exc:
+            self.usage.failed += 1
+            reason = f"GeoCLIP failed: {type(exc).__name__}: {str(exc)[:300]}"
+            raise TeacherFailed(TeacherFailure(self.spec.name, reason, 1, "local")) from exc
         self.usage.requests += 1
-        return new_reply(self.spec, image_sha256, reply_text(guesses), origin="local")
+        return self.spec.reply(job.image_sha256, reply_text(guesses), origin="local")
 
     async def _run(self) -> None:
         while self._pending:

@@ -22,29 +22,142 @@ key is read from the environment variable the recipe names and is scrubbed from 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import socket
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import openai
-from aiolimiter import AsyncLimiter
-from openai.types.chat import ChatCompletion
+from pydantic import Field, model_validator
 
-from builders.recipe import TeacherSpec
-from builders.stops import BuildStopped
-from builders.teachers.cache import CachedReply, cache_key
-from builders.teachers.prompt import INSTRUCTION, PROMPT_VERSION, SYSTEM, messages, parse_reply, response_format
-from mp16_reason.jpeg import fit_budget
-from mp16_reason.schema import Entity, GeoGuess, TeacherAnswer
+from builders.teachers.base import (
+    Job,
+    TeacherFailed,
+    TeacherFailure,
+    TeacherOutage,
+    TeacherSettings,
+    Usage,
+    register,
+)
+from builders.teachers.cache import CachedReply
+from builders.teachers.prompt import INSTRUCTION, SYSTEM, messages, parse_reply, response_format
+from mp16_reason.jpeg import fit_budget, jpeg_data_url
+from mp16_reason.schema import Entity, TeacherAnswer
 
 PIXELS_PER_TOKEN = 28 * 28  # Qwen2.5-VL and InternVL3 both spend about one token per 28x28 patch
+
+
+@register
+class OpenAITeacher(TeacherSettings):
+    """An LVLM behind an OpenAI-compatible endpoint (vLLM, ``transformers serve``, OpenAI, ...), asked online, or
+    through the Batch API (``mode: batch``; :mod:`builders.teachers.batch`)."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str = Field(default="", description="endpoint root, e.g. http://localhost:8000/v1")
+    model: str = Field(default="", description="model id the endpoint serves")
+    api_key_env: str | None = Field(default=None, description="environment variable holding the API key, if any")
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=1024, ge=1)
+    seed: int | None = None
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="passed through to the endpoint")
+    structured_output: bool = Field(default=True, description="the endpoint honours JSON-schema response_format")
+    max_pixels: int = Field(
+        default=768 * 28 * 28, gt=0, description="image budget sent to the teacher: the main lever on tokens and cost"
+    )
+    # How requests are sent; these do not change what a reply means and are left out of the recipe hash.
+    http_client: Literal["auto", "aiohttp", "httpx"] = Field(
+        default="auto", description="connection pool under the openai client; auto: aiohttp when installed"
+    )
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time, with jitter")
+    max_backoff_s: float = Field(default=60.0, ge=0)
+    price_input_per_1k: float | None = Field(default=None, ge=0)
+    price_output_per_1k: float | None = Field(default=None, ge=0)
+    expected_output_tokens: int = Field(default=400, ge=1, description="used by --estimate")
+    mode: Literal["online", "batch"] = Field(
+        default="online",
+        description="online: requests sent as images are ready; batch: Batch API files (OpenAI bills them at half "
+        "price; `vllm run-batch` runs the same files offline), uploaded, submitted and polled before curation",
+    )
+    batch_max_requests: int = Field(default=50_000, ge=1, description="requests per batch file (the API's limit)")
+    batch_max_bytes: int = Field(
+        default=200_000_000, ge=1, description="bytes per batch file (the API's limit; base64 images fill it first)"
+    )
+    batch_poll_s: float = Field(default=60.0, gt=0, description="seconds between looks at submitted batches")
+    batch_completion_window: str = Field(default="24h", description="how long a batch may take before it expires")
+    batch_price_input_per_1k: float | None = Field(default=None, ge=0, description="default: half the online price")
+    batch_price_output_per_1k: float | None = Field(default=None, ge=0, description="default: half the online price")
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = TeacherSettings.RUNTIME_FIELDS | {
+        "base_url", "api_key_env", "http_client", "requests_per_minute", "tokens_per_minute", "timeout_s",
+        "backoff_s", "max_backoff_s", "price_input_per_1k", "price_output_per_1k", "expected_output_tokens", "mode",
+        "batch_max_requests", "batch_max_bytes", "batch_poll_s", "batch_completion_window",
+        "batch_price_input_per_1k", "batch_price_output_per_1k",
+    }  # fmt: skip
+    sends_requests: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> OpenAITeacher:
+        if not (self.base_url and self.model):
+            raise ValueError(f"teacher {self.name!r} needs base_url and model (or another kind, e.g. kind: geoclip)")
+        return self
+
+    def where(self) -> str:
+        return f"{self.model} at {self.base_url}"
+
+    def check(self, offline: bool) -> None:
+        if not offline:
+            api_key(self)  # a missing key fails now, not after the images are prepared
+
+    def make(self, usage: Usage, offline: bool) -> OnlineTeacher | None:
+        return None if offline or self.mode == "batch" else OnlineTeacher(self, usage)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        """Price of these tokens in this teacher's mode, or None when the recipe gives no price. A batch teacher
+        pays its batch price, or half the online price when the recipe gives none (OpenAI's Batch API)."""
+        price_in, price_out = self.price_input_per_1k, self.price_output_per_1k
+        if self.mode == "batch":
+            if self.batch_price_input_per_1k is not None or self.batch_price_output_per_1k is not None:
+                price_in, price_out = self.batch_price_input_per_1k, self.batch_price_output_per_1k
+            else:
+                price_in = None if price_in is None else price_in / 2
+                price_out = None if price_out is None else price_out / 2
+        if price_in is None and price_out is None:
+            return None
+        return (input_tokens * (price_in or 0) + output_tokens * (price_out or 0)) / 1000
+
+    def answer(self, reply: CachedReply) -> TeacherAnswer:
+        """A reply, parsed into the record's :class:`TeacherAnswer` (raw text kept only when unparsed)."""
+        parsed = parse_reply(reply.text)
+        base = {
+            "teacher": self.name,
+            "model": reply.model,
+            "prompt_version": reply.prompt_version,
+            "input_tokens": reply.input_tokens,
+            "output_tokens": reply.output_tokens,
+            "origin": reply.origin,
+        }
+        if parsed.reply is None:
+            return TeacherAnswer(**base, parsed=False, raw=reply.text)
+        r = parsed.reply
+        return TeacherAnswer(
+            **base,
+            parsed=True,
+            localizable=parsed.localizable,
+            localizability=parsed.localizability,
+            reasoning=r.reasoning.strip(),
+            entities=[Entity(text=e.text.strip(), category=e.category) for e in r.entities if e.text.strip()],
+            country=r.country.strip(),
+            city=r.city.strip(),
+            lat=r.lat,
+            lon=r.lon,
+        )
 
 
 def import_http_stacks() -> None:
@@ -59,79 +172,13 @@ def import_http_stacks() -> None:
             importlib.import_module(name)
         except ImportError:
             continue
+    import openai
+
     getattr(openai, "DefaultAioHttpClient", None)  # the SDK's aiohttp adapter loads on first access
-
-
-@dataclass(frozen=True)
-class TeacherFailure:
-    """Why one teacher gave no answer about one image: what the build records as the image's rejection reason."""
-
-    teacher: str
-    reason: str
-    attempts: int = 1
-    kind: Literal["http", "timeout", "connection", "malformed", "offline", "batch", "local", "duplicate"] = "http"
-
-    def __str__(self) -> str:
-        tries = f" (after {self.attempts} attempt(s))" if self.attempts else ""
-        return f"teacher {self.teacher}: {self.reason}{tries}"
-
-
-class TeacherFailed(Exception):
-    """A request that could not be completed (after retries, or at once when retrying cannot help): quarantined."""
-
-    def __init__(self, failure: TeacherFailure) -> None:
-        super().__init__(str(failure))
-        self.failure = failure
-
-
-class TeacherOutage(BuildStopped):
-    """The endpoint, not an image, is failing: the stage stops (resumably) and nothing is quarantined for it."""
-
-    def __init__(self, spec: TeacherSpec, cause: str, fix: str = "") -> None:
-        where = spec.base_url or spec.kind
-        super().__init__(
-            f"teacher {spec.name!r} ({spec.model} at {where}): {cause}. The build stopped before sealing anything; "
-            f"{fix or 'fix the endpoint'}, then run the same command again to resume"
-        )
-        self.teacher = spec.name
 
 
 class MissingApiKey(ValueError):
     pass
-
-
-@dataclass
-class Usage:
-    """What one teacher cost in a run."""
-
-    requests: int = 0  # completed requests (paid for)
-    retries: int = 0
-    failed: int = 0  # quarantined
-    paused: int = 0  # times the breaker paused the teacher (most recent requests failing)
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
-def spec_key(spec: TeacherSpec, image_sha256: str) -> str:
-    """The cache key of this teacher's reply about one image."""
-    return cache_key(image_sha256, PROMPT_VERSION, spec.model, spec.request_params())
-
-
-def new_reply(
-    spec: TeacherSpec, image_sha256: str, text: str, input_tokens: int = 0, output_tokens: int = 0, origin="endpoint"
-) -> CachedReply:
-    """A reply of this teacher about one image, as the cache stores it."""
-    return CachedReply(
-        key=spec_key(spec, image_sha256),
-        model=spec.model,
-        prompt_version=PROMPT_VERSION,
-        image_sha256=image_sha256,
-        params=json.dumps(spec.request_params(), sort_keys=True, separators=(",", ":")),
-        text=text,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        origin=origin,
-    )
 
 
 def image_tokens(width: int, height: int, max_pixels: int) -> int:
@@ -164,7 +211,7 @@ def retry_after(response: Any) -> float | None:
             return None
 
 
-def api_key(spec: TeacherSpec) -> str:
+def api_key(spec: OpenAITeacher) -> str:
     """The teacher's key from the environment variable the recipe names ("EMPTY" when it names none)."""
     if not spec.api_key_env:
         return "EMPTY"  # vLLM and transformers serve accept any key
@@ -177,12 +224,14 @@ def api_key(spec: TeacherSpec) -> str:
     return key
 
 
-def http_client(spec: TeacherSpec) -> Any:
+def http_client(spec: OpenAITeacher) -> Any:
     """The connection pool under the teacher's client: the SDK's aiohttp one when asked for or, with ``auto``,
     when installed (``openai[aiohttp]``); else None, the SDK's default httpx pool.
 
     httpx's pool checks every idle connection before each request, a cost that grows with the concurrency cap;
     aiohttp's does not, which lets one event loop carry more requests a second."""
+    import openai
+
     if spec.http_client == "httpx":
         return None
     try:
@@ -196,7 +245,7 @@ def http_client(spec: TeacherSpec) -> Any:
         ) from None
 
 
-def request_body(spec: TeacherSpec, url: str) -> dict[str, Any]:
+def request_body(spec: OpenAITeacher, url: str) -> dict[str, Any]:
     """The chat-completion body asking about one image (its data URL): what an online request sends, and what a
     batch file's line holds."""
     req: dict[str, Any] = {"model": spec.model, "messages": messages(url), "temperature": spec.temperature}
@@ -224,6 +273,8 @@ def connection_cause(exc: BaseException, timeout_s: float) -> tuple[str, str]:
         if isinstance(e, ConnectionRefusedError):
             return "refused", "connection refused"
         e = e.__cause__ or e.__context__
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         return "timeout", f"timed out after {timeout_s:g} s"
     return "dropped", f"connection failed: {exc.__cause__ or exc}"
@@ -239,7 +290,7 @@ class Breaker:
 
     def __init__(
         self,
-        spec: TeacherSpec,
+        spec: OpenAITeacher,
         usage: Usage,
         window: int = 20,
         min_calls: int = 10,
@@ -297,11 +348,16 @@ class Breaker:
             self.next_probe = time.monotonic() + self.probe_wait
 
 
-class Teacher:
+class OnlineTeacher:
+    """An :class:`OpenAITeacher` asked online: its client, concurrency cap, rates, retries and breaker."""
+
     # Before any success, this many requests failing with one and the same 4xx are the endpoint's failure.
     SAME_4XX = 5
 
-    def __init__(self, spec: TeacherSpec, usage: Usage | None = None) -> None:
+    def __init__(self, spec: OpenAITeacher, usage: Usage | None = None) -> None:
+        import openai
+        from aiolimiter import AsyncLimiter
+
         self.spec = spec
         key = api_key(spec)
         self._secret = key if spec.api_key_env else ""
@@ -322,7 +378,7 @@ class Teacher:
     def _outage(self, cause: str, fix: str = "") -> TeacherOutage:
         return TeacherOutage(self.spec, self.scrub(cause), fix)
 
-    def _status_failure(self, exc: openai.APIStatusError) -> tuple[bool, str]:
+    def _status_failure(self, exc: Any) -> tuple[bool, str]:
         """(retryable, reason) of an HTTP error; raises :class:`TeacherOutage` for the endpoint's own."""
         s, code = self.spec, exc.status_code
         message = self.scrub(str(exc.message)[:300])
@@ -339,10 +395,15 @@ class Teacher:
                 raise self._outage(f"HTTP {code} for each of the first {len(self.early_4xx)} requests ({message})")
         return retryable, f"HTTP {code}: {message}"
 
-    async def ask(self, image_sha256: str, url: str, expected_tokens: int) -> CachedReply:
+    async def ask(self, job: Job) -> CachedReply:
         """One reply for one image; raises :class:`TeacherFailed` when it cannot be had (quarantine) and
         :class:`TeacherOutage` when the endpoint itself is failing."""
+        import openai
+        from openai.types.chat import ChatCompletion
+
         s = self.spec
+        url = await asyncio.to_thread(jpeg_data_url, job.jpeg, s.max_pixels)
+        expected_tokens = PROMPT_TOKENS + image_tokens(job.width, job.height, s.max_pixels) + s.max_tokens
         request = request_body(s, url)
         attempt = 0
         while True:
@@ -384,9 +445,8 @@ class Teacher:
                 self.breaker.record(True)
                 if probe:
                     self.breaker.probed(True)
-                reply = new_reply(
-                    s,
-                    image_sha256,
+                reply = s.reply(
+                    job.image_sha256,
                     text,
                     int(getattr(usage, "prompt_tokens", 0) or 0),
                     int(getattr(usage, "completion_tokens", 0) or 0),
@@ -412,55 +472,3 @@ class Teacher:
 
     async def close(self) -> None:
         await self.client.close()
-
-
-def to_answer(spec: TeacherSpec, reply: CachedReply) -> TeacherAnswer:
-    """A reply, parsed into the record's :class:`TeacherAnswer` (raw text kept only when unparsed)."""
-    if spec.kind == "geoclip":
-        return geoclip_answer(spec, reply)
-    parsed = parse_reply(reply.text)
-    base = {
-        "teacher": spec.name,
-        "model": reply.model,
-        "prompt_version": reply.prompt_version,
-        "input_tokens": reply.input_tokens,
-        "output_tokens": reply.output_tokens,
-        "origin": reply.origin,
-    }
-    if parsed.reply is None:
-        return TeacherAnswer(**base, parsed=False, raw=reply.text)
-    r = parsed.reply
-    return TeacherAnswer(
-        **base,
-        parsed=True,
-        localizable=parsed.localizable,
-        localizability=parsed.localizability,
-        reasoning=r.reasoning.strip(),
-        entities=[Entity(text=e.text.strip(), category=e.category) for e in r.entities if e.text.strip()],
-        country=r.country.strip(),
-        city=r.city.strip(),
-        lat=r.lat,
-        lon=r.lon,
-    )
-
-
-def geoclip_answer(spec: TeacherSpec, reply: CachedReply) -> TeacherAnswer:
-    """GeoCLIP's reply: its best point (with the country and city the gazetteer places there), its probability as
-    the confidence, and the ranked guesses."""
-    from mp16_reason.gazetteer import default_gazetteer  # loaded once, by the build already
-
-    guesses = [GeoGuess(**g) for g in json.loads(reply.text)["top_k"]]
-    best = guesses[0]
-    place = default_gazetteer().reverse(best.lat, best.lon)
-    return TeacherAnswer(
-        teacher=spec.name,
-        model=reply.model,
-        parsed=True,
-        country=place.country or "",
-        city=place.city or "",
-        lat=best.lat,
-        lon=best.lon,
-        confidence=best.probability,
-        top_k=guesses,
-        origin="local",
-    )

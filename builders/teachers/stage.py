@@ -24,22 +24,12 @@ from tqdm.auto import tqdm
 
 from builders.curation.curator import Curator
 from builders.plane.units import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
-from builders.recipe import Recipe, TeacherSpec
+from builders.recipe import Recipe
 from builders.stops import BuildStopped
+from builders.teachers.base import Job, Teacher, TeacherFailed, TeacherFailure, TeacherSettings, Usage
 from builders.teachers.cache import CachedReply, ReplyCache, default_path
-from builders.teachers.online import (
-    PROMPT_TOKENS,
-    Teacher,
-    TeacherFailed,
-    TeacherFailure,
-    Usage,
-    image_tokens,
-    import_http_stacks,
-    spec_key,
-    to_answer,
-)
+from builders.teachers.online import PROMPT_TOKENS, image_tokens, import_http_stacks
 from mp16_reason.hub import DEFAULT_CONFIG
-from mp16_reason.jpeg import jpeg_data_url
 from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
 from mp16_reason.storage import Location, location
 
@@ -92,7 +82,7 @@ class Distiller:
         self.recipe, self.work = recipe, location(work_dir)
         self.specs = recipe.teachers
         self.progress, self.log = progress, log
-        coordinates = frozenset(s.name for s in self.specs if s.kind == "geoclip")
+        coordinates = frozenset(s.name for s in self.specs if not s.reasons)
         self.curator = Curator(recipe.curation, len(self.specs) - len(coordinates), coordinates)
         self.usage = {s.name: Usage() for s in self.specs}  # requests sent in this run, per teacher
         self.hits: Counter = Counter()  # answers served from the cache in this run
@@ -103,17 +93,17 @@ class Distiller:
 
     # -- one job ---------------------------------------------------------------------------------------------
     async def _answer(
-        self, teacher: Teacher | None, spec: TeacherSpec, key: str, sha: str, jpeg: bytes, size: tuple[int, int]
+        self, teacher: Teacher | None, spec: TeacherSettings, key: str, job: Job
     ) -> TeacherAnswer | TeacherFailure:
         loop = asyncio.get_running_loop()
         if key in self.inflight:  # the same image twice in flight in this build (a duplicate): one request
             reply = await asyncio.shield(self.inflight[key])
-            return to_answer(spec, reply) if reply else TeacherFailure(spec.name, "duplicate request failed", 0)
+            return spec.answer(reply) if reply else TeacherFailure(spec.name, "duplicate request failed", 0)
         if teacher is None:  # offline, or a batch teacher whose batches are done
             reply = await loop.run_in_executor(self.db, self.cache.get, key)
             if reply is not None:
                 self.hits[spec.name] += 1
-                return to_answer(spec, reply)
+                return spec.answer(reply)
             if key in self.quarantined:
                 return self.quarantined[key]
             if self.recipe.distill.offline:
@@ -133,32 +123,19 @@ class Distiller:
             if not isinstance(claim, bool):
                 self.hits[spec.name] += 1
                 reply = claim
-                return to_answer(spec, claim)
+                return spec.answer(claim)
             try:
-                if spec.kind == "geoclip":
-                    received = await teacher.ask(sha, jpeg)
-                else:
-                    url = await asyncio.to_thread(jpeg_data_url, jpeg, spec.max_pixels)
-                    expected = PROMPT_TOKENS + image_tokens(*size, spec.max_pixels) + spec.max_tokens
-                    received = await teacher.ask(sha, url, expected)
-            except TeacherFailed as exc:
+                received = await teacher.ask(job)
+            except TeacherFailed as exc:  # this image's failure (any other exception stops the build)
                 await loop.run_in_executor(self.db, self.cache.release, key, self.owner)
                 return exc.failure
-            except Exception as exc:
-                from builders.teachers.geoclip import GeoclipUnavailable
-
-                if spec.kind != "geoclip" or isinstance(exc, GeoclipUnavailable):
-                    raise  # not an image's fault: the build stops and says what to fix
-                teacher.usage.failed += 1
-                await loop.run_in_executor(self.db, self.cache.release, key, self.owner)
-                return TeacherFailure(spec.name, f"GeoCLIP failed: {type(exc).__name__}: {str(exc)[:300]}", 1, "local")
             # Committed before the job counts as done; the ledger's reply is the one used (the first stored).
             reply = (await loop.run_in_executor(self.db, self.cache.put, received))[0]
         finally:
             # Only now, with the reply in the cache, may a duplicate stop waiting here and look there instead.
             future.set_result(reply)
             self.inflight.pop(key, None)
-        return to_answer(spec, reply)  # our own code: an error here stops the build, the reply stays cached
+        return spec.answer(reply)  # our own code: an error here stops the build, the reply stays cached
 
     # -- one unit --------------------------------------------------------------------------------------------
     def _finish(self, unit: _Unit) -> None:
@@ -239,7 +216,7 @@ class Distiller:
                 for pos in ok:
                     unit.samples[pos] = from_json_bytes(records[pos])
                 shas = {pos: unit.samples[pos].image.sha256 for pos in ok}
-                keys = {(pos, t): spec_key(s, shas[pos]) for pos in ok for t, s in enumerate(specs)}
+                keys = {(pos, t): s.key(shas[pos]) for pos in ok for t, s in enumerate(specs)}
                 # One query for the unit, not one a job.
                 cached = await loop.run_in_executor(self.db, self.cache.get_many, set(keys.values()))
                 for pos in ok:
@@ -247,10 +224,10 @@ class Distiller:
                     for t, spec in enumerate(specs):
                         if (reply := cached.get(keys[(pos, t)])) is not None:  # answered already: no job
                             self.hits[spec.name] += 1
-                            settle(unit, pos, t, to_answer(spec, reply))
+                            settle(unit, pos, t, spec.answer(reply))
                         else:
-                            job = (unit, pos, t, keys[(pos, t)], img.sha256, jpgs[pos].as_py(), (img.width, img.height))
-                            await queue.put(job)
+                            job = Job(img.sha256, jpgs[pos].as_py(), img.width, img.height)
+                            await queue.put((unit, pos, t, keys[(pos, t)], job))
             for _ in range(n_workers):
                 await queue.put(None)
 
@@ -265,9 +242,9 @@ class Distiller:
                 done(unit)
 
         async def work() -> None:
-            while (job := await queue.get()) is not None:
-                unit, pos, t, key, sha, jpeg, size = job
-                settle(unit, pos, t, await self._answer(teachers[t], specs[t], key, sha, jpeg, size))
+            while (item := await queue.get()) is not None:
+                unit, pos, t, key, job = item
+                settle(unit, pos, t, await self._answer(teachers[t], specs[t], key, job))
 
         async def renew_claims() -> None:  # while this build asks, its claims in the shared cache stay live
             while True:
@@ -303,20 +280,18 @@ class Distiller:
                 )
         return lines
 
-    def _teacher(self, spec: TeacherSpec, offline: bool) -> object | None:
+    def _teacher(self, spec: TeacherSettings, offline: bool) -> Teacher | None:
         """What answers this teacher's jobs: None where the cache alone does (offline, or batch mode)."""
-        if spec.kind == "geoclip":  # runs here, sends nothing: offline too
-            from builders.teachers.geoclip import GeoclipTeacher
-
-            return GeoclipTeacher(spec, self.usage[spec.name])
-        return None if offline or spec.mode == "batch" else Teacher(spec, self.usage[spec.name])
+        return spec.make(self.usage[spec.name], offline)
 
     def _batches(self, todo: list[int]) -> None:
         """Batch teachers first: their replies go into the cache, and the stage below reads them there."""
         from builders.teachers.batch import BatchRunner, run_batches
 
         self.runners = [
-            BatchRunner(s, self.work, self.cache, self.progress, self.log) for s in self.specs if s.mode == "batch"
+            BatchRunner(s, self.work, self.cache, self.progress, self.log)
+            for s in self.specs
+            if getattr(s, "mode", "online") == "batch"
         ]
         if self.runners:
             self.quarantined = run_batches(self.runners, todo, self.progress, self.log)
@@ -367,7 +342,7 @@ class Distiller:
         self.log(f"teacher replies: {per}")
 
 
-def teacher_totals(work_dir: Path, n_units: int, specs: list[TeacherSpec]) -> dict[str, TeacherTotals]:
+def teacher_totals(work_dir: Path, n_units: int, specs: list[TeacherSettings]) -> dict[str, TeacherTotals]:
     """Answers, parsed and authored answers, and tokens per teacher, over every curated record of the build."""
     totals = {s.name: TeacherTotals() for s in specs}
     for i in range(n_units):
@@ -416,13 +391,13 @@ def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
     try:
         out = []
         for spec in recipe.teachers:
-            if spec.kind == "geoclip":  # runs in the build's process: nothing to send, nothing to pay
+            if not spec.sends_requests:  # runs in the build's process: nothing to send, nothing to pay
                 continue
-            todo = [wh for sha, wh in sizes.items() if cache.get(spec_key(spec, sha)) is None]
+            todo = [wh for sha, wh in sizes.items() if cache.get(spec.key(sha)) is None]
             tokens_in = sum(PROMPT_TOKENS + image_tokens(w, h, spec.max_pixels) for w, h in todo)
             tokens_out = len(todo) * spec.expected_output_tokens
             cost = spec.cost(tokens_in, tokens_out)
-            batch = spec.mode == "batch"
+            batch = getattr(spec, "mode", "online") == "batch"
             out.append(Estimate(spec.name, len(sizes), len(sizes) - len(todo), tokens_in, tokens_out, cost, batch))
         return out
     finally:
