@@ -62,7 +62,7 @@ def main() -> None:
     import urllib3
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from builders.sources.base import UrlSource
+    from builders.sources import UrlSource
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -169,7 +169,7 @@ sys.path.insert(0, {root!r})
 import pyarrow.parquet as pq
 from pathlib import Path
 from builders.recipe import Recipe
-from builders.sources.base import Fetcher, UrlSource, image_sources
+from builders.sources import Fetcher, UrlSource, image_sources
 work = Path({work!r})
 recipe = Recipe.model_validate(json.loads((work / "bench-recipe.json").read_text()))
 meta = pq.ParquetFile(work / "ingest.parquet").metadata
@@ -208,7 +208,7 @@ def bench_units(rows: int) -> None:
 
     from builders.plane.pipeline import Build
     from builders.recipe import load_recipe
-    from builders.sources.base import image_sources, index_path
+    from builders.sources import image_sources, index_path
 
     csv_path = make_csv(rows)
     ids = pq.read_table(csv_path.with_suffix(".ids.parquet")) if csv_path.with_suffix(".ids.parquet").exists() \

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import best_of
 
-from builders.sources.base import ArchiveReader, zip_index
+from builders.sources import ArchiveReader, zip_index
 
 
 def make_zip(path: Path, n: int, kb: int, method: int) -> list[str]:

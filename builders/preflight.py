@@ -48,7 +48,7 @@ def check(recipe: Recipe) -> None:
                 "to the file that has them (MP16-Pro's MP16_Pro_filtered.csv for the official release), or --no-join "
                 "(input.join: []) when the metadata has its own coordinates"
             )
-    from builders.sources.base import image_sources
+    from builders.sources import image_sources
 
     image_sources(inp.images)  # each source exists, or a SourceError naming --images / input.images
     _columns(recipe)

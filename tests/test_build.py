@@ -487,7 +487,7 @@ def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
 
 
 def test_tar_source_random_access_and_bad_member(tmp_path):
-    from builders.sources.base import ArchiveReader, FetchError, tar_index
+    from builders.sources import ArchiveReader, FetchError, tar_index
 
     tar_path = tmp_path / "images.tar"
     with tarfile.open(tar_path, "w") as tar:
@@ -533,7 +533,7 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
     import http.server
     import threading
 
-    from builders.sources.base import FetchError, UrlSource
+    from builders.sources import FetchError, UrlSource
 
     hits = {"flaky": 0}
     client_ports: set[int] = set()

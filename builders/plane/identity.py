@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from builders.sources.base import image_sources, load_index
+from builders.sources import image_sources
 from mp16_reason.storage import location
 
 _CHUNK = 8 << 20
@@ -63,13 +63,7 @@ def input_identities(spec, work_dir: Path) -> dict:
     (locations are left out of the recipe hash; see :func:`content_only`)."""
     images = []
     for source in image_sources(spec.images):
-        entry = {"kind": source.kind, "location": source.location}
-        if source.indexed:
-            index = load_index(source, work_dir)
-            entry |= {"members": index.num_rows, "index_sha256": index_identity(index)}
-        else:
-            entry |= folder_identity(source.location)
-        images.append(entry)
+        images.append({"kind": source.kind, "location": source.location, **source.identity(work_dir)})
     return {
         "metadata": {"location": spec.metadata, **file_identity(spec.metadata)},
         "join": [{"location": p, **file_identity(p)} for p in spec.join],

@@ -425,7 +425,7 @@ def ingest(spec: InputSpec, limit: int | None = None, work_dir: Path | None = No
 
 def _locate_images(rows: pa.Table, spec: InputSpec, work_dir: Path | None) -> tuple[pa.Table, pa.Table]:
     """Join the image sources' indexes onto the rows; rows that no source can serve are rejected here."""
-    from builders.sources.base import image_sources, join_sources, missing_reason
+    from builders.sources import image_sources, join_sources, missing_reason
 
     if work_dir is None:
         raise ValueError("ingest needs a work folder for the image sources' indexes")
@@ -436,7 +436,7 @@ def _locate_images(rows: pa.Table, spec: InputSpec, work_dir: Path | None) -> tu
     located = join_sources(refs, ids, sources, work_dir)
     for name, column in located.items():
         rows = rows.append_column(name, column)
-    if any(s.kind == "folder" for s in sources) or not located:  # a folder is probed when the unit reads it
+    if not all(s.indexed for s in sources) or not located:  # a folder is probed when the unit reads it
         return rows, rejections([], [], "fetch", [])
     listed = pa.array(np.zeros(rows.num_rows, dtype=bool))
     for column in located.values():

@@ -24,10 +24,11 @@ import pyarrow.parquet as pq
 from builders.plane.images import ImageRejected, PreparedImage, keep_image_memory, prepare
 from builders.plane.split import assign_split
 from builders.recipe import Recipe
-from builders.sources.base import Fetcher, FetchError, ImageSource, UrlSource, image_sources
+from builders.sources import Fetcher, FetchError, Source, UrlSource, image_sources
 from mp16_reason.gazetteer import default_gazetteer
-from mp16_reason.schema import BuildInfo, Entity, ImageInfo, Sample, Source, SourceLabels, TeacherAnswer, to_json_bytes
+from mp16_reason.schema import BuildInfo, Entity, ImageInfo, Sample, SourceLabels, TeacherAnswer, to_json_bytes
 from mp16_reason.schema import ImageSource as SchemaImageSource
+from mp16_reason.schema import Source as RecordSource
 from mp16_reason.storage import Location, location
 
 T = TypeVar("T")
@@ -235,7 +236,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
 
     spec = recipe.image
 
-    def fetch(row: dict) -> tuple[bytes, ImageSource | None] | tuple[str, str]:
+    def fetch(row: dict) -> tuple[bytes, Source | None] | tuple[str, str]:
         """The image's bytes and the source that served them, or ``("fetch", reason)``. Runs on a thread."""
         ref = (row["image"] or row["id"]) if sources else (row["image"] or row["url"] or row["id"])
         try:
@@ -243,7 +244,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         except FetchError as exc:
             return "fetch", str(exc)
 
-    def prepare_fetched(got: tuple) -> tuple[PreparedImage, ImageSource | None] | tuple[str, str]:
+    def prepare_fetched(got: tuple) -> tuple[PreparedImage, Source | None] | tuple[str, str]:
         """The prepared image and its source, or ``(stage, reason)``. Runs on a thread: Pillow releases the
         GIL while it decodes and encodes."""
         if isinstance(got[0], str):
@@ -260,7 +261,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
 
     # Downloads wait on the network and get fetch.threads; decoding is CPU work and gets two threads: more
     # would only trade the GIL back and forth (16 decoding threads cost ~12 % more CPU an image).
-    threads = net.threads if not sources or any(s.kind == "urls" for s in sources) else 4
+    threads = net.threads if not sources or any(s.network for s in sources) else 4
     release = recipe.input.format == "globe-release"
     curator = release_curator(recipe) if release and recipe.input.curate else None
     gaz = default_gazetteer()  # once per worker process, not per unit
@@ -316,7 +317,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
                 continent=place["continent"],
                 geonames_id=int(place["geonames_id"]) if has_city else None,
                 city_distance_km=round(float(place["city_distance_km"]), 3) if has_city else None,
-                source=Source(
+                source=RecordSource(
                     dataset=recipe.input.dataset,
                     url=row.get(served_by.column("url")) or row["url"] if served_by else row["url"] or row["image"],
                     author=row["author"],

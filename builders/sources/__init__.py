@@ -1,0 +1,63 @@
+"""Image sources by kind, chosen in one place: :func:`source_for` gives a location its :class:`Source`.
+
+Shipped kinds, tried in this order: ``tar`` (``.tar``), ``zip`` (``.zip``), ``urls`` (a ``.csv``/``.parquet``
+list of id and URL) and ``folder`` (anything else). Kinds another package registers (entry point group
+``mp16_reason.sources``, or :func:`register`) are tried first, so that a scheme of theirs is theirs.
+"""
+
+from __future__ import annotations
+
+from builders.sources.archive import ArchiveReader, TarSource, ZipSource, tar_index, zip_index
+from builders.sources.base import INDEX_SCHEMA, FetchError, Source, SourceError
+from builders.sources.fetcher import Fetcher
+from builders.sources.folder import FolderSource
+from builders.sources.http import UrlSource
+from builders.sources.index import index_path, join_sources, load_index, missing_reason
+from builders.sources.urls import UrlListSource, url_index
+
+ENTRY_POINTS = "mp16_reason.sources"
+_BUILT_IN: list[type[Source]] = [TarSource, ZipSource, UrlListSource, FolderSource]
+_ADDED: list[type[Source]] = []
+_loaded = False
+
+
+def register(kind: type[Source]) -> type[Source]:
+    """Make a kind of source known (usable as a class decorator); it is tried before the shipped kinds."""
+    if not kind.kind:
+        raise ValueError(f"{kind.__name__}: give it a kind, e.g. kind = 'gdrive'")
+    _ADDED.append(kind)
+    return kind
+
+
+def kinds() -> list[type[Source]]:
+    """Every kind, in the order locations are matched: registered ones, then the shipped ones."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=ENTRY_POINTS):
+            register(point.load())
+    return [*_ADDED, *_BUILT_IN]
+
+
+def source_for(location: str, position: int = 0) -> Source:
+    """The source a location names: the first kind that claims it (by suffix or scheme)."""
+    return next(k for k in kinds() if k.matches(location))(position, location)
+
+
+def image_sources(locations: list[str]) -> list[Source]:
+    """``input.images`` as sources; a source that is not there is an error naming the flag to fix."""
+    sources = [source_for(loc, i) for i, loc in enumerate(locations)]
+    for s in sources:
+        if not s.exists():
+            what = "folder" if not s.indexed else f"{s.kind} file"
+            raise SourceError(f"image source {s.location} ({what}) does not exist; fix input.images or --images")
+    return sources
+
+
+__all__ = [
+    "INDEX_SCHEMA", "ArchiveReader", "FetchError", "Fetcher", "FolderSource", "Source", "SourceError", "TarSource",
+    "UrlListSource", "UrlSource", "ZipSource", "image_sources", "index_path", "join_sources", "kinds",
+    "load_index", "missing_reason", "register", "source_for", "tar_index", "url_index", "zip_index",
+]  # fmt: skip
