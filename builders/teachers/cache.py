@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mp16_reason.gazetteer import cache_dir
 
 
 def default_path() -> Path:
+    from mp16_reason.gazetteer import cache_dir
+
     return cache_dir() / "teacher-replies.sqlite"
 
 
