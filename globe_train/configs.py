@@ -125,7 +125,7 @@ class GRPOScriptArguments(DataArguments):
         super().__post_init__()
         from .rewards import REWARDS
 
-        known = [*REWARDS, "localizability"]
+        known = list(REWARDS)
         unknown = [r for r in self.reward_funcs if r not in known]
         if unknown:
             raise ValueError(f"unknown reward(s) {unknown}; known: {known}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from mp16_reason.answer import answer_location, completion_text, official_reward_extract, parse_answer
@@ -108,14 +109,6 @@ def coordinate_reward(
     return out
 
 
-REWARDS = {
-    "format": format_reward,
-    "geo_accuracy": geo_accuracy,
-    "visual_grounding": visual_grounding,
-    "coordinate": coordinate_reward,
-}
-
-
 class NamedReward:
     """A reward with settings bound, logged by TRL as ``rewards/<name>/mean`` (TRL unwraps a ``partial`` to the
     function's own name, e.g. ``format_reward``); picklable, unlike a closure."""
@@ -127,23 +120,41 @@ class NamedReward:
         return self.func(completions, **{**kwargs, **self.settings})
 
 
+# The rewards a recipe's ``reward_funcs`` may name: name -> a factory that binds the recipe's settings
+# (``args``: ``GRPOScriptArguments``; ``group``: the number of generations per prompt). Add one with
+# :func:`register`, as open-r1's ``get_reward_funcs`` registry does.
+RewardFactory = Callable[[Any, int], Callable[..., list]]
+
+
+def _localizability(args, group: int):
+    from .localizability import reward_from_args  # a reward model: loaded only when named
+
+    return reward_from_args(args, group)
+
+
+REWARDS: dict[str, RewardFactory] = {
+    "geo_accuracy": lambda args, group: NamedReward(
+        geo_accuracy,
+        "geo_accuracy",
+        rule=args.geo_rule,
+        city_weight=args.geo_city_reward,
+        country_weight=args.geo_country_reward,
+    ),  # fmt: skip
+    "localizability": _localizability,
+    "visual_grounding": lambda args, group: NamedReward(visual_grounding, "visual_grounding", rule=args.visual_rule),
+    "format": lambda args, group: NamedReward(format_reward, "format", rule=args.format_rule),
+    "coordinate": lambda args, group: NamedReward(coordinate_reward, "coordinate", scale_km=args.coordinate_scale_km),
+}
+
+
+def register(name: str, reward: Callable[..., list] | None = None, factory: RewardFactory | None = None) -> None:
+    """Make a reward nameable in recipes: a plain reward function (TRL's signature), or a ``factory(args, group)``
+    that binds recipe settings."""
+    if (reward is None) == (factory is None):
+        raise ValueError("give the reward function or its factory")
+    REWARDS[name] = factory or (lambda args, group: NamedReward(reward, name))
+
+
 def get_reward_funcs(args, num_generations: int = 1) -> list:
     """The reward functions a GRPO recipe names (``args``: ``GRPOScriptArguments``), settings bound, in order."""
-    funcs = []
-    for name in args.reward_funcs:
-        if name == "localizability":
-            from .localizability import reward_from_args
-
-            funcs.append(reward_from_args(args, num_generations))
-        elif name == "geo_accuracy":
-            rule, city, country = args.geo_rule, args.geo_city_reward, args.geo_country_reward
-            funcs.append(NamedReward(geo_accuracy, name, rule=rule, city_weight=city, country_weight=country))
-        elif name == "coordinate":
-            funcs.append(NamedReward(coordinate_reward, name, scale_km=args.coordinate_scale_km))
-        elif name == "format":
-            funcs.append(NamedReward(format_reward, name, rule=args.format_rule))
-        elif name == "visual_grounding":
-            funcs.append(NamedReward(visual_grounding, name, rule=args.visual_rule))
-        else:
-            funcs.append(NamedReward(REWARDS[name], name))
-    return funcs
+    return [REWARDS[name](args, num_generations) for name in args.reward_funcs]

@@ -18,5 +18,5 @@ def record_ids(completions: list, id: list[str], **kwargs) -> list[float]:
 
 
 if __name__ == "__main__":
-    rewards.REWARDS["record_ids"] = record_ids
+    rewards.register("record_ids", record_ids)
     main(*parse(ARGS))
