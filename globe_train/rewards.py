@@ -132,14 +132,13 @@ def _localizability(args, group: int):
     return reward_from_args(args, group)
 
 
+def _geo_accuracy(args, group: int) -> NamedReward:
+    weights = {"city_weight": args.geo_city_reward, "country_weight": args.geo_country_reward}
+    return NamedReward(geo_accuracy, "geo_accuracy", rule=args.geo_rule, **weights)
+
+
 REWARDS: dict[str, RewardFactory] = {
-    "geo_accuracy": lambda args, group: NamedReward(
-        geo_accuracy,
-        "geo_accuracy",
-        rule=args.geo_rule,
-        city_weight=args.geo_city_reward,
-        country_weight=args.geo_country_reward,
-    ),  # fmt: skip
+    "geo_accuracy": _geo_accuracy,
     "localizability": _localizability,
     "visual_grounding": lambda args, group: NamedReward(visual_grounding, "visual_grounding", rule=args.visual_rule),
     "format": lambda args, group: NamedReward(format_reward, "format", rule=args.format_rule),

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def default_path() -> Path:
     from mp16_reason.gazetteer import cache_dir
 
