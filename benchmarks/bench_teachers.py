@@ -32,7 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builders.plane.units import UNIT_SCHEMA, unit_path, write_unit  # noqa: E402
+from builders.plane.workfolder import UNIT_SCHEMA, unit_path, write_unit  # noqa: E402
 from builders.recipe import load_recipe  # noqa: E402
 from builders.teachers.cache import ReplyCache  # noqa: E402
 from builders.teachers.prompt import messages  # noqa: E402

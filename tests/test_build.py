@@ -474,7 +474,7 @@ def test_fork_server_preload_loads_the_gazetteer():
 def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
     import pyarrow as pa
 
-    from builders.plane.units import write_atomic
+    from builders.plane.workfolder import write_atomic
     from mp16_reason.atomic import atomic_path
 
     target = tmp_path / "t.parquet"
@@ -708,7 +708,7 @@ def test_a_truncated_jpeg_that_fits_is_rejected():
 def test_unit_files_are_written_a_batch_at_a_time(tmp_path):
     import pyarrow as pa
 
-    from builders.plane.units import UnitWriter, read_unit
+    from builders.plane.workfolder import UnitWriter, read_unit
 
     path = tmp_path / "unit-000000.arrow"
     rows = [(i, f"id{i}", "ok", "", "", "train", "sha", b"jpg" * i, b"{}", 1024) for i in range(10)]

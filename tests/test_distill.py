@@ -23,7 +23,7 @@ from teacher_server import TeacherServer
 
 from builders.cli import main
 from builders.plane.pipeline import build
-from builders.plane.units import curated_path, read_unit
+from builders.plane.workfolder import curated_path, read_unit
 from builders.publish.validate import validate_build
 from mp16_reason.schema import from_json_bytes
 

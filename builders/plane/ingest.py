@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from builders.plane.units import LABEL_COLUMNS, REJECTION_WORK_SCHEMA
+from builders.plane.units import LABEL_COLUMNS
+from builders.plane.workfolder import REJECTION_WORK_SCHEMA
 from builders.recipe import InputSpec
 from mp16_reason.coords import coerce_coordinates
 from mp16_reason.storage import Location, location

@@ -28,11 +28,13 @@ from builders.plane.ingest import ingest
 from builders.plane.lock import BuildLock
 from builders.plane.shards import FOLD_REJECTED, ShardProcess, ShardProcessError, sample_key
 from builders.plane.split import shuffle_order
-from builders.plane.units import (
+from builders.plane.units import UnitTask, process_unit
+from builders.plane.workfolder import (
+    INGEST,
+    INGEST_REJECTED,
+    RECIPE,
     REJECTION_SCHEMA,
     REJECTION_WORK_SCHEMA,
-    UnitTask,
-    process_unit,
     unit_path,
     write_atomic,
 )
@@ -134,7 +136,7 @@ class Build:
         """False when the build is already complete. Raises if ``out`` holds another recipe's build; with
         ``overwrite``, deletes whatever build is there (the same recipe's too: it is built again)."""
         manifest = self.out / MANIFEST
-        recipe_file = self.work / "recipe.json"
+        recipe_file = self.work / RECIPE
         found = None
         if manifest.exists():
             found = json.loads(manifest.read_text())["recipe_sha256"]
@@ -160,13 +162,13 @@ class Build:
 
     # -- stages ----------------------------------------------------------------------------------------
     def _ingest(self) -> int:
-        done = self.work / "ingest.parquet"
+        done = self.work / INGEST
         if done.exists():
             with done.open() as fh:
                 return pq.read_metadata(fh).num_rows
         rows, rejected, n_input = ingest(self.recipe.input, self.recipe.limit, self.work)
         order = shuffle_order(_Strings(rows.column("id")), rows.column("row"), self.recipe.shards.seed)
-        write_atomic(rejected, self.work / "ingest-rejected.parquet")
+        write_atomic(rejected, self.work / INGEST_REJECTED)
         # One row group per unit, so a unit reads its own rows and nothing else; written a slice at a time, so
         # the shuffled table is never held twice.
         size = self.recipe.unit_size
@@ -238,10 +240,10 @@ class Build:
             Distiller(self.recipe, self.work, self.progress, self.log).run(self._n_units(n_rows))
 
     def _finish(self, n_rows: int, entries: list[dict]) -> Summary:
-        with (self.work / "ingest.parquet").open() as fh:
+        with (self.work / INGEST).open() as fh:
             n_input = int(pq.read_schema(fh).metadata[b"n_input"])
         parts = []
-        for name in ("ingest-rejected.parquet", FOLD_REJECTED):
+        for name in (INGEST_REJECTED, FOLD_REJECTED):
             with (self.work / name).open() as fh:
                 parts.append(pq.read_table(fh, read_dictionary=["stage", "reason"]).cast(REJECTION_WORK_SCHEMA))
         rejected = pa.concat_tables(parts).unify_dictionaries().combine_chunks()
@@ -368,7 +370,7 @@ def export_requests(recipe: Recipe, out: str, overwrite: bool = False, progress:
     """Prepare the images, then write the Batch API request line of every teacher reply the cache lacks."""
     if not recipe.teachers:
         return ["this recipe has no teachers: there are no requests to export"]
-    from builders.plane.units import curated_path
+    from builders.plane.workfolder import curated_path
     from builders.teachers.batch import export_requests as write_requests
     from builders.teachers.stage import open_cache
 

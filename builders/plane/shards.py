@@ -24,7 +24,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from builders.plane.units import REJECTION_WORK_SCHEMA, curated_path, read_unit, unit_path, write_atomic
+from builders.plane.workfolder import (
+    FOLD_REJECTED,
+    REJECTION_WORK_SCHEMA,
+    curated_path,
+    read_unit,
+    unit_path,
+    write_atomic,
+)
 from mp16_reason.atomic import HashingFile, remove_stale
 from mp16_reason.hub import DEFAULT_CONFIG
 from mp16_reason.storage import Location, location
@@ -96,9 +103,6 @@ class _Shard:
         self.file.close()  # flush, fsync, rename into place (or complete the upload)
         self.entry.update(bytes=self.hashed.size, sha256=self.hashed.sha256.hexdigest())
         return self.entry
-
-
-FOLD_REJECTED = "fold-rejected.parquet"  # in the work folder: the units' rejections and the duplicates
 
 
 def plan_counts(sizes: np.ndarray, max_bytes: int, multiple_of: int) -> list[int]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from builders.plane.units import read_unit, unit_path
+from builders.plane.workfolder import read_unit, unit_path
 from builders.teachers.base import TeacherFailure, Usage
 from builders.teachers.cache import CachedReply, ReplyCache
 from builders.teachers.online import OpenAITeacher, api_key, request_body

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from builders.curation.curator import Curator
-from builders.plane.units import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
+from builders.plane.workfolder import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
 from builders.recipe import Recipe
 from builders.stops import BuildStopped
 from builders.teachers.base import Job, Teacher, TeacherFailed, TeacherFailure, TeacherSettings, Usage
