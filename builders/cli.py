@@ -253,12 +253,12 @@ def publish(
       mp16-reason publish out/ --repo me/mp16-reason --dry-run
       mp16-reason publish out/ --repo globe/mp16-reason --tag v1.0
     """
-    from builders.publish.stats import read_manifest
     from builders.publish.upload import publish as run_publish
     from builders.publish.validate import ValidationFailed
+    from mp16_reason.manifest import read_manifest
 
     try:
-        version = read_manifest(directory)["version"]
+        version = read_manifest(directory).version
         plan = run_publish(
             directory,
             repo,

@@ -73,7 +73,7 @@ def stream_length(args: DataArguments) -> int:
     """Records one epoch of ``mp16_reason.stream()`` yields for these arguments (the manifest's count)."""
     local = local_build(args.dataset_name)
     where = {"path": local} if local else {"repo_id": args.dataset_name, "revision": args.dataset_revision}
-    total = sum(s["samples"] for s in shard_entries(args.dataset_split, args.dataset_config, **where))
+    total = sum(s.samples for s in shard_entries(args.dataset_split, args.dataset_config, **where))
     return min(total, args.max_samples) if args.max_samples else total
 
 

@@ -153,8 +153,10 @@ def dataset_info(script_args: Any) -> dict:
         "revision": script_args.dataset_revision,
     }
     if local := local_build(script_args.dataset_name):
-        manifest = json.loads((local / "manifest.json").read_text())
-        info |= {"local": True, "version": manifest.get("version"), "recipe_sha256": manifest.get("recipe_sha256")}
+        from mp16_reason.manifest import read_manifest
+
+        manifest = read_manifest(local)
+        info |= {"local": True, "version": manifest.version, "recipe_sha256": manifest.recipe_sha256}
     return info
 
 

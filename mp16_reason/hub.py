@@ -7,20 +7,14 @@ everything, so ``load()`` is only that call with the repository filled in.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .manifest import Manifest, Shard, hub_manifest, read_manifest
 from .storage import location
 
 REPO_ID = "globe/mp16-reason"  # the dataset on the Hub
-DEFAULT_CONFIG = "default"
-
-
-def config_of(shard: dict) -> str:
-    """The config a manifest shard entry belongs to (entries without one are the default config's)."""
-    return shard.get("config", DEFAULT_CONFIG)
 
 
 def load(
@@ -41,7 +35,7 @@ def load(
         # folder scan would mix them); datasets opens remote shards through fsspec.
         from .schema import features
 
-        splits = sorted({s["split"] for s in _manifest(repo_id, revision, path)["shards"] if config_of(s) == config})
+        splits = sorted({s.split for s in _manifest(repo_id, revision, path).shards if s.config == config})
         if not splits:
             raise ValueError(f"{path}: the build has no config {config!r}")
         files = {name: shard_paths(name, config, path=path) for name in splits}
@@ -52,13 +46,8 @@ def load(
     return datasets.load_dataset(source, config, split=split, streaming=streaming, revision=revision, **kwargs)
 
 
-def _manifest(repo_id: str, revision: str | None, path: str | Path | None) -> dict:
-    if path is not None:
-        return json.loads((location(path) / "manifest.json").read_text())
-    from huggingface_hub import hf_hub_download
-
-    local = hf_hub_download(repo_id, "manifest.json", repo_type="dataset", revision=revision)
-    return json.loads(Path(local).read_text())
+def _manifest(repo_id: str, revision: str | None, path: str | Path | None) -> Manifest:
+    return read_manifest(path) if path is not None else hub_manifest(repo_id, revision)
 
 
 def shard_entries(
@@ -67,12 +56,12 @@ def shard_entries(
     revision: str | None = None,
     repo_id: str = REPO_ID,
     path: str | Path | None = None,
-) -> list[dict]:
+) -> list[Shard]:
     """The manifest's entries (``path``, ``samples``, ``bytes``, ``sha256``) for the shards of one split."""
     manifest = _manifest(repo_id, revision, path)
-    shards = [s for s in manifest["shards"] if s["split"] == split and config_of(s) == config]
+    shards = manifest.shards_of(split, config)
     if not shards:
-        have = sorted({(config_of(s), s["split"]) for s in manifest["shards"]})
+        have = sorted({(s.config, s.split) for s in manifest.shards})
         raise ValueError(f"no shards for config {config!r}, split {split!r}; the dataset has {have}")
     return shards
 
@@ -85,7 +74,7 @@ def shard_paths(
     path: str | Path | None = None,
 ) -> list[str]:
     """The shards of one split, from the manifest: local file paths, or paths inside the Hub repository."""
-    shards = [s["path"] for s in shard_entries(split, config, revision, repo_id, path)]
+    shards = [s.path for s in shard_entries(split, config, revision, repo_id, path)]
     return [str(location(path) / s) for s in shards] if path is not None else shards
 
 
@@ -156,10 +145,10 @@ def stream(
         split_by_node = False
     entries = shard_entries(split, config, revision, repo_id, path)
     if path is not None:
-        shards = [(str(location(path) / s["path"]), s["samples"]) for s in entries]
+        shards = [(str(location(path) / s.path), s.samples) for s in entries]
         open_shard: Callable[[str], Any] = open_location
     else:
-        shards = [(s["path"], s["samples"]) for s in entries]
+        shards = [(s.path, s.samples) for s in entries]
         open_shard = HubOpener(repo_id, revision)
     # Every stage is picklable, so DataLoader workers may be spawned as well as forked.
     source = EpochShards(shards, seed, shard_shuffle, resampled, split_by_node)

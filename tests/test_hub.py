@@ -28,6 +28,7 @@ from builders.publish.validate import ValidationFailed, validate_build
 from builders.sample.scenes import write_sample
 from mp16_reason import schema
 from mp16_reason.hub import shard_paths, stream
+from mp16_reason.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hf_testSECRETtoken0123456789"
@@ -206,8 +207,7 @@ def test_publish_dry_run_stages_exactly_the_repository_tree(built, tmp_path):
     assert result.exit_code == 0, result.output
     stage = tmp_path / "stage"
     staged = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
-    manifest = json.loads((built / "manifest.json").read_text())
-    assert staged == repo_paths(built, manifest)
+    assert staged == repo_paths(built, read_manifest(built))
     assert {"README.md", "manifest.json", "rejections.parquet", MAP_PATH} <= set(staged)
     assert not any(p.startswith((".work", "sample-input")) for p in staged)
     assert "dry run: nothing was uploaded" in result.output and "tag v0.1.0" in result.output

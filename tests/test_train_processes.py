@@ -65,7 +65,7 @@ def test_map_style_local_build_each_prompt_once(sample_build, tmp_path):
 @pytest.mark.parametrize("source", [("--dataset_loader", "webdataset"), ("--dataset_streaming", "true")])
 def test_streams_each_prompt_once_per_epoch(sample_build, tmp_path, source):
     # No max_steps: it follows from num_train_epochs and the manifest's sample count.
-    n = sum(s["samples"] for s in shard_entries("train", path=sample_build))
+    n = sum(s.samples for s in shard_entries("train", path=sample_build))
     used = uses(launch(tmp_path, str(sample_build), *source, "--max_samples", "0",
                        "--max_steps", "-1", "--num_train_epochs", "2"))  # fmt: skip
     # Two epochs; a generation batch holds 2 prompts here (4 per process × 2 processes / 4 generations), and
@@ -82,7 +82,7 @@ def test_plain_trl_takes_our_stream_and_rewards_each_prompt_once(sample_build, t
     reaches the rewards once."""
     out = tmp_path / "ids"
     out.mkdir()
-    n = sum(s["samples"] for s in shard_entries("train", path=sample_build))
+    n = sum(s.samples for s in shard_entries("train", path=sample_build))
     steps = n // 2  # a step's generation batch: 4 completions x 2 processes / 4 generations = 2 prompts
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

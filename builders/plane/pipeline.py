@@ -41,9 +41,10 @@ from builders.plane.workfolder import (
 from builders.recipe import Recipe
 from builders.stops import BuildStopped
 from builders.teachers.prompt import PROMPT_VERSION
+from mp16_reason.manifest import NAME, Manifest, read_manifest
 from mp16_reason.storage import Location
 
-MANIFEST = "manifest.json"
+MANIFEST = NAME
 REJECTIONS = "rejections.parquet"
 
 
@@ -139,7 +140,7 @@ class Build:
         recipe_file = self.work / RECIPE
         found = None
         if manifest.exists():
-            found = json.loads(manifest.read_text())["recipe_sha256"]
+            found = read_manifest(self.out).recipe_sha256
         elif recipe_file.exists():
             found = json.loads(recipe_file.read_text())["recipe_sha256"]
         if overwrite and (found is not None or (self.out / "data").exists()):
@@ -265,7 +266,7 @@ class Build:
             for start in range(0, len(order), 500_000):  # sorted by row, a slice at a time, as plain strings
                 writer.write_table(rejected.take(pa.array(order[start : start + 500_000])).cast(REJECTION_SCHEMA))
         summary = Summary(n_input, written, n_rejected, dict(splits), dict(by_stage), len(entries), str(self.out))
-        manifest = {
+        data = {
             "name": "MP16-Reason",
             "version": self.recipe.version,
             "recipe_sha256": self.sha,
@@ -287,16 +288,17 @@ class Build:
         if self.recipe.teachers:
             from builders.teachers.stage import teacher_totals
 
-            manifest["prompt_version"] = PROMPT_VERSION
+            data["prompt_version"] = PROMPT_VERSION
             usage = teacher_totals(self.work, self._n_units(n_rows), self.recipe.teachers)
-            manifest["teachers"] = [
+            data["teachers"] = [
                 {"name": t.name, "model": t.model, **t.request_params(), **asdict(usage[t.name])}
                 for t in self.recipe.teachers
             ]
         from builders.publish.card import write_front_matter
 
+        manifest = Manifest.model_validate(data)
         write_front_matter(self.out, manifest)  # the configs, before the manifest says the build is complete
-        _write_json_atomic(manifest, self.out / MANIFEST)  # last: its presence means the build is complete
+        (self.out / MANIFEST).write_text(manifest.dumps())  # last: its presence means the build is complete
         return summary
 
     # -- entry -----------------------------------------------------------------------------------------
@@ -317,16 +319,15 @@ class Build:
 
     def _run(self, overwrite: bool) -> Summary:
         if not self._check_out_dir(overwrite):
-            m = json.loads((self.out / MANIFEST).read_text())
-            t = m["totals"]
+            t = read_manifest(self.out).totals
             self.log(f"{self.out} is already complete for this recipe; nothing to do.")
             return Summary(
-                t["input_rows"],
-                t["written"],
-                t["rejected"],
-                t["splits"],
-                t["rejected_by_stage"],
-                t["shards"],
+                t.input_rows,
+                t.written,
+                t.rejected,
+                t.splits,
+                t.rejected_by_stage,
+                t.shards,
                 str(self.out),
                 did_work=False,
             )

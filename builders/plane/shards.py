@@ -33,7 +33,7 @@ from builders.plane.workfolder import (
     write_atomic,
 )
 from mp16_reason.atomic import HashingFile, remove_stale
-from mp16_reason.hub import DEFAULT_CONFIG
+from mp16_reason.manifest import DEFAULT_CONFIG
 from mp16_reason.storage import Location, location
 
 TAR_MTIME = 0  # fixed member times keep shards byte-identical across runs

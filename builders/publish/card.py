@@ -7,16 +7,16 @@ from the schema module, so neither the Hub viewer nor ``datasets`` infers them f
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from builders.publish.stats import Stats, compute, read_manifest, reason_class, size_category, world_map
+from builders.publish.stats import Stats, compute, reason_class, size_category, world_map
 from cards import template
 from mp16_reason import REPO_ID, schema
 from mp16_reason.distance import THRESHOLDS_KM
-from mp16_reason.hub import DEFAULT_CONFIG, config_of
+from mp16_reason.manifest import DEFAULT_CONFIG, Manifest, Shard, read_manifest
 from mp16_reason.storage import Location, location
 
 MAP_PATH = "assets/world_map.png"
@@ -25,22 +25,19 @@ TASK_CATEGORIES = ["image-text-to-text", "visual-question-answering"]
 TAGS = ["geolocation", "geo-localization", "reasoning", "webdataset", "mp16", "flickr", "grpo"]
 
 
-def shard_groups(manifest: dict) -> dict[str, dict[str, list[dict]]]:
+def shard_groups(manifest: Manifest) -> dict[str, dict[str, list[Shard]]]:
     """config -> split -> the manifest's shard entries, in path order."""
-    groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for shard in sorted(manifest["shards"], key=lambda s: s["path"]):
-        groups[config_of(shard)][shard["split"]].append(shard)
-    return groups
+    return manifest.groups()
 
 
-def data_files_pattern(shards: list[dict]) -> str | list[str]:
+def data_files_pattern(shards: list[Shard]) -> str | list[str]:
     """``data/train-*.tar`` when every shard of the split follows the naming scheme, else the exact list."""
-    paths = [s["path"] for s in shards]
+    paths = [s.path for s in shards]
     prefix = paths[0].rsplit("-", 1)[0]
     return f"{prefix}-*.tar" if all(p.rsplit("-", 1)[0] == prefix for p in paths) else paths
 
 
-def card_data(manifest: dict, n_samples: int) -> DatasetCardData:
+def card_data(manifest: Manifest, n_samples: int) -> DatasetCardData:
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
 
@@ -85,9 +82,9 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
         {
             "config": config,
             "split": split,
-            "samples": sum(s["samples"] for s in shards),
+            "samples": sum(s.samples for s in shards),
             "shards": len(shards),
-            "bytes": sum(s["bytes"] for s in shards),
+            "bytes": sum(s.bytes for s in shards),
             "per_shard": _per_shard(shards),
             "readers": ", ".join(str(d) for d in range(1, min(len(shards), 64) + 1) if len(shards) % d == 0),
         }
@@ -96,27 +93,27 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
     ]
     bins = stats.localizability_bins
     localizability_rows = [(f"{i / 10:.1f}–{(i + 1) / 10:.1f}", n) for i, n in enumerate(bins)] if any(bins) else []
-    recipe = manifest["recipe"]
+    recipe = manifest.recipe
     release = recipe["input"].get("format") in ("globe-release", "globe-release-test")
     card = DatasetCard.from_template(
         card_data(manifest, n_samples),
         template_str=template("dataset_card.md"),
         repo_id=repo_id,
-        version=manifest["version"],
-        sample="sample" in manifest["version"] or "offline sample" in recipe["input"].get("dataset", ""),
+        version=manifest.version,
+        sample="sample" in manifest.version or "offline sample" in recipe["input"].get("dataset", ""),
         map_path=MAP_PATH,
         extra_configs=[c for c in groups if c != DEFAULT_CONFIG],
         split_rows=split_rows,
         fields=_field_rows(),
         recipe=recipe,
-        recipe_sha256=manifest["recipe_sha256"],
-        teachers=manifest.get("teachers", []),
-        authored=sum(t.get("authored", 0) for t in manifest.get("teachers", [])),
+        recipe_sha256=manifest.recipe_sha256,
+        teachers=manifest.teachers or [],
+        authored=sum(t.get("authored", 0) for t in manifest.teachers or []),
         curation=recipe.get("curation", {}),
-        localizability_total=sum(manifest["totals"].get("configs", {}).get("localizability", {}).values()),
-        prompt_version=manifest.get("prompt_version", ""),
-        totals=manifest["totals"],
-        rejected=sorted(Counter(manifest["totals"]["rejected_by_stage"]).items(), key=lambda kv: -kv[1]),
+        localizability_total=sum(manifest.totals.configs.get("localizability", {}).values()),
+        prompt_version=manifest.prompt_version or "",
+        totals=manifest.totals,
+        rejected=sorted(Counter(manifest.totals.rejected_by_stage).items(), key=lambda kv: -kv[1]),
         n_countries=len([c for c in stats.countries if c]),
         n_cities=len(stats.cities),
         continents=stats.continent_rows(),
@@ -137,8 +134,8 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
     return str(card)
 
 
-def _per_shard(shards: list[dict]) -> str:
-    counts = [s["samples"] for s in shards]
+def _per_shard(shards: list[Shard]) -> str:
+    counts = [s.samples for s in shards]
     low, high = min(counts), max(counts)
     return f"{low:,}" if low == high else f"{low:,}–{high:,}"
 
@@ -156,7 +153,7 @@ def _reason_rows(root: Location) -> list[tuple[str, str, int]]:
 FRONT_ONLY = "<!-- front matter only: `mp16-reason card` writes the full card -->"
 
 
-def write_front_matter(root: str | Path | Location, manifest: dict) -> None:
+def write_front_matter(root: str | Path | Location, manifest: Manifest) -> None:
     """``README.md`` with the card's front matter alone (configs and features, from the manifest), written by
     the build itself: from its first moment a build folder is a dataset that ``load_dataset(folder)`` and the
     Hub's viewer read exactly as the manifest says, with no folder scan to mix its configs. A full card, once
@@ -165,7 +162,7 @@ def write_front_matter(root: str | Path | Location, manifest: dict) -> None:
     if path.exists() and FRONT_ONLY not in path.read_text():
         return
     write_license(root)
-    data = card_data(manifest, manifest["totals"]["written"])
+    data = card_data(manifest, manifest.totals.written)
     body = f"# MP16-Reason\n\n{FRONT_ONLY}\nRun `mp16-reason card` on this folder for the dataset card.\n"
     path.write_text(f"---\n{data.to_yaml()}\n---\n\n{body}")
 

@@ -17,25 +17,18 @@ from pathlib import Path
 
 from PIL import ImageDraw
 
-from mp16_reason.hub import DEFAULT_CONFIG, config_of
-from mp16_reason.storage import Location, location
+from mp16_reason.manifest import DEFAULT_CONFIG, Manifest, read_manifest
+from mp16_reason.storage import location
 
 
-def read_manifest(root: str | Path | Location) -> dict:
-    path = location(root) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {root} a finished `mp16-reason build --out` folder?")
-    return json.loads(path.read_text())
-
-
-def iter_records(root: str | Path, manifest: dict | None = None) -> Iterator[tuple[str, dict]]:
+def iter_records(root: str | Path, manifest: Manifest | None = None) -> Iterator[tuple[str, dict]]:
     """``(config, record)`` for every sample of every shard the manifest lists (JSON members only)."""
     root = location(root)
-    for shard in (manifest or read_manifest(root))["shards"]:
-        with (root / shard["path"]).open("rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+    for shard in (manifest or read_manifest(root)).shards:
+        with (root / shard.path).open("rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             for member in tar:
                 if member.name.endswith(".json"):
-                    yield config_of(shard), json.load(tar.extractfile(member))
+                    yield shard.config, json.load(tar.extractfile(member))
 
 
 @dataclass
@@ -69,7 +62,7 @@ class Stats:
         return [(c or "(none)", self.continents[(c, "train")], self.continents[(c, "test")]) for c in names]
 
 
-def compute(root: str | Path, manifest: dict | None = None) -> Stats:
+def compute(root: str | Path, manifest: Manifest | None = None) -> Stats:
     from mp16_reason.distance import THRESHOLDS_KM, haversine_km
     from mp16_reason.matching import city_match, country_match
     from mp16_reason.names import normalize

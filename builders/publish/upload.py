@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builders.publish.card import FRONT_ONLY, LICENSE_PATH, MAP_PATH
-from builders.publish.stats import read_manifest
 from builders.publish.validate import validate_build
+from mp16_reason.manifest import Manifest, read_manifest
 from mp16_reason.storage import Location, location
 
 # What a dataset repository holds; work files, inputs and caches stay behind.
@@ -42,9 +42,9 @@ class PublishPlan:
         return [head, *body, f"  {self.total_bytes:>15,}  bytes in {len(self.files)} files (staged in {self.staging})"]
 
 
-def repo_paths(root: Path | Location, manifest: dict) -> list[str]:
+def repo_paths(root: Path | Location, manifest: Manifest) -> list[str]:
     paths = [p for p in REPO_FILES if (root / p).exists()]
-    return sorted(paths + [s["path"] for s in manifest["shards"]])
+    return sorted(paths + [s.path for s in manifest.shards])
 
 
 def stage(root: str | Path, staging: str | Path) -> list[tuple[str, int]]:
@@ -117,15 +117,15 @@ def publish(
         repo_type="dataset",
         folder_path=plan.staging,
         revision=plan.revision,
-        commit_message=f"MP16-Reason {manifest['version']}",
-        commit_description=f"Built by mp16-reason; recipe sha256 {manifest['recipe_sha256']}.",
+        commit_message=f"MP16-Reason {manifest.version}",
+        commit_description=f"Built by mp16-reason; recipe sha256 {manifest.recipe_sha256}.",
     )
     plan.commit = getattr(info, "oid", None)
     if tag:
         api.create_tag(
             repo_id,
             tag=tag,
-            tag_message=f"MP16-Reason {manifest['version']}",
+            tag_message=f"MP16-Reason {manifest.version}",
             revision=plan.commit or plan.revision,
             repo_type="dataset",
             exist_ok=True,

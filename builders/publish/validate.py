@@ -21,10 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from builders.publish.stats import read_manifest
 from mp16_reason import schema
 from mp16_reason.atomic import HashingFile
-from mp16_reason.hub import DEFAULT_CONFIG, config_of
+from mp16_reason.manifest import DEFAULT_CONFIG, read_manifest
 from mp16_reason.storage import Location, location
 
 MAX_PROBLEMS = 50
@@ -48,9 +47,9 @@ def _check_sample(where: str, shard: dict, parts: dict[str, bytes], ids: Counter
     except (schema.SchemaError, ValueError) as exc:
         problems.append(f"{where}: record fails the schema: {exc}")
         return
-    ids[(config_of(shard), record.id)] += 1  # unique within a config
-    if record.split != shard["split"]:
-        problems.append(f"{where}: record split {record.split!r} in a {shard['split']!r} shard")
+    ids[(shard.config, record.id)] += 1  # unique within a config
+    if record.split != shard.split:
+        problems.append(f"{where}: record split {record.split!r} in a {shard.split!r} shard")
     try:
         with Image.open(io.BytesIO(parts["jpg"])) as img:
             img.verify()
@@ -64,14 +63,14 @@ def _check_sample(where: str, shard: dict, parts: dict[str, bytes], ids: Counter
 
 def _check_shard(root: Location, shard: dict, ids: Counter, problems: list[str]) -> int:
     """Streams the shard once: its sha256 and every sample, one sample in memory at a time."""
-    path = root / shard["path"]
-    name = shard["path"]
+    path = root / shard.path
+    name = shard.path
     if not path.exists():
         problems.append(f"{name}: listed in manifest.json but missing; re-download or rebuild it")
         return 0
     size = path.size()
-    if size != shard["bytes"]:
-        problems.append(f"{name}: {size:,} bytes, manifest says {shard['bytes']:,}; the file is truncated or changed")
+    if size != shard.bytes:
+        problems.append(f"{name}: {size:,} bytes, manifest says {shard.bytes:,}; the file is truncated or changed")
     keys: set[str] = set()
     with path.open("rb") as fh:
         reader = HashingFile(fh)
@@ -98,10 +97,10 @@ def _check_shard(root: Location, shard: dict, ids: Counter, problems: list[str])
         while reader.read(1 << 20):  # the end-of-archive padding counts in the hash too
             pass
     digest = reader.sha256.hexdigest()
-    if digest != shard["sha256"]:
-        problems.append(f"{name}: sha256 {digest[:16]}... differs from the manifest's {shard['sha256'][:16]}...")
-    if len(keys) != shard["samples"]:
-        problems.append(f"{name}: {len(keys)} samples, manifest says {shard['samples']}")
+    if digest != shard.sha256:
+        problems.append(f"{name}: sha256 {digest[:16]}... differs from the manifest's {shard.sha256[:16]}...")
+    if len(keys) != shard.samples:
+        problems.append(f"{name}: {len(keys)} samples, manifest says {shard.samples}")
     return len(keys)
 
 
@@ -139,7 +138,7 @@ def _check_card(root: Location, manifest: dict, problems: list[str]) -> None:
                 problems.append(f"README.md: config {config!r} has no data_files for split {split!r}")
                 continue
             patterns = [patterns] if isinstance(patterns, str) else patterns
-            listed = {s["path"] for s in shards}
+            listed = {s.path for s in shards}
             matched = {p for p in _all_shard_paths(manifest) if any(fnmatch(p, pat) for pat in patterns)}
             if matched != listed:
                 problems.append(
@@ -165,7 +164,7 @@ def _check_card(root: Location, manifest: dict, problems: list[str]) -> None:
 
 
 def _all_shard_paths(manifest: dict) -> list[str]:
-    return [s["path"] for s in manifest["shards"]]
+    return [s.path for s in manifest.shards]
 
 
 def validate_build(root: str | Path, require_card: bool = True) -> dict:
@@ -176,12 +175,12 @@ def validate_build(root: str | Path, require_card: bool = True) -> dict:
     ids: Counter = Counter()
     per_split: Counter = Counter()  # default config: reconciles with the input
     per_config: dict[str, Counter] = {}  # other configs: a second view of the same images
-    for shard in manifest["shards"]:
+    for shard in manifest.shards:
         n = _check_shard(root, shard, ids, problems)
-        if config_of(shard) == DEFAULT_CONFIG:
-            per_split[shard["split"]] += n
+        if shard.config == DEFAULT_CONFIG:
+            per_split[shard.split] += n
         else:
-            per_config.setdefault(config_of(shard), Counter())[shard["split"]] += n
+            per_config.setdefault(shard.config, Counter())[shard.split] += n
     listed = set(_all_shard_paths(manifest))
     on_disk = [f"data/{rel}" for rel, _ in (root / "data").walk_files() if rel.endswith(".tar")]
     for rel in sorted(on_disk) if (root / "data").is_dir() else []:
@@ -191,21 +190,21 @@ def validate_build(root: str | Path, require_card: bool = True) -> dict:
     if dupes:
         config, first = dupes[0]
         problems.append(f"{len(dupes)} id(s) appear more than once in a config, e.g. {first!r} in {config!r}")
-    totals = manifest["totals"]
-    if sum(per_split.values()) != totals["written"]:
-        problems.append(f"shards hold {sum(per_split.values())} samples, totals.written says {totals['written']}")
-    declared = {name: dict(c) for name, c in totals.get("configs", {}).items()}
+    totals = manifest.totals
+    if sum(per_split.values()) != totals.written:
+        problems.append(f"shards hold {sum(per_split.values())} samples, totals.written says {totals.written}")
+    declared = {name: dict(c) for name, c in totals.configs.items()}
     if {name: dict(c) for name, c in per_config.items()} != declared:
         problems.append(f"shards of other configs hold {dict(per_config)}, totals.configs says {declared}")
-    if totals["written"] + totals["rejected"] != totals["input_rows"]:
+    if totals.written + totals.rejected != totals.input_rows:
         problems.append(
-            f"totals do not reconcile: {totals['input_rows']} in != {totals['written']} + {totals['rejected']}"
+            f"totals do not reconcile: {totals.input_rows} in != {totals.written} + {totals.rejected}"
         )
     if require_card or (root / "README.md").exists():
         _check_card(root, manifest, problems)
     if problems:
         raise ValidationFailed(problems)
-    return {"shards": len(manifest["shards"]), "samples": sum(per_split.values()), "splits": dict(per_split)}
+    return {"shards": len(manifest.shards), "samples": sum(per_split.values()), "splits": dict(per_split)}
 
 
 __all__ = ["ValidationFailed", "validate_build"]

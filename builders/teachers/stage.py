@@ -29,7 +29,7 @@ from builders.stops import BuildStopped
 from builders.teachers.base import Job, Teacher, TeacherFailed, TeacherFailure, TeacherSettings, Usage
 from builders.teachers.cache import CachedReply, ReplyCache, default_path
 from builders.teachers.online import PROMPT_TOKENS, image_tokens, import_http_stacks
-from mp16_reason.hub import DEFAULT_CONFIG
+from mp16_reason.manifest import DEFAULT_CONFIG
 from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
 from mp16_reason.storage import Location, location
 

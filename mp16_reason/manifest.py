@@ -1,0 +1,97 @@
+"""A build's ``manifest.json``, as one model read in one place: the build writes it last (its presence means a
+finished build), and the card, validation, publishing, ``load()``/``stream()`` and training all read it here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+from .storage import Location, location
+
+NAME = "manifest.json"
+DEFAULT_CONFIG = "default"
+
+
+class Shard(BaseModel):
+    """One shard: a tar of ``samples`` WebDataset samples of one config and split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    split: str
+    samples: int
+    bytes: int = 0
+    sha256: str = ""
+    config: str = DEFAULT_CONFIG
+
+    @model_serializer(mode="wrap")
+    def _default_config_unsaid(self, handler: Any) -> Any:
+        data = handler(self)  # a shard of the default config is written without the key, as it always was
+        if isinstance(data, dict) and data.get("config") == DEFAULT_CONFIG:
+            data.pop("config")
+        return data
+
+
+class Totals(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input_rows: int = 0
+    written: int = 0
+    rejected: int = 0
+    splits: dict[str, int] = Field(default_factory=dict)
+    rejected_by_stage: dict[str, int] = Field(default_factory=dict)
+    bytes: int = 0
+    shards: int = 0
+    configs: dict[str, dict[str, int]] = Field(default_factory=dict)  # the other configs: split -> samples
+
+
+class Manifest(BaseModel):
+    """What a build writes. Readers of the data need only ``shards``: a hand-made folder with a manifest of its
+    shards alone streams and loads too."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "MP16-Reason"
+    version: str = ""
+    recipe_sha256: str = ""
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    totals: Totals = Field(default_factory=Totals)
+    shards: list[Shard]
+    prompt_version: str | None = None  # builds with teachers only
+    teachers: list[dict[str, Any]] | None = None
+
+    def shards_of(self, split: str, config: str = DEFAULT_CONFIG) -> list[Shard]:
+        return [s for s in self.shards if s.split == split and s.config == config]
+
+    def groups(self) -> dict[str, dict[str, list[Shard]]]:
+        """config -> split -> shards, in path order."""
+        out: dict[str, dict[str, list[Shard]]] = {}
+        for shard in sorted(self.shards, key=lambda s: s.path):
+            out.setdefault(shard.config, {}).setdefault(shard.split, []).append(shard)
+        return out
+
+    def dumps(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False) + "\n"
+
+
+def read_manifest(root: str | Path | Location) -> Manifest:
+    """The manifest of a build folder (local or on object storage)."""
+    path = location(root) / NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {root} a finished `mp16-reason build --out` folder?")
+    return Manifest.model_validate_json(path.read_bytes())
+
+
+def hub_manifest(repo_id: str, revision: str | None = None) -> Manifest:
+    """The manifest of a dataset repository on the Hub (``HF_ENDPOINT`` honoured; cached)."""
+    from huggingface_hub import hf_hub_download
+
+    return Manifest.model_validate_json(
+        Path(hf_hub_download(repo_id, NAME, repo_type="dataset", revision=revision)).read_bytes()
+    )
