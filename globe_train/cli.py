@@ -68,8 +68,9 @@ def _model_options(task: str):
             click.option("--endpoint", help="Base URL of an OpenAI-compatible server (vLLM, transformers serve) "
                          "to ask instead of running the model here, e.g. http://localhost:8000/v1."),
             click.option("--endpoint-model", help="Model name to request from --endpoint (default: --model)."),
-            click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
-                         help="Variable holding the endpoint's API key."),
+            click.option("--api-key-env", metavar="VAR",
+                         help="Variable holding --endpoint's API key, e.g. OPENAI_API_KEY; leave out for local "
+                         "servers without keys."),
             click.option("--protocol", type=click.Choice(list(PROTOCOLS[task])), default="ours", show_default=True,
                          help="How the model is asked: ours (the training prompt, greedy), or globe-release (the "
                          "official release's prompt, message order, image encoding and sampling, exactly)."),

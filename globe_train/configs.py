@@ -110,7 +110,9 @@ class GRPOScriptArguments(DataArguments):
         default=None, metadata={"help": "Base URL of an OpenAI-compatible server with logprobs serving the RM."}
     )
     rm_endpoint_model: str | None = field(default=None, metadata={"help": "Model name to request from rm_endpoint."})
-    rm_api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Variable holding rm_endpoint's key."})
+    rm_api_key_env: str | None = field(
+        default=None, metadata={"help": "Variable holding rm_endpoint's key; leave out for servers without keys."}
+    )
     rm_concurrency: int = field(default=32, metadata={"help": "Requests in flight against rm_endpoint."})
     rm_batch_size: int = field(default=8, metadata={"help": "Batch size of the in-process reward model."})
     rm_on_failure: str = field(

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mp16_reason.answer import completion_text
+from mp16_reason.endpoints import Endpoint
 from mp16_reason.jpeg import jpeg_data_url
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class EndpointJudge:
         self,
         base_url: str,
         model: str,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str | None = None,
         concurrency: int = 32,
         top_logprobs: int = 5,
         temperature: float = 0.6,
@@ -69,9 +69,10 @@ class EndpointJudge:
         max_retries: int = 3,
     ) -> None:
         self.base_url, self.model = base_url, model
-        self.api_key = os.environ.get(api_key_env) or "EMPTY"  # local servers accept any key
+        self.endpoint = Endpoint(base_url, api_key_env, timeout_s, max_retries, who="the reward model",
+                                 key_option="rm_api_key_env")  # fmt: skip
+        self.endpoint.key()  # a missing key fails when the reward is built, not at the first step
         self.concurrency, self.top_logprobs, self.temperature = concurrency, top_logprobs, temperature
-        self.timeout_s, self.max_retries = timeout_s, max_retries
         self.name = f"{model} @ {base_url}"
 
     async def _one(self, client, gate: asyncio.Semaphore, image: Any, text: str) -> float:
@@ -107,26 +108,20 @@ class EndpointJudge:
         return yes_share(p[YES], p[NO])
 
     async def ascores(self, images: Sequence[Any], texts: Sequence[str]) -> list[float | Exception]:
-        from openai import AsyncOpenAI
-
-        client = AsyncOpenAI(
-            base_url=self.base_url, api_key=self.api_key, max_retries=self.max_retries, timeout=self.timeout_s
-        )
+        client = self.endpoint.async_client()
         gate = asyncio.Semaphore(self.concurrency)
         async with client:
             jobs = [self._one(client, gate, im, t) for im, t in zip(images, texts)]
             results = await asyncio.gather(*jobs, return_exceptions=True)
-        return [r if isinstance(r, float) else _as_error(r, self.api_key) for r in results]
+        return [r if isinstance(r, float) else _as_error(r, self.endpoint.scrub) for r in results]
 
     def scores(self, images: Sequence[Any], texts: Sequence[str]) -> list[float | Exception]:
         """One probability per (image, text), or the exception that prevented it."""
         return asyncio.run(self.ascores(images, texts))
 
 
-def _as_error(exc: BaseException, secret: str = "") -> Exception:
-    msg = f"{type(exc).__name__}: {exc}"
-    if secret and secret != "EMPTY":
-        msg = msg.replace(secret, "***")
+def _as_error(exc: BaseException, scrub: Callable[[str], str] = str) -> Exception:
+    msg = scrub(f"{type(exc).__name__}: {exc}")
     return exc if isinstance(exc, JudgeError) else JudgeError(msg)
 
 

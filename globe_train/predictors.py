@@ -12,9 +12,9 @@ import csv
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
+from mp16_reason.endpoints import Endpoint
 from mp16_reason.jpeg import downscale_jpeg, jpeg_data_url
 
 from .benchmarks import EvalItem
@@ -49,7 +49,7 @@ class EndpointPredictor:
         self,
         base_url: str,
         model: str,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str | None = None,
         concurrency: int = 16,
         max_retries: int = 5,
         timeout_s: float = 120.0,
@@ -57,14 +57,8 @@ class EndpointPredictor:
         max_pixels: int | None = None,
         extra_body: dict | None = None,
     ) -> None:
-        from openai import AsyncOpenAI
-
-        self.client = AsyncOpenAI(
-            base_url=base_url,
-            api_key=os.environ.get(api_key_env) or "EMPTY",  # local servers accept any key
-            max_retries=max_retries,
-            timeout=timeout_s,
-        )
+        self.endpoint = Endpoint(base_url, api_key_env, timeout_s, max_retries, key_option="--api-key-env")
+        self.client = self.endpoint.async_client()
         self.protocol = protocol or PROTOCOLS["eval"]["ours"]
         p = self.protocol
         self.model, self.concurrency = model, concurrency
@@ -89,7 +83,7 @@ class EndpointPredictor:
                 **self.sampling,
             )
         except Exception as exc:  # the openai client has already retried what can be retried
-            return "", f"{type(exc).__name__}: {exc}"
+            return "", self.endpoint.scrub(f"{type(exc).__name__}: {exc}")
         text = reply.choices[0].message.content if reply.choices else None
         return (text, "") if text else ("", "empty reply")
 

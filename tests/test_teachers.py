@@ -15,13 +15,13 @@ from builders.teachers.base import Job, TeacherFailed, TeacherOutage, settings_f
 from builders.teachers.cache import CachedReply, ReplyCache, cache_key
 from builders.teachers.geoclip import GeoclipTeacher
 from builders.teachers.online import (
-    MissingApiKey,
     OnlineTeacher,
     OpenAITeacher,
     http_client,
     retry_after,
 )
 from builders.teachers.prompt import parse_reply
+from mp16_reason.endpoints import MissingApiKey
 from mp16_reason.jpeg import jpeg_data_url
 
 GOOD = {

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from builders.plane.workfolder import read_unit, unit_path
 from builders.teachers.base import TeacherFailure, Usage
 from builders.teachers.cache import CachedReply, ReplyCache
-from builders.teachers.online import OpenAITeacher, api_key, request_body
+from builders.teachers.online import OpenAITeacher, endpoint, request_body
 from mp16_reason.jpeg import jpeg_data_url
 from mp16_reason.storage import Location
 
@@ -128,15 +128,9 @@ class BatchRunner:
         self.spec, self.cache, self.progress, self.log = spec, cache, progress, log
         self.folder = work / "batches" / spec.name
         self.work = work
-        key = api_key(spec)
-        self._secret = key if spec.api_key_env else ""
-        if client is None:
-            import openai
-
-            client = openai.OpenAI(
-                base_url=spec.base_url, api_key=key, max_retries=spec.max_retries, timeout=spec.timeout_s
-            )
-        self.client = client
+        self.endpoint = endpoint(spec)
+        self.endpoint.key()  # a missing key fails here, with or without a client given
+        self.client = client if client is not None else self.endpoint.client()
         self.usage = Usage()
         self.state_path = self.folder / "state.json"
         if self.state_path.exists():
@@ -164,7 +158,7 @@ class BatchRunner:
         self._save()
 
     def scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return self.endpoint.scrub(text)
 
     def summary(self) -> str:
         counts = Counter(c["status"] for c in self.state["chunks"])

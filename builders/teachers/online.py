@@ -22,7 +22,6 @@ key is read from the environment variable the recipe names and is scrubbed from 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
 import ssl
@@ -44,6 +43,7 @@ from builders.teachers.base import (
 )
 from builders.teachers.cache import CachedReply
 from builders.teachers.prompt import INSTRUCTION, SYSTEM, messages, parse_reply, response_format
+from mp16_reason.endpoints import Endpoint
 from mp16_reason.jpeg import fit_budget, jpeg_data_url
 from mp16_reason.schema import Entity, TeacherAnswer
 
@@ -113,7 +113,7 @@ class OpenAITeacher(TeacherSettings):
 
     def check(self, offline: bool) -> None:
         if not offline:
-            api_key(self)  # a missing key fails now, not after the images are prepared
+            endpoint(self).key()  # a missing key fails now, not after the images are prepared
 
     def make(self, usage: Usage, offline: bool) -> OnlineTeacher | None:
         return None if offline or self.mode == "batch" else OnlineTeacher(self, usage)
@@ -177,10 +177,6 @@ def import_http_stacks() -> None:
     getattr(openai, "DefaultAioHttpClient", None)  # the SDK's aiohttp adapter loads on first access
 
 
-class MissingApiKey(ValueError):
-    pass
-
-
 def image_tokens(width: int, height: int, max_pixels: int) -> int:
     w, h = fit_budget(width, height, max_pixels) if width * height > max_pixels else (width, height)
     return max(1, round(w * h / PIXELS_PER_TOKEN))
@@ -211,17 +207,10 @@ def retry_after(response: Any) -> float | None:
             return None
 
 
-def api_key(spec: OpenAITeacher) -> str:
-    """The teacher's key from the environment variable the recipe names ("EMPTY" when it names none)."""
-    if not spec.api_key_env:
-        return "EMPTY"  # vLLM and transformers serve accept any key
-    key = os.environ.get(spec.api_key_env, "")
-    if not key:
-        raise MissingApiKey(
-            f"teacher {spec.name!r} reads its API key from ${spec.api_key_env}, which is not set; "
-            f"export it, or drop api_key_env from the recipe for endpoints without keys"
-        )
-    return key
+def endpoint(spec: OpenAITeacher) -> Endpoint:
+    """The teacher's server, key, timeout and retries, as every client of the project reaches one."""
+    return Endpoint(spec.base_url, spec.api_key_env, spec.timeout_s, spec.max_retries,
+                    who=f"teacher {spec.name!r}", key_option="api_key_env in the recipe")  # fmt: skip
 
 
 def http_client(spec: OpenAITeacher) -> Any:
@@ -355,15 +344,12 @@ class OnlineTeacher:
     SAME_4XX = 5
 
     def __init__(self, spec: OpenAITeacher, usage: Usage | None = None) -> None:
-        import openai
         from aiolimiter import AsyncLimiter
 
         self.spec = spec
-        key = api_key(spec)
-        self._secret = key if spec.api_key_env else ""
-        self.client = openai.AsyncOpenAI(
-            base_url=spec.base_url, api_key=key, max_retries=0, timeout=spec.timeout_s, http_client=http_client(spec)
-        )
+        self.endpoint = endpoint(spec)
+        # Retries are ours (max_retries=0): failures are classified first, and the breaker sees each one.
+        self.client = self.endpoint.async_client(max_retries=0, http_client=http_client(spec))
         self.slots = asyncio.Semaphore(spec.max_concurrency)
         self.request_rate = AsyncLimiter(spec.requests_per_minute, 60) if spec.requests_per_minute else None
         self.token_rate = AsyncLimiter(spec.tokens_per_minute, 60) if spec.tokens_per_minute else None
@@ -373,7 +359,7 @@ class OnlineTeacher:
         self.early_4xx: list[int] = []
 
     def scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return self.endpoint.scrub(text)
 
     def _outage(self, cause: str, fix: str = "") -> TeacherOutage:
         return TeacherOutage(self.spec, self.scrub(cause), fix)
@@ -383,8 +369,8 @@ class OnlineTeacher:
         s, code = self.spec, exc.status_code
         message = self.scrub(str(exc.message)[:300])
         if code in (401, 403):
-            key = f"the key in ${s.api_key_env}" if s.api_key_env else "no key (api_key_env is not set)"
-            raise self._outage(f"HTTP {code}, access refused ({message})", f"check {key} and the account's access")
+            fix = f"check {self.endpoint.describe_key()} and the account's access"
+            raise self._outage(f"HTTP {code}, access refused ({message})", fix)
         if code == 404:
             fix = f"check that base_url ends in /v1 and that the endpoint serves model {s.model!r}"
             raise self._outage(f"HTTP 404 ({message})", fix)
