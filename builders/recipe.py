@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from builders.curation.filters import (
+    AddedFilter,
     AgreementFilter,
     GeoclipFilter,
     GroundingFilter,
@@ -131,6 +132,18 @@ class CurationSpec(_Spec):
     agreement: AgreementFilter = Field(default_factory=AgreementFilter)
     grounding: GroundingFilter = Field(default_factory=GroundingFilter)
     geoclip: GeoclipFilter = Field(default_factory=GeoclipFilter)
+    filters: list[SerializeAsAny[AddedFilter]] = Field(
+        default_factory=list,
+        description="filters other packages add (entry point group mp16_reason.filters), each entry picked by its "
+        "kind, run in this order before (run: first) or after (run: last) the ones above",
+    )
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _filter_kinds(cls, value: Any) -> Any:
+        from builders.curation.filters import added_from
+
+        return [added_from(f) for f in value] if isinstance(value, list) else value
 
 
 class RaySpec(_Spec):
@@ -195,6 +208,8 @@ class Recipe(_Spec):
         if inputs is not None:
             data["input"].update(inputs)
         data["teachers"] = [{"name": t.name, "model": t.model, **t.request_params()} for t in self.teachers]
+        if "curation" in data and not data["curation"]["filters"]:
+            del data["curation"]["filters"]  # absent, not empty: recipes from before added filters hash alike
         if not self.teachers:  # a data-plane build: curation settings do not apply
             if not self.input.curate:
                 data.pop("curation")

@@ -268,9 +268,9 @@ def quick_help(method: str) -> str:
         )
         lines.append(f"  --{f.name}".ljust(34) + f"{f.metadata.get('help', '')} [default: {default}]")
     if method == "grpo":
-        from .rewards import REWARDS
+        from .rewards import rewards
 
-        lines += ["", f"Rewards (reward_funcs): {', '.join(REWARDS)}"]
+        lines += ["", f"Rewards (reward_funcs): {', '.join(rewards())}"]
     lines += ["", f"`globe train {method} --help-all` lists every field of TRL's config as well (it imports TRL)."]
     return "\n".join(lines)
 

@@ -125,9 +125,9 @@ class GRPOScriptArguments(DataArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from .rewards import REWARDS
+        from .rewards import rewards
 
-        known = list(REWARDS)
+        known = list(rewards())
         unknown = [r for r in self.reward_funcs if r not in known]
         if unknown:
             raise ValueError(f"unknown reward(s) {unknown}; known: {known}")

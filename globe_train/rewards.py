@@ -122,7 +122,8 @@ class NamedReward:
 
 # The rewards a recipe's ``reward_funcs`` may name: name -> a factory that binds the recipe's settings
 # (``args``: ``GRPOScriptArguments``; ``group``: the number of generations per prompt). Add one with
-# :func:`register`, as open-r1's ``get_reward_funcs`` registry does.
+# :func:`register`, as open-r1's ``get_reward_funcs`` registry does, or, from another package, by an entry point
+# in the group ``globe_train.rewards`` naming a plain reward function (the entry point's name is the reward's).
 RewardFactory = Callable[[Any, int], Callable[..., list]]
 
 
@@ -154,6 +155,24 @@ def register(name: str, reward: Callable[..., list] | None = None, factory: Rewa
     REWARDS[name] = factory or (lambda args, group: NamedReward(reward, name))
 
 
+ENTRY_POINTS = "globe_train.rewards"
+_loaded = False
+
+
+def rewards() -> dict[str, RewardFactory]:
+    """Every reward a recipe may name: the shipped ones and those other packages add (entry points read once)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=ENTRY_POINTS):
+            if point.name not in REWARDS:  # a shipped name keeps its meaning
+                register(point.name, point.load())
+    return REWARDS
+
+
 def get_reward_funcs(args, num_generations: int = 1) -> list:
     """The reward functions a GRPO recipe names (``args``: ``GRPOScriptArguments``), settings bound, in order."""
-    return [REWARDS[name](args, num_generations) for name in args.reward_funcs]
+    known = rewards()
+    return [known[name](args, num_generations) for name in args.reward_funcs]

@@ -104,7 +104,7 @@ class ImageSource(_Model):
     """Which of the build's image sources served the image: its kind and file or folder name (never a path
     with credentials)."""
 
-    kind: Literal["folder", "tar", "zip", "urls", "url", ""] = ""
+    kind: str = Field(default="", description="folder, tar, zip, urls, url, or a kind a plug-in adds")
     name: str = ""
 
 

@@ -62,7 +62,9 @@ class Curator:
         self.spec = spec
         self.need = spec.min_teachers or n_teachers
         self.coordinate_teachers = coordinate_teachers
-        self.filters = [kind(getattr(spec, section), spec) for section, kind in ORDER]
+        added = {when: [f.filter(f, spec) for f in spec.filters if f.run == when] for when in ("first", "last")}
+        shipped = [kind(getattr(spec, section), spec) for section, kind in ORDER]
+        self.filters = [*added["first"], *shipped, *added["last"]]
 
     def curate(
         self,

@@ -44,7 +44,8 @@ class SourceError(ValueError):
 
 
 class Reader(Protocol):
-    """A unit's handle on one source: ``fetch`` the bytes of a row's image (None: not listed there)."""
+    """A unit's handle on one source: ``fetch`` the bytes of a row's image (None: not listed there). A unit
+    calls ``fetch`` from several threads at once, and ``close`` once, when it is done."""
 
     def fetch(self, row: dict, ref: str) -> bytes | None: ...
 

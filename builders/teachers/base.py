@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from builders.stops import BuildStopped
 from builders.teachers.cache import CachedReply, cache_key
-from builders.teachers.prompt import PROMPT_VERSION
-from mp16_reason.schema import TeacherAnswer
+from builders.teachers.prompt import PROMPT_VERSION, parse_reply
+from mp16_reason.schema import Entity, TeacherAnswer
 
 ENTRY_POINTS = "mp16_reason.teachers"
 
@@ -166,8 +166,32 @@ class TeacherSettings(BaseModel):
         raise NotImplementedError
 
     def answer(self, reply: CachedReply) -> TeacherAnswer:
-        """A reply, read into the record's answer."""
-        raise NotImplementedError
+        """A reply, read into the record's answer: by default, an LVLM's reply to the prompt of
+        :mod:`builders.teachers.prompt` (raw text kept only when unparsed). Coordinate teachers override it."""
+        parsed = parse_reply(reply.text)
+        base = {
+            "teacher": self.name,
+            "model": reply.model,
+            "prompt_version": reply.prompt_version,
+            "input_tokens": reply.input_tokens,
+            "output_tokens": reply.output_tokens,
+            "origin": reply.origin,
+        }
+        if parsed.reply is None:
+            return TeacherAnswer(**base, parsed=False, raw=reply.text)
+        r = parsed.reply
+        return TeacherAnswer(
+            **base,
+            parsed=True,
+            localizable=parsed.localizable,
+            localizability=parsed.localizability,
+            reasoning=r.reasoning.strip(),
+            entities=[Entity(text=e.text.strip(), category=e.category) for e in r.entities if e.text.strip()],
+            country=r.country.strip(),
+            city=r.city.strip(),
+            lat=r.lat,
+            lon=r.lon,
+        )
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
         """Price of these tokens, or None when unknown."""

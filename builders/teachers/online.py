@@ -42,10 +42,9 @@ from builders.teachers.base import (
     register,
 )
 from builders.teachers.cache import CachedReply
-from builders.teachers.prompt import INSTRUCTION, SYSTEM, messages, parse_reply, response_format
+from builders.teachers.prompt import INSTRUCTION, SYSTEM, messages, response_format
 from mp16_reason.endpoints import Endpoint
 from mp16_reason.jpeg import fit_budget, jpeg_data_url
-from mp16_reason.schema import Entity, TeacherAnswer
 
 PIXELS_PER_TOKEN = 28 * 28  # Qwen2.5-VL and InternVL3 both spend about one token per 28x28 patch
 
@@ -131,33 +130,6 @@ class OpenAITeacher(TeacherSettings):
         if price_in is None and price_out is None:
             return None
         return (input_tokens * (price_in or 0) + output_tokens * (price_out or 0)) / 1000
-
-    def answer(self, reply: CachedReply) -> TeacherAnswer:
-        """A reply, parsed into the record's :class:`TeacherAnswer` (raw text kept only when unparsed)."""
-        parsed = parse_reply(reply.text)
-        base = {
-            "teacher": self.name,
-            "model": reply.model,
-            "prompt_version": reply.prompt_version,
-            "input_tokens": reply.input_tokens,
-            "output_tokens": reply.output_tokens,
-            "origin": reply.origin,
-        }
-        if parsed.reply is None:
-            return TeacherAnswer(**base, parsed=False, raw=reply.text)
-        r = parsed.reply
-        return TeacherAnswer(
-            **base,
-            parsed=True,
-            localizable=parsed.localizable,
-            localizability=parsed.localizability,
-            reasoning=r.reasoning.strip(),
-            entities=[Entity(text=e.text.strip(), category=e.category) for e in r.entities if e.text.strip()],
-            country=r.country.strip(),
-            city=r.city.strip(),
-            lat=r.lat,
-            lon=r.lon,
-        )
 
 
 def import_http_stacks() -> None:

@@ -1,4 +1,15 @@
-"""The curation filters, in the order the curator runs them (each a settings model and a check)."""
+"""The curation filters, in the order the curator runs them (each a settings model and a check).
+
+The shipped filters have their own sections of ``curation:``. Filters another package adds run before them
+(``run: first``) or after them (``run: last``, the default), in the order the recipe lists them under
+``curation.filters``, each entry picked by its ``kind``; the package
+names its settings class (an :class:`AddedFilter` with a ``filter`` class) in the entry point group
+``mp16_reason.filters``, or calls :func:`register` in-process.
+"""
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_serializer
 
 from builders.curation.filters.agreement import Agreement, AgreementFilter
 from builders.curation.filters.base import Answers, Filter, FilterSettings
@@ -16,7 +27,86 @@ ORDER: tuple[tuple[str, type[Filter]], ...] = (
     ("grounding", Grounding),
 )
 
+ENTRY_POINTS = "mp16_reason.filters"
+
+
+class AddedFilter(FilterSettings):
+    """The settings of a filter another package adds: ``kind`` (its ``Literal`` default names it) picks the
+    class, ``filter`` is the :class:`Filter` that checks."""
+
+    kind: str
+    run: Literal["first", "last"] = Field(
+        default="last", description="before the shipped filters (a cheap check on the image), or after them"
+    )
+    filter: ClassVar[type[Filter]]
+
+    @model_serializer(mode="wrap")
+    def _with_kind(self, handler: Any) -> Any:
+        data = handler(self)  # its kind is always written: it is what reads the entry back
+        return {"kind": self.kind, **data} if isinstance(data, dict) else data
+
+
+_KINDS: dict[str, type[AddedFilter]] = {}
+_loaded = False
+
+
+def register(settings: type[AddedFilter]) -> type[AddedFilter]:
+    """Make a filter kind known (usable as a class decorator)."""
+    kind = settings.model_fields["kind"].default
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"{settings.__name__}: give its kind field a default, e.g. kind: Literal['mine'] = 'mine'")
+    if not isinstance(getattr(settings, "filter", None), type) or not issubclass(settings.filter, Filter):
+        raise ValueError(f"{settings.__name__}: set filter = the Filter class that checks")
+    _KINDS[kind] = settings
+    return settings
+
+
+def kinds() -> dict[str, type[AddedFilter]]:
+    """The filter kinds other packages add (entry points are read once)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=ENTRY_POINTS):
+            register(point.load())
+    return _KINDS
+
+
+def added_from(data: Any) -> AddedFilter:
+    """One ``curation.filters`` entry as the settings of its kind."""
+    if isinstance(data, AddedFilter):
+        return data
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ValueError("each curation.filters entry is a mapping with a kind, e.g. {kind: my-filter}")
+    known = kinds()
+    if data["kind"] not in known:
+        have = ", ".join(sorted(known)) or "none installed"
+        raise ValueError(
+            f"unknown curation filter kind {data['kind']!r} (known: {have}); a package adds one through the entry "
+            f"point group {ENTRY_POINTS}"
+        )
+    return known[data["kind"]].model_validate(data)
+
+
 __all__ = [
-    "ORDER", "Agreement", "AgreementFilter", "Answers", "Filter", "FilterSettings", "Geoclip", "GeoclipFilter",
-    "GroundTruth", "GroundTruthFilter", "Grounding", "GroundingFilter", "Localizability", "LocalizabilityFilter",
-]  # fmt: skip
+    "ENTRY_POINTS",
+    "ORDER",
+    "AddedFilter",
+    "Agreement",
+    "AgreementFilter",
+    "Answers",
+    "Filter",
+    "FilterSettings",
+    "Geoclip",
+    "GeoclipFilter",
+    "GroundTruth",
+    "GroundTruthFilter",
+    "Grounding",
+    "GroundingFilter",
+    "Localizability",
+    "LocalizabilityFilter",
+    "added_from",
+    "kinds",
+    "register",
+]
