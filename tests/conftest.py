@@ -11,6 +11,16 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# A test that uses one of these builds a dataset, loads or serves a model, or starts a cluster: it is `slow`,
+# left out of the fast lane (`pytest -m "not slow"`). Tests slow for other reasons say so themselves.
+SLOW_FIXTURES = frozenset({"sample_build", "served", "grpo_run", "cluster", "extras"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def gaz():

@@ -197,9 +197,7 @@ def validate_build(root: str | Path, require_card: bool = True) -> dict:
     if {name: dict(c) for name, c in per_config.items()} != declared:
         problems.append(f"shards of other configs hold {dict(per_config)}, totals.configs says {declared}")
     if totals.written + totals.rejected != totals.input_rows:
-        problems.append(
-            f"totals do not reconcile: {totals.input_rows} in != {totals.written} + {totals.rejected}"
-        )
+        problems.append(f"totals do not reconcile: {totals.input_rows} in != {totals.written} + {totals.rejected}")
     if require_card or (root / "README.md").exists():
         _check_card(root, manifest, problems)
     if problems:

@@ -19,7 +19,7 @@ pytest.importorskip("trl")
 
 from mp16_reason.hub import shard_entries
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # the helper scripts sit in tests/
 G = 4  # num_generations of the tiny-cpu recipe
 
 

@@ -30,7 +30,7 @@ from mp16_reason import schema
 from mp16_reason.hub import shard_paths, stream
 from mp16_reason.manifest import read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hf_testSECRETtoken0123456789"
 
 

@@ -27,7 +27,7 @@ from builders.plane.pipeline import build
 from builders.publish.card import write_card
 from builders.recipe import load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "builders/recipes/globe-release.yaml"
 TEST_RECIPE = ROOT / "builders/recipes/globe-release-test.yaml"
 PLACES = [  # lat, lon, the release's answer

@@ -21,7 +21,7 @@ pytest.importorskip("gradio_client")
 
 from globe_train.demo import ENDPOINT, exif_gps, highlight
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "globe_train" / "space" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "globe_train" / "space" / "examples"
 KYOTO = EXAMPLES / "kyoto.jpg"  # EXIF GPS 35.0037, 135.7788
 ANSWER = "<think>The roofs are tiled and the street signs are in Japanese script.</think>" \
          "<answer>country: Japan\ncity: Kyoto</answer>"  # fmt: skip

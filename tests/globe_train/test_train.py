@@ -293,7 +293,7 @@ print(json.dumps({"ids": sorted(grpo["id"]), "size": list(grpo[0]["image"].size)
     assert got["rm"] == len(training_dataset(RMScriptArguments(dataset_name=str(sample_build)), "rm"))
 
 
-STOCK = Path(__file__).resolve().parents[1] / ".venv-stock" / "bin" / "python"
+STOCK = Path(__file__).resolve().parents[2] / ".venv-stock" / "bin" / "python"
 
 
 @pytest.mark.skipif(not STOCK.exists(), reason="no .venv-stock (stock transformers with torchvision): scripts/setup.sh")

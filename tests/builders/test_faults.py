@@ -392,7 +392,7 @@ def test_configuration_errors_name_the_flag_and_the_fix_and_write_nothing(sample
     assert code == 1 and "fix --metadata or input.metadata" in out
     assert not (tmp_path / "o1").exists()
 
-    release = Path(__file__).resolve().parents[1] / "builders/recipes/globe-release.yaml"
+    release = Path(__file__).resolve().parents[2] / "builders/recipes/globe-release.yaml"
     meta = tmp_path / "train.csv"
     meta.write_text("IMG_ID,response,solution,entities\n")
     code, out = _cli(["build", str(release), "--metadata", str(meta), "--images", str(sample_input / "images"),
@@ -409,7 +409,7 @@ def test_configuration_errors_name_the_flag_and_the_fix_and_write_nothing(sample
 
 
 def test_a_release_csv_without_its_reasoning_column_is_refused_before_any_work(sample_input, tmp_path):
-    release = Path(__file__).resolve().parents[1] / "builders/recipes/globe-release.yaml"
+    release = Path(__file__).resolve().parents[2] / "builders/recipes/globe-release.yaml"
     meta = tmp_path / "train.csv"
     meta.write_text("IMG_ID,LAT,LON,text,solution,entities\nsample/00000.jpg,1,1,x,<country>A</country><city>B"
                     "</city>,[]\n")  # fmt: skip

@@ -1,0 +1,45 @@
+"""The README leads to the task and its links hold: two commands first, the CI's test command is the README's,
+every relative link and anchor in the README and docs/ points at something that exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    out = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("#") and not line.startswith("#!"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+def test_the_readme_starts_with_the_two_commands_and_ci_runs_its_test_command():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    first = re.search(r"```bash\n(.*?)```", text, re.S).group(1).splitlines()
+    assert first[0].startswith("bash scripts/setup.sh && .venv/bin/mp16-reason build --sample")
+    test_command = first[1].split("#")[0].strip()
+    assert test_command == ".venv/bin/python -m pytest -q"
+    assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_and_anchor_exists(page):
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+://", target) or target.startswith("mailto:"):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        assert dest.exists(), f"{page.name}: link to {target} points at nothing"
+        if anchor:
+            assert anchor in anchors(dest), f"{page.name}: no heading for #{anchor} in {dest.name}"
