@@ -36,6 +36,12 @@ from mp16_reason.cli import main
 @click.option("--shard-bytes", type=int, help="Upper bound of a shard's size in bytes.")
 @click.option("--test-fraction", type=float, help="Share of samples in the test split.")
 @click.option("--hold-out-cities/--no-hold-out-cities", default=None, help="Keep whole cities out of train.")
+@click.option(
+    "--group-by",
+    type=click.Choice(["near_duplicate", "author"]),
+    multiple=True,
+    help="Keep near twins (near_duplicate) or each author's photos (author) in one split; repeatable.",
+)
 @click.option("--max-pixels", type=int, help="Resize budget in pixels.")
 @click.option("--jpeg-quality", type=int, help="JPEG quality of the re-encoded images.")
 @click.option("--resample", help="Downscaling filter: box (area average, the default), bilinear, bicubic, ...")
@@ -85,6 +91,7 @@ def build(
         "shards.max_bytes": flags["shard_bytes"],
         "split.test_fraction": flags["test_fraction"],
         "split.hold_out_cities": flags["hold_out_cities"],
+        "split.group_by": list(flags["group_by"]) or None,
         "image.max_pixels": flags["max_pixels"],
         "image.jpeg_quality": flags["jpeg_quality"],
         "image.resample": flags["resample"],
@@ -202,6 +209,51 @@ def card(directory: str, repo: str | None) -> None:
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--against", "against", multiple=True, metavar="[NAME=]PATH[,IMAGES]",
+              help="Also look for the build's photos here (repeatable): another build, a folder or .tar of images, "
+              "or a benchmark CSV (IMG_ID,...) with its images after a comma, e.g. "
+              "im2gps3k=im2gps3k_places365.csv,im2gps3ktest.")  # fmt: skip
+@click.option("--max-phash", type=int, help="Near-duplicate pHash distance (default: the build's recipe, 10).")
+@click.option("--max-dhash", type=int, help="Near-duplicate dHash distance (default: the build's recipe, 12).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def audit(directory: str, against: tuple[str, ...], max_phash: int | None, max_dhash: int | None, quiet: bool) -> None:
+    """Find the photos a build holds twice, across its splits, and the benchmark photos it already holds.
+
+    \b
+    Pairs are exact (same bytes), near (perceptual hashes: resized, re-encoded, cropped up to ~10 %,
+    brightened, watermarked copies), same-photo (the same Flickr photo id) or same-author, within train,
+    within test, train-test, and between each split and every --against set. Writes DIRECTORY/audit.json
+    (summary and pairs) and DIRECTORY/audit-pairs.parquet; `mp16-reason card` then reports them.
+      mp16-reason audit mp16-reason
+      mp16-reason audit mp16-reason --against im2gps3k=im2gps3k_places365.csv,im2gps3ktest \\
+          --against yfcc4k=yfcc4k.csv,yfcc4k_images --against mp16-reason-test
+    """
+    from mp16_reason.cli import require
+
+    require("faiss")
+    from builders.audit.audit import AuditError, against_side, build_side, lines, summary, write
+    from mp16_reason.manifest import read_manifest
+
+    try:
+        thresholds = read_manifest(directory).recipe.get("audit") or {}
+        p = max_phash if max_phash is not None else thresholds.get("max_phash", 10)
+        d = max_dhash if max_dhash is not None else thresholds.get("max_dhash", 12)
+        side = build_side(directory)
+        others = [against_side(spec, progress=not quiet) for spec in against]
+        from builders.audit.audit import audit as run
+
+        found = run(side, others, p, d, progress=not quiet)
+    except (AuditError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    info = summary(found, side, others, p, d)
+    json_path, pairs_path = write(directory, found, info)
+    for line in lines(info):
+        click.echo(line)
+    click.echo(f"wrote {json_path} and {pairs_path}")
 
 
 @main.command("validate")

@@ -27,6 +27,8 @@ def check_extras(recipe: Recipe) -> None:
         c = recipe.curation
         if c.agreement.enabled or c.grounding.enabled:
             needed += ["torch", "transformers", "sentence_transformers"]
+    if recipe.split.group_by:
+        needed.append("faiss")
     if recipe.distributor == "ray":
         needed.append("ray")
     if any(str(p).startswith("s3://") for p in (recipe.out, recipe.input.metadata, *recipe.input.images)):

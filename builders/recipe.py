@@ -104,6 +104,19 @@ class SplitSpec(_Spec):
     test_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     hold_out_cities: bool = Field(default=False, description="put whole cities in test, never in train")
     seed: str = "mp16-reason"
+    group_by: list[Literal["near_duplicate", "author"]] = Field(
+        default_factory=list,
+        description="keep each group wholly in one split: near_duplicate (near twins, by the audit's hashes and "
+        "thresholds) and author (a photographer's photos), on top of hold_out_cities' cities",
+    )
+
+
+class AuditSpec(_Spec):
+    """What counts as a near duplicate (``mp16-reason audit`` and ``split.group_by``): a whole image within
+    ``max_phash`` bits of a window of the other (pHash) and within ``max_dhash`` bits there by dHash too."""
+
+    max_phash: int = Field(default=10, ge=0, le=32)
+    max_dhash: int = Field(default=12, ge=0, le=32)
 
 
 class ShardSpec(_Spec):
@@ -173,6 +186,7 @@ class Recipe(_Spec):
         "or a kind another package registers); none: no reasoning stage",
     )
     curation: CurationSpec = Field(default_factory=CurationSpec)
+    audit: AuditSpec = Field(default_factory=AuditSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     # How the build runs; these do not change its output and are left out of the recipe hash.
     out: str = "mp16-reason-build"
@@ -186,7 +200,7 @@ class Recipe(_Spec):
     @classmethod
     def _teacher_kinds(cls, value: Any) -> Any:
         """Each entry as the settings of its kind: a union discriminated by ``kind`` over the registered kinds."""
-        from builders.teachers.base import settings_from
+        from builders.teachers.registry import settings_from
 
         return [settings_from(t) for t in value] if isinstance(value, list) else value
 
@@ -208,6 +222,8 @@ class Recipe(_Spec):
         if inputs is not None:
             data["input"].update(inputs)
         data["teachers"] = [{"name": t.name, "model": t.model, **t.request_params()} for t in self.teachers]
+        if not self.split.group_by:
+            data.pop("audit")  # its thresholds change the output only through split.group_by
         if "curation" in data and not data["curation"]["filters"]:
             del data["curation"]["filters"]  # absent, not empty: recipes from before added filters hash alike
         if not self.teachers:  # a data-plane build: curation settings do not apply

@@ -115,12 +115,16 @@ def _predictor(task: str, model, model_revision, endpoint, endpoint_model, api_k
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for predictions and metrics.")
 @click.option("--limit", type=int, help="Only the first N items.")
+@click.option("--exclude-overlap", "exclude_overlap", type=click.Path(exists=True), metavar="AUDIT",
+              help="An audit of the training build against this benchmark (its audit.json, or the build folder): "
+              "also report the scores without the items the training set already holds.")  # fmt: skip
+@click.option("--overlap-name", help="The benchmark's name in that audit (default: the benchmark's, e.g. im2gps3k).")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for 95% intervals (0: off).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_cmd(benchmark, data, revision, images, model, model_revision, endpoint, endpoint_model, api_key_env,
-             protocol, max_new_tokens, concurrency, predictions, out, limit, bootstrap, seed,
-             quiet) -> None:  # fmt: skip
+             protocol, max_new_tokens, concurrency, predictions, out, limit, exclude_overlap, overlap_name, bootstrap,
+             seed, quiet) -> None:  # fmt: skip
     """Evaluate a model, an endpoint or a predictions file on a geo-localization benchmark, offline.
 
     \b
@@ -136,19 +140,22 @@ def eval_cmd(benchmark, data, revision, images, model, model_revision, endpoint,
           --endpoint http://localhost:8000/v1 --endpoint-model globe --out runs/im2gps3k
       globe eval mp16-reason-test --model runs/globe --out runs/globe/eval/mp16-reason-test
       globe eval csv --data mp16-reason-test-12k.csv --predictions official_output.csv --out runs/official
+      globe eval im2gps3k --data im2gps3k_places365.csv --model runs/globe --out runs/im2gps3k \\
+          --exclude-overlap mp16-reason/audit.json          # also without what the training set holds
     """
     from .benchmarks import load_benchmark
-    from .evaluate import evaluate, table
+    from .evaluate import evaluate, overlapping_ids, table
     from .predictors import FilePredictor
 
     try:
+        exclude = overlapping_ids(exclude_overlap, overlap_name or benchmark) if exclude_overlap else None
         bench = load_benchmark(benchmark, data, images, limit, revision)
         if predictions:
             predictor = FilePredictor(predictions)
         else:
             predictor = _predictor("eval", model, model_revision, endpoint, endpoint_model, api_key_env, protocol,
                                    max_new_tokens, concurrency)  # fmt: skip
-        report = evaluate(bench, predictor, out, bootstrap=bootstrap, seed=seed, progress=not quiet)
+        report = evaluate(bench, predictor, out, bootstrap=bootstrap, seed=seed, progress=not quiet, exclude=exclude)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if report["n"] == 0:

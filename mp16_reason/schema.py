@@ -25,9 +25,10 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# 1.3: teachers[].confidence, teachers[].top_k, origin "local" (GeoCLIP); 1.2: source.image_source,
-# image.reencoded, teachers[].origin "release"; 1.1: origin
-SCHEMA_VERSION = "1.3"
+# 1.4: image.phash, source.image_source.kind any kind a plug-in adds; 1.3: teachers[].confidence,
+# teachers[].top_k, origin "local" (GeoCLIP); 1.2: source.image_source, image.reencoded, teachers[].origin
+# "release"; 1.1: origin
+SCHEMA_VERSION = "1.4"
 PROMPT_VERSION_UNSET = ""
 
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
@@ -128,6 +129,10 @@ class ImageInfo(_Model):
         default=None,
         description="false: the original JPEG's image data as is (it fit the budget; metadata removed); "
         "true: decoded, resized or converted, and encoded again",
+    )
+    phash: str = Field(
+        default="",
+        description="perceptual hash of the image (pHash, 16 hex digits; near duplicates differ in few bits)",
     )
 
 

@@ -40,6 +40,8 @@ class PreparedImage:
     orig_format: str
     sha256: str  # of the original bytes: exact duplicates share it
     reencoded: bool = True
+    phash: bytes = b""  # the window pHashes and dHashes of builders.audit.hashes, 8 bytes a code
+    dhash: bytes = b""
 
 
 @functools.cache
@@ -151,7 +153,8 @@ def prepare(
         ):
             img.draft(img.mode, (1, 1))  # decode at 1/8 scale: every entropy-coded block is still read
             img.load()
-            return PreparedImage(strip_metadata(data), w0, h0, w0, h0, fmt, digest, reencoded=False)
+            phash, dhash = _hashes(img)  # from that small decode: a few percent of the image's CPU
+            return PreparedImage(strip_metadata(data), w0, h0, w0, h0, fmt, digest, False, phash, dhash)
         img.draft("RGB", fit_budget(w0, h0, max_pixels))  # JPEG: decode at reduced scale when possible
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy
@@ -170,4 +173,12 @@ def prepare(
         img = img.resize(size, RESAMPLE[resample])
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=jpeg_quality, optimize=False)
-    return PreparedImage(buf.getvalue(), size[0], size[1], orig_w, orig_h, fmt, digest)
+    phash, dhash = _hashes(img)
+    return PreparedImage(buf.getvalue(), size[0], size[1], orig_w, orig_h, fmt, digest, True, phash, dhash)
+
+
+def _hashes(img: Image.Image) -> tuple[bytes, bytes]:
+    from builders.audit.hashes import to_bytes, window_hashes
+
+    phash, dhash = window_hashes(img)
+    return to_bytes(phash), to_bytes(dhash)

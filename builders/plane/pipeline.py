@@ -339,10 +339,21 @@ class Build:
         they take."""
         args = (self.out, self.work, self.recipe.shards.max_bytes, self.recipe.shards.multiple_of)
         try:
-            if not self.recipe.teachers:
+            grouped = bool(self.recipe.split.group_by)
+            if not self.recipe.teachers and not grouped:
                 with ShardProcess(*args, curated=False) as shards:
                     return self._units(n_rows, shards)
             self._units(n_rows)
+            if grouped:  # every unit first: a group's split needs all of its members
+                from builders.plane.groups import regroup
+
+                regroup(self.recipe, self.work, self._n_units(n_rows), self.progress, self.log)
+            if not self.recipe.teachers:
+                with ShardProcess(*args, curated=False) as shards:
+                    bar = tqdm(total=n_rows, unit="img", desc="plan shards", disable=not self.progress)
+                    for unit in range(self._n_units(n_rows)):
+                        bar.update(shards.add(unit))
+                    return self._write_shards(shards, bar)
             self._distill(n_rows)
             with ShardProcess(*args, curated=True) as shards:
                 bar = tqdm(total=n_rows, unit="img", desc="plan shards", disable=not self.progress)

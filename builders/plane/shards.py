@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from builders.plane.workfolder import (
     FOLD_REJECTED,
@@ -169,6 +170,30 @@ def _spread(k: int, extra: int) -> np.ndarray:
     return best
 
 
+HASH_COLUMNS = ["split", "sha256", "author", "phash", "dhash"]
+HASHES = "hashes.parquet"
+HASHES_SCHEMA = pa.schema(
+    [("id", pa.string()), ("split", pa.string()), ("sha256", pa.string()), ("author", pa.string()),
+     ("phash", pa.binary()), ("dhash", pa.binary())]
+)  # fmt: skip
+
+
+def with_split(js: bytes, split: str) -> bytes:
+    """A record's JSON with its split set (split.group_by may move a sample); unchanged when it is already."""
+    from mp16_reason.schema import from_json_bytes, to_json_bytes
+
+    sample = from_json_bytes(js)
+    return js if sample.split == split else to_json_bytes(sample.model_copy(update={"split": split}))
+
+
+def write_hashes(parts: list[pa.Table], out: Location) -> None:
+    """``hashes.parquet``: every published sample's id, split, sha256, author and window hashes, what
+    ``mp16-reason audit`` reads instead of the images."""
+    table = pa.concat_tables([t.cast(HASHES_SCHEMA) for t in parts]) if parts else HASHES_SCHEMA.empty_table()
+    with (out / HASHES).commit_path() as tmp:
+        pq.write_table(table, str(tmp))
+
+
 class ShardFold:
     """Takes units in order (:meth:`add`); :meth:`finish` writes the shards, writes the rejection records found
     in the units (dedup included) to ``FOLD_REJECTED`` in the work folder, and returns one manifest entry per
@@ -200,6 +225,9 @@ class ShardFold:
         # (config, split) -> per unit, (unit, the kept rows' positions in it, their sizes)
         self.kept: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray]]] = {}
         self.units: list[int] = []
+        from builders.plane.groups import read_groups
+
+        self.groups = read_groups(self.work)  # row -> split, with split.group_by
         data = self.out / "data"
         if data.local is not None and data.local.is_dir():  # half-written shards of an interrupted run
             for folder in [data.local, *(p for p in data.local.iterdir() if p.is_dir())]:
@@ -223,6 +251,8 @@ class ShardFold:
         for k, (row, sid, split, sha, nbytes) in enumerate(zip(*columns)):
             if not keep[k]:
                 continue
+            if self.groups is not None:
+                split = self.groups[row]
             config = configs[k]
             if (config, sha) in self.seen:
                 if config == DEFAULT_CONFIG:  # a duplicate is recorded once, under the default config
@@ -249,21 +279,33 @@ class ShardFold:
         for group, parts in self.kept.items():
             for unit, at, _ in parts:
                 by_unit.setdefault(unit, []).append((group, at))
+        hashes: list[pa.Table] = []
         for unit in self.units:
             chosen = by_unit.get(unit)
             if not chosen:
                 continue
-            final = self._rows(unit, ["id", "json", "pos"] if self.curated else ["id", "json", "jpg"])
+            columns = ["row", "id", "json", *HASH_COLUMNS]
+            final = self._rows(unit, [*columns, "pos"] if self.curated else [*columns, "jpg"])
             jpgs = read_unit(unit_path(self.work, unit), ["jpg"]).column("jpg") if self.curated else final["jpg"]
             image_of = final.column("pos").to_pylist() if self.curated else None
             ids, jsons = final.column("id"), final.column("json")
             for group, at in chosen:
+                split = group[1]
                 for k in at.tolist():
                     jpg = jpgs[image_of[k] if image_of is not None else k].as_py()
-                    writers[group].add(ids[k].as_py(), jpg, jsons[k].as_py())
+                    js = jsons[k].as_py()
+                    if self.groups is not None:
+                        js = with_split(js, split)
+                    writers[group].add(ids[k].as_py(), jpg, js)
+                if group[0] == DEFAULT_CONFIG:
+                    taken = final.select(["id", *HASH_COLUMNS]).take(pa.array(at))
+                    if self.groups is not None:
+                        taken = taken.set_column(1, "split", pa.array([split] * len(at), pa.string()))
+                    hashes.append(taken)
                 if progress is not None:
                     progress(len(at))
         entries = [e for w in writers.values() for e in w.close()]
+        write_hashes(hashes, self.out)
         tables = [t.cast(REJECTION_WORK_SCHEMA) for t in self.rejected]
         tables.append(pa.Table.from_pylist(self.duplicates, schema=REJECTION_WORK_SCHEMA))
         write_atomic(pa.concat_tables(tables), self.work / FOLD_REJECTED)

@@ -11,10 +11,19 @@ def unit_interval(text: str, seed: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def split_key(sample_id: str, city_key: str, hold_out_cities: bool) -> str:
+    """What decides a sample's split: its city with ``hold_out_cities`` (so no test city is in train), else its id."""
+    return f"city:{city_key}" if hold_out_cities and city_key else f"id:{sample_id}"
+
+
+def split_of(key: str, test_fraction: float, seed: str) -> str:
+    """``"test"`` or ``"train"`` for a split key (a group's: its smallest member key, see builders.plane.groups)."""
+    return "test" if unit_interval(key, seed) < test_fraction else "train"
+
+
 def assign_split(sample_id: str, city_key: str, test_fraction: float, seed: str, hold_out_cities: bool) -> str:
     """``"test"`` or ``"train"``; with ``hold_out_cities`` the whole city decides, so no test city is in train."""
-    key = f"city:{city_key}" if hold_out_cities and city_key else f"id:{sample_id}"
-    return "test" if unit_interval(key, seed) < test_fraction else "train"
+    return split_of(split_key(sample_id, city_key, hold_out_cities), test_fraction, seed)
 
 
 def shuffle_key(sample_id: str, seed: str) -> str:

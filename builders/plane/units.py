@@ -18,7 +18,7 @@ from typing import TypeVar
 import pyarrow.parquet as pq
 
 from builders.plane.images import ImageRejected, PreparedImage, keep_image_memory, prepare
-from builders.plane.split import assign_split
+from builders.plane.split import split_key, split_of
 from builders.plane.workfolder import (
     INGEST,
     UnitWriter,
@@ -178,10 +178,12 @@ class Stages:
             return Rejected("geocode", f"no populated place within {self.gaz.country_max_km:g} km of {where}")
         return place
 
-    def split(self, row: dict, place: dict) -> str:
+    def split(self, row: dict, place: dict) -> tuple[str, str]:
+        """The split and the key that decided it."""
         s = self.recipe.split
         city = f"{place['country_code']}:{place['geonames_id']}" if place["city"] else ""
-        return assign_split(row["id"], city, s.test_fraction, s.seed, s.hold_out_cities)
+        key = split_key(row["id"], city, s.hold_out_cities)
+        return split_of(key, s.test_fraction, s.seed), key
 
     def record(self, row: dict, place: dict, prepared: Prepared, split: str) -> Sample | Rejected:
         """The sample's record; a release row gets its reasoning and answer (and curation, when asked)."""
@@ -216,6 +218,7 @@ class Stages:
                 orig_format=img.orig_format,
                 sha256=img.sha256,
                 reencoded=img.reencoded,
+                phash=img.phash[:8].hex(),
             ),
             split=split,
             build=self.build,
@@ -254,13 +257,16 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
         for row, got, place in zip(rows, prepared, places):
             outcome = got if isinstance(got, Rejected) else stages.geocode(row, place)
             if not isinstance(outcome, Rejected):
-                split = stages.split(row, outcome)
+                split, key = stages.split(row, outcome)
                 outcome = stages.record(row, outcome, got, split)
             if isinstance(outcome, Rejected):
-                sink.add((row["row"], row["id"], "rejected", outcome.stage, outcome.reason, "", "", None, None, 0))
+                sink.add((row["row"], row["id"], "rejected", outcome.stage, outcome.reason, "", "", None, None, 0,
+                          None, None, None, None))  # fmt: skip
                 continue
-            jpg, js = got.image.jpeg, to_json_bytes(outcome)
+            img = got.image
+            jpg, js = img.jpeg, to_json_bytes(outcome)
             size = tar_member_bytes(len(jpg), len(js))
-            sink.add((row["row"], row["id"], "ok", "", "", split, got.image.sha256, jpg, js, size))
+            sink.add((row["row"], row["id"], "ok", "", "", split, img.sha256, jpg, js, size, key, row["author"],
+                      img.phash, img.dhash))  # fmt: skip
     stages.close()
     return task.index, sink.ok, sink.total - sink.ok

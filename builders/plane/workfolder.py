@@ -44,6 +44,10 @@ UNIT_SCHEMA = pa.schema(
         ("jpg", pa.binary()),
         ("json", pa.binary()),
         ("tar_bytes", pa.int64()),
+        ("split_key", pa.string()),  # what decided the split (the city or the id): split.group_by joins on it
+        ("author", pa.string()),
+        ("phash", pa.binary()),  # the image's window hashes (builders.audit.hashes)
+        ("dhash", pa.binary()),
     ]
 )
 

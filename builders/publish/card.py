@@ -95,6 +95,9 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
     localizability_rows = [(f"{i / 10:.1f}–{(i + 1) / 10:.1f}", n) for i, n in enumerate(bins)] if any(bins) else []
     recipe = manifest.recipe
     release = recipe["input"].get("format") in ("globe-release", "globe-release-test")
+    from builders.audit.audit import read_audit
+
+    audit = read_audit(root)
     card = DatasetCard.from_template(
         card_data(manifest, n_samples),
         template_str=template("dataset_card.md"),
@@ -130,8 +133,27 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
         release_country=stats.release_country,
         release_city=stats.release_city,
         has_test="test" in {split for _, split in stats.samples},
+        audit=audit,
+        audit_rows=_audit_rows(audit),
     )
     return str(card)
+
+
+def _audit_rows(audit: dict | None) -> list[tuple[str, dict]]:
+    """The audit summary's places as card rows: pairs by kind, and the share of the second set paired."""
+    if not audit:
+        return []
+    rows = []
+    for where, row in audit["summary"]["places"].items():
+        second = where.split("-", 1)[1]
+        pairs = row["pairs"]
+        share = row.get(f"{second}_share")
+        rows.append((where, {
+            "exact": pairs.get("exact", 0), "near": pairs.get("near", 0), "same_photo": pairs.get("same-photo", 0),
+            "same_author": pairs.get("same-author", 0),
+            "share": "—" if share is None else f"{row[f'{second}_with_a_pair']:,} ({100 * share:.2f} %)",
+        }))  # fmt: skip
+    return rows
 
 
 def _per_shard(shards: list[Shard]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from builders.sources.base import INDEX_SCHEMA, FetchError, Source
+from builders.sources.index import indexed_identity
 from mp16_reason.storage import location
 
 
@@ -106,6 +107,9 @@ class TarSource(Source):
     def matches(cls, location: str) -> bool:
         return location.lower().rstrip("/").endswith(".tar")
 
+    def identity(self, work_dir) -> dict:
+        return indexed_identity(self, work_dir)
+
     def build_index(self) -> pa.Table:
         return tar_index(self.location)
 
@@ -122,6 +126,9 @@ class ZipSource(Source):
     @classmethod
     def matches(cls, location: str) -> bool:
         return location.lower().rstrip("/").endswith(".zip")
+
+    def identity(self, work_dir) -> dict:
+        return indexed_identity(self, work_dir)
 
     def build_index(self) -> pa.Table:
         return zip_index(self.location)

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
 from mp16_reason.storage import location
-
-if TYPE_CHECKING:
-    from builders.sources.http import UrlSource
 
 INDEX_SCHEMA = pa.schema(
     [("name", pa.string()), ("offset", pa.int64()), ("size", pa.int64()), ("method", pa.int64()),
@@ -91,13 +88,11 @@ class Source:
         raise NotImplementedError
 
     def identity(self, work_dir: Any) -> dict:
-        """The source by content (what the recipe hash covers): here, its index's member count and hash."""
-        from builders.plane.identity import index_identity
-        from builders.sources.index import load_index
+        """The source by content (what the recipe hash covers): for an indexed kind, its index's member count and
+        hash (:func:`builders.sources.index.indexed_identity`); for another, whatever names its content."""
+        raise NotImplementedError
 
-        index = load_index(self, work_dir)
-        return {"members": index.num_rows, "index_sha256": index_identity(index)}
-
-    def reader(self, urls: UrlSource) -> Reader:
-        """What a unit fetches this source's images with (``urls``: the unit's HTTP client)."""
+    def reader(self, urls: Any) -> Reader:
+        """What a unit fetches this source's images with (``urls``: the unit's HTTP client, a
+        :class:`builders.sources.http.UrlSource`)."""
         raise NotImplementedError

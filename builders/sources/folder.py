@@ -23,7 +23,7 @@ class FolderSource(Source):
         return location(self.location).is_dir()
 
     def identity(self, work_dir) -> dict:
-        from builders.plane.identity import folder_identity
+        from builders.sources.identity import folder_identity
 
         return folder_identity(self.location)
 

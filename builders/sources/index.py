@@ -96,3 +96,11 @@ def _common_folder(names: pa.Array) -> str:
 
 def missing_reason(sources: list[Source]) -> str:
     return "no image in any source (tried: " + ", ".join(s.label for s in sources) + ")"
+
+
+def indexed_identity(source: Source, work_dir) -> dict:
+    """An indexed source by content: its index's member count and hash."""
+    from builders.sources.identity import index_identity
+
+    index = load_index(source, work_dir)
+    return {"members": index.num_rows, "index_sha256": index_identity(index)}

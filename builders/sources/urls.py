@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from builders.sources.base import INDEX_SCHEMA, Source, SourceError
+from builders.sources.index import indexed_identity
 from mp16_reason.storage import location
 
 ID_COLUMNS = ("img_id", "id", "image_id", "photo_id", "key")  # a URL list's id column, matched case-insensitively
@@ -51,6 +52,9 @@ class UrlListSource(Source):
     @classmethod
     def matches(cls, location: str) -> bool:
         return location.lower().rstrip("/").endswith((".csv", ".csv.gz", ".parquet", ".pq"))
+
+    def identity(self, work_dir) -> dict:
+        return indexed_identity(self, work_dir)
 
     def build_index(self) -> pa.Table:
         return url_index(self.location)

@@ -5,7 +5,8 @@ read a reply into the record's :class:`~mp16_reason.schema.TeacherAnswer`.
 Kinds shipped: ``openai`` (any OpenAI-compatible endpoint, online or through the Batch API;
 :mod:`builders.teachers.online`) and ``geoclip`` (GeoCLIP in the build's process; :mod:`builders.teachers.geoclip`).
 Another package adds one by an entry point in the group ``mp16_reason.teachers`` naming its settings class
-(``my_pkg.teacher:MySettings``), or by :func:`register` in-process; the recipe then takes ``kind: my-kind``.
+(``my_pkg.teacher:MySettings``), or by :func:`builders.teachers.registry.register` in-process; the recipe then
+takes ``kind: my-kind``.
 
 A teacher answers :class:`Job` s with ``await teacher.ask(job)`` -> a :class:`~builders.teachers.cache.CachedReply`,
 raises :class:`TeacherFailed` (this image's request failed: quarantined) or :class:`TeacherOutage` (the
@@ -25,8 +26,6 @@ from builders.stops import BuildStopped
 from builders.teachers.cache import CachedReply, cache_key
 from builders.teachers.prompt import PROMPT_VERSION, parse_reply
 from mp16_reason.schema import Entity, TeacherAnswer
-
-ENTRY_POINTS = "mp16_reason.teachers"
 
 
 @dataclass(frozen=True)
@@ -196,44 +195,3 @@ class TeacherSettings(BaseModel):
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
         """Price of these tokens, or None when unknown."""
         return None
-
-
-_KINDS: dict[str, type[TeacherSettings]] = {}
-_loaded = False
-
-
-def register(settings: type[TeacherSettings]) -> type[TeacherSettings]:
-    """Make a kind known (usable as a class decorator); its ``kind`` field's default names it."""
-    kind = settings.model_fields["kind"].default
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"{settings.__name__}: give its kind field a default, e.g. kind: Literal['mine'] = 'mine'")
-    _KINDS[kind] = settings
-    return settings
-
-
-def kinds() -> dict[str, type[TeacherSettings]]:
-    """Every known kind: the shipped ones and those other packages register by entry point."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from importlib.metadata import entry_points
-
-        import builders.teachers.geoclip
-        import builders.teachers.online  # noqa: F401  # they register themselves
-
-        for point in entry_points(group=ENTRY_POINTS):
-            register(point.load())
-    return _KINDS
-
-
-def settings_from(data: Any) -> TeacherSettings:
-    """A recipe's teacher entry as the settings of its kind (``openai`` when it names none)."""
-    if isinstance(data, TeacherSettings):
-        return data
-    if not isinstance(data, dict):
-        raise ValueError(f"a teacher is a mapping of settings, not {type(data).__name__}")
-    kind = data.get("kind", "openai")
-    known = kinds()
-    if kind not in known:
-        raise ValueError(f"unknown teacher kind {kind!r}; known kinds: {', '.join(sorted(known))}")
-    return known[kind].model_validate({**data, "kind": kind})

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from builders.teachers.base import Job, TeacherFailed, TeacherFailure, TeacherSettings, Usage, register
+from builders.teachers.base import Job, TeacherFailed, TeacherFailure, TeacherSettings, Usage
 from builders.teachers.cache import CachedReply
 from mp16_reason.schema import GeoGuess, TeacherAnswer
 
@@ -31,7 +31,6 @@ INSTALL = (
 )
 
 
-@register
 class GeoclipTeacher(TeacherSettings):
     """GeoCLIP's GPS prediction, run in the build's process: coordinates with a confidence, no reasoning."""
 

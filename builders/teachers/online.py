@@ -39,7 +39,6 @@ from builders.teachers.base import (
     TeacherOutage,
     TeacherSettings,
     Usage,
-    register,
 )
 from builders.teachers.cache import CachedReply
 from builders.teachers.prompt import INSTRUCTION, SYSTEM, messages, response_format
@@ -49,7 +48,6 @@ from mp16_reason.jpeg import fit_budget, jpeg_data_url
 PIXELS_PER_TOKEN = 28 * 28  # Qwen2.5-VL and InternVL3 both spend about one token per 28x28 patch
 
 
-@register
 class OpenAITeacher(TeacherSettings):
     """An LVLM behind an OpenAI-compatible endpoint (vLLM, ``transformers serve``, OpenAI, ...), asked online, or
     through the Batch API (``mode: batch``; :mod:`builders.teachers.batch`)."""

@@ -11,7 +11,7 @@ from PIL import Image
 from teacher_server import TeacherServer
 
 from builders.recipe import load_recipe
-from builders.teachers.base import Job, TeacherFailed, TeacherOutage, settings_from
+from builders.teachers.base import Job, TeacherFailed, TeacherOutage
 from builders.teachers.cache import CachedReply, ReplyCache, cache_key
 from builders.teachers.geoclip import GeoclipTeacher
 from builders.teachers.online import (
@@ -21,6 +21,7 @@ from builders.teachers.online import (
     retry_after,
 )
 from builders.teachers.prompt import parse_reply
+from builders.teachers.registry import settings_from
 from mp16_reason.endpoints import MissingApiKey
 from mp16_reason.jpeg import jpeg_data_url
 

@@ -1,0 +1,228 @@
+"""The leakage audit: window hashes beside imagehash's, near-duplicate quality on a planted set, the audit of a
+build against a benchmark folder (kinds, audit.json, the card), `globe eval --exclude-overlap`, and a split
+that keeps near twins and authors together."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from photos import COPIES, jpeg, photo
+
+pytest.importorskip("faiss", reason="the audit needs faiss-cpu (pip install -e '.[build]')")
+from builders.audit import search
+from builders.audit.audit import owner, photo_id
+from builders.audit.hashes import from_bytes, imagehash_codes, window_hashes
+from builders.plane.images import prepare
+
+COORDS = Path(__file__).resolve().parents[2] / "builders" / "data" / "sample_coordinates.csv"
+BIN = Path(sys.executable).parent
+
+
+def _hashes(image) -> tuple[np.ndarray, np.ndarray]:
+    """The window hashes as the image stage computes them, from the JPEG a photo arrives as."""
+    prepared = prepare(jpeg(image), 1280 * 28 * 28)
+    return from_bytes(prepared.phash), from_bytes(prepared.dhash)
+
+
+def test_the_hashes_are_imagehashs_phash_and_dhash_within_a_few_bits():
+    imagehash = pytest.importorskip("imagehash")
+    assert imagehash  # the reference implementation is installed
+    ours, theirs = [], []
+    for seed in range(24):
+        (p, d), (rp, rd) = window_hashes(photo(seed)), imagehash_codes(photo(seed))
+        ours.append(np.bitwise_count(p ^ rp))
+        theirs.append(np.bitwise_count(d ^ rd))
+    p_dist = np.concatenate(ours)
+    # One area-averaged 40x40 grid against imagehash's Lanczos resize of each crop: the same bits, bar a few.
+    assert p_dist.mean() <= 3 and p_dist.max() <= 10
+    # Unrelated photos are ~32 bits apart: the two implementations agree far more than photos do.
+    unrelated = np.bitwise_count(window_hashes(photo(1))[0][0] ^ window_hashes(photo(2))[0][0])
+    assert unrelated >= 14
+
+
+def test_the_photo_id_and_the_account_in_mp16_ids_and_benchmark_file_names():
+    assert photo_id("9e/13/1052462958.jpg") == "1052462958"
+    assert photo_id("10280718_4ff8a0a9b6_179_75011938@N00.jpg") == "10280718"
+    assert owner("10280718_4ff8a0a9b6_179_75011938@N00.jpg") == "75011938@N00"
+    assert photo_id("sample/00012.jpg") == "" and photo_id("IMG_2231.jpg") == ""
+
+
+@pytest.mark.slow
+def test_near_duplicates_on_a_planted_set_recall_095_precision_099():
+    # Originals, two copies of each made the ways photos get copied, and unrelated photos of similar scenes
+    # (the same landscape with other buildings; other landscapes drawn alike).
+    names = list(COPIES)
+    groups, codes = [], []
+    for s in range(150):
+        original = photo(s)
+        for g, image in ((s, original), (s, COPIES[names[s % len(names)]](original)),
+                         (s, COPIES[names[(7 * s + 3) % len(names)]](original)),
+                         (-1, photo(s, buildings_seed=s)), (-1, photo(100_000 + s))):  # fmt: skip
+            groups.append(g)
+            codes.append(_hashes(image))
+    phash, dhash = np.stack([c[0] for c in codes]), np.stack([c[1] for c in codes])
+    found = search.within(phash, dhash, max_phash=10, max_dhash=12)  # the recipe's defaults
+    pairs = set(zip(found.a.tolist(), found.b.tolist()))
+    n = len(groups)
+    truth = {(i, j) for i in range(n) for j in range(i + 1, n) if groups[i] >= 0 and groups[i] == groups[j]}
+    recall = len(pairs & truth) / len(truth)
+    precision = len(pairs & truth) / len(pairs)
+    assert recall >= 0.95, recall
+    assert precision >= 0.99, precision
+    # The index used at scale finds the same pairs here as the exhaustive search.
+    fast = search.within(phash, dhash, 10, 12, exact=False)
+    assert set(zip(fast.a.tolist(), fast.b.tolist())) <= pairs
+    assert len(fast) >= 0.9 * len(found)
+
+
+# -- a build, audited ----------------------------------------------------------------------------------------
+def _planted_input(root: Path) -> dict[str, str]:
+    """A metadata CSV and image folder: 40 photos by 20 authors, each author's photos far apart; photos 0-5 have
+    a resized or cropped copy under another id (and another author), so near twins exist across the split."""
+    coords = list(csv.DictReader(COORDS.open()))
+    images = root / "images"
+    images.mkdir(parents=True)
+    rows, copies = [], {}
+    for i in range(40):
+        image = photo(500 + i)
+        (images / f"{i:04d}.jpg").write_bytes(jpeg(image))
+        rows.append([f"p/{i:04d}.jpg", coords[i]["LAT"], coords[i]["LON"], f"{i:04d}.jpg", f"author{i % 20}"])
+    for k in range(6):
+        twin = COPIES["half size" if k % 2 else "cropped 10% left"](photo(500 + k))
+        (images / f"copy{k}.jpg").write_bytes(jpeg(twin, 85))
+        i = 40 + k
+        rows.append([f"p/copy{k}.jpg", coords[i]["LAT"], coords[i]["LON"], f"copy{k}.jpg", f"other{k}"])
+        copies[f"p/copy{k}.jpg"] = f"p/{k:04d}.jpg"
+    with (root / "metadata.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["IMG_ID", "LAT", "LON", "image", "author"])
+        w.writerows(rows)
+    return copies
+
+
+def _build(root: Path, out: Path, *extra: str) -> None:
+    done = subprocess.run(
+        [str(BIN / "mp16-reason"), "build", "--metadata", str(root / "metadata.csv"), "--images",
+         str(root / "images"), "--out", str(out), "--test-fraction", "0.5", "--unit-size", "8", "--workers", "1",
+         "--quiet", *extra],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _records(out: Path) -> dict[str, dict]:
+    import webdataset as wds
+
+    from mp16_reason.manifest import read_manifest
+
+    shards = [str(out / s.path) for s in read_manifest(out).shards]
+    return {json.loads(s["json"])["id"]: json.loads(s["json"]) for s in wds.WebDataset(shards, shardshuffle=False)}
+
+
+@pytest.mark.slow
+def test_an_audit_against_a_benchmark_folder_the_card_and_eval_without_the_overlap(tmp_path):
+    root = tmp_path / "in"
+    copies = _planted_input(root)
+    out = tmp_path / "build"
+    _build(root, out)
+    records = _records(out)
+    assert all(len(r["image"]["phash"]) == 16 for r in records.values())
+
+    # A benchmark folder of IM2GPS-style names: three of the build's photos (one re-encoded, one brightened,
+    # one as it is) and four photos of its own.
+    bench = tmp_path / "im2gps3k"
+    bench.mkdir()
+    src = root / "images"
+    (bench / "10280718_4ff8a0a9b6_179_75011938@N00.jpg").write_bytes((src / "0010.jpg").read_bytes())
+    (bench / "10280719_aa_1_1@N00.jpg").write_bytes(jpeg(COPIES["re-encoded q40"](photo(511))))
+    (bench / "10280720_bb_1_2@N00.jpg").write_bytes(jpeg(COPIES["brighter 20%"](photo(512))))
+    for k in range(4):
+        (bench / f"2000000{k}_cc_1_3@N00.jpg").write_bytes(jpeg(photo(9_000 + k)))
+    done = subprocess.run([str(BIN / "mp16-reason"), "audit", str(out), "--against", f"im2gps3k={bench}", "--quiet"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((out / "audit.json").read_text())
+    pairs = doc["pairs"]
+    # Every planted twin inside the build is found, under its place pair and kind.
+    inside = {frozenset((p["a"], p["b"])) for p in pairs if p["kind"] == "near" and "im2gps3k" not in p["where"]}
+    assert {frozenset(x) for x in copies.items()} <= inside
+    for p in pairs:
+        if {p["a"], p["b"]} in [set(x) for x in copies.items()]:
+            splits = sorted([records[p["a"]]["split"], records[p["b"]]["split"]], key=lambda s: s != "train")
+            assert p["where"] == "-".join(splits)
+    # The benchmark's three copies, and none of its own photos.
+    against = {p["b"] for p in pairs if p["where"].endswith("-im2gps3k") and p["kind"] != "same-author"}
+    assert against == {"10280718_4ff8a0a9b6_179_75011938@N00.jpg", "10280719_aa_1_1@N00.jpg",
+                       "10280720_bb_1_2@N00.jpg"}  # fmt: skip
+    kinds = {p["b"]: p["kind"] for p in pairs if p["where"].endswith("-im2gps3k")}
+    assert kinds["10280718_4ff8a0a9b6_179_75011938@N00.jpg"] == "exact"
+    assert kinds["10280719_aa_1_1@N00.jpg"] == "near"
+    summary = doc["summary"]
+    assert summary["images"]["im2gps3k"] == 7 and summary["thresholds"] == {"phash": 10, "dhash": 12}
+    assert (out / "audit-pairs.parquet").exists()
+
+    # The card reports it.
+    subprocess.run([str(BIN / "mp16-reason"), "card", str(out)], check=True, capture_output=True)
+    card = (out / "README.md").read_text()
+    assert "## Overlap and leakage" in card and "-im2gps3k |" in card
+
+    # globe eval scores the benchmark with and without the items the training set holds.
+    (bench / "list.csv").write_text(
+        "IMG_ID,LAT,LON\n" + "".join(f"{p.name},48.8566,2.3522\n" for p in sorted(bench.glob("*.jpg")))
+    )
+    preds = tmp_path / "preds.jsonl"
+    lines = [{"id": p.name, "text": "<answer>country: France\ncity: Paris</answer>" if "2000000" in p.name else
+              "<answer>country: Japan\ncity: Tokyo</answer>"} for p in sorted(bench.glob("*.jpg"))]  # fmt: skip
+    preds.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    train_ids = [p["b"] for p in pairs if p["where"] == "train-im2gps3k" and p["kind"] in ("exact", "near")]
+    done = subprocess.run(
+        [str(BIN / "globe"), "eval", "csv", "--data", str(bench / "list.csv"), "--images", str(bench),
+         "--predictions", str(preds), "--out", str(tmp_path / "eval"), "--exclude-overlap", str(out),
+         "--overlap-name", "im2gps3k", "--bootstrap", "0", "--quiet"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    clean = report["excluding_overlap"]
+    assert clean["excluded"] == len(train_ids) and clean["n"] == 7 - len(train_ids)
+    assert clean["metrics"]["acc_25km"] > report["metrics"]["acc_25km"] or not train_ids
+    assert "without the" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_split_grouped_by_near_duplicates_and_authors_keeps_them_apart(tmp_path):
+    root = tmp_path / "in"
+    copies = _planted_input(root)
+    plain, grouped = tmp_path / "plain", tmp_path / "grouped"
+    _build(root, plain)
+    _build(root, grouped, "--group-by", "near_duplicate", "--group-by", "author")
+    before, after = _records(plain), _records(grouped)
+
+    # Without grouping, at this test fraction some twins and authors straddle the split; with it, none does.
+    def straddling(records):
+        twins = sum(records[a]["split"] != records[b]["split"] for a, b in copies.items())
+        by_author: dict[str, set[str]] = {}
+        for r in records.values():
+            by_author.setdefault(r["source"]["author"], set()).add(r["split"])
+        return twins, sum(len(s) > 1 for s in by_author.values())
+
+    assert straddling(before) != (0, 0)
+    assert straddling(after) == (0, 0)
+    assert Counter(r["split"] for r in after.values()).keys() == {"train", "test"}
+    # The audit of the grouped build finds no pair across its split.
+    subprocess.run([str(BIN / "mp16-reason"), "audit", str(grouped), "--quiet"], check=True, capture_output=True)
+    across = [p for p in json.loads((grouped / "audit.json").read_text())["pairs"] if p["where"] == "train-test"]
+    assert across == []
+    # Byte-reproducible: another worker count gives the same shards.
+    again = tmp_path / "again"
+    _build(root, again, "--group-by", "near_duplicate", "--group-by", "author", "--workers", "2")
+    files = {p: {s["path"]: s["sha256"] for s in json.loads((p / "manifest.json").read_text())["shards"]}
+             for p in (grouped, again)}  # fmt: skip
+    assert files[grouped] == files[again]
