@@ -8,10 +8,10 @@ where the two whole images are not (pHash moves 14-26 bits under such a crop; wi
 grid, about 10 between its points).
 
 All twenty come from one 40x40 grey grid of the image, where the windows are sub-grids (a 10 % trim is 4
-cells): each window is brought to 32x32 and 9x8 by fixed area-averaging matrices, and one matrix product per
-window stands for the two ``scipy.fftpack.dct`` calls imagehash makes. Calling imagehash on twenty crops costs
-more than preparing a kept JPEG does; this costs a few percent of it. :func:`imagehash_codes` gives imagehash's
-own codes of the same crops, which the tests compare with these.
+cells): each window is brought to 32x32 and 9x8 by fixed area-averaging matrices, and matrix products stand
+for the two ``scipy.fftpack.dct`` calls imagehash makes. Calling imagehash on twenty crops costs three times
+more than preparing a kept JPEG does; this costs about a tenth of it (``benchmarks/bench_audit.py``).
+:func:`imagehash_codes` gives imagehash's own codes of the same crops, which the tests compare with these.
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def _pack(bits: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def _matrices() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _matrices() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per window, the matrices that take the 40x40 grid to its pHash's low frequencies (``left @ grid @
     right``: area-average the window to 32x32, then the DCT) and to its dHash's 9x8 image (``down @ grid @
-    across``); zero outside the window, so all ten are two batched products each."""
+    across``); zero outside the window. The left ones of all twenty are stacked, so a hash costs three products."""
     left, right = np.zeros((N_WINDOWS, 8, GRID)), np.zeros((N_WINDOWS, GRID, 8))
     down, across = np.zeros((N_WINDOWS, 8, GRID)), np.zeros((N_WINDOWS, GRID, 9))
     for i, (x0, y0, x1, y1) in enumerate(boxes(GRID, GRID)):
@@ -83,18 +83,23 @@ def _matrices() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         right[i, x0:x1, :] = _area(w, 32).T @ _DCT8.T
         down[i, :, y0:y1] = _area(h, 8)
         across[i, x0:x1, :] = _area(w, 9).T
-    return left, right, down, across
+    # float32: a hash is the signs of differences, which this precision keeps (bar a rare tie).
+    return tuple(m.astype(np.float32) for m in (np.concatenate([left, down]).reshape(-1, GRID), right, across))
 
 
 def window_hashes(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """``(phash, dhash)``: arrays of :data:`N_WINDOWS` uint64 codes, the whole image's first."""
-    grid = np.asarray(thumbnail(image).resize((GRID, GRID), Image.Resampling.BOX), dtype=np.float64)
-    left, right, down, across = _matrices()
-    low = (left @ grid @ right).reshape(N_WINDOWS, 64)
-    small = down @ grid @ across
+    small = thumbnail(image).resize((GRID, GRID), Image.Resampling.BOX)
+    grid = np.frombuffer(small.tobytes(), np.uint8).reshape(GRID, GRID)  # (np.asarray takes longer)
+    rows, right, across = _matrices()
+    both = (rows @ grid.astype(np.float32)).reshape(2 * N_WINDOWS, 8, GRID)
+    low = (both[:N_WINDOWS] @ right).reshape(N_WINDOWS, 64)
+    steps = both[N_WINDOWS:] @ across
     mid = np.partition(low, (31, 32), axis=1)
-    bits = low > ((mid[:, 31] + mid[:, 32]) / 2)[:, None]
-    return _pack(bits), _pack((small[:, :, 1:] > small[:, :, :-1]).reshape(N_WINDOWS, 64))
+    bits = np.concatenate([low > ((mid[:, 31] + mid[:, 32]) / 2)[:, None],
+                           (steps[:, :, 1:] > steps[:, :, :-1]).reshape(N_WINDOWS, 64)])  # fmt: skip
+    codes = _pack(bits)
+    return codes[:N_WINDOWS], codes[N_WINDOWS:]
 
 
 def imagehash_codes(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:

@@ -1,25 +1,30 @@
-"""Near-duplicate pairs by Hamming distance between window hashes, with faiss's binary indexes.
+"""Near-duplicate pairs by Hamming distance between window hashes.
 
-Every image's whole-image pHash is looked up among the pHashes of every window of the other images
-(:mod:`builders.audit.hashes`), so a crop finds its original, and a candidate within ``max_phash`` bits is a pair
-when the same two codes' dHashes are within ``max_dhash`` too: two hashes must agree, which keeps unrelated
-photos of similar scenes apart.
+Every window of every image (:mod:`builders.audit.hashes`) is looked up among the whole-image pHashes of the
+other images, so a crop finds its original, and a candidate within ``max_phash`` bits is a pair when the same
+two codes' dHashes are within ``max_dhash`` too: two hashes must agree, which keeps unrelated photos of similar
+scenes apart. The index holds one code an image and the windows are the queries: that keeps it small (the
+windows of 4.65M images are 46.5M codes; their images are 4.65M).
 
-Small searches are exact (``IndexBinaryFlat``: every query against every window). Large ones use multi-index
-hashing (``IndexBinaryMultiHash``: three tables of 21 bits, one bit flipped in each): every pair within 5 bits
-is found, and more of those beyond, in time that grows with the number of images rather than its square. The
-benchmark (``benchmarks/bench_audit.py``) measures how many of the pairs an exact search finds it misses.
+Small searches are exact (faiss's ``IndexBinaryFlat``: every window against every image). Large ones use
+multi-index hashing (:class:`MultiIndex`: three tables of 21 bits, one bit flipped in each): every pair within
+5 bits is found, and most of those beyond, in time that grows with the number of images rather than its
+square. The benchmark (``benchmarks/bench_audit.py``) measures how many of the pairs an exact search finds it
+misses.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 EXACT_MAX_COMPARISONS = 5e10  # queries x windows up to which the search is exhaustive
-CHUNK = 50_000  # queries a range search takes at once: bounds its result buffers
+CHUNK = 200_000  # window codes a range search takes at once: bounds its buffers
+MULTI_CHUNK = 50_000  # the same for multi-index hashing, whose buffers hold every probed bucket's members
 
 
 @dataclass(frozen=True)
@@ -41,21 +46,70 @@ def _codes(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values.astype(">u8")).view(np.uint8).reshape(-1, 8)
 
 
-def _index(windows: np.ndarray, exact: bool):
+class MultiIndex:
+    """Multi-index hashing (Norouzi, Punjani and Fleet, CVPR 2012) over 64-bit codes: each code cut into three
+    21-bit chunks, one table per chunk. Two codes within ``r`` bits agree to within ``r // 3`` bits in at least
+    one chunk, so probing each table at the query's chunk and its 21 one-bit neighbours finds every code within
+    5 bits, and codes further away that differ by at most one bit in one chunk.
+
+    A table is the codes' positions sorted by chunk and each chunk value's start in that order (numpy arrays, 4
+    and 8 bytes an entry): 60 MB for 4.65M codes, where hash maps of lists take gigabytes.
+    """
+
+    BITS = 21
+    FLIPS = np.array([0] + [1 << i for i in range(BITS)], np.int64)  # a chunk and its one-bit neighbours
+
+    def __init__(self, codes: np.ndarray) -> None:
+        self.codes = codes
+        self.tables = []
+        for t in range(3):
+            key = self._chunk(codes, t)
+            order = np.argsort(key, kind="stable").astype(np.int32)
+            starts = np.zeros(2**self.BITS + 1, np.int64)
+            np.cumsum(np.bincount(key, minlength=2**self.BITS), out=starts[1:])
+            self.tables.append((order, starts))
+
+    @classmethod
+    def _chunk(cls, codes: np.ndarray, t: int) -> np.ndarray:
+        return ((codes >> np.uint64(cls.BITS * t)) & np.uint64(2**cls.BITS - 1)).astype(np.int64)
+
+    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(q, ids)``: each query's position and a code's position, once, for every pair probed within
+        ``radius`` bits."""
+        found_q, found_ids = [], []
+        for t, (order, starts) in enumerate(self.tables):
+            probes = (self._chunk(queries, t)[:, None] ^ self.FLIPS).ravel()
+            first = starts[probes]
+            sizes = starts[probes + 1] - first
+            total = int(sizes.sum())
+            if not total:
+                continue
+            # The members of every probed bucket, in one array: bucket start + offset within the bucket.
+            ends = np.cumsum(sizes)
+            at = np.repeat(first - (ends - sizes), sizes) + np.arange(total)
+            ids = order[at]
+            q = np.repeat(np.arange(len(probes)) // len(self.FLIPS), sizes)
+            near = np.bitwise_count(queries[q] ^ self.codes[ids]) <= radius
+            found_q.append(q[near])
+            found_ids.append(ids[near].astype(np.int64))
+        if not found_q:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        q, ids = np.concatenate(found_q), np.concatenate(found_ids)
+        _, once = np.unique(q * len(self.codes) + ids, return_index=True)  # found in more than one table
+        return q[once], ids[once]
+
+
+def _exact_index(codes: np.ndarray):
     import faiss
 
-    if exact:
-        index = faiss.IndexBinaryFlat(64)
-    else:
-        index = faiss.IndexBinaryMultiHash(64, 3, 21)
-        index.nflip = 1
-    index.add(_codes(windows.ravel()))
+    index = faiss.IndexBinaryFlat(64)
+    index.add(_codes(codes))
     return index
 
 
 def query(
-    q_phash: np.ndarray,
-    q_dhash: np.ndarray,
+    a_phash: np.ndarray,
+    a_dhash: np.ndarray,
     w_phash: np.ndarray,
     w_dhash: np.ndarray,
     max_phash: int,
@@ -64,27 +118,39 @@ def query(
     progress: bool = False,
     desc: str = "near duplicates",
 ) -> Pairs:
-    """Each query image's whole-image codes (``q_*``, shape (n,)) against every window of the indexed images
-    (``w_*``, shape (m, windows)); ``a`` indexes the queries, ``b`` the indexed images."""
+    """Every window of the images ``w_*`` (shape (m, windows)) against the whole-image codes ``a_*`` (shape
+    (n,)); ``a`` indexes the whole images, ``b`` the windowed ones, ``window`` the window."""
     n_windows = w_phash.shape[1]
     if exact is None:
-        exact = len(q_phash) * w_phash.size <= EXACT_MAX_COMPARISONS
+        exact = len(a_phash) * w_phash.size <= EXACT_MAX_COMPARISONS
     empty = np.empty(0, np.int64)
-    if len(q_phash) == 0 or len(w_phash) == 0:
+    if len(a_phash) == 0 or len(w_phash) == 0:
         return Pairs(empty, empty, empty, empty, empty)
-    index = _index(w_phash, exact)
-    codes = _codes(q_phash)
+    index = _exact_index(a_phash) if exact else MultiIndex(a_phash)
+    windows = w_phash.reshape(-1)
+    chunk = CHUNK if exact else MULTI_CHUNK
+    starts = range(0, len(windows), chunk)
+
+    def search(start: int) -> tuple[np.ndarray, np.ndarray]:
+        part = windows[start : start + chunk]
+        if exact:
+            limits, _, ids = index.range_search(_codes(part), max_phash + 1)  # the radius is exclusive
+            return np.repeat(np.arange(len(part)), np.diff(limits).astype(np.int64)) + start, ids.astype(np.int64)
+        q, ids = index.range_search(part, max_phash)
+        return q + start, ids
+
     found_a, found_w = [], []
-    with tqdm(total=len(codes), unit="img", desc=desc, disable=not progress) as bar:
-        for start in range(0, len(codes), CHUNK):
-            limits, _, ids = index.range_search(codes[start : start + CHUNK], max_phash + 1)  # radius is exclusive
-            found_a.append(np.repeat(np.arange(start, start + len(limits) - 1), np.diff(limits).astype(np.int64)))
-            found_w.append(ids)
-            bar.update(len(limits) - 1)
-    a, w = np.concatenate(found_a), np.concatenate(found_w).astype(np.int64)
+    # faiss runs its own threads; numpy's array operations release the GIL, so chunks run side by side.
+    with ThreadPoolExecutor(1 if exact else min(8, os.cpu_count() or 1)) as pool, \
+            tqdm(total=len(w_phash), unit="img", desc=desc, disable=not progress) as bar:  # fmt: skip
+        for start, (w, a) in zip(starts, pool.map(search, starts)):
+            found_w.append(w)
+            found_a.append(a)
+            bar.update((min(start + chunk, len(windows)) // n_windows) - (start // n_windows))
+    a, w = np.concatenate(found_a), np.concatenate(found_w)
     b, window = w // n_windows, w % n_windows
-    dp = np.bitwise_count(q_phash[a] ^ w_phash[b, window]).astype(np.int64)
-    dd = np.bitwise_count(q_dhash[a] ^ w_dhash[b, window]).astype(np.int64)
+    dp = np.bitwise_count(a_phash[a] ^ w_phash[b, window]).astype(np.int64)
+    dd = np.bitwise_count(a_dhash[a] ^ w_dhash[b, window]).astype(np.int64)
     keep = (dp <= max_phash) & (dd <= max_dhash)
     return Pairs(a[keep], b[keep], dp[keep], dd[keep], window[keep])
 
@@ -114,11 +180,11 @@ def within(phash: np.ndarray, dhash: np.ndarray, max_phash: int, max_dhash: int,
 
 def across(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], max_phash: int, max_dhash: int,
            progress: bool = False, exact: bool | None = None, desc: str = "near duplicates") -> Pairs:  # fmt: skip
-    """Near-duplicate pairs between two sets: each set's whole images against the other's windows (a crop on
+    """Near-duplicate pairs between two sets: each set's windows against the other's whole images (a crop on
     either side finds its original on the other)."""
     (ap, ad), (bp, bd) = a, b
-    one = query(ap[:, 0], ad[:, 0], bp, bd, max_phash, max_dhash, exact, progress, desc)
-    two = query(bp[:, 0], bd[:, 0], ap, ad, max_phash, max_dhash, exact, progress, desc)
+    one = query(ap[:, 0], ad[:, 0], bp, bd, max_phash, max_dhash, exact, progress, desc)  # a whole, b windows
+    two = query(bp[:, 0], bd[:, 0], ap, ad, max_phash, max_dhash, exact, progress, desc)  # b whole, a windows
     both = Pairs(*(np.concatenate([x, y]) for x, y in zip(
         (one.a, one.b, one.phash, one.dhash, one.window), (two.b, two.a, two.phash, two.dhash, two.window)
     )))  # fmt: skip

@@ -151,9 +151,10 @@ def prepare(
             and w0 * h0 <= max_pixels
             and min(w0, h0) >= min_side
         ):
-            img.draft(img.mode, (1, 1))  # decode at 1/8 scale: every entropy-coded block is still read
+            # Decode at 1/8 scale and in grey (what the hashes use): every entropy-coded block is still read.
+            img.draft("L", (1, 1))
             img.load()
-            phash, dhash = _hashes(img)  # from that small decode: a few percent of the image's CPU
+            phash, dhash = _hashes(img)  # from that small decode, not a second one
             return PreparedImage(strip_metadata(data), w0, h0, w0, h0, fmt, digest, False, phash, dhash)
         img.draft("RGB", fit_budget(w0, h0, max_pixels))  # JPEG: decode at reduced scale when possible
         img.load()

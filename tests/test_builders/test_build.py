@@ -711,7 +711,8 @@ def test_unit_files_are_written_a_batch_at_a_time(tmp_path):
     from builders.plane.workfolder import UnitWriter, read_unit
 
     path = tmp_path / "unit-000000.arrow"
-    rows = [(i, f"id{i}", "ok", "", "", "train", "sha", b"jpg" * i, b"{}", 1024) for i in range(10)]
+    rows = [(i, f"id{i}", "ok", "", "", "train", "sha", b"jpg" * i, b"{}", 1024, f"id{i}", "", b"", b"")
+            for i in range(10)]  # fmt: skip
     with UnitWriter(path, batch_rows=4) as sink:
         for row in rows:
             sink.add(row)
