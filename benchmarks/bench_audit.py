@@ -12,7 +12,7 @@ Three parts, each runnable alone (``all`` runs them in turn):
   imagededup's ``find_duplicates`` (whole images, its Cython brute force) at the sizes imagededup finishes,
   then ours alone at 1M and at MP16-Pro's 4,654,532 images. A planted 1 % of near twins, at the distances the
   ``quality`` set's true pairs have, measures the recall of the index used at scale. Each search runs in a
-  fresh process; its wall time and peak RSS are reported.
+  fresh process; its search time and peak RSS are reported (imagededup's: its main process).
 
 imagededup runs from a virtual environment of its own (created on first use in ``--idd-venv``): its CNN
 module needs torchvision, which this project does not install, so it is installed without dependencies
@@ -81,7 +81,8 @@ found = PHash().find_duplicates(encoding_map=encoding_map, max_distance_threshol
 seconds = time.perf_counter() - t0
 pairs = sorted({(min(int(a), int(b)), max(int(a), int(b))) for a, dups in found.items() for b in dups})
 np.save(sys.argv[4], np.array(pairs, np.int64).reshape(-1, 2))
-json.dump({"seconds": seconds}, sys.stdout)
+peak = [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")]
+json.dump({"seconds": seconds, "peak_mb": peak[0] / 1024 if peak else None}, sys.stdout)
 """
 )
 
@@ -94,7 +95,9 @@ t0 = time.perf_counter()
 found = search.within(phash, dhash, int(sys.argv[4]), int(sys.argv[5]))
 seconds = time.perf_counter() - t0
 np.save(sys.argv[6], np.stack([found.a, found.b], axis=1))
-json.dump({"seconds": seconds, "exact": len(phash) * phash.size <= search.EXACT_MAX_COMPARISONS}, sys.stdout)
+peak = [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")]
+json.dump({"seconds": seconds, "exact": len(phash) * phash.size <= search.EXACT_MAX_COMPARISONS,
+           "peak_mb": peak[0] / 1024 if peak else None}, sys.stdout)
 """
 
 
@@ -110,17 +113,13 @@ def idd_python(venv: Path) -> str:
     return str(exe)
 
 
-def measured_child(cmd: list[str]) -> tuple[dict, float]:
-    """Run a command in a fresh process: its JSON on stdout and its peak RSS in MB (wait4's rusage: that
-    process's own and its reaped children's largest)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{err[-3000:]}")
-    return json.loads(out), usage.ru_maxrss / 1024
+def run_json(cmd: list[str]) -> dict:
+    """Run a command in a fresh process and read the JSON it prints (searches add their own peak RSS, read
+    from /proc/self/status: a fresh process's high-water mark, not the forking parent's)."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
 
 
 # -- hashing ------------------------------------------------------------------------------------------------
@@ -253,7 +252,7 @@ def bench_hashing(args, work: Path) -> None:
     t_ours = cpu_per_image(ours, data)
     t_ih20 = cpu_per_image(with_imagehash, data[:300])
     t_ih1 = cpu_per_image(imagehash_whole, data)
-    result, _ = measured_child([idd_python(Path(args.idd_venv)), "-c", IDD_ENCODE, str(folder), "3"])
+    result = run_json([idd_python(Path(args.idd_venv)), "-c", IDD_ENCODE, str(folder), "3"])
     t_idd = result["cpu"] / len(data)
     print(f"  file -> codes, {len(data)} MP-16-shaped JPEGs:")
     print(f"    ours, 20 codes (pHash+dHash, whole + 9 windows):  {t_ours * 1e6:7,.0f} us")
@@ -322,7 +321,7 @@ def bench_quality(args, work: Path) -> list[tuple[int, int]]:
         if exact:
             truth_pairs = [(int(p), int(d)) for a, b, p, d in zip(found.a, found.b, found.phash, found.dhash)
                            if groups[a] >= 0 and groups[a] == groups[b]]  # fmt: skip
-    result, _ = measured_child([idd_python(Path(args.idd_venv)), "-c", IDD_ENCODE, str(folder), "1"])
+    result = run_json([idd_python(Path(args.idd_venv)), "-c", IDD_ENCODE, str(folder), "1"])
     idd_codes = np.array([int(result["codes"][p.name], 16) for p in files], np.uint64)
     np.save(work / "idd-quality.npy", idd_codes)
     out = work / "idd-quality-pairs.npy"
@@ -394,7 +393,7 @@ def bench_search(args, work: Path, distances: list[tuple[int, int]]) -> None:
         np.save(work / "d.npy", dhash)
         np.save(work / "whole.npy", phash[:, 0].copy())
         del phash, dhash
-        ours, peak = measured_child([sys.executable, "-c", OURS_SEARCH, str(ROOT), str(work / "p.npy"),
+        ours = run_json([sys.executable, "-c", OURS_SEARCH, str(ROOT), str(work / "p.npy"),
                                            str(work / "d.npy"), str(MAX_PHASH), str(MAX_DHASH),
                                            str(work / "ours.npy")])  # fmt: skip
         mode = "exhaustive" if ours["exact"] else "multi-index"
@@ -402,14 +401,14 @@ def bench_search(args, work: Path, distances: list[tuple[int, int]]) -> None:
         if n in args.idd_sizes:
             cmd = [py, "-c", IDD_SEARCH, str(work / "whole.npy"), str(IDD_THRESHOLD), args.idd_method,
                    str(work / "idd.npy")]  # fmt: skip
-            theirs, t_peak = measured_child(cmd)
+            theirs = run_json(cmd)
             idd_rate = theirs["seconds"] / n**2  # brute force: every pair
             print(f"  {n:>10,} {'imagededup ' + args.idd_method:<34} {theirs['seconds']:>9.1f} "
-                  f"{t_peak:>8,.0f}MB {recall_of(np.load(work / 'idd.npy'), planted):>7.3f}")  # fmt: skip
+                  f"{theirs['peak_mb']:>8,.0f}MB {recall_of(np.load(work / 'idd.npy'), planted):>7.3f}")  # fmt: skip
             ratio = f"{theirs['seconds'] / ours['seconds']:.1f}x"
         elif idd_rate:
             ratio = f"{idd_rate * n**2 / ours['seconds']:.0f}x (imagededup extrapolated: {idd_rate * n**2:,.0f} s)"
-        print(f"  {n:>10,} {'ours, ' + mode:<34} {ours['seconds']:>9.1f} {peak:>8,.0f}MB "
+        print(f"  {n:>10,} {'ours, ' + mode:<34} {ours['seconds']:>9.1f} {ours['peak_mb']:>8,.0f}MB "
               f"{recall_of(np.load(work / 'ours.npy'), planted):>7.3f}  {ratio}")  # fmt: skip
 
 
