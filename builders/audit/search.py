@@ -60,7 +60,7 @@ class MultiIndex:
     FLIPS = np.array([0] + [1 << i for i in range(BITS)], np.int64)  # a chunk and its one-bit neighbours
 
     def __init__(self, codes: np.ndarray) -> None:
-        self.codes = codes
+        self.codes = np.ascontiguousarray(codes)  # one column of (n, windows) arrays: gathers stay local
         self.tables = []
         for t in range(3):
             key = self._chunk(codes, t)
