@@ -47,6 +47,7 @@ def _count(manifest: dict, config: str, split: str) -> int:
     return sum(s["samples"] for s in manifest["shards"] if s.get("config", "default") == config and s["split"] == split)
 
 
+@pytest.mark.slow
 def test_load_dataset_on_a_fresh_build_folder_reads_exactly_the_manifests_configs(fresh, tmp_path):
     out, manifest = fresh
     assert manifest["totals"]["configs"]["localizability"]  # the folder holds a second config
@@ -72,6 +73,7 @@ def test_load_dataset_on_a_fresh_build_folder_reads_exactly_the_manifests_config
     assert got["wds"] >= got["splits"]["train"]
 
 
+@pytest.mark.slow
 def test_shards_are_equal_and_third_party_splitters_balance_ranks(fresh, tmp_path):
     out, manifest = fresh
     train = sorted((s for s in manifest["shards"] if s["split"] == "train" and "config" not in s),
@@ -134,6 +136,7 @@ def test_dataset_card_meets_the_hubs_metadata_rules(fresh, tmp_path):
 
 
 @pytest.mark.skipif(olah_cli() is None, reason="olah not installed: run scripts/setup.sh")
+@pytest.mark.slow
 def test_the_readmes_call_works_offline_after_both_configs_were_cached(fresh, tmp_path):
     out, manifest = fresh
     write_card(out)
@@ -180,6 +183,7 @@ def _one_line_error(done: subprocess.CompletedProcess) -> str:
     return done.stderr
 
 
+@pytest.mark.slow
 def test_eval_names_the_file_and_line_of_unusable_predictions(fresh, tmp_path):
     out, _ = fresh
     bad = tmp_path / "bad.jsonl"
@@ -195,6 +199,7 @@ def test_eval_names_the_file_and_line_of_unusable_predictions(fresh, tmp_path):
     assert not (tmp_path / "e2" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_predict_and_push_fail_at_once_in_one_line_when_the_hub_is_out_of_reach(fresh, tmp_path):
     out, _ = fresh
     photo = next((out / "sample-input" / "images").glob("*.jpg"))
@@ -212,6 +217,7 @@ def test_predict_and_push_fail_at_once_in_one_line_when_the_hub_is_out_of_reach(
     assert "the Hub at" in err and "does not answer" in err
 
 
+@pytest.mark.slow
 def test_train_help_is_quick_and_flags_and_recipes_are_checked(tmp_path):
     probe = (
         "import json, sys\n"
@@ -235,6 +241,7 @@ def test_train_help_is_quick_and_flags_and_recipes_are_checked(tmp_path):
 
 
 @pytest.mark.skipif(olah_cli() is None, reason="olah not installed: run scripts/setup.sh")
+@pytest.mark.slow
 def test_eval_pins_a_hub_benchmarks_revision_and_records_it(fresh, tmp_path):
     out, manifest = fresh
     write_card(out)

@@ -71,6 +71,7 @@ def online(sample_input, tmp_path_factory):
     return root / "out", reply, doomed, srv
 
 
+@pytest.mark.slow
 def test_batches_give_the_online_shards_with_failures_retried_and_quarantined(sample_input, online, tmp_path):
     reference, reply, doomed, online_srv = online
     flaky: set[str] = set()
@@ -131,6 +132,7 @@ def test_batches_give_the_online_shards_with_failures_retried_and_quarantined(sa
     assert any("(batch)" in line and "quarantined" in line for line in logs)
 
 
+@pytest.mark.slow
 def test_a_killed_build_resumes_polling_and_submits_nothing_twice(sample_input, online, tmp_path):
     reference, reply, doomed, _ = online
     with BatchServer(reply, lambda k, a: hashlib.sha256(image_of(server.bodies[k])).hexdigest() == doomed,

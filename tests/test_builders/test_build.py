@@ -149,6 +149,7 @@ def test_output_does_not_depend_on_workers(sample_input, reference, tmp_path):
         "data/train-000000.tar",  # shards are written while later units are still prepared
     ],
 )
+@pytest.mark.slow
 def test_sigkill_then_resume_is_byte_identical(sample_input, reference, tmp_path, kill_when):
     """SIGKILL the CLI as soon as it reaches a given point, then rerun: nothing lost, nothing duplicated."""
     cmd = [sys.executable, "-m", "builders.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
@@ -202,6 +203,7 @@ def test_shard_process_failure_is_reported_and_resumable(sample_input, reference
 
 
 @pytest.mark.parametrize("build_dir", ["reference", "sample_build"])  # without and with teachers
+@pytest.mark.slow
 def test_fold_over_a_finished_build_reproduces_its_manifest(build_dir, request):
     """Shards already on disk are kept, their entries recomputed; every input row is counted once."""
     from builders.plane.shards import ShardFold
@@ -301,6 +303,7 @@ def test_parquet_metadata_builds_the_same_images(sample_input, reference, tmp_pa
     assert keys == ref
 
 
+@pytest.mark.slow
 def test_ray_distributor_gives_identical_shards(sample_input, reference, tmp_path):
     pytest.importorskip("ray")
     import ray
@@ -312,6 +315,7 @@ def test_ray_distributor_gives_identical_shards(sample_input, reference, tmp_pat
     assert shard_digests(tmp_path) == shard_digests(reference[0])
 
 
+@pytest.mark.slow
 def test_cli_sample_build_and_rerun(tmp_path):
     out = tmp_path / "sb"
     res = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "20", "--out", str(out), "--quiet"])

@@ -35,6 +35,7 @@ def _shards(out: Path) -> dict[str, str]:
     return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*.tar")}
 
 
+@pytest.mark.slow
 def test_faults_are_retried_or_quarantined_and_nothing_is_lost(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", SECRET)
     cache = tmp_path / "cache.sqlite"
@@ -110,6 +111,7 @@ def test_faults_are_retried_or_quarantined_and_nothing_is_lost(sample_input, tmp
     assert SECRET not in "\n".join(logs)
 
 
+@pytest.mark.slow
 def test_curated_records_and_the_localizability_config(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", "k")
     recipe = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
@@ -146,6 +148,7 @@ def test_curated_records_and_the_localizability_config(sample_input, tmp_path, m
     validate_build(out, require_card=False)
 
 
+@pytest.mark.slow
 def test_estimate_sends_nothing_and_counts_the_cache(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", "k")
     recipe = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
@@ -163,6 +166,7 @@ def test_estimate_sends_nothing_and_counts_the_cache(sample_input, tmp_path, mon
         assert "t1: 0 requests (24 of 24 images cached)" in res.output, res.output
 
 
+@pytest.mark.slow
 def test_sigkill_during_distillation_then_resume(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", "k")
     cache = tmp_path / "cache.sqlite"

@@ -56,6 +56,7 @@ def _shards(out: Path) -> dict[str, str]:
 
 
 # -- one build per output ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_build_in_one_output_fails_at_once_naming_the_holder_and_kill_9_leaves_no_lock(sample_input, tmp_path):
     with SlowImages(sample_input / "images", delay_s=0.25) as base:
         meta = url_metadata(sample_input, base, tmp_path / "in")
@@ -93,6 +94,7 @@ def seaweed(tmp_path_factory):
         yield server
 
 
+@pytest.mark.slow
 def test_the_lock_on_object_storage_excludes_a_second_build_and_takes_over_a_dead_ones(seaweed, tmp_path):
     out = Location(seaweed.bucket("locks") + "/build")
     with BuildLock(out, "first", refresh_s=0.2, stale_s=3):
@@ -153,6 +155,7 @@ def test_an_endpoint_answering_401_stops_naming_the_key_variable_and_never_the_k
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_an_endpoint_that_fails_then_recovers_is_paused_and_no_image_is_lost(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", "k")
     recipe = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
@@ -174,6 +177,7 @@ def test_an_endpoint_that_fails_then_recovers_is_paused_and_no_image_is_lost(sam
     assert any("paused" in line for line in logs), logs
 
 
+@pytest.mark.slow
 def test_an_endpoint_that_stays_down_stops_after_outage_s_and_the_rerun_finishes(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", "k")
     recipe = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
@@ -263,6 +267,7 @@ def test_claims_keep_two_builds_from_asking_the_same_key_until_a_lease_runs_out(
     b.close()
 
 
+@pytest.mark.slow
 def test_two_builds_sharing_one_cache_pay_for_each_reply_once(sample_input, tmp_path, monkeypatch):
     monkeypatch.setenv("MP16_TEST_KEY", "k")
     cache = tmp_path / "shared.sqlite"
@@ -432,6 +437,7 @@ def test_a_command_without_its_extra_names_the_extra_in_one_line(tmp_path):
 
 
 # -- every location with every mode -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_offline_sample_builds_straight_to_object_storage(s3, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MP16_REASON_CACHE", str(tmp_path / "cache"))

@@ -59,6 +59,7 @@ def _jpeg(colour: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.slow
 def test_the_scorer_is_geoclips_predict_over_the_bundled_gallery(tiny_clip, tmp_path):
     import geoclip
 
@@ -102,6 +103,7 @@ def _with_geoclip(recipe: Recipe, tiny_clip: str, **curation) -> Recipe:
     return Recipe.model_validate(data)
 
 
+@pytest.mark.slow
 def test_builds_record_geoclip_answers_reuse_them_and_curate_by_distance(sample_input, tiny_clip, tmp_path,
                                                                         monkeypatch):  # fmt: skip
     monkeypatch.setenv("MP16_TEST_KEY", "key")

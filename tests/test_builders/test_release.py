@@ -261,6 +261,7 @@ def test_test_split_from_its_own_csv(release, tmp_path):
     assert "city-centre aligned" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_shards(release, built, tmp_path):
     from test_build import shard_digests
 

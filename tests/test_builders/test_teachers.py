@@ -170,6 +170,7 @@ POOLS = ["aiohttp", "httpx"]  # both connection pools must meet every fault the 
 
 @pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("fault", ["429", "500", "timeout", "truncated", "nonjson"])
+@pytest.mark.slow
 def test_transient_faults_are_retried(fault, pool):
     first_two = {0: fault, 1: fault}
     with TeacherServer(lambda img, req: json.dumps(GOOD), lambda n, d: first_two.get(n), hang_s=1.0) as srv:

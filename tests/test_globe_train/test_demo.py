@@ -66,6 +66,7 @@ def test_cues_are_highlighted_and_exif_gps_read():
     assert exif_gps(EXAMPLES / "lisbon.jpg")[1] < 0  # west of Greenwich
 
 
+@pytest.mark.slow
 def test_a_photo_alone_through_gradio_client_with_the_tiny_model_offline(tiny_model, tmp_path):
     from gradio_client import Client, handle_file
 
@@ -78,6 +79,7 @@ def test_a_photo_alone_through_gradio_client_with_the_tiny_model_offline(tiny_mo
     assert Image.open(world).size == (900, 450)  # our own world map, no tiles
 
 
+@pytest.mark.slow
 def test_the_answer_the_map_and_the_distance_through_an_endpoint_and_the_bounds(tmp_path):
     from gradio_client import Client, handle_file
 
@@ -101,6 +103,7 @@ def test_the_answer_the_map_and_the_distance_through_an_endpoint_and_the_bounds(
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium (Debian's package) for the browser test")
+@pytest.mark.slow
 def test_a_finished_prediction_in_headless_chromium(tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -127,6 +130,7 @@ def test_a_finished_prediction_in_headless_chromium(tmp_path):
     assert image.width >= 1000 and len(image.getcolors(1 << 20) or []) > 50  # a rendered page, not a blank one
 
 
+@pytest.mark.slow
 def test_the_space_folder_and_its_upload(tmp_path):
     import yaml
 

@@ -43,6 +43,7 @@ def test_the_released_checkpoints_are_named_and_the_default():
 
 
 @needs_olah
+@pytest.mark.slow
 def test_internvl_in_transformers_format_predicts_here(tmp_path, photo):
     from globe_train.tiny import make_tiny_internvl
 
@@ -57,6 +58,7 @@ def test_internvl_in_transformers_format_predicts_here(tmp_path, photo):
 
 
 @needs_olah
+@pytest.mark.slow
 def test_internvl_in_its_remote_code_layout_is_refused_with_the_vllm_command_before_any_weight(tmp_path, photo):
     repo = tmp_path / "remote"
     repo.mkdir()
@@ -77,6 +79,7 @@ def test_internvl_in_its_remote_code_layout_is_refused_with_the_vllm_command_bef
     assert not list((tmp_path / "hf").rglob("*.safetensors"))  # refused before the weights came down
 
 
+@pytest.mark.slow
 def test_the_release_protocol_is_sent_exactly_in_eval_and_predict(tmp_path, photo):
     (tmp_path / "images").mkdir()
     raw = photo.read_bytes()

@@ -231,6 +231,7 @@ def _env(endpoint: str, home: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_publish_uploads_the_staged_tree_and_tags_it(built, tmp_path):
     exe = [sys.executable, "-m", "builders.cli"]
     with HubWriteServer() as hub:
@@ -260,6 +261,7 @@ needs_olah = pytest.mark.skipif(olah_cli() is None, reason="olah not installed: 
 
 
 @needs_olah
+@pytest.mark.slow
 def test_hub_load_dataset_streaming_and_stream_match_local_shards(built, tmp_path):
     publish(built, "globe/mp16-reason", dry_run=True, staging=tmp_path / "stage")
     local = local_records(built)

@@ -55,6 +55,7 @@ def test_the_sample_built_to_s3_has_the_local_shards(local_build, s3_build, s3):
     assert (s3.root / "builds/sample/data").is_dir() and not list((s3.root / "builds/sample/data").glob(".*"))
 
 
+@pytest.mark.slow
 def test_validate_card_load_and_stream_on_s3(s3_build, s3, local_build):
     from mp16_reason import load, stream
 
@@ -80,6 +81,7 @@ def test_validate_card_load_and_stream_on_s3(s3_build, s3, local_build):
         assert SECRET not in log
 
 
+@pytest.mark.slow
 def test_a_killed_build_on_s3_resumes_to_the_same_shards(sample_input, local_build, s3):
     import signal
     import time

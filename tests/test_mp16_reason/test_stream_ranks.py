@@ -143,6 +143,7 @@ def _distributed_reader(rank: int, world: int, port: int, root: str, workers: in
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("split", list(SPLITS))
+@pytest.mark.slow
 def test_every_sample_once_across_torch_distributed_ranks(tmp_path, split, workers):
     from hub_servers import free_port
 
