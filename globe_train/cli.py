@@ -202,7 +202,7 @@ def _train_command(method: str):
 
         from .configs import RecipeError
         from .data import DatasetError
-        from .runs import parse
+        from .runs import end_distributed, parse
 
         if "--help-all" in args:
             args = [a for a in args if a != "--help-all"] + ["--help"]
@@ -218,6 +218,7 @@ def _train_command(method: str):
             out = module.main(*parsed)
         except (RecipeError, DatasetError) as exc:  # contradictory settings, unusable data; the rest keeps its trace
             raise click.ClickException(str(exc)) from None
+        end_distributed()
         click.echo(f"saved {out} (globe card {out} renders its model card)")
 
     return command

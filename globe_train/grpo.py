@@ -18,7 +18,7 @@ from .configs import GRPOScriptArguments, RecipeError, check_reward_weights
 from .data import stream_length, training_dataset
 from .modeling import freeze_vision, load_model, peft_config, save_final
 from .rewards import get_reward_funcs
-from .runs import CompleteCheckpoints, JsonlLogs, parse, setup, write_run_info
+from .runs import CompleteCheckpoints, JsonlLogs, end_distributed, parse, setup, write_run_info
 
 ARGS = (GRPOScriptArguments, GRPOConfig, ModelConfig)  # what a recipe fills, in parse order
 
@@ -79,3 +79,4 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
 
 if __name__ == "__main__":
     main(*parse(ARGS))
+    end_distributed()

@@ -13,7 +13,7 @@ from pathlib import Path
 from trl import ModelConfig, SFTConfig
 
 from .configs import RMScriptArguments
-from .runs import parse
+from .runs import end_distributed, parse
 from .sft import train_supervised
 
 ARGS = (RMScriptArguments, SFTConfig, ModelConfig)
@@ -25,3 +25,4 @@ def main(script_args: RMScriptArguments, training_args: SFTConfig, model_args: M
 
 if __name__ == "__main__":
     main(*parse(ARGS))
+    end_distributed()

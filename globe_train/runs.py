@@ -97,6 +97,16 @@ def setup(training_args: Any) -> str | None:
     return training_args.resume_from_checkpoint or last
 
 
+def end_distributed() -> None:
+    """Tear the process group down before the interpreter does. Left to interpreter exit, gloo's worker threads
+    can outlive it and abort a run that has already finished and saved (``terminate called without an active
+    exception``, SIGABRT). Called only after a run succeeds: a rank that failed must not wait on the others."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class JsonlLogs(TrainerCallback):
     """Appends every log the trainer emits (losses, per-reward means, KL, lengths) to ``output_dir/logs.jsonl``."""
 

@@ -13,7 +13,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 from .configs import DataArguments, SFTScriptArguments
 from .data import training_dataset
 from .modeling import freeze_vision, load_model, peft_config, save_final
-from .runs import CompleteCheckpoints, JsonlLogs, parse, setup, write_run_info
+from .runs import CompleteCheckpoints, JsonlLogs, end_distributed, parse, setup, write_run_info
 
 ARGS = (SFTScriptArguments, SFTConfig, ModelConfig)
 
@@ -55,3 +55,4 @@ def main(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: 
 
 if __name__ == "__main__":
     main(*parse(ARGS))
+    end_distributed()

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+import torch.distributed
 from trl import GRPOConfig, GRPOTrainer
 
 import mp16_reason
@@ -41,3 +42,5 @@ if __name__ == "__main__":
         train_dataset=mp16_reason.stream(split="train", path=build, rows="trl", shuffle=0),
     )
     trainer.train()
+    # As torch.distributed's documentation asks: without it gloo's threads may abort the finished process at exit.
+    torch.distributed.destroy_process_group()
