@@ -16,6 +16,7 @@ from typing import Any
 from mp16_reason.answer import answer_location, completion_text, official_reward_extract, parse_answer
 from mp16_reason.distance import haversine_km
 from mp16_reason.matching import location_score
+from mp16_reason.plugins import Registry
 
 # The whole completion: <think>...</think>, optional whitespace, <answer>...</answer>, nothing after.
 _FORMAT = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>", re.S)  # used with fullmatch
@@ -138,13 +139,22 @@ def _geo_accuracy(args, group: int) -> NamedReward:
     return NamedReward(geo_accuracy, "geo_accuracy", rule=args.geo_rule, **weights)
 
 
-REWARDS: dict[str, RewardFactory] = {
+def _plain(reward: Callable[..., list], name: str) -> RewardFactory:
+    return lambda args, group: NamedReward(reward, name)
+
+
+SHIPPED: dict[str, RewardFactory] = {
     "geo_accuracy": _geo_accuracy,
     "localizability": _localizability,
     "visual_grounding": lambda args, group: NamedReward(visual_grounding, "visual_grounding", rule=args.visual_rule),
     "format": lambda args, group: NamedReward(format_reward, "format", rule=args.format_rule),
     "coordinate": lambda args, group: NamedReward(coordinate_reward, "coordinate", scale_km=args.coordinate_scale_km),
 }
+ENTRY_POINTS = "globe_train.rewards"
+# A package names a plain reward function in the entry point group; the entry point's name is the reward's.
+_REWARDS: Registry[RewardFactory] = Registry(
+    ENTRY_POINTS, shipped=SHIPPED, adopt=lambda point: (point.name, _plain(point.load(), point.name))
+)
 
 
 def register(name: str, reward: Callable[..., list] | None = None, factory: RewardFactory | None = None) -> None:
@@ -152,24 +162,12 @@ def register(name: str, reward: Callable[..., list] | None = None, factory: Rewa
     that binds recipe settings."""
     if (reward is None) == (factory is None):
         raise ValueError("give the reward function or its factory")
-    REWARDS[name] = factory or (lambda args, group: NamedReward(reward, name))
-
-
-ENTRY_POINTS = "globe_train.rewards"
-_loaded = False
+    _REWARDS.register(factory or _plain(reward, name), name)
 
 
 def rewards() -> dict[str, RewardFactory]:
     """Every reward a recipe may name: the shipped ones and those other packages add (entry points read once)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from importlib.metadata import entry_points
-
-        for point in entry_points(group=ENTRY_POINTS):
-            if point.name not in REWARDS:  # a shipped name keeps its meaning
-                register(point.name, point.load())
-    return REWARDS
+    return _REWARDS.items()
 
 
 def get_reward_funcs(args, num_generations: int = 1) -> list:

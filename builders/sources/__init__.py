@@ -14,31 +14,29 @@ from builders.sources.folder import FolderSource
 from builders.sources.http import UrlSource
 from builders.sources.index import index_path, join_sources, load_index, missing_reason
 from builders.sources.urls import UrlListSource, url_index
+from mp16_reason.plugins import Registry
 
 ENTRY_POINTS = "mp16_reason.sources"
 _BUILT_IN: list[type[Source]] = [TarSource, ZipSource, UrlListSource, FolderSource]
-_ADDED: list[type[Source]] = []
-_loaded = False
+
+
+def _kind_of(kind: type[Source]) -> str:
+    if not kind.kind:
+        raise ValueError(f"{kind.__name__}: give it a kind, e.g. kind = 'gdrive'")
+    return kind.kind
+
+
+_ADDED: Registry[type[Source]] = Registry(ENTRY_POINTS, _kind_of)
 
 
 def register(kind: type[Source]) -> type[Source]:
     """Make a kind of source known (usable as a class decorator); it is tried before the shipped kinds."""
-    if not kind.kind:
-        raise ValueError(f"{kind.__name__}: give it a kind, e.g. kind = 'gdrive'")
-    _ADDED.append(kind)
-    return kind
+    return _ADDED.register(kind)
 
 
 def kinds() -> list[type[Source]]:
     """Every kind, in the order locations are matched: registered ones, then the shipped ones."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from importlib.metadata import entry_points
-
-        for point in entry_points(group=ENTRY_POINTS):
-            register(point.load())
-    return [*_ADDED, *_BUILT_IN]
+    return [*_ADDED.items().values(), *_BUILT_IN]
 
 
 def source_for(location: str, position: int = 0) -> Source:

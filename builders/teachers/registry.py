@@ -9,33 +9,20 @@ from typing import Any
 from builders.teachers.base import TeacherSettings
 from builders.teachers.geoclip import GeoclipTeacher
 from builders.teachers.online import OpenAITeacher
+from mp16_reason.plugins import Registry, kind_of
 
 ENTRY_POINTS = "mp16_reason.teachers"
-_KINDS: dict[str, type[TeacherSettings]] = {}
-_loaded = False
+_KINDS: Registry[type[TeacherSettings]] = Registry(ENTRY_POINTS, kind_of, shipped=(OpenAITeacher, GeoclipTeacher))
 
 
 def register(settings: type[TeacherSettings]) -> type[TeacherSettings]:
     """Make a kind known (usable as a class decorator); its ``kind`` field's default names it."""
-    kind = settings.model_fields["kind"].default
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"{settings.__name__}: give its kind field a default, e.g. kind: Literal['mine'] = 'mine'")
-    _KINDS[kind] = settings
-    return settings
+    return _KINDS.register(settings)
 
 
 def kinds() -> dict[str, type[TeacherSettings]]:
     """Every known kind: the shipped ones and those other packages register by entry point."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from importlib.metadata import entry_points
-
-        for shipped in (OpenAITeacher, GeoclipTeacher):
-            register(shipped)
-        for point in entry_points(group=ENTRY_POINTS):
-            register(point.load())
-    return _KINDS
+    return _KINDS.items()
 
 
 def settings_from(data: Any) -> TeacherSettings:

@@ -17,6 +17,7 @@ from builders.curation.filters.geoclip import Geoclip, GeoclipFilter
 from builders.curation.filters.ground_truth import GroundTruth, GroundTruthFilter
 from builders.curation.filters.grounding import Grounding, GroundingFilter
 from builders.curation.filters.localizability import Localizability, LocalizabilityFilter
+from mp16_reason.plugins import Registry, kind_of
 
 # (section of ``curation:``, filter) in the order they run.
 ORDER: tuple[tuple[str, type[Filter]], ...] = (
@@ -46,31 +47,23 @@ class AddedFilter(FilterSettings):
         return {"kind": self.kind, **data} if isinstance(data, dict) else data
 
 
-_KINDS: dict[str, type[AddedFilter]] = {}
-_loaded = False
+def _kind_of(settings: type[AddedFilter]) -> str:
+    if not isinstance(getattr(settings, "filter", None), type) or not issubclass(settings.filter, Filter):
+        raise ValueError(f"{settings.__name__}: set filter = the Filter class that checks")
+    return kind_of(settings)
+
+
+_KINDS: Registry[type[AddedFilter]] = Registry(ENTRY_POINTS, _kind_of)
 
 
 def register(settings: type[AddedFilter]) -> type[AddedFilter]:
     """Make a filter kind known (usable as a class decorator)."""
-    kind = settings.model_fields["kind"].default
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"{settings.__name__}: give its kind field a default, e.g. kind: Literal['mine'] = 'mine'")
-    if not isinstance(getattr(settings, "filter", None), type) or not issubclass(settings.filter, Filter):
-        raise ValueError(f"{settings.__name__}: set filter = the Filter class that checks")
-    _KINDS[kind] = settings
-    return settings
+    return _KINDS.register(settings)
 
 
 def kinds() -> dict[str, type[AddedFilter]]:
     """The filter kinds other packages add (entry points are read once)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from importlib.metadata import entry_points
-
-        for point in entry_points(group=ENTRY_POINTS):
-            register(point.load())
-    return _KINDS
+    return _KINDS.items()
 
 
 def added_from(data: Any) -> AddedFilter:
