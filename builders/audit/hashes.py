@@ -7,10 +7,11 @@ both sides) and 5 % all round. A copy cropped by up to ~10 % is then close to on
 where the two whole images are not (pHash moves 14-26 bits under such a crop; window to whole: 0-2 on the
 grid, about 10 between its points).
 
-All twenty come from one 40x40 grey grid of the image, where the windows are sub-grids (a 10 % trim is 4
-cells): each window is brought to 32x32 and 9x8 by fixed area-averaging matrices, and matrix products stand
-for the two ``scipy.fftpack.dct`` calls imagehash makes. Calling imagehash on twenty crops costs three times
-more than preparing a kept JPEG does; this costs about a tenth of it (``benchmarks/bench_audit.py``).
+All twenty are taken on one 40x40 area-averaged grid of a small grey thumbnail, where the windows are
+sub-grids (a 10 % trim is 4 cells): each window is brought to 32x32 and 9x8 by area-averaging matrices, and
+matrix products stand for the two ``scipy.fftpack.dct`` calls imagehash makes. The grid itself is never made:
+its averaging is folded into the matrices, once per thumbnail size, so two products of the thumbnail give all
+twenty hashes. Calling imagehash on twenty crops costs three times more than preparing a kept JPEG does.
 :func:`imagehash_codes` gives imagehash's own codes of the same crops, which the tests compare with these.
 """
 
@@ -65,41 +66,65 @@ def thumbnail(image: Image.Image) -> Image.Image:
     return small if small.mode == "L" else small.convert("L")
 
 
-def _pack(bits: np.ndarray) -> np.ndarray:
-    """Rows of 64 booleans -> uint64, the first bit highest (imagehash's hex order)."""
-    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
-
-
 @functools.cache
-def _matrices() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per window, the matrices that take the 40x40 grid to its pHash's low frequencies (``left @ grid @
-    right``: area-average the window to 32x32, then the DCT) and to its dHash's 9x8 image (``down @ grid @
-    across``); zero outside the window. The left ones of all twenty are stacked, so a hash costs three products."""
-    left, right = np.zeros((N_WINDOWS, 8, GRID)), np.zeros((N_WINDOWS, GRID, 8))
-    down, across = np.zeros((N_WINDOWS, 8, GRID)), np.zeros((N_WINDOWS, GRID, 9))
-    for i, (x0, y0, x1, y1) in enumerate(boxes(GRID, GRID)):
-        h, w = y1 - y0, x1 - x0
-        left[i, :, y0:y1] = _DCT8 @ _area(h, 32)
-        right[i, x0:x1, :] = _area(w, 32).T @ _DCT8.T
-        down[i, :, y0:y1] = _area(h, 8)
-        across[i, x0:x1, :] = _area(w, 9).T
+def _grid_plan() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The twenty hashes as one product ``left @ grid @ right`` on the 40x40 grid, and where each hash's
+    values lie in it. The windows have four vertical and four horizontal extents: ``left`` holds, per vertical
+    extent, the rows that area-average it to 32 and take the DCT (pHash) and those that average it to 8 (dHash);
+    ``right`` the same per horizontal extent (to 32 and the DCT; to 9). Of the product's blocks, each window
+    reads its own: 8x8 low frequencies (``low``) and an 8x9 image whose horizontal steps are its dHash
+    (``step_from``, ``step_to``), as flat indices."""
+    box = boxes(GRID, GRID)
+    rows, cols = sorted({(b[1], b[3]) for b in box}), sorted({(b[0], b[2]) for b in box})
+    n, m = len(rows) * 8, len(cols) * 8
+    left, right = np.zeros((2 * n, GRID)), np.zeros((GRID, m + len(cols) * 9))
+    for k, (y0, y1) in enumerate(rows):
+        left[8 * k : 8 * k + 8, y0:y1] = _DCT8 @ _area(y1 - y0, 32)
+        left[n + 8 * k : n + 8 * k + 8, y0:y1] = _area(y1 - y0, 8)
+    for k, (x0, x1) in enumerate(cols):
+        right[x0:x1, 8 * k : 8 * k + 8] = _area(x1 - x0, 32).T @ _DCT8.T
+        right[x0:x1, m + 9 * k : m + 9 * k + 9] = _area(x1 - x0, 9).T
+    width, r, c = right.shape[1], np.arange(8)[:, None], np.arange(8)[None, :]
+    low, step_from = [], []
+    for x0, y0, x1, y1 in box:
+        v, h = rows.index((y0, y1)), cols.index((x0, x1))
+        low.append(((8 * v + r) * width + 8 * h + c).ravel())
+        step_from.append(((n + 8 * v + r) * width + m + 9 * h + c).ravel())
+    step_from = np.array(step_from)
+    return left, right, np.array(low), step_from, step_from + 1
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_grid_plan`'s products with the area-averaging to the grid folded in, for a thumbnail of this
+    size: two products of the thumbnail itself give every hash (no resized copy to make)."""
+    left, right, *_ = _grid_plan()
     # float32: a hash is the signs of differences, which this precision keeps (bar a rare tie).
-    return tuple(m.astype(np.float32) for m in (np.concatenate([left, down]).reshape(-1, GRID), right, across))
+    return (left @ _area(height, GRID)).astype(np.float32), (_area(width, GRID).T @ right).astype(np.float32)
+
+
+def window_hash_bytes(image: Image.Image) -> tuple[bytes, bytes]:
+    """``(phash, dhash)`` of the :data:`N_WINDOWS` windows, the whole image's first, as big-endian bytes (8 a
+    code), as units and ``hashes.parquet`` keep them. Few array operations: it runs for every image a build
+    prepares."""
+    small = thumbnail(image)
+    left, right = _plan(*small.size)
+    _, _, low_at, step_from, step_to = _grid_plan()
+    pixels = np.frombuffer(small.tobytes(), np.uint8).reshape(small.size[1], small.size[0])
+    values = ((left @ pixels.astype(np.float32)) @ right).ravel()
+    low = values[low_at]
+    mid = np.partition(low, (31, 32), axis=1)
+    bits = np.empty((2 * N_WINDOWS, 64), bool)
+    np.greater(low, ((mid[:, 31] + mid[:, 32]) / 2)[:, None], out=bits[:N_WINDOWS])  # pHash: above the median
+    np.greater(values[step_to], values[step_from], out=bits[N_WINDOWS:])  # dHash: brighter than the left cell
+    packed = np.packbits(bits, axis=1)  # the first bit highest: imagehash's hex order, and big-endian codes
+    return packed[:N_WINDOWS].tobytes(), packed[N_WINDOWS:].tobytes()
 
 
 def window_hashes(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """``(phash, dhash)``: arrays of :data:`N_WINDOWS` uint64 codes, the whole image's first."""
-    small = thumbnail(image).resize((GRID, GRID), Image.Resampling.BOX)
-    grid = np.frombuffer(small.tobytes(), np.uint8).reshape(GRID, GRID)  # (np.asarray takes longer)
-    rows, right, across = _matrices()
-    both = (rows @ grid.astype(np.float32)).reshape(2 * N_WINDOWS, 8, GRID)
-    low = (both[:N_WINDOWS] @ right).reshape(N_WINDOWS, 64)
-    steps = both[N_WINDOWS:] @ across
-    mid = np.partition(low, (31, 32), axis=1)
-    bits = np.concatenate([low > ((mid[:, 31] + mid[:, 32]) / 2)[:, None],
-                           (steps[:, :, 1:] > steps[:, :, :-1]).reshape(N_WINDOWS, 64)])  # fmt: skip
-    codes = _pack(bits)
-    return codes[:N_WINDOWS], codes[N_WINDOWS:]
+    phash, dhash = window_hash_bytes(image)
+    return from_bytes(phash), from_bytes(dhash)
 
 
 def imagehash_codes(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
