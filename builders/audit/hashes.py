@@ -32,6 +32,9 @@ WINDOWS: tuple[tuple[float, float, float, float], ...] = (
 )  # fmt: skip
 N_WINDOWS = len(WINDOWS)
 THUMB_SIDE = 60  # a thumbnail's shorter side is at least this before the grid is taken
+# A dHash step smaller than this (in grey levels) is no step: a flat region (a blown-out sky, a wall) then hashes
+# alike in every copy, as it does in imagehash's 8-bit images, instead of by the float rounding of each.
+FLAT = 0.05
 
 # scipy.fftpack.dct (type II, unnormalised) as a matrix, its 8 lowest frequencies: y[k] = 2 sum x[n] cos(...)
 _n = np.arange(32)
@@ -116,7 +119,7 @@ def window_hash_bytes(image: Image.Image) -> tuple[bytes, bytes]:
     mid = np.partition(low, (31, 32), axis=1)
     bits = np.empty((2 * N_WINDOWS, 64), bool)
     np.greater(low, ((mid[:, 31] + mid[:, 32]) / 2)[:, None], out=bits[:N_WINDOWS])  # pHash: above the median
-    np.greater(values[step_to], values[step_from], out=bits[N_WINDOWS:])  # dHash: brighter than the left cell
+    np.greater(values[step_to], values[step_from] + FLAT, out=bits[N_WINDOWS:])  # dHash: brighter than the left cell
     packed = np.packbits(bits, axis=1)  # the first bit highest: imagehash's hex order, and big-endian codes
     return packed[:N_WINDOWS].tobytes(), packed[N_WINDOWS:].tobytes()
 
