@@ -16,8 +16,8 @@ class Registry(Generic[T]):
     """``name_of`` gives an item's own name and raises ``ValueError`` for one that cannot be used (items without
     a name of their own leave it out and are registered with one). ``adopt`` turns an entry point into its name
     and item; by default the object it names, under that object's own name. ``shipped`` are the project's own
-    (a mapping when they carry no name). A shipped name keeps its meaning:
-    an entry point that reuses one is left out with a warning."""
+    (a mapping when they carry no name); a shipped name keeps its meaning, and an entry point that reuses one is
+    left out with a warning."""
 
     def __init__(
         self,
