@@ -10,7 +10,7 @@ grid, about 10 between its points).
 All twenty are taken on one 40x40 area-averaged grid of a small grey thumbnail, where the windows are
 sub-grids (a 10 % trim is 4 cells): each window is brought to 32x32 and 9x8 by area-averaging matrices, and
 matrix products stand for the two ``scipy.fftpack.dct`` calls imagehash makes. The grid itself is never made:
-its averaging is folded into the matrices, once per thumbnail size, so two products of the thumbnail give all
+its averaging is folded into the matrices, once per thumbnail size, so three products of the thumbnail give all
 twenty hashes. Calling imagehash on twenty crops costs three times more than preparing a kept JPEG does.
 :func:`imagehash_codes` gives imagehash's own codes of the same crops, which the tests compare with these.
 """
@@ -32,9 +32,13 @@ WINDOWS: tuple[tuple[float, float, float, float], ...] = (
 )  # fmt: skip
 N_WINDOWS = len(WINDOWS)
 THUMB_SIDE = 60  # a thumbnail's shorter side is at least this before the grid is taken
-# A dHash step smaller than this (in grey levels) is no step: a flat region (a blown-out sky, a wall) then hashes
-# alike in every copy, as it does in imagehash's 8-bit images, instead of by the float rounding of each.
-FLAT = 0.05
+# The hashes must not depend on float rounding, which differs between BLAS kernels (machines), so ties are
+# settled on purpose. A dHash step of at most FLAT grey levels is no step: a flat region (a blown-out sky, a wall)
+# then hashes alike in every copy, as in imagehash's 8-bit images. The steps are fractions with small
+# denominators (0.05 itself occurs), so FLAT lies off them by far more than float64's error. A pHash frequency
+# within TIE of the median is not above it: in a flat image all but the first are zero.
+FLAT = 0.05 + 1e-9
+TIE = 1e-6
 
 # scipy.fftpack.dct (type II, unnormalised) as a matrix, its 8 lowest frequencies: y[k] = 2 sum x[n] cos(...)
 _n = np.arange(32)
@@ -70,40 +74,43 @@ def thumbnail(image: Image.Image) -> Image.Image:
 
 
 @functools.cache
-def _grid_plan() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The twenty hashes as one product ``left @ grid @ right`` on the 40x40 grid, and where each hash's
-    values lie in it. The windows have four vertical and four horizontal extents: ``left`` holds, per vertical
-    extent, the rows that area-average it to 32 and take the DCT (pHash) and those that average it to 8 (dHash);
-    ``right`` the same per horizontal extent (to 32 and the DCT; to 9). Of the product's blocks, each window
-    reads its own: 8x8 low frequencies (``low``) and an 8x9 image whose horizontal steps are its dHash
-    (``step_from``, ``step_to``), as flat indices."""
+def _grid_plan() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The twenty hashes as products on the 40x40 grid, and where each hash's values lie in them. The windows
+    have four vertical and four horizontal extents. ``left`` holds, per vertical extent, the rows that
+    area-average it to 32 and take the DCT (pHash), then those that average it to 8 (dHash); ``phash_right`` and
+    ``dhash_right`` the same per horizontal extent (to 32 and the DCT; to 9). Of the blocks of ``left[:n] @ grid
+    @ phash_right`` each window reads its 8x8 low frequencies (``low``), and of ``left[n:] @ grid @
+    dhash_right`` its 8x9 image, whose horizontal steps are its dHash (``step_from``, ``step_to``): flat
+    indices."""
     box = boxes(GRID, GRID)
     rows, cols = sorted({(b[1], b[3]) for b in box}), sorted({(b[0], b[2]) for b in box})
-    n, m = len(rows) * 8, len(cols) * 8
-    left, right = np.zeros((2 * n, GRID)), np.zeros((GRID, m + len(cols) * 9))
+    n = len(rows) * 8
+    left = np.zeros((2 * n, GRID))
+    phash_right, dhash_right = np.zeros((GRID, len(cols) * 8)), np.zeros((GRID, len(cols) * 9))
     for k, (y0, y1) in enumerate(rows):
         left[8 * k : 8 * k + 8, y0:y1] = _DCT8 @ _area(y1 - y0, 32)
         left[n + 8 * k : n + 8 * k + 8, y0:y1] = _area(y1 - y0, 8)
     for k, (x0, x1) in enumerate(cols):
-        right[x0:x1, 8 * k : 8 * k + 8] = _area(x1 - x0, 32).T @ _DCT8.T
-        right[x0:x1, m + 9 * k : m + 9 * k + 9] = _area(x1 - x0, 9).T
-    width, r, c = right.shape[1], np.arange(8)[:, None], np.arange(8)[None, :]
+        phash_right[x0:x1, 8 * k : 8 * k + 8] = _area(x1 - x0, 32).T @ _DCT8.T
+        dhash_right[x0:x1, 9 * k : 9 * k + 9] = _area(x1 - x0, 9).T
+    r, c = np.arange(8)[:, None], np.arange(8)[None, :]
     low, step_from = [], []
     for x0, y0, x1, y1 in box:
         v, h = rows.index((y0, y1)), cols.index((x0, x1))
-        low.append(((8 * v + r) * width + 8 * h + c).ravel())
-        step_from.append(((n + 8 * v + r) * width + m + 9 * h + c).ravel())
+        low.append(((8 * v + r) * phash_right.shape[1] + 8 * h + c).ravel())
+        step_from.append(((8 * v + r) * dhash_right.shape[1] + 9 * h + c).ravel())
     step_from = np.array(step_from)
-    return left, right, np.array(low), step_from, step_from + 1
+    return left, phash_right, dhash_right, np.array(low), step_from, step_from + 1
 
 
 @functools.lru_cache(maxsize=512)
-def _plan(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_grid_plan`'s products with the area-averaging to the grid folded in, for a thumbnail of this
-    size: two products of the thumbnail itself give every hash (no resized copy to make)."""
-    left, right, *_ = _grid_plan()
-    # float32: a hash is the signs of differences, which this precision keeps (bar a rare tie).
-    return (left @ _area(height, GRID)).astype(np.float32), (_area(width, GRID).T @ right).astype(np.float32)
+def _plan(width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_grid_plan`'s matrices with the area-averaging to the grid folded in, for a thumbnail of this
+    size: products of the thumbnail itself give every hash (no resized copy to make). float64, so that the
+    settled ties (:data:`FLAT`, :data:`TIE`) hold on every machine."""
+    left, phash_right, dhash_right, *_ = _grid_plan()
+    across = _area(width, GRID).T
+    return left @ _area(height, GRID), across @ phash_right, across @ dhash_right
 
 
 def window_hash_bytes(image: Image.Image) -> tuple[bytes, bytes]:
@@ -111,15 +118,17 @@ def window_hash_bytes(image: Image.Image) -> tuple[bytes, bytes]:
     code), as units and ``hashes.parquet`` keep them. Few array operations: it runs for every image a build
     prepares."""
     small = thumbnail(image)
-    left, right = _plan(*small.size)
-    _, _, low_at, step_from, step_to = _grid_plan()
+    left, phash_right, dhash_right = _plan(*small.size)
+    *_, low_at, step_from, step_to = _grid_plan()
     pixels = np.frombuffer(small.tobytes(), np.uint8).reshape(small.size[1], small.size[0])
-    values = ((left @ pixels.astype(np.float32)) @ right).ravel()
-    low = values[low_at]
+    rows = left @ pixels.astype(np.float64)
+    n = len(rows) // 2
+    low = (rows[:n] @ phash_right).ravel()[low_at]
+    steps = (rows[n:] @ dhash_right).ravel()
     mid = np.partition(low, (31, 32), axis=1)
     bits = np.empty((2 * N_WINDOWS, 64), bool)
-    np.greater(low, ((mid[:, 31] + mid[:, 32]) / 2)[:, None], out=bits[:N_WINDOWS])  # pHash: above the median
-    np.greater(values[step_to], values[step_from] + FLAT, out=bits[N_WINDOWS:])  # dHash: brighter than the left cell
+    np.greater(low, ((mid[:, 31] + mid[:, 32]) / 2 + TIE)[:, None], out=bits[:N_WINDOWS])  # pHash: above the median
+    np.greater(steps[step_to], steps[step_from] + FLAT, out=bits[N_WINDOWS:])  # dHash: brighter than the left cell
     packed = np.packbits(bits, axis=1)  # the first bit highest: imagehash's hex order, and big-endian codes
     return packed[:N_WINDOWS].tobytes(), packed[N_WINDOWS:].tobytes()
 
