@@ -100,8 +100,11 @@ def run_ray(
     except ImportError:
         raise RuntimeError("--distributor ray needs Ray: pip install 'mp16-reason[ray]'") from None
     if not ray.is_initialized():
-        # Joins a running cluster when RAY_ADDRESS is set; otherwise starts a local one.
+        # RAY_ADDRESS joins a running cluster. Without it the build starts a Ray instance of its own of `workers`
+        # CPUs ("local"): left to itself, ray.init() would join whatever cluster `ray start` last recorded on
+        # this machine, even a dead one, and refuse our num_cpus.
         ray.init(
+            address=None if _has_address() else "local",
             num_cpus=None if _has_address() else workers,
             include_dashboard=False,
             ignore_reinit_error=True,

@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 import webdataset as wds
 from click.testing import CliRunner
 from helpers import sample_recipe
+from hub_servers import free_port
 from PIL import Image, ImageDraw
 
 from builders.cli import main
@@ -313,6 +315,41 @@ def test_ray_distributor_gives_identical_shards(sample_input, reference, tmp_pat
     finally:
         ray.shutdown()
     assert shard_digests(tmp_path) == shard_digests(reference[0])
+
+
+@pytest.mark.slow
+def test_ray_distributor_starts_its_own_instance_beside_a_ray_start_cluster(sample_input, reference, tmp_path):
+    """``ray start`` records its cluster on the machine, and a bare ``ray.init()`` joins it (a dead one too, after
+    a crash). Without RAY_ADDRESS the build must start its own instance of ``workers`` CPUs instead."""
+    pytest.importorskip("ray")
+    import ray
+
+    exe = Path(sys.executable).with_name("ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    head = subprocess.Popen([str(exe), "start", "--head", "--port", str(free_port()), "--num-cpus", "1",
+                             "--include-dashboard", "false", "--block"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([str(exe), "status"], env=env, capture_output=True).returncode != 0:
+            assert head.poll() is None and time.monotonic() < deadline, "ray start did not come up"
+            time.sleep(1)
+        seen = {}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("RAY_ADDRESS", raising=False)
+            try:
+                build(sample_recipe(sample_input, tmp_path, distributor="ray", workers=2), progress=False)
+                seen = ray.cluster_resources()
+            finally:
+                ray.shutdown()
+        assert seen.get("CPU") == 2  # its own instance, not the 1-CPU cluster
+        assert shard_digests(tmp_path) == shard_digests(reference[0])
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
