@@ -317,6 +317,13 @@ def test_ray_distributor_gives_identical_shards(sample_input, reference, tmp_pat
     assert shard_digests(tmp_path) == shard_digests(reference[0])
 
 
+def _ray_status_ok(exe: Path, env: dict) -> bool:
+    try:  # a recorded cluster that is gone can keep `ray status` waiting
+        return subprocess.run([str(exe), "status"], env=env, capture_output=True, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 @pytest.mark.slow
 def test_ray_distributor_starts_its_own_instance_beside_a_ray_start_cluster(sample_input, reference, tmp_path):
     """``ray start`` records its cluster on the machine, and a bare ``ray.init()`` joins it (a dead one too, after
@@ -331,7 +338,7 @@ def test_ray_distributor_starts_its_own_instance_beside_a_ray_start_cluster(samp
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while subprocess.run([str(exe), "status"], env=env, capture_output=True).returncode != 0:
+        while not _ray_status_ok(exe, env):
             assert head.poll() is None and time.monotonic() < deadline, "ray start did not come up"
             time.sleep(1)
         seen = {}
