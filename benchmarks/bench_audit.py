@@ -96,7 +96,7 @@ found = search.within(phash, dhash, int(sys.argv[4]), int(sys.argv[5]))
 seconds = time.perf_counter() - t0
 np.save(sys.argv[6], np.stack([found.a, found.b], axis=1))
 peak = [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")]
-json.dump({"seconds": seconds, "exact": len(phash) * phash.size <= search.EXACT_MAX_COMPARISONS,
+json.dump({"seconds": seconds, "exact": search.exhaustive(len(phash), phash.size),
            "peak_mb": peak[0] / 1024 if peak else None}, sys.stdout)
 """
 
@@ -153,7 +153,7 @@ def cpu_per_image(fn, items: list, repeat: int = 3) -> float:
     return best
 
 
-NO_HASHES = "import builders.plane.images as m\nm._hashes = lambda img: (b'', b'')\n"
+NO_HASHES = "import builders.plane.images as m\nm.window_hash_bytes = lambda img: (b'', b'')\n"
 
 
 def machine_cpu() -> float:
@@ -200,34 +200,34 @@ def bench_hashing(args, work: Path) -> None:
     from builders.plane import images
 
     print("== hashing: CPU per image, one process")
-    real = images._hashes
+    real = images.window_hash_bytes
     inside = [0.0]  # CPU seconds spent in the hashing call itself, timed where prepare() makes it
+
+    def timed(img: Image.Image) -> tuple[bytes, bytes]:
+        t0 = time.process_time()
+        out = real(img)
+        inside[0] += time.process_time() - t0
+        return out
+
+    def prepare_with(hashes, budget: int):
+        """prepare() with ``hashes`` in place of the image stage's hashing."""
+
+        def run(d: bytes) -> None:
+            images.window_hash_bytes = hashes
+            try:
+                images.prepare(d, budget)
+            finally:
+                images.window_hash_bytes = real
+
+        return run
+
     cases = [("MP-16-shaped 640x480, kept", (640, 480), 85, 640 * 480),
              ("1024x768, resized to 512x384", (1024, 768), 85, 512 * 384)]  # fmt: skip
     for label, size, quality, budget in cases:
         folder = work / f"photos-{size[0]}x{size[1]}"
         data = mp16_jpegs(folder, args.images, size, quality)
         kb = statistics.mean(len(d) for d in data) / 1024
-
-        def timed(img: Image.Image) -> tuple[bytes, bytes]:
-            t0 = time.process_time()
-            out = real(img)
-            inside[0] += time.process_time() - t0
-            return out
-
-        def prep(d: bytes, budget: int = budget) -> None:
-            images._hashes = timed
-            try:
-                images.prepare(d, budget)
-            finally:
-                images._hashes = real
-
-        def without_hashes(d: bytes, budget: int = budget) -> None:
-            images._hashes = lambda img: (b"", b"")
-            try:
-                images.prepare(d, budget)
-            finally:
-                images._hashes = real
+        prep, without_hashes = prepare_with(timed, budget), prepare_with(lambda img: (b"", b""), budget)
 
         # Passes alternate (the machine's speed drifts); the share is the median of the pairs' shares.
         pairs, own = [], []
@@ -284,29 +284,24 @@ def bench_hashing(args, work: Path) -> None:
 
 
 def planted_photos(folder: Path, originals: int) -> list[int]:
-    """Write the planted set's JPEGs; return each image's group (its original's seed; -1: unrelated)."""
-    from photos import COPIES, jpeg, photo
+    """Write the planted set's JPEGs (those not written yet); return each image's group."""
+    from photos import jpeg, planted
 
     folder.mkdir(parents=True, exist_ok=True)
-    names = list(COPIES)
     groups = []
     for s in range(originals):
-        original = photo(s)
-        for k, (g, image) in enumerate(
-            ((s, original), (s, COPIES[names[s % len(names)]](original)),
-             (s, COPIES[names[(7 * s + 3) % len(names)]](original)),
-             (-1, photo(s, buildings_seed=s)), (-1, photo(100_000 + s)))
-        ):  # fmt: skip
+        for k, (g, make) in enumerate(planted(s)):
             path = folder / f"{s:05d}-{k}.jpg"
             if not path.exists():
-                path.write_bytes(jpeg(image))
+                path.write_bytes(jpeg(make()))
             groups.append(g)
     return groups
 
 
 def scores(found: set[tuple[int, int]], groups: list[int]) -> tuple[float, float, int]:
-    n = len(groups)
-    truth = {(i, j) for i in range(n) for j in range(i + 1, n) if groups[i] >= 0 and groups[i] == groups[j]}
+    from photos import true_pairs
+
+    truth = true_pairs(groups)
     hit = len(found & truth)
     return hit / len(truth), (hit / len(found) if found else 1.0), len(truth)
 

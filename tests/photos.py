@@ -4,7 +4,9 @@ photos of similar scenes (the same kind of landscape, another seed; the same lay
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
@@ -99,3 +101,25 @@ COPIES = {
     "watermarked": _watermark,
     "cropped 5% and smaller": lambda im: _crop(im, 0.05, 0.05, 0.5, 0.5).resize((400, 300)),
 }
+
+
+def planted(s: int) -> list[tuple[int, Callable[[], Image.Image]]]:
+    """One original's share of the near-duplicate quality set, as ``(group, make the image)``: the original and
+    two copies of it made the ways photos get copied (group ``s``), and two unrelated photos of similar scenes,
+    the same landscape with other buildings and another landscape drawn alike (group -1). Made on demand, so a
+    caller that keeps the files makes them once."""
+    names = list(COPIES)
+    original = functools.cache(lambda: photo(s))
+    return [
+        (s, original),
+        (s, lambda: COPIES[names[s % len(names)]](original())),
+        (s, lambda: COPIES[names[(7 * s + 3) % len(names)]](original())),
+        (-1, lambda: photo(s, buildings_seed=s)),
+        (-1, lambda: photo(100_000 + s)),
+    ]
+
+
+def true_pairs(groups: list[int]) -> set[tuple[int, int]]:
+    """The pairs ``(i, j)``, ``i < j``, of images made from the same original."""
+    n = len(groups)
+    return {(i, j) for i in range(n) for j in range(i + 1, n) if groups[i] >= 0 and groups[i] == groups[j]}

@@ -150,12 +150,8 @@ def imagehash_codes(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     return np.array(p, np.uint64), np.array(d, np.uint64)
 
 
-def to_bytes(codes: np.ndarray) -> bytes:
-    """Codes as big-endian bytes (8 a code), as units and ``hashes.parquet`` keep them."""
-    return codes.astype(">u8").tobytes()
-
-
 def from_bytes(data: bytes) -> np.ndarray:
+    """Codes from big-endian bytes (8 a code), as units and ``hashes.parquet`` keep them."""
     return np.frombuffer(data, ">u8").astype(np.uint64)
 
 

@@ -41,6 +41,11 @@ class Pairs:
         return len(self.a)
 
 
+def exhaustive(whole: int, windows: int) -> bool:
+    """Whether a search of ``windows`` window codes against ``whole`` whole-image codes compares them all."""
+    return whole * windows <= EXACT_MAX_COMPARISONS
+
+
 def _codes(values: np.ndarray) -> np.ndarray:
     """uint64 codes as faiss's binary vectors (8 bytes each)."""
     return np.ascontiguousarray(values.astype(">u8")).view(np.uint8).reshape(-1, 8)
@@ -122,7 +127,7 @@ def query(
     (n,)); ``a`` indexes the whole images, ``b`` the windowed ones, ``window`` the window."""
     n_windows = w_phash.shape[1]
     if exact is None:
-        exact = len(a_phash) * w_phash.size <= EXACT_MAX_COMPARISONS
+        exact = exhaustive(len(a_phash), w_phash.size)
     empty = np.empty(0, np.int64)
     if len(a_phash) == 0 or len(w_phash) == 0:
         return Pairs(empty, empty, empty, empty, empty)

@@ -155,7 +155,7 @@ def prepare(
             # Decode at 1/8 scale and in grey (what the hashes use): every entropy-coded block is still read.
             img.draft("L", (1, 1))
             img.load()
-            phash, dhash = _hashes(img)  # from that small decode, not a second one
+            phash, dhash = window_hash_bytes(img)  # from that small decode, not a second one
             return PreparedImage(strip_metadata(data), w0, h0, w0, h0, fmt, digest, False, phash, dhash)
         img.draft("RGB", fit_budget(w0, h0, max_pixels))  # JPEG: decode at reduced scale when possible
         img.load()
@@ -175,9 +175,5 @@ def prepare(
         img = img.resize(size, RESAMPLE[resample])
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=jpeg_quality, optimize=False)
-    phash, dhash = _hashes(img)
+    phash, dhash = window_hash_bytes(img)
     return PreparedImage(buf.getvalue(), size[0], size[1], orig_w, orig_h, fmt, digest, True, phash, dhash)
-
-
-def _hashes(img: Image.Image) -> tuple[bytes, bytes]:
-    return window_hash_bytes(img)  # through here, so that the benchmark can time preparing without them
