@@ -142,6 +142,13 @@ def mp16_jpegs(folder: Path, n: int, size: tuple[int, int], quality: int) -> lis
     return out
 
 
+def cpu_per_list(fn, items: list) -> float:
+    """CPU seconds per item of ``fn(items)``."""
+    t0 = time.process_time()
+    fn(items)
+    return (time.process_time() - t0) / len(items)
+
+
 def cpu_per_image(fn, items: list, repeat: int = 3) -> float:
     """Best of ``repeat`` passes, CPU seconds per item."""
     best = float("inf")
@@ -153,7 +160,12 @@ def cpu_per_image(fn, items: list, repeat: int = 3) -> float:
     return best
 
 
-NO_HASHES = "import builders.plane.images as m\nm.window_hash_bytes = lambda img: (b'', b'')\n"
+# The image stage without hashes: prepare() keeps no thumbnail, and the batches are not hashed.
+NO_HASHES = """
+import builders.plane.images as images, builders.plane.units as units
+images.grey_thumbnail = lambda img: None
+units.add_hashes = lambda imgs: None
+"""
 
 
 def machine_cpu() -> float:
@@ -197,29 +209,35 @@ def bench_hashing(args, work: Path) -> None:
     import imagehash
 
     from builders.audit.hashes import window_hashes
-    from builders.plane import images
+    from builders.plane import images, units
+    from builders.plane.units import HASH_BATCH
 
     print("== hashing: CPU per image, one process")
-    real = images.window_hash_bytes
-    inside = [0.0]  # CPU seconds spent in the hashing call itself, timed where prepare() makes it
+    images.keep_image_memory()  # as every build worker does
+    units.one_blas_thread()
+    real_thumbnail, real_hashes = images.grey_thumbnail, images.add_hashes
+    inside = [0.0]  # CPU seconds spent hashing: the thumbnail prepare() keeps, and the batches' hashes
 
-    def timed(img: Image.Image) -> tuple[bytes, bytes]:
+    def timed_thumbnail(img: Image.Image):
         t0 = time.process_time()
-        out = real(img)
+        out = real_thumbnail(img)
         inside[0] += time.process_time() - t0
         return out
 
-    def prepare_with(hashes, budget: int):
-        """prepare() with ``hashes`` in place of the image stage's hashing."""
-
-        def run(d: bytes) -> None:
-            images.window_hash_bytes = hashes
-            try:
-                images.prepare(d, budget)
-            finally:
-                images.window_hash_bytes = real
-
-        return run
+    def batch_cpu(batch: list[bytes], budget: int, with_hashes: bool) -> float:
+        """CPU seconds of the image stage's preparation of one batch: prepare() each JPEG, then (with hashes)
+        the batch's hashes, as a unit does."""
+        images.grey_thumbnail = timed_thumbnail if with_hashes else (lambda img: None)
+        try:
+            t0 = time.process_time()
+            prepared = [images.prepare(d, budget) for d in batch]
+            if with_hashes:
+                t1 = time.process_time()
+                real_hashes(prepared)
+                inside[0] += time.process_time() - t1
+            return time.process_time() - t0
+        finally:
+            images.grey_thumbnail = real_thumbnail
 
     cases = [("MP-16-shaped 640x480, kept", (640, 480), 85, 640 * 480),
              ("1024x768, resized to 512x384", (1024, 768), 85, 512 * 384)]  # fmt: skip
@@ -227,20 +245,23 @@ def bench_hashing(args, work: Path) -> None:
         folder = work / f"photos-{size[0]}x{size[1]}"
         data = mp16_jpegs(folder, args.images, size, quality)
         kb = statistics.mean(len(d) for d in data) / 1024
-        prep, without_hashes = prepare_with(timed, budget), prepare_with(lambda img: (b"", b""), budget)
-
-        # Passes alternate (the machine's speed drifts); the share is the median of the pairs' shares.
-        pairs, own = [], []
+        # With and without alternate batch by batch, the first of the two swapped each time: the machine's
+        # speed drifts over seconds, and a batch's JPEGs are warmer in the cache the second time.
+        shares, own, per = [], [], {True: [], False: []}
         for _ in range(args.passes):
-            inside[0] = 0.0
-            pairs.append((cpu_per_image(prep, data, 1), cpu_per_image(without_hashes, data, 1)))
-            hashing = inside[0] / len(data)
-            own.append(hashing / (pairs[-1][0] - hashing))  # against the rest of the same pass's prepare()
-        shares, own = sorted((w - wo) / wo for w, wo in pairs), sorted(own)
-        with_hash, without = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
-        print(f"  {label} ({len(data)} images, {kb:.0f} KB): prepare {without * 1e6:,.0f} us, with hashes "
-              f"{with_hash * 1e6:,.0f} us: +{statistics.median(shares):.1%} (passes {shares[0]:+.1%} to "
-              f"{shares[-1]:+.1%}; goal <= 5 %); the hashing call itself, timed inside prepare(): "
+            inside[0], cpu = 0.0, {True: 0.0, False: 0.0}
+            for k, start in enumerate(range(0, len(data), HASH_BATCH)):
+                batch = data[start : start + HASH_BATCH]
+                for with_hashes in (True, False) if k % 2 == 0 else (False, True):
+                    cpu[with_hashes] += batch_cpu(batch, budget, with_hashes)
+            shares.append(cpu[True] / cpu[False] - 1)
+            own.append(inside[0] / (cpu[True] - inside[0]))  # against the rest of the same pass's preparation
+            for key in cpu:
+                per[key].append(cpu[key] / len(data))
+        shares.sort(), own.sort()
+        print(f"  {label} ({len(data)} images, {kb:.0f} KB): prepare {statistics.median(per[False]) * 1e6:,.0f} us, "
+              f"with hashes {statistics.median(per[True]) * 1e6:,.0f} us: +{statistics.median(shares):.1%} (passes "
+              f"{shares[0]:+.1%} to {shares[-1]:+.1%}; goal <= 5 %); the hashing itself, timed inside: "
               f"+{statistics.median(own):.1%} (passes {own[0]:+.1%} to {own[-1]:+.1%})")  # fmt: skip
 
     build_share(args, work, work / "photos-640x480")

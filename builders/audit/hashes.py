@@ -7,17 +7,22 @@ both sides) and 5 % all round. A copy cropped by up to ~10 % is then close to on
 where the two whole images are not (pHash moves 14-26 bits under such a crop; window to whole: 0-2 on the
 grid, about 10 between its points).
 
-All twenty are taken on one 40x40 area-averaged grid of a small grey thumbnail, where the windows are
-sub-grids (a 10 % trim is 4 cells): each window is brought to 32x32 and 9x8 by area-averaging matrices, and
-matrix products stand for the two ``scipy.fftpack.dct`` calls imagehash makes. The grid itself is never made:
-its averaging is folded into the matrices, once per thumbnail size, so three products of the thumbnail give all
-twenty hashes. Calling imagehash on twenty crops costs three times more than preparing a kept JPEG does.
-:func:`imagehash_codes` gives imagehash's own codes of the same crops, which the tests compare with these.
+All twenty are taken on one 40x40 area-averaged grid of a small grey thumbnail (its shorter side 30 to 59
+pixels), where the windows are sub-grids (a 10 % trim is 4 cells): each window is brought to 32x32 and 9x8 by
+area-averaging matrices, and matrix products stand for the two ``scipy.fftpack.dct`` calls imagehash makes. The
+grid itself is never made: its averaging is folded into the matrices, once per thumbnail size, so three products
+give all twenty hashes. Thumbnails of one size share those products, side by side: the image stage hashes 64
+images at a time, for less than half the CPU of one at a time (it hashes every image a build prepares; calling
+imagehash on the twenty crops would cost two to three times the preparation itself). :func:`imagehash_codes`
+gives imagehash's own codes of the same windows, which the tests compare with these.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -31,7 +36,7 @@ WINDOWS: tuple[tuple[float, float, float, float], ...] = (
     (0.1, 0.1, 0.5, 0.5),
 )  # fmt: skip
 N_WINDOWS = len(WINDOWS)
-THUMB_SIDE = 60  # a thumbnail's shorter side is at least this before the grid is taken
+THUMB_SIDE = 30  # a thumbnail's shorter side is at least this: the hashes' 8x8 and 9x8 need no more detail
 # The hashes must not depend on float rounding, which differs between BLAS kernels (machines), so ties are
 # settled on purpose. A dHash step of at most FLAT grey levels is no step: a flat region (a blown-out sky, a wall)
 # then hashes alike in every copy, as in imagehash's 8-bit images. The steps are fractions with small
@@ -66,71 +71,121 @@ def _area(n: int, m: int) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
-def thumbnail(image: Image.Image) -> Image.Image:
-    """A grey image with its shorter side at least :data:`THUMB_SIDE` (an integer reduction: cheap, area-averaged)."""
-    factor = max(1, min(image.size) // THUMB_SIDE)
-    small = image.reduce(factor) if factor > 1 else image
-    return small if small.mode == "L" else small.convert("L")
+class Thumbnail(NamedTuple):
+    """A grey thumbnail, a byte a pixel, row by row: what the hashes are taken of."""
+
+    width: int
+    height: int
+    pixels: bytes
+
+
+def grey_thumbnail(image: Image.Image) -> Thumbnail:
+    """What :func:`hash_thumbnails` takes of an image: grey, reduced by Pillow (cheap, area-averaged) when its
+    shorter side is at least three times :data:`THUMB_SIDE`. A kept photo's 1/8-scale decode (80x60 for
+    640x480) is left as it is: :func:`hash_thumbnails` halves it with the others of its size at once."""
+    factor = min(image.size) // THUMB_SIDE
+    small = image.reduce(factor) if factor > 2 else image
+    small = small if small.mode == "L" else small.convert("L")
+    return Thumbnail(*small.size, small.tobytes())
+
+
+def _pooled(pixels: np.ndarray, pool: int) -> np.ndarray:
+    """Sums of ``pool`` x ``pool`` blocks of a stack of images (the remainder rows and columns left out)."""
+    h, w = pixels.shape[1:]
+    rows = pixels[:, 0 : h - h % pool : pool].astype(np.uint16)
+    for i in range(1, pool):
+        rows += pixels[:, i : h - h % pool : pool]
+    out = rows[:, :, 0 : w - w % pool : pool].copy()
+    for j in range(1, pool):
+        out += rows[:, :, j : w - w % pool : pool]
+    return out
 
 
 @functools.cache
-def _grid_plan() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The twenty hashes as products on the 40x40 grid, and where each hash's values lie in them. The windows
-    have four vertical and four horizontal extents. ``left`` holds, per vertical extent, the rows that
-    area-average it to 32 and take the DCT (pHash), then those that average it to 8 (dHash); ``phash_right`` and
-    ``dhash_right`` the same per horizontal extent (to 32 and the DCT; to 9). Of the blocks of ``left[:n] @ grid
-    @ phash_right`` each window reads its 8x8 low frequencies (``low``), and of ``left[n:] @ grid @
-    dhash_right`` its 8x9 image, whose horizontal steps are its dHash (``step_from``, ``step_to``): flat
-    indices."""
+def _grid_plan() -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """The twenty hashes as products on the 40x40 grid. The windows have four vertical and four horizontal
+    extents. ``left_p`` holds, per vertical extent, the 8 rows that area-average it to 32 and take the DCT;
+    ``left_d`` the 8 that average it to 8. ``right`` holds, per horizontal extent, the 8 columns that average it
+    to 32 and take the DCT, then (from column 32) the 8 horizontal steps of its average to 9. So ``left_p @ grid
+    @ right[:, :32]`` is 4x4 blocks of 8x8 low frequencies, one per pair of extents, and ``left_d @ grid @
+    right[:, 32:]`` the same blocks of steps. Last, where each window's 64 values lie in those 32x32 products:
+    row and column indices for pHash, then for dHash."""
     box = boxes(GRID, GRID)
     rows, cols = sorted({(b[1], b[3]) for b in box}), sorted({(b[0], b[2]) for b in box})
-    n = len(rows) * 8
-    left = np.zeros((2 * n, GRID))
-    phash_right, dhash_right = np.zeros((GRID, len(cols) * 8)), np.zeros((GRID, len(cols) * 9))
+    left_p, left_d, right = np.zeros((32, GRID)), np.zeros((32, GRID)), np.zeros((GRID, 64))
     for k, (y0, y1) in enumerate(rows):
-        left[8 * k : 8 * k + 8, y0:y1] = _DCT8 @ _area(y1 - y0, 32)
-        left[n + 8 * k : n + 8 * k + 8, y0:y1] = _area(y1 - y0, 8)
+        left_p[8 * k : 8 * k + 8, y0:y1] = _DCT8 @ _area(y1 - y0, 32)
+        left_d[8 * k : 8 * k + 8, y0:y1] = _area(y1 - y0, 8)
     for k, (x0, x1) in enumerate(cols):
-        phash_right[x0:x1, 8 * k : 8 * k + 8] = _area(x1 - x0, 32).T @ _DCT8.T
-        dhash_right[x0:x1, 9 * k : 9 * k + 9] = _area(x1 - x0, 9).T
-    r, c = np.arange(8)[:, None], np.arange(8)[None, :]
-    low, step_from = [], []
-    for x0, y0, x1, y1 in box:
-        v, h = rows.index((y0, y1)), cols.index((x0, x1))
-        low.append(((8 * v + r) * phash_right.shape[1] + 8 * h + c).ravel())
-        step_from.append(((8 * v + r) * dhash_right.shape[1] + 9 * h + c).ravel())
-    step_from = np.array(step_from)
-    return left, phash_right, dhash_right, np.array(low), step_from, step_from + 1
+        right[x0:x1, 8 * k : 8 * k + 8] = _area(x1 - x0, 32).T @ _DCT8.T
+        nine = _area(x1 - x0, 9).T
+        right[x0:x1, 32 + 8 * k : 32 + 8 * k + 8] = nine[:, 1:] - nine[:, :-1]  # brighter than the left cell
+    r, c = np.broadcast_arrays(np.arange(8)[:, None], np.arange(8)[None, :])
+    at_row = np.array([(8 * rows.index((y0, y1)) + r).ravel() for x0, y0, x1, y1 in box])
+    at_col = np.array([(8 * cols.index((x0, x1)) + c).ravel() for x0, y0, x1, y1 in box])
+    return left_p, left_d, right, (at_row, at_col)
 
 
 @functools.lru_cache(maxsize=512)
-def _plan(width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _plan(width: int, height: int, pool: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_grid_plan`'s matrices with the area-averaging to the grid folded in, for a thumbnail of this
-    size: products of the thumbnail itself give every hash (no resized copy to make). float64, so that the
-    settled ties (:data:`FLAT`, :data:`TIE`) hold on every machine."""
-    left, phash_right, dhash_right, *_ = _grid_plan()
-    across = _area(width, GRID).T
-    return left @ _area(height, GRID), across @ phash_right, across @ dhash_right
+    size whose pixels are sums of ``pool`` x ``pool`` blocks: products of the thumbnail itself give every hash
+    (no grid to make). ``left`` is pHash's rows then dHash's. float64, so that the settled ties (:data:`FLAT`,
+    :data:`TIE`) hold on every machine."""
+    left_p, left_d, right, _ = _grid_plan()
+    left = np.vstack((left_p, left_d)) @ _area(height, GRID) / pool**2
+    across = _area(width, GRID).T @ right
+    return left, np.ascontiguousarray(across[:, :32]), np.ascontiguousarray(across[:, 32:])
+
+
+@functools.lru_cache(maxsize=64)
+def _gather(n: int) -> np.ndarray:
+    """Where the 64 values of each of ``n`` thumbnails' windows lie in :func:`hash_thumbnails`' (32 n, 32)
+    products, as flat indices: row r, column c of thumbnail i's 32x32 block is row r n + i, column c."""
+    at_row, at_col = _grid_plan()[3]
+    return at_row * (n * 32) + at_col + 32 * np.arange(n)[:, None, None]
+
+
+def hash_thumbnails(thumbs: Sequence[Thumbnail]) -> list[tuple[bytes, bytes]]:
+    """``(phash, dhash)`` of each thumbnail's :data:`N_WINDOWS` windows, the whole image's first, as big-endian
+    bytes (8 a code), as units and ``hashes.parquet`` keep them. The codes of a thumbnail do not depend on the
+    others it is hashed with."""
+    n = len(thumbs)
+    low, steps = np.empty((n, N_WINDOWS, 64)), np.empty((n, N_WINDOWS, 64))
+    order = sorted(range(n), key=lambda i: thumbs[i][:2])  # by size: each size's thumbnails in one run
+    start = 0
+    for (w, h), run in itertools.groupby(order, key=lambda i: thumbs[i][:2]):
+        members = list(run)
+        b, end = len(members), start + len(members)
+        pixels = np.frombuffer(b"".join(thumbs[i].pixels for i in members), np.uint8).reshape(b, h, w)
+        pool = max(1, min(w, h) // THUMB_SIDE)
+        if pool > 1:  # fewer pixels for the products: sums of blocks, which the plan divides by their size
+            pixels = _pooled(pixels, pool)
+            w, h = w // pool, h // pool
+        left, right_p, right_d = _plan(w, h, pool)
+        # The thumbnails side by side, (h, b * w), so that one product takes the rows of them all; then row r of
+        # thumbnail i is row r * b + i of ``rows[:32]`` (or ``rows[32:]``) as (32 * b, w), for the columns.
+        rows = left @ pixels.transpose(1, 0, 2).astype(np.float64, order="C").reshape(h, b * w)
+        at = _gather(b)
+        np.take(rows[:32].reshape(32 * b, w) @ right_p, at, out=low[start:end])
+        np.take(rows[32:].reshape(32 * b, w) @ right_d, at, out=steps[start:end])
+        start = end
+    low = low.reshape(-1, 64)
+    ranked = np.sort(low, axis=1)
+    bits = np.empty((n, 2, N_WINDOWS, 64), bool)
+    above = ((ranked[:, 31] + ranked[:, 32]) / 2 + TIE).reshape(n, N_WINDOWS, 1)
+    np.greater(low.reshape(n, N_WINDOWS, 64), above, out=bits[:, 0])  # pHash: above the median
+    np.greater(steps, FLAT, out=bits[:, 1])  # dHash: brighter than the left cell
+    packed = np.packbits(bits, axis=-1).tobytes()  # the first bit highest: imagehash's hex order, big-endian codes
+    size, out = N_WINDOWS * 8, [(b"", b"")] * n
+    for k, i in enumerate(order):
+        out[i] = packed[2 * size * k : 2 * size * k + size], packed[2 * size * k + size : 2 * size * (k + 1)]
+    return out
 
 
 def window_hash_bytes(image: Image.Image) -> tuple[bytes, bytes]:
-    """``(phash, dhash)`` of the :data:`N_WINDOWS` windows, the whole image's first, as big-endian bytes (8 a
-    code), as units and ``hashes.parquet`` keep them. Few array operations: it runs for every image a build
-    prepares."""
-    small = thumbnail(image)
-    left, phash_right, dhash_right = _plan(*small.size)
-    *_, low_at, step_from, step_to = _grid_plan()
-    pixels = np.frombuffer(small.tobytes(), np.uint8).reshape(small.size[1], small.size[0])
-    rows = left @ pixels.astype(np.float64)
-    n = len(rows) // 2
-    low = (rows[:n] @ phash_right).ravel()[low_at]
-    steps = (rows[n:] @ dhash_right).ravel()
-    mid = np.partition(low, (31, 32), axis=1)
-    bits = np.empty((2 * N_WINDOWS, 64), bool)
-    np.greater(low, ((mid[:, 31] + mid[:, 32]) / 2 + TIE)[:, None], out=bits[:N_WINDOWS])  # pHash: above the median
-    np.greater(steps[step_to], steps[step_from] + FLAT, out=bits[N_WINDOWS:])  # dHash: brighter than the left cell
-    packed = np.packbits(bits, axis=1)  # the first bit highest: imagehash's hex order, and big-endian codes
-    return packed[:N_WINDOWS].tobytes(), packed[N_WINDOWS:].tobytes()
+    """:func:`hash_thumbnails` of one image."""
+    return hash_thumbnails([grey_thumbnail(image)])[0]
 
 
 def window_hashes(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -140,11 +195,12 @@ def window_hashes(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def imagehash_codes(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """The same codes through imagehash, window by window (slow: for checks and for comparison)."""
+    """imagehash's own codes of the same windows, crop by crop of the grey image (imagehash resizes each itself,
+    with Lanczos): slow, for checks and for comparison."""
     import imagehash
 
-    grey = thumbnail(image)
-    crops = [grey.crop(box) for box in boxes(*grey.size)]  # imagehash resizes each crop itself (Lanczos)
+    grey = image if image.mode == "L" else image.convert("L")
+    crops = [grey.crop(box) for box in boxes(*grey.size)]
     p = [int(str(imagehash.phash(c)), 16) for c in crops]
     d = [int(str(imagehash.dhash(c)), 16) for c in crops]
     return np.array(p, np.uint64), np.array(d, np.uint64)

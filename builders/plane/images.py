@@ -18,12 +18,13 @@ import functools
 import hashlib
 import io
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from builders.audit.hashes import window_hash_bytes
+from builders.audit.hashes import Thumbnail, grey_thumbnail, hash_thumbnails
 from mp16_reason.jpeg import fit_budget
 
 
@@ -31,7 +32,7 @@ class ImageRejected(Exception):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PreparedImage:
     jpeg: bytes
     width: int
@@ -41,8 +42,16 @@ class PreparedImage:
     orig_format: str
     sha256: str  # of the original bytes: exact duplicates share it
     reencoded: bool = True
+    thumbnail: Thumbnail | None = None  # what the hashes are taken of, until :func:`add_hashes` takes them
     phash: bytes = b""  # the window pHashes and dHashes of builders.audit.hashes, 8 bytes a code
     dhash: bytes = b""
+
+
+def add_hashes(images: Sequence[PreparedImage]) -> None:
+    """Give the images their window hashes, taken of their thumbnails together (the products are shared: a
+    batch costs far less than one image at a time), and let the thumbnails go."""
+    for img, (img.phash, img.dhash) in zip(images, hash_thumbnails([img.thumbnail for img in images])):
+        img.thumbnail = None
 
 
 @functools.cache
@@ -155,8 +164,8 @@ def prepare(
             # Decode at 1/8 scale and in grey (what the hashes use): every entropy-coded block is still read.
             img.draft("L", (1, 1))
             img.load()
-            phash, dhash = window_hash_bytes(img)  # from that small decode, not a second one
-            return PreparedImage(strip_metadata(data), w0, h0, w0, h0, fmt, digest, False, phash, dhash)
+            thumb = grey_thumbnail(img)  # for the hashes, from that small decode, not a second one
+            return PreparedImage(strip_metadata(data), w0, h0, w0, h0, fmt, digest, False, thumb)
         img.draft("RGB", fit_budget(w0, h0, max_pixels))  # JPEG: decode at reduced scale when possible
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no full-size copy
@@ -173,7 +182,7 @@ def prepare(
     size = fit_budget(orig_w, orig_h, max_pixels)
     if img.size != size:
         img = img.resize(size, RESAMPLE[resample])
+    thumb = grey_thumbnail(img)  # before the encoder has read the pixels out of the CPU's cache
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=jpeg_quality, optimize=False)
-    phash, dhash = window_hash_bytes(img)
-    return PreparedImage(buf.getvalue(), size[0], size[1], orig_w, orig_h, fmt, digest, True, phash, dhash)
+    return PreparedImage(buf.getvalue(), size[0], size[1], orig_w, orig_h, fmt, digest, True, thumb)

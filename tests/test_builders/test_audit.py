@@ -5,6 +5,7 @@ that keeps near twins and authors together."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -19,8 +20,15 @@ from photos import COPIES, jpeg, photo, planted, true_pairs
 pytest.importorskip("faiss", reason="the audit needs faiss-cpu (pip install -e '.[build]')")
 from builders.audit import search
 from builders.audit.audit import owner, photo_id
-from builders.audit.hashes import from_bytes, imagehash_codes, window_hashes
-from builders.plane.images import prepare
+from builders.audit.hashes import (
+    from_bytes,
+    grey_thumbnail,
+    hash_thumbnails,
+    imagehash_codes,
+    window_hash_bytes,
+    window_hashes,
+)
+from builders.plane.images import add_hashes, prepare
 
 COORDS = Path(__file__).resolve().parents[2] / "builders" / "data" / "sample_coordinates.csv"
 BIN = Path(sys.executable).parent
@@ -29,6 +37,7 @@ BIN = Path(sys.executable).parent
 def _hashes(image) -> tuple[np.ndarray, np.ndarray]:
     """The window hashes as the image stage computes them, from the JPEG a photo arrives as."""
     prepared = prepare(jpeg(image), 1280 * 28 * 28)
+    add_hashes([prepared])
     return from_bytes(prepared.phash), from_bytes(prepared.dhash)
 
 
@@ -48,20 +57,35 @@ def test_the_hashes_are_imagehashs_phash_and_dhash_within_a_few_bits():
     assert unrelated >= 14
 
 
+def test_a_batch_hashes_each_image_as_it_would_be_hashed_alone():
+    """The image stage hashes 64 images at a time, sizes mixed: an image's codes must not depend on the others."""
+    from PIL import Image
+
+    small = []
+    for seed, size in enumerate([(640, 480)] * 5 + [(480, 640), (640, 427), (500, 375), (1024, 768), (90, 70)]):
+        img = Image.open(io.BytesIO(jpeg(photo(seed, size))))
+        img.draft("L", (1, 1))  # as the image stage decodes a kept JPEG: 1/8 scale, grey
+        small.append(img)
+    small += [Image.new("L", (80, 60), 128), photo(20, (700, 500)), Image.new("L", (5, 3), 7)]
+    together = hash_thumbnails([grey_thumbnail(img) for img in small])
+    assert together == [window_hash_bytes(img) for img in small]
+    assert len({p for p, _ in together}) == len(small) - 1  # one code each, bar the two flat images' pHash
+    assert hash_thumbnails([]) == []
+
+
 HASH_MANY = """
 import sys
 from PIL import Image
 sys.path.insert(0, sys.argv[1])
 from photos import jpeg, photo
-from builders.plane.images import prepare
-out = []
-for seed in range(60):  # as the image stage hashes them: from the JPEG a photo arrives as
-    prepared = prepare(jpeg(photo(seed)), 1280 * 28 * 28)
-    out.append(prepared.phash + prepared.dhash)
-for grey in range(0, 256, 15):  # flat images: every frequency but the first is zero
-    prepared = prepare(jpeg(Image.new("RGB", (640, 480), (grey, grey, grey))), 1280 * 28 * 28)
-    out.append(prepared.phash + prepared.dhash)
-sys.stdout.buffer.write(b"".join(out))
+from builders.plane.images import add_hashes, prepare
+# As the image stage hashes them: from the JPEG a photo arrives as, in batches.
+photos = [prepare(jpeg(photo(seed)), 1280 * 28 * 28) for seed in range(60)]
+# Flat images: every frequency but the first is zero.
+flat = [prepare(jpeg(Image.new("RGB", (640, 480), (grey, grey, grey))), 1280 * 28 * 28) for grey in range(0, 256, 15)]
+for start in range(0, 78, 16):
+    add_hashes((photos + flat)[start : start + 16])
+sys.stdout.buffer.write(b"".join(p.phash + p.dhash for p in photos + flat))
 """
 
 
