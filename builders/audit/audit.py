@@ -21,7 +21,6 @@ import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -32,7 +31,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from builders.audit import search
-from builders.audit.hashes import N_WINDOWS, from_bytes, hex64, window_hashes
+from builders.audit.hashes import BATCH, N_WINDOWS, Thumbnail, from_bytes, grey_thumbnail, hash_thumbnails, hex64
+from builders.threads import ordered_map
 from mp16_reason.storage import location
 
 AUDIT_JSON = "audit.json"
@@ -112,35 +112,37 @@ def _stack(values: list[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(values), ">u8").astype(np.uint64).reshape(len(values), N_WINDOWS)
 
 
-def _hash_one(item: tuple[str, bytes]) -> tuple[str, str, np.ndarray | None, np.ndarray | None, str]:
+def _thumbnail(item: tuple[str, bytes]) -> tuple[str, str, Thumbnail | None, str]:
     ident, data = item
     digest = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.draft("RGB", (1, 1))  # JPEGs decode at 1/8 scale, as the image stage hashes kept photos
             img.load()
-            p, d = window_hashes(img if img.mode in ("RGB", "L") else img.convert("RGB"))
-        return ident, digest, p, d, ""
+            return ident, digest, grey_thumbnail(img if img.mode in ("RGB", "L") else img.convert("RGB")), ""
     except Exception as exc:  # an unreadable image is reported, never a reason to stop the audit
-        return ident, digest, None, None, f"{type(exc).__name__}: {exc}"
+        return ident, digest, None, f"{type(exc).__name__}: {exc}"
 
 
 def hash_images(name: str, items: Iterator[tuple[str, bytes]], total: int | None, progress: bool) -> Side:
-    """A side from ``(id, bytes)`` of its images, hashed on a few threads (Pillow lets go of the GIL)."""
-    ids, shas, ps, ds, bad = [], [], [], [], []
-    with ThreadPoolExecutor(4) as pool, tqdm(total=total, unit="img", desc=f"hash {name}", disable=not progress) as bar:
-        for ident, digest, p, d, error in pool.map(_hash_one, items):
+    """A side from ``(id, bytes)`` of its images: decoded on a few threads (Pillow lets go of the GIL), a few
+    images read ahead at most, and hashed a batch at a time."""
+    ids, shas, thumbs, codes, bad = [], [], [], [], []
+    with tqdm(total=total, unit="img", desc=f"hash {name}", disable=not progress) as bar:
+        for ident, digest, thumb, error in ordered_map(_thumbnail, items, 4):
             bar.update(1)
             if error:
                 bad.append((ident, error))
                 continue
             ids.append(ident)
             shas.append(digest)
-            ps.append(p)
-            ds.append(d)
-    empty = np.empty((0, N_WINDOWS), np.uint64)
+            thumbs.append(thumb)
+            if len(thumbs) == BATCH:
+                codes += hash_thumbnails(thumbs)
+                thumbs = []
+        codes += hash_thumbnails(thumbs)
     return Side(name, ids, [name] * len(ids), shas, [owner(i) for i in ids],
-                np.stack(ps) if ps else empty, np.stack(ds) if ds else empty, bad)  # fmt: skip
+                _stack([p for p, _ in codes]), _stack([d for _, d in codes]), bad)  # fmt: skip
 
 
 def _folder_items(root: Path) -> tuple[Iterator[tuple[str, bytes]], int]:

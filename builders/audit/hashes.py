@@ -36,6 +36,7 @@ WINDOWS: tuple[tuple[float, float, float, float], ...] = (
     (0.1, 0.1, 0.5, 0.5),
 )  # fmt: skip
 N_WINDOWS = len(WINDOWS)
+BATCH = 64  # thumbnails hashed together in a build: they share their products (more only spill out of cache)
 THUMB_SIDE = 30  # a thumbnail's shorter side is at least this: the hashes' 8x8 and 9x8 need no more detail
 # The hashes must not depend on float rounding, which differs between BLAS kernels (machines), so ties are
 # settled on purpose. A dHash step of at most FLAT grey levels is no step: a flat region (a blown-out sky, a wall)

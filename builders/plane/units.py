@@ -10,15 +10,13 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
+from builders.audit import hashes
 from builders.plane.images import ImageRejected, PreparedImage, add_hashes, keep_image_memory, prepare
 from builders.plane.split import split_key, split_of
 from builders.plane.workfolder import (
@@ -30,14 +28,12 @@ from builders.plane.workfolder import (
 )
 from builders.recipe import Recipe
 from builders.sources import Fetcher, FetchError, Source, UrlSource, image_sources
+from builders.threads import ordered_map
 from mp16_reason.gazetteer import default_gazetteer
 from mp16_reason.schema import BuildInfo, Entity, ImageInfo, Sample, SourceLabels, TeacherAnswer, to_json_bytes
 from mp16_reason.schema import ImageSource as SchemaImageSource
 from mp16_reason.schema import Source as RecordSource
 from mp16_reason.storage import Location, location
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 LABEL_COLUMNS = tuple(SourceLabels.model_fields)  # the input's own labels, kept as label_* columns
 
@@ -52,25 +48,8 @@ class UnitTask:
     work_dir: str
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
-    """``fn`` over ``items`` on ``threads`` threads, results in input order, at most ``2 * threads`` in flight.
-
-    Unlike ``Executor.map`` it does not submit everything at once, so a unit never holds all its raw images.
-    """
-    window = 2 * threads
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 RELEASE_TEACHER = "globe-release"
 PREPARE_THREADS = 2  # image decoding threads per worker process
-HASH_BATCH = 64  # images hashed together: they share their matrix products
 
 
 @functools.cache
@@ -82,9 +61,9 @@ def one_blas_thread() -> None:
 
 
 def with_hashes(items: Iterable[Prepared | Rejected]) -> Iterator[Prepared | Rejected]:
-    """The prepared images with their window hashes, taken :data:`HASH_BATCH` at a time, in order."""
+    """The prepared images with their window hashes, taken a batch at a time (:data:`hashes.BATCH`), in order."""
     items = iter(items)
-    while batch := list(itertools.islice(items, HASH_BATCH)):
+    while batch := list(itertools.islice(items, hashes.BATCH)):
         add_hashes([got.image for got in batch if isinstance(got, Prepared)])
         yield from batch
 

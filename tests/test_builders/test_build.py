@@ -461,7 +461,7 @@ def test_resample_filter_is_a_recipe_setting_and_changes_the_hash(tmp_path):
 def test_ordered_map_keeps_order_and_bounds_work_in_flight():
     import threading
 
-    from builders.plane.units import ordered_map
+    from builders.threads import ordered_map
 
     started: list[int] = []
     lock = threading.Lock()
