@@ -160,11 +160,36 @@ def cpu_per_image(fn, items: list, repeat: int = 3) -> float:
     return best
 
 
-# The image stage without hashes: prepare() keeps no thumbnail, and the batches are not hashed.
+# The image stage without hashes: prepare() keeps no thumbnail, and the batches are not hashed. Patched as the
+# modules load, in the processes that load them: importing them up front in every process the build starts
+# (helpers included) cost more than the hashes do.
 NO_HASHES = """
-import builders.plane.images as images, builders.plane.units as units
-images.grey_thumbnail = lambda img: None
-units.add_hashes = lambda imgs: None
+import importlib.abc, sys
+
+PATCHES = {"builders.plane.images": ("grey_thumbnail", lambda img: None),
+           "builders.plane.units": ("add_hashes", lambda imgs: None)}
+
+
+class Patcher(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in PATCHES:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            setattr(module, *PATCHES[name])
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, Patcher())
 """
 
 
