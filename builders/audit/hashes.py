@@ -103,20 +103,20 @@ def _pooled(pixels: np.ndarray, pool: int) -> np.ndarray:
 
 
 @functools.cache
-def _grid_plan() -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+def _grid_plan() -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The twenty hashes as products on the 40x40 grid. The windows have four vertical and four horizontal
-    extents. ``left_p`` holds, per vertical extent, the 8 rows that area-average it to 32 and take the DCT;
-    ``left_d`` the 8 that average it to 8. ``right`` holds, per horizontal extent, the 8 columns that average it
-    to 32 and take the DCT, then (from column 32) the 8 horizontal steps of its average to 9. So ``left_p @ grid
-    @ right[:, :32]`` is 4x4 blocks of 8x8 low frequencies, one per pair of extents, and ``left_d @ grid @
-    right[:, 32:]`` the same blocks of steps. Last, where each window's 64 values lie in those 32x32 products:
-    row and column indices for pHash, then for dHash."""
+    extents. ``left`` holds, per vertical extent, the 8 rows that area-average it to 32 and take the DCT (rows
+    0-31, pHash), then the 8 that average it to 8 (rows 32-63, dHash). ``right`` holds, per horizontal extent,
+    the 8 columns that average it to 32 and take the DCT, then (from column 32) the 8 horizontal steps of its
+    average to 9. So ``left[:32] @ grid @ right[:, :32]`` is 4x4 blocks of 8x8 low frequencies, one per pair of
+    extents, and ``left[32:] @ grid @ right[:, 32:]`` the same blocks of steps. Last, where each window's 64
+    values lie in those 32x32 products: row and column indices."""
     box = boxes(GRID, GRID)
     rows, cols = sorted({(b[1], b[3]) for b in box}), sorted({(b[0], b[2]) for b in box})
-    left_p, left_d, right = np.zeros((32, GRID)), np.zeros((32, GRID)), np.zeros((GRID, 64))
+    left, right = np.zeros((64, GRID)), np.zeros((GRID, 64))
     for k, (y0, y1) in enumerate(rows):
-        left_p[8 * k : 8 * k + 8, y0:y1] = _DCT8 @ _area(y1 - y0, 32)
-        left_d[8 * k : 8 * k + 8, y0:y1] = _area(y1 - y0, 8)
+        left[8 * k : 8 * k + 8, y0:y1] = _DCT8 @ _area(y1 - y0, 32)
+        left[32 + 8 * k : 32 + 8 * k + 8, y0:y1] = _area(y1 - y0, 8)
     for k, (x0, x1) in enumerate(cols):
         right[x0:x1, 8 * k : 8 * k + 8] = _area(x1 - x0, 32).T @ _DCT8.T
         nine = _area(x1 - x0, 9).T
@@ -124,26 +124,29 @@ def _grid_plan() -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, 
     r, c = np.broadcast_arrays(np.arange(8)[:, None], np.arange(8)[None, :])
     at_row = np.array([(8 * rows.index((y0, y1)) + r).ravel() for x0, y0, x1, y1 in box])
     at_col = np.array([(8 * cols.index((x0, x1)) + c).ravel() for x0, y0, x1, y1 in box])
-    return left_p, left_d, right, (at_row, at_col)
+    return left, right, (at_row, at_col)
 
 
 @functools.lru_cache(maxsize=512)
 def _plan(width: int, height: int, pool: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_grid_plan`'s matrices with the area-averaging to the grid folded in, for a thumbnail of this
     size whose pixels are sums of ``pool`` x ``pool`` blocks: products of the thumbnail itself give every hash
-    (no grid to make). ``left`` is pHash's rows then dHash's. float64, so that the settled ties (:data:`FLAT`,
-    :data:`TIE`) hold on every machine."""
-    left_p, left_d, right, _ = _grid_plan()
-    left = np.vstack((left_p, left_d)) @ _area(height, GRID) / pool**2
+    (no grid to make). ``left`` is pHash's rows then dHash's; then pHash's and dHash's columns. float64, so that
+    the settled ties (:data:`FLAT`, :data:`TIE`) hold on every machine."""
+    left, right, _ = _grid_plan()
     across = _area(width, GRID).T @ right
-    return left, np.ascontiguousarray(across[:, :32]), np.ascontiguousarray(across[:, 32:])
+    return (
+        left @ _area(height, GRID) / pool**2,
+        np.ascontiguousarray(across[:, :32]),
+        np.ascontiguousarray(across[:, 32:]),
+    )
 
 
 @functools.lru_cache(maxsize=64)
 def _gather(n: int) -> np.ndarray:
     """Where the 64 values of each of ``n`` thumbnails' windows lie in :func:`hash_thumbnails`' (32 n, 32)
     products, as flat indices: row r, column c of thumbnail i's 32x32 block is row r n + i, column c."""
-    at_row, at_col = _grid_plan()[3]
+    at_row, at_col = _grid_plan()[2]
     return at_row * (n * 32) + at_col + 32 * np.arange(n)[:, None, None]
 
 
