@@ -296,7 +296,10 @@ print(json.dumps({"ids": sorted(grpo["id"]), "size": list(grpo[0]["image"].size)
 STOCK = Path(__file__).resolve().parents[2] / ".venv-stock" / "bin" / "python"
 
 
-@pytest.mark.skipif(not STOCK.exists(), reason="no .venv-stock (stock transformers with torchvision): scripts/setup.sh")
+NO_STOCK = "no .venv-stock (stock transformers with torchvision): TEST_STOCK=1 bash scripts/setup.sh"
+
+
+@pytest.mark.skipif(not STOCK.exists(), reason=NO_STOCK)
 def test_checkpoints_load_with_stock_transformers_and_the_cards_snippet_runs(grpo_run, tiny_model, tmp_path):
     """Where torchvision is installed (users' machines), stock transformers loads every checkpoint we save with
     ``AutoProcessor``, ``AutoModelForImageTextToText`` and ``pipeline``, and the model card's own snippet runs:
