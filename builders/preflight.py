@@ -67,4 +67,6 @@ def _columns(recipe: Recipe) -> None:
 
     path = location(recipe.input.metadata)
     parquet = path.name.lower().endswith((".parquet", ".pq"))
-    resolve_columns(pq.read_schema(path.source()).names if parquet else _header(path), recipe.input)
+    resolve_columns(
+        pq.read_schema(path.source()).names if parquet else _header(path, recipe.input.encoding), recipe.input
+    )

@@ -62,6 +62,11 @@ class InputSpec(_Spec):
         "is already curated)",
     )
     image_suffix: str = Field(default="", description="appended to ids to find files, e.g. '.jpg' for GLOBE CSVs")
+    encoding: str | None = Field(
+        default=None,
+        description="the metadata CSV's text encoding (e.g. latin-1, cp1252, utf-16); default: UTF-8, or what a "
+        "byte-order mark says",
+    )
     dataset: str = Field(default="MP-16", description="recorded as source.dataset")
 
     @field_validator("images", "join", mode="before")

@@ -5,16 +5,15 @@ Every input row ends up either as an ingest row or as a rejection with its reaso
 rejection with its line number, not a crash. Ingest also takes coordinates the file lacks from
 ``input.join`` files, and joins the image sources' indexes onto the rows (see :mod:`builders.sources.base`).
 
-It streams: the CSV is parsed block by block by Arrow's reader into Arrow columns (only the columns the build
-uses; labels dictionary-encoded), so MP16-Pro's 4.65M rows take about a second to parse and a few hundred MB
-of memory; coordinates, ids and duplicates are checked on whole columns.
+It streams: the CSV is split into records block by block (:mod:`builders.plane.csvrecords`: exact at any size,
+cells that span lines included) and each block's records are parsed by Arrow into Arrow columns (only the
+columns the build uses; labels dictionary-encoded); coordinates, ids and duplicates are checked on whole columns.
 """
 
 from __future__ import annotations
 
 import ast
 import csv
-import io
 import json
 import re
 from pathlib import Path
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from builders.plane import csvrecords
 from builders.plane.units import LABEL_COLUMNS
 from builders.plane.workfolder import REJECTION_WORK_SCHEMA
 from builders.recipe import InputSpec
@@ -49,7 +49,6 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
 REQUIRED = ("id", "lat", "lon")
 RELEASE_COLUMNS = ("response", "solution", "entities")  # a release training file: every row needs all three
 _SOLUTION = re.compile(r"\s*<country>(.*?)</country>\s*<city>(.*?)</city>\s*", re.S)
-_BLOCK = 8 << 20  # bytes of CSV parsed at a time
 
 
 class InputError(ValueError):
@@ -66,15 +65,6 @@ def rejections(rows, ids, stage: str, reasons: list | str) -> pa.Table:
     why = constant(reasons) if isinstance(reasons, str) else pa.array(reasons, pa.string()).dictionary_encode()
     return pa.table([pa.array(rows, pa.int64()), pa.array(ids, pa.string()), constant(stage), why],
                     schema=REJECTION_WORK_SCHEMA)  # fmt: skip
-
-
-def _header(path: Location) -> list[str]:
-    """The CSV's column names; a byte-order mark (Excel, many Windows tools) is not part of the first one."""
-    with path.open("rb") as raw:
-        try:
-            return next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")))
-        except StopIteration:
-            raise InputError(f"metadata file {path} is empty") from None
 
 
 def resolve_columns(columns: list[str], spec: InputSpec) -> dict[str, str]:
@@ -130,89 +120,71 @@ def read_metadata(spec: InputSpec, limit: int | None = None) -> tuple[pa.Table, 
         fields = {f: _as_text(table.column(c)) for f, c in mapping.items()}
         fields["row"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
         return pa.table(fields), rejections([], [], "ingest", []), table.num_rows
-    header = _header(path)
+    header, chunks = _csv_records(path, spec.encoding)
     mapping = resolve_columns(header, spec)
-    width = len(header)
-    bad: list[tuple[int, str]] = []
-
-    def malformed(row: pacsv.InvalidRow) -> str:
-        bad.append((row.number, row.text))
-        return "skip"
-
     used = sorted(set(mapping.values()))
     labels = {mapping[f] for f in mapping if f.startswith("label_")}
     types = {c: pa.dictionary(pa.int32(), pa.string()) if c in labels else pa.string() for c in used}
-    reader = pacsv.open_csv(
-        path.source(),
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=_BLOCK),  # one thread: line numbers are known
-        parse_options=pacsv.ParseOptions(invalid_row_handler=malformed),
-        convert_options=pacsv.ConvertOptions(
+    options = (
+        pacsv.ReadOptions(column_names=header, use_threads=False),
+        pacsv.ParseOptions(newlines_in_values=True),
+        pacsv.ConvertOptions(
             include_columns=used, column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
         ),
     )
-    batches = []
-    for batch in reader:
-        batches.append(batch)
-        if limit is not None and sum(b.num_rows for b in batches) + len(bad) >= limit:
+    tables, rows, bad = [], [], []
+    for chunk in chunks:
+        bad += chunk.rejected
+        if chunk.data:
+            table = pacsv.read_csv(pa.py_buffer(chunk.data), *options)
+            if table.num_rows != len(chunk.rows):  # the splitter and Arrow disagree: never guess which is right
+                raise InputError(
+                    f"{path}: {len(chunk.rows)} records split, {table.num_rows} parsed near row {chunk.rows[0]}"
+                )
+            tables.append(table)
+            rows.append(chunk.rows)
+        if limit is not None and sum(map(len, rows)) + len(bad) >= limit:
             break
-    table = pa.Table.from_batches(batches, reader.schema)
-    # The malformed records, taken apart into lines: the malformed line itself is a rejection, and the lines an
-    # unclosed quote swallowed after it are rows again (or rejections of their own).
-    extra_lines: list[int] = []
-    extra_rows: list[dict | None] = []  # a recovered row, or None for a malformed line
-    extra_why: list[tuple[str, str]] = []  # (id, reason) of a malformed line
-    for number, text in bad:
-        for line, fields, reason in _recover(number, text, width):
-            extra_lines.append(line)
-            extra_rows.append(None if reason else dict(zip(header, fields)))
-            extra_why.append((fields[0] if fields else "", reason))
-    # Physical line -> data row: the header is line 1 and blank lines are not rows.
-    extra_at = np.array([n - 2 for n in extra_lines], dtype=np.int64)
-    order = np.argsort(extra_at, kind="stable")
-    extra_at = extra_at[order]
-    good = np.arange(table.num_rows, dtype=np.int64)
-    # The i-th row Arrow read is data row i + (recovered or malformed lines before it).
-    shift = np.searchsorted(extra_at - np.arange(len(extra_at)), good, side="right")
-    rows = good + shift
-    recovered = [i for i in order if extra_rows[i] is not None]
-    if recovered:
-        again = pa.Table.from_pylist([{c: extra_rows[i][c] for c in used} for i in recovered], schema=table.schema)
-        table = pa.concat_tables([table, again]).unify_dictionaries()
-        rows = np.concatenate([rows, np.array([extra_lines[i] - 2 for i in recovered], dtype=np.int64)])
-        ranked = np.argsort(rows, kind="stable")
-        table, rows = table.take(pa.array(ranked)), rows[ranked]
-    failed = [i for i in order if extra_rows[i] is None]
-    bad_rows = np.array([extra_lines[i] - 2 for i in failed], dtype=np.int64)
-    if limit is not None:  # the first `limit` data lines, malformed ones included
-        keep = rows < limit
-        table, rows = table.filter(pa.array(keep)), rows[keep]
-        failed = [i for i, r in zip(failed, bad_rows) if r < limit]
+    schema = pa.schema([pa.field(c, types[c]) for c in used])
+    table = pa.concat_tables(tables).unify_dictionaries() if tables else schema.empty_table()
+    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    bad_rows = np.array([b[0] for b in bad], dtype=np.int64)
+    if limit is not None:  # the first `limit` records, malformed ones included
+        table, rows = table.filter(pa.array(rows < limit)), rows[rows < limit]
+        bad = [b for b in bad if b[0] < limit]
         bad_rows = bad_rows[bad_rows < limit]
     fields = {f: table.column(c) for f, c in mapping.items()}
     fields["row"] = pa.array(rows)
-    n_input = table.num_rows + len(bad_rows)
-    rejected = rejections(bad_rows, [extra_why[i][0] for i in failed], "ingest", [extra_why[i][1] for i in failed])
-    return pa.table(fields), rejected, n_input
+    rejected = rejections(bad_rows, [b[2] for b in bad], "ingest", [b[3] for b in bad])
+    return pa.table(fields), rejected, table.num_rows + len(bad_rows)
 
 
-def _recover(number: int, text: str, width: int) -> list[tuple[int, list[str], str]]:
-    """A record Arrow could not read, as ``(line, fields, reason)`` per physical line: the first line is the
-    malformed one (reason given); each line after it, swallowed by an unclosed quote, is read on its own and is
-    a row (reason "") when it is a well-formed line of ``width`` fields. Blank lines are not rows."""
-    out = []
-    for k, line in enumerate(text.split("\n")):
-        line = line.rstrip("\r")
-        if k and not line.strip():
-            continue
-        fields = next(csv.reader([line]), [])
-        if line.count('"') % 2:
-            reason = "an unclosed quote"
-        elif len(fields) != width:
-            reason = f"{len(fields)} fields, header has {width}"
-        else:
-            reason = "" if k else "cannot be parsed"
-        out.append((number + k, fields, f"malformed CSV line {number + k}: {reason}" if reason else ""))
-    return out
+def _csv_records(path: Location, encoding: str | None):
+    """The CSV's header and its records (:mod:`builders.plane.csvrecords`), with encoding errors as input
+    errors that name the file and the fix."""
+    raw = path.open("rb")
+    blocks = csvrecords.utf8_blocks(raw, encoding, str(path))
+
+    def guarded():
+        try:
+            yield from blocks
+        except csvrecords.EncodingError as e:
+            raise InputError(str(e)) from None
+        finally:
+            raw.close()
+
+    try:
+        header, chunks = csvrecords.split(guarded())
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path}: its header cannot be read ({e}); name its encoding with input.encoding") from None
+    if not header:
+        raise InputError(f"metadata file {path} is empty")
+    return header, chunks
+
+
+def _header(path: Location, encoding: str | None = None) -> list[str]:
+    """The CSV's column names (a byte-order mark is not part of the first one)."""
+    return _csv_records(path, encoding)[0]
 
 
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
