@@ -151,13 +151,21 @@ def _folder_items(root: Path) -> tuple[Iterator[tuple[str, bytes]], int]:
 
 
 def _tar_items(path: Path) -> tuple[Iterator[tuple[str, bytes]], int]:
-    with tarfile.open(path) as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
+    try:
+        with tarfile.open(path) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise AuditError(f"{path}: not a readable tar ({type(e).__name__}: {e}); check the file is whole") from None
 
     def read() -> Iterator[tuple[str, bytes]]:
+        # A member cut short (a truncated archive) is an unreadable image, counted, not a reason to stop.
         with tarfile.open(path) as tar:
             for m in members:
-                yield m.name, tar.extractfile(m).read()
+                try:
+                    data = tar.extractfile(m).read()
+                except (tarfile.TarError, OSError, EOFError):
+                    data = b""
+                yield m.name, data
 
     return read(), len(members)
 
@@ -196,10 +204,17 @@ def against_side(spec: str, progress: bool = True) -> Side:
     path_text, _, images_text = rest.partition(",")
     path = Path(path_text).expanduser()
     name = name or path.stem
+    if name in ("train", "test"):
+        raise AuditError(f"--against {spec}: {name!r} names one of the build's own splits; name the set (NAME=PATH)")
     if (path / "manifest.json").exists():
         side = build_side(path)
-        side.name = name
+        # Another build's photos belong to the set the user named, whatever its own splits: its "train" is not ours.
+        side.name, side.where = name, [name] * len(side)
+        if not len(side):
+            raise AuditError(f"--against {spec}: the build at {path} holds no photos (0 rows in hashes.parquet)")
         return side
+    if not path.exists():
+        raise AuditError(f"--against {spec}: {path} does not exist")
     if path.is_dir():
         items, total = _folder_items(path)
     elif path.suffix.lower() == ".tar":
@@ -211,7 +226,16 @@ def against_side(spec: str, progress: bool = True) -> Side:
             f"--against {spec}: not a build folder, an image folder, a .tar or a .csv; give one of those, "
             f"optionally named (im2gps3k=PATH) and, for a CSV, with its images after a comma (NAME=LIST.csv,IMAGES)"
         )
-    return hash_images(name, items, total, progress)
+    if not total:
+        raise AuditError(f"--against {spec}: {path} holds no images ({', '.join(IMAGE_SUFFIXES)}); nothing to compare")
+    side = hash_images(name, items, total, progress)
+    if not len(side):
+        raise AuditError(
+            f"--against {spec}: none of its {total} images could be read ({len(side.unreadable)} unreadable, e.g. "
+            f"{side.unreadable[0][0]}: {side.unreadable[0][1]}); for a CSV, give its images after a comma "
+            "(NAME=LIST.csv,IMAGES)"
+        )
+    return side
 
 
 # -- pairs ---------------------------------------------------------------------------------------------------
@@ -264,8 +288,8 @@ def audit(build: Side, others: list[Side], max_phash: int, max_dhash: int, progr
         found.add(a, b, kind, where, **extra)
 
     def run(side_a: Side, side_b: Side | None) -> None:
-        other = side_b or side_a
         cross = side_b is not None
+        other = side_b if cross else side_a  # an empty side is falsy: never `side_b or side_a`
         for i, j in _pairs_by_key(side_a.sha256, other.sha256 if cross else None):
             emit(side_a, i, other, j, "exact")
         if cross:
