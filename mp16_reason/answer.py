@@ -23,10 +23,14 @@ from typing import Any
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 _OPEN_ANSWER = re.compile(r"<answer>(.*)", re.S | re.I)
 _THINK = re.compile(r"<think>(.*?)</think>", re.S | re.I)
-_FIELD = {name: re.compile(rf"^\W*{name}\W*:\s*(.+)$", re.I | re.M) for name in ("country", "city")}
-_LATITUDE = re.compile(r"^\W*(?:latitude|lat)\W*:\s*(.+)$", re.I | re.M)
-_LONGITUDE = re.compile(r"^\W*(?:longitude|lon|lng)\W*:\s*(.+)$", re.I | re.M)
-_COORDS = re.compile(r"^\W*coordinates?\W*:\s*\(?\s*(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)", re.I | re.M)
+# Each field is read from its own line: [^\w\n] and [ \t] never cross a line, so an empty "city:" is empty, not
+# the line after it.
+_FIELD = {name: re.compile(rf"^[^\w\n]*{name}[^\w\n]*:[ \t]*([^\n]*)$", re.I | re.M) for name in ("country", "city")}
+_LATITUDE = re.compile(r"^[^\w\n]*(?:latitude|lat)[^\w\n]*:[ \t]*([^\n]*)$", re.I | re.M)
+_LONGITUDE = re.compile(r"^[^\w\n]*(?:longitude|lon|lng)[^\w\n]*:[ \t]*([^\n]*)$", re.I | re.M)
+_COORDS = re.compile(
+    r"^[^\w\n]*coordinates?[^\w\n]*:[ \t]*\(?[ \t]*(-?\d+(?:\.\d+)?)[ \t]*[,; \t][ \t]*(-?\d+(?:\.\d+)?)", re.I | re.M
+)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _PLACEHOLDER = {"unknown", "n/a", "none", "not sure", "unsure", "-", "?", "country name", "city name"}
 
