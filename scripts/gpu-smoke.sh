@@ -17,10 +17,15 @@ work=${GPU_SMOKE_OUT:-$(mktemp -d)}
 mkdir -p "$work"
 step() { echo "gpu-smoke: $* ($(date +%T))"; }
 
-step "installing [train,gpu] from requirements/gpu.txt into $venv"
-[ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q --require-hashes --no-deps -r requirements/gpu.txt
+# A machine without a registry (GPU_VENV: an environment made beforehand) skips the install.
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import vllm, deepspeed, trl" 2>/dev/null; then
+  step "using $venv as it is"
+else
+  step "installing [train,gpu] from requirements/gpu.txt into $venv"
+  [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q --require-hashes --no-deps -r requirements/gpu.txt
+fi
 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
 export PATH="$PWD/$venv/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -2,14 +2,15 @@
 ``response`` cells), block boundaries anywhere, and malformed lines that cost one rejection each.
 
 The rule (``tests/test_builders/test_csv.py`` states it plainly with Python's ``csv`` module and holds this
-module to it): a record ends at the first newline outside quotes (RFC 4180). A record is accepted when ``csv`` (strict)
-reads it as one row of the header's width. Otherwise its *first line* is rejected, and reading starts again at
-the line after it, so an unclosed quote anywhere (the last column too) loses that one line, never the lines
-after it. Blank lines are not rows.
+module to it): a record ends at the first newline outside quotes (RFC 4180). A record is accepted when ``csv``
+(strict) reads it as one row of the header's width. Otherwise its *first line* is rejected, and reading starts
+again at the line after it, so an unclosed quote anywhere (the last column too) loses that one line, never the
+lines after it. Blank lines are not rows.
 
-The fast path finds record ends on whole blocks with numpy (quote parity at each newline), checks lines without
-quotes by counting their commas, and gives only records with quotes to ``csv``; Arrow then parses the accepted
-records of each block. A record still open after ``max_record`` bytes is treated as an unclosed quote.
+The fast path works on whole blocks with numpy: record ends from the quote parity at each newline, then one-line
+records whose quotes each enclose a whole field are counted field by field on arrays (MP16-Pro quotes every
+field); only the rest meet ``csv``. Arrow then parses the accepted records of each block. A record still open
+after ``max_record`` bytes is treated as an unclosed quote.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ MAX_RECORD = 16 << 20  # a record longer than this is an unclosed quote, not a c
 
 class EncodingError(ValueError):
     """The bytes are not text in the encoding named (or detected)."""
+
+
+@dataclass
+class _Scan:
+    arr: np.ndarray  # the buffer's bytes
+    newlines: np.ndarray  # offsets of its newlines
+    quotes: np.ndarray  # offsets of its quotes
+    ends: np.ndarray  # offsets of the newlines that end a record
 
 
 @dataclass
@@ -103,17 +112,16 @@ class _Splitter:
         self.row = 0  # the next record's index
         self.width = 0
 
-    def _more(self) -> bool:
+    def _more(self) -> None:
         piece = next(self.blocks, None)
         if piece is None:
             self.eof = True
-            return False
-        self.buf += piece
-        return True
+        else:
+            self.buf += piece
 
     def header(self) -> list[str]:
         while True:
-            ends = self._ends()
+            ends = self._scan().ends
             if len(ends) or self.eof:
                 break
             self._more()
@@ -127,23 +135,23 @@ class _Splitter:
         self.width = len(fields)
         return fields
 
-    def _ends(self) -> np.ndarray:
-        """Offsets of the newlines in buf that end a record (outside quotes); at the end of the input, the
-        input's end too when its last line has no newline."""
+    def _scan(self) -> _Scan:
+        """buf's newlines and quotes, and the newlines that end a record (outside quotes); at the end of the
+        input, the input's end too when its last line has no newline."""
         arr = np.frombuffer(self.buf, np.uint8)
         newlines = np.flatnonzero(arr == NEWLINE)
         quotes = np.flatnonzero(arr == QUOTE)
         ends = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
         if self.eof and len(arr) and arr[-1] != NEWLINE and len(quotes) % 2 == 0:
             ends = np.append(ends, len(arr) - 1)
-        return ends
+        return _Scan(arr, newlines, quotes, ends)
 
     def chunks(self) -> Iterator[Chunk]:
         while True:
             if self.buf:
-                ends = self._ends()
-                if len(ends):
-                    yield self._take(ends)
+                scan = self._scan()
+                if len(scan.ends):
+                    yield self._take(scan)
                     continue
                 if self.eof or len(self.buf) > self.max_record:
                     yield self._reject_first_line()  # an open quote that never closes (or runs past max_record)
@@ -162,38 +170,30 @@ class _Splitter:
         return chunk
 
     def _reject(self, chunk: Chunk, record: bytes, reason: str) -> None:
-        text = record.decode("utf-8").rstrip("\r\n")
-        first = next(csv.reader([text.split("\n")[0]]), [""])
-        chunk.rejected.append(
-            (self.row, self.line, first[0] if first else "", f"malformed CSV line {self.line}: {reason}")
-        )
+        chunk.rejected.append((self.row, self.line, _first_field(record), f"malformed CSV line {self.line}: {reason}"))
         self.row += 1
 
-    def _take(self, ends: np.ndarray) -> Chunk:
+    def _take(self, scan: _Scan) -> Chunk:
         """The records that end at ``ends``, up to the first multi-line record whose first line is rejected
         (reading starts again after that line, so the records after it are split anew). Lines without quotes
         and with the header's comma count are accepted on whole arrays; only the others meet ``csv``."""
-        buf = self.buf
-        arr = np.frombuffer(buf, np.uint8)
+        buf, arr, ends = self.buf, scan.arr, scan.ends
         starts = np.concatenate([[0], ends[:-1] + 1])
         blank = (ends - starts == 0) | ((ends - starts == 1) & (arr[np.maximum(ends - 1, 0)] == CR))
-        special = np.flatnonzero(~blank & ~self._plain(arr, starts, ends))
+        special = np.flatnonzero(~blank & ~self._plain(scan, starts))
         count = len(ends)  # records taken: all, unless a multi-line record's first line is rejected
         consumed = data_end = int(ends[-1]) + 1
         cuts: list[tuple[int, int]] = []  # byte ranges of rejected one-line records, left out of the data
         row_of = self.row + np.cumsum(~blank) - 1  # each record's row (blank lines have none)
         keep = ~blank
         chunk = Chunk(b"")
-        newlines = None
         for i in special:
             s, e = int(starts[i]), int(ends[i]) + 1
             record = buf[s:e]
             reason = self._check(record)
             if not reason:
                 continue
-            if newlines is None:
-                newlines = np.flatnonzero(arr == NEWLINE)
-            line = self.line + int(np.searchsorted(newlines, s))
+            line = self.line + int(np.searchsorted(scan.newlines, s))
             chunk.rejected.append((int(row_of[i]), line, _first_field(record), f"malformed CSV line {line}: {reason}"))
             keep[i] = False
             first_end = record.find(b"\n")
@@ -211,18 +211,18 @@ class _Splitter:
         if chunk.data and not chunk.data.endswith(b"\n"):
             chunk.data += b"\n"
         self.row += int((~blank[:count]).sum())
-        self.line += buf.count(b"\n", 0, consumed)
+        self.line += int(np.searchsorted(scan.newlines, consumed))
         self.buf = buf[consumed:]
         return chunk
 
-    def _plain(self, arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    def _plain(self, scan: _Scan, starts: np.ndarray) -> np.ndarray:
         """Which records are one line of the header's width whose quotes, if any, each enclose a whole field
         (opened at a field's start, closed before a comma or the line's end, no doubled quotes): what ``csv``
         and Arrow read alike, decided on whole arrays. The rest (rare) go to :meth:`_check`."""
+        arr, ends, newlines = scan.arr, scan.ends, scan.newlines
         n, last = len(ends), len(arr) - 1
-        quotes = np.flatnonzero(arr[: ends[-1] + 1] == QUOTE)  # an even number: records end at even parity
+        quotes = scan.quotes[: np.searchsorted(scan.quotes, ends[-1], side="right")]  # even: records end at even parity
         commas = np.flatnonzero(arr == COMMA)
-        newlines = np.flatnonzero(arr == NEWLINE)
         opens, closes = quotes[0::2], quotes[1::2]
         record = np.searchsorted(ends, opens)
         after, after2 = arr[np.minimum(closes + 1, last)], arr[np.minimum(closes + 2, last)]

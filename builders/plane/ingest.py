@@ -148,15 +148,13 @@ def read_metadata(spec: InputSpec, limit: int | None = None) -> tuple[pa.Table, 
     schema = pa.schema([pa.field(c, types[c]) for c in used])
     table = pa.concat_tables(tables).unify_dictionaries() if tables else schema.empty_table()
     rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    bad_rows = np.array([b[0] for b in bad], dtype=np.int64)
     if limit is not None:  # the first `limit` records, malformed ones included
         table, rows = table.filter(pa.array(rows < limit)), rows[rows < limit]
         bad = [b for b in bad if b[0] < limit]
-        bad_rows = bad_rows[bad_rows < limit]
     fields = {f: table.column(c) for f, c in mapping.items()}
     fields["row"] = pa.array(rows)
-    rejected = rejections(bad_rows, [b[2] for b in bad], "ingest", [b[3] for b in bad])
-    return pa.table(fields), rejected, table.num_rows + len(bad_rows)
+    rejected = rejections([b[0] for b in bad], [b[2] for b in bad], "ingest", [b[3] for b in bad])
+    return pa.table(fields), rejected, table.num_rows + len(bad)
 
 
 def _csv_records(path: Location, encoding: str | None):

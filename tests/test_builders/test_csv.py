@@ -124,7 +124,7 @@ def test_an_unclosed_quote_in_the_last_column_loses_one_line_only(tmp_path):
     assert len(accepted) == 78 and [f[0] for _, f in accepted] == [f"id{i}" for i in range(80) if i not in (9, 39)]
 
 
-def test_the_release_shape_at_16_mb_crosses_blocks_and_keeps_every_row(tmp_path, monkeypatch):
+def test_the_release_shape_at_a_sixteenth_crosses_blocks_and_keeps_every_row(tmp_path, monkeypatch):
     """The official release's training CSV: a multi-line ``response`` cell in every row. Here at 1/16 of the
     size through 1/16 of the block; the full size runs in the slow lane below."""
     monkeypatch.setattr(csvrecords, "BLOCK", csvrecords.BLOCK // 16)

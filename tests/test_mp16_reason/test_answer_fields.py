@@ -18,7 +18,7 @@ def reference(body: str, name: str) -> str:
     """The first line whose label is ``name``: its value, cleaned; "" without one."""
     for line in body.split("\n"):
         label, sep, value = line.partition(":")
-        if sep and re.sub(r"[^\w]", "", label).lower() == name and not re.search(r"\w[^\w]+\w", label.strip("*_- ")):
+        if sep and re.sub(r"[^\w]", "", label).lower() == name:
             return _clean(value)
     return ""
 
