@@ -5,8 +5,9 @@
 Each report comes from ``pip install --dry-run --ignore-installed --report``: the exact set pip resolved from the
 project's ranges. Every package is pinned to that version with the hash of the file pip chose, plus the hashes of
 every other file PyPI has for that version (other platforms and Pythons), as pip-compile's ``--generate-hashes``
-does. A build with a local label (``torch 2.13.0+cpu``, a wheel on this machine's disk) is pinned without the
-label, so the same line takes that wheel where it lies and PyPI's 2.13.0 elsewhere.
+does. A build with a local label (``torch 2.13.0+cpu``, PyTorch's CPU build) keeps its label and the one hash:
+PyPI serves no such file, and an unlabelled pin would let pip take PyPI's CUDA build of the same version (pip
+prefers a file whose index states its hash), whose ``nvidia-*`` libraries a ``--no-deps`` install never brings.
 """
 
 from __future__ import annotations
@@ -62,11 +63,12 @@ def pins(reports: list[Path]) -> dict[str, tuple[str, set[str]]]:
                 continue
             name = canonicalize_name(item["metadata"]["name"])
             version = Version(item["metadata"]["version"])
-            public = Version(version.public)
-            hashes = {info["archive_info"]["hashes"]["sha256"]} | pypi_hashes(name, public)
-            if name in out and out[name][0] != str(public):
-                raise SystemExit(f"{name}: {out[name][0]} in one report, {public} in another")
-            out[name] = (str(public), hashes | out.get(name, ("", set()))[1])
+            hashes = {info["archive_info"]["hashes"]["sha256"]}
+            if not version.local:
+                hashes |= pypi_hashes(name, version)
+            if name in out and out[name][0] != str(version):
+                raise SystemExit(f"{name}: {out[name][0]} in one report, {version} in another")
+            out[name] = (str(version), hashes | out.get(name, ("", set()))[1])
     return out
 
 

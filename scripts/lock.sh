@@ -4,8 +4,8 @@
 #   requirements/dev.txt    .venv: the project with every extra, torch on its CPU build, and GeoCLIP (no deps)
 #   requirements/olah.txt   .venv-olah: olah, the read-only Hub the tests serve datasets and models from
 #   requirements/stock.txt  .venv-stock: stock transformers beside torchvision, for the stock-loading tests
-#   requirements/gpu.txt    .venv-gpu: [train,gpu] for scripts/gpu-smoke.sh (CUDA torch on a GPU machine: the
-#                           pins carry PyPI's hashes too, so torch==2.13.0 there is PyPI's CUDA build)
+#   requirements/gpu.txt    .venv-gpu: [train,gpu] for scripts/gpu-smoke.sh, resolved from PyPI alone (its CUDA
+#                           torch and the nvidia-* libraries that build needs), whatever wheels lie nearby
 # Run scripts/test-latest.sh first (it tests what this would pin), and say what it found in the lock's commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +23,11 @@ resolve() {  # resolve REPORT ARGS...: what `pip install ARGS` would install int
 resolve "$tmp/dev.json" -c constraints.txt "torch==2.13.0" ".[build,ray,s3,train,demo,audit,dev]"
 resolve "$tmp/geoclip.json" --no-deps "geoclip>=1.3,<2"
 resolve "$tmp/olah.json" olah
-resolve "$tmp/stock.json" "torch==2.14.1" "torchvision==0.29.1" "transformers>=5" pillow accelerate
-resolve "$tmp/gpu.json" ".[train,gpu]"
+pypi_only() {  # the same, with pip's configured find-links and extra indexes (a local CPU torch) left out
+  (unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_CONSTRAINT && PIP_CONFIG_FILE=/dev/null && export PIP_CONFIG_FILE && "$@")
+}
+pypi_only resolve "$tmp/stock.json" "torch==2.14.1" "torchvision==0.29.1" "transformers>=5" pillow accelerate
+pypi_only resolve "$tmp/gpu.json" ".[train,gpu]"
 "$tmp/venv/bin/python" scripts/lock.py requirements/dev.txt "$tmp/dev.json" "$tmp/geoclip.json"
 "$tmp/venv/bin/python" scripts/lock.py requirements/olah.txt "$tmp/olah.json"
 "$tmp/venv/bin/python" scripts/lock.py requirements/stock.txt "$tmp/stock.json"

@@ -81,12 +81,60 @@ def test_this_environment_is_the_lock():
     differ = {}
     for name, (version, _) in lock("dev").items():
         try:
-            installed = md.version(name).split("+")[0]
+            installed = md.version(name)
         except md.PackageNotFoundError:
             installed = None
         if installed != version:
             differ[name] = (version, installed)
     assert not differ, f"locked vs installed (re-run scripts/setup.sh): {differ}"
+
+
+def test_the_dev_lock_is_closed_under_dependencies():
+    """Set-up installs with --no-deps, so whatever a locked package requires (on this platform, extras aside)
+    must be locked too: a torch build whose nvidia-* libraries are missing fails at its first import."""
+    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        pytest.skip("not running in the .venv scripts/setup.sh makes")
+    locked = lock("dev")
+    # GeoCLIP declares torchvision, which its inference code never imports and which has no CPU build here.
+    left_out = {("geoclip", "torchvision")}
+    env = default_environment() | {"extra": ""}
+    missing = {
+        f"{name} needs {req}"
+        for name in locked
+        for req in map(Requirement, md.requires(name) or [])
+        if (req.marker is None or req.marker.evaluate(env))
+        and canonicalize_name(req.name) not in locked
+        and (name, canonicalize_name(req.name)) not in left_out
+    }
+    assert not missing, sorted(missing)
+
+
+def test_a_local_build_is_locked_with_its_label_and_its_one_hash(tmp_path, monkeypatch):
+    """torch 2.13.0+cpu: an unlabelled pin with PyPI's hashes beside it lets pip take PyPI's CUDA build."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import lock as locker
+    finally:
+        sys.path.pop(0)
+    asked = []
+    monkeypatch.setattr(locker, "pypi_hashes", lambda name, version: asked.append(name) or {"f" * 64})
+
+    def item(name, version, sha):
+        return {
+            "metadata": {"name": name, "version": version},
+            "download_info": {"archive_info": {"hashes": {"sha256": sha}}},
+        }
+
+    report = tmp_path / "report.json"
+    report.write_text(
+        __import__("json").dumps({"install": [item("torch", "2.13.0+cpu", "a" * 64), item("numpy", "2.4.6", "b" * 64)]})
+    )
+    out = tmp_path / "dev.txt"
+    locker.main(str(out), str(report))
+    text = out.read_text()
+    assert f"torch==2.13.0+cpu \\\n    --hash=sha256:{'a' * 64}\n" in text
+    assert "f" * 64 not in text.split("numpy")[0]
+    assert asked == ["numpy"]
 
 
 CHILD = """
