@@ -166,12 +166,16 @@ def build(
 
 
 def quiet_libraries() -> None:
-    """``--quiet``: no library warnings either, in this process and in the workers it starts."""
+    """``--quiet``: no library warnings either, in this process and in the workers it starts; the build's own
+    warnings (:class:`builders.stops.BuildWarning`) still show."""
     import os
     import warnings
 
+    from builders.stops import BuildWarning
+
     os.environ["PYTHONWARNINGS"] = "ignore"  # read by each worker's interpreter as it starts
     warnings.simplefilter("ignore")
+    warnings.simplefilter("default", BuildWarning)  # what the user should act on is never hidden
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
@@ -437,6 +441,55 @@ def cache_import_results(results: str, path: str | None) -> None:
         )
         for key, reason in list(failed.items())[:5]:
             click.echo(f"  failed {key[:12]}: {reason}")
+
+
+@cache.command("drop")
+@click.option("--model", "models", multiple=True, help="Only replies of this teacher model (repeatable).")
+@click.option(
+    "--reason",
+    type=click.Choice(["empty", "unparsed"]),
+    help="Only replies that are empty, or that are not an answer in the prompt's format (empty included).",
+)
+@click.option("--key", "keys", multiple=True, help="Only the reply under this cache key (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Count what would be dropped; drop nothing.")
+@_cache_option
+def cache_drop(models: tuple[str, ...], reason: str | None, keys: tuple[str, ...], dry_run: bool,
+               path: str | None) -> None:  # fmt: skip
+    """Drop cached replies, so that the next build asks for them again.
+
+    
+    Replies that are no answer are never cached now; caches written before kept some. For example:
+      mp16-reason cache drop --reason empty                     # every empty reply
+      mp16-reason cache drop --model Qwen/Qwen2.5-VL-72B-Instruct --reason unparsed --dry-run
+      mp16-reason cache drop --key 3f9a...                      # one reply (keys: cache export)
+    The filters combine (a reply must match each one given); at least one is required.
+    """
+    from collections import Counter
+
+    from builders.teachers.prompt import parse_reply
+
+    if not (models or reason or keys):
+        raise click.UsageError("give --model, --reason or --key (to drop every reply, delete the cache file)")
+
+    def why(text: str) -> str | None:
+        if not text.strip():
+            return "empty"
+        return "unparsed" if reason == "unparsed" and parse_reply(text).reply is None else None
+
+    with _open_cache(path) as c:
+        chosen: dict[str, tuple[str, str]] = {}
+        for r in c:
+            if (models and r.model not in models) or (keys and r.key not in keys):
+                continue
+            kind = why(r.text) if reason else "chosen"
+            if kind is not None:
+                chosen[r.key] = (r.model, kind)
+        if not dry_run:
+            c.drop(chosen)
+        verb = "would drop" if dry_run else "dropped"
+        click.echo(f"{verb} {len(chosen):,} replies from {c.path} ({len(c):,} left)")
+        for (model, kind), n in sorted(Counter(chosen.values()).items()):
+            click.echo(f"  {model} ({kind}): {n:,}")
 
 
 @cache.command("info")

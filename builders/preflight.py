@@ -7,6 +7,9 @@ after hours of image preparation).
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 from builders.recipe import Recipe
 from mp16_reason.storage import location
 
@@ -56,6 +59,24 @@ def check(recipe: Recipe) -> None:
     _columns(recipe)
     for spec in recipe.teachers:  # keys, packages: each kind checks what it needs
         spec.check(recipe.distill.offline)
+    if recipe.teachers and recipe.distill.cache:
+        _reply_cache(recipe.distill.cache)
+
+
+def _reply_cache(path: str) -> None:
+    """The reply cache given is a SQLite file (or not there yet): found now, not after every image is prepared."""
+    import sqlite3
+
+    if not Path(path).exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)) as db:
+            db.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(
+            f"reply cache {path} is not a SQLite reply cache ({exc}); give distill.cache (--teacher-cache) a new "
+            "file name, or the cache an earlier build wrote"
+        ) from None
 
 
 def _columns(recipe: Recipe) -> None:

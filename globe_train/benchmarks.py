@@ -8,6 +8,8 @@ Rows without valid coordinates are left out and counted, as the released evaluat
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,13 @@ def _label(items: list[EvalItem]) -> None:
         item.continent = item.continent or (place["continent"] or "")
 
 
+def repeated(ids: Iterable[str]) -> str:
+    """The ids given more than once, for an error ("2 id(s), e.g. '7' (3x)"); empty when there are none."""
+    twice = {i: n for i, n in Counter(ids).items() if n > 1}
+    named = ", ".join(f"{i!r} ({n}x)" for i, n in list(twice.items())[:5])
+    return f"{len(twice):,} id(s), e.g. {named}" if twice else ""
+
+
 def from_csv(path: str | Path, images: str | Path | None, name: str = "csv", suffix: str | None = None) -> Benchmark:
     """A CSV (or parquet) with id, lat, lon and optionally an image path, city and country."""
     path = Path(path)
@@ -103,6 +112,8 @@ def from_csv(path: str | Path, images: str | Path | None, name: str = "csv", suf
                 city=str(row.get(lower.get("city", ""), "") or ""),
             )
         )
+    if twice := repeated(i.id for i in items):
+        raise ValueError(f"{path}: {twice} appear more than once; each item needs its own id")
     _label(items)
     return Benchmark(name, items, skipped)
 

@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -286,7 +287,8 @@ def overlapping_ids(audit: str | Path, benchmark: str) -> tuple[set[str], dict]:
         path = path / "audit.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no audit there; run `mp16-reason audit BUILD --against {benchmark}=...`")
-    doc = json.loads(path.read_text())
+    raw = path.read_bytes()
+    doc = json.loads(raw)
     summary = doc.get("summary", {})
     names = summary.get("against", [])
     if benchmark not in names:
@@ -294,8 +296,35 @@ def overlapping_ids(audit: str | Path, benchmark: str) -> tuple[set[str], dict]:
             f"{path} audits {summary.get('build', 'a build')} against {', '.join(names) or 'no other set'}, not "
             f"{benchmark!r}: name the set as the audit did (--overlap-name), or audit against it first"
         )
-    ids = {p["b"] for p in doc["pairs"] if p["where"] == f"train-{benchmark}" and p["kind"] in LEAK_KINDS}
-    return ids, {"audit": summary.get("build", ""), "set": benchmark, "kinds": list(LEAK_KINDS)}
+    leaks = [p for p in doc["pairs"] if p["where"] == f"train-{benchmark}" and p["kind"] in LEAK_KINDS]
+    source = {
+        "audit": summary.get("build", ""),
+        "audit_sha256": hashlib.sha256(raw).hexdigest(),
+        "set": benchmark,
+        "kinds": list(LEAK_KINDS),
+        "pairs": len(leaks),
+        "thresholds": summary.get("thresholds", {}),
+    }
+    return {p["b"] for p in leaks}, source
+
+
+def _names(ident: str) -> set[str]:
+    """The names one image goes by: as given and as a file name (a folder or tar member may sit in a
+    sub-folder the benchmark's list does not name), each with and without its .jpg suffix."""
+    base = PurePosixPath(ident.replace("\\", "/")).name
+    return {n.removesuffix(".jpg").removesuffix(".JPG") for n in (ident, base)} | {ident, base}
+
+
+def overlapping_items(items: list[EvalItem], ids: set[str]) -> set[str]:
+    """The ids of the items an audit named: by id, or by image file name (a folder, tar or CSV side records
+    what it read, which may be the file rather than the list's id)."""
+    audited = set().union(*map(_names, ids)) if ids else set()
+    hit = set()
+    for item in items:
+        names = _names(item.id) | (_names(Path(item.image).name) if isinstance(item.image, str) else set())
+        if names & audited:
+            hit.add(item.id)
+    return hit
 
 
 def evaluate(
@@ -326,7 +355,7 @@ def evaluate(
     report.update(metrics(df, bootstrap=bootstrap, seed=seed))
     if exclude is not None:
         ids, source = exclude
-        overlap = df["id"].isin(ids) | df["id"].str.removesuffix(".jpg").isin({i.removesuffix(".jpg") for i in ids})
+        overlap = df["id"].isin(overlapping_items(bench.items, ids))
         df["overlap"] = overlap
         clean = metrics(df[~overlap].reset_index(drop=True), bootstrap=bootstrap, seed=seed)
         report["excluding_overlap"] = {**source, "excluded": int(overlap.sum()), **clean}

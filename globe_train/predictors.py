@@ -17,7 +17,7 @@ from pathlib import Path
 from mp16_reason.endpoints import Endpoint
 from mp16_reason.jpeg import downscale_jpeg, jpeg_data_url
 
-from .benchmarks import EvalItem
+from .benchmarks import EvalItem, repeated
 from .protocols import PROTOCOLS, Protocol
 
 
@@ -175,12 +175,19 @@ class FilePredictor:
         self.ids: list[str] = []  # as the file gives them
         rows = self._rows()
         for row in rows:
-            ident = str(row.get("id") or row.get("IMG_ID") or row.get("img_id") or "")
+            # The first id column present, whatever its value: an id 0 is an id (`or` would drop it).
+            value = next((row[k] for k in ("id", "IMG_ID", "img_id") if row.get(k) is not None), "")
+            ident = str(value).strip()
             if not ident:
                 continue
             self.ids.append(ident)
             self.answers[ident] = self._text(row)
             self.answers.setdefault(ident.removesuffix(".jpg"), self.answers[ident])
+        if twice := repeated(self.ids):
+            raise ValueError(
+                f"{self.path}: {twice} answered more than once; keep one answer per id (which one counts is not "
+                "for the scorer to guess)"
+            )
         if not self.answers:
             raise ValueError(f"{self.path}: no rows with an id (expected an 'id' or 'IMG_ID' column)")
         self.concurrency = 1

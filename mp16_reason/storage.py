@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,14 +154,19 @@ class Location:
         names = sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(self._path, detail=False))
         return [self / n for n in names if fnmatch.fnmatch(n, pattern)]
 
-    def walk_files(self) -> Iterator[tuple[str, int]]:
-        """(path relative to this folder, size) of every file under it."""
+    def walk_files(self, special: list[str] | None = None) -> Iterator[tuple[str, int]]:
+        """(path relative to this folder, size) of every regular file under it. FIFOs, sockets and devices (which
+        a read would block on, or never end) are left out, their names appended to ``special`` when given."""
         if not self.remote:
             root = Path(self.url)
             for d, _, files in os.walk(root):
                 for f in files:
                     p = Path(d, f)
-                    yield str(p.relative_to(root)), p.stat().st_size
+                    st = p.stat()
+                    if stat.S_ISREG(st.st_mode):
+                        yield str(p.relative_to(root)), st.st_size
+                    elif special is not None:
+                        special.append(str(p.relative_to(root)))
             return
         for path, info in self.fs.find(self._path, detail=True).items():
             yield path[len(self._path) :].lstrip("/"), int(info.get("size") or 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 from builders.plane.images import prepare
 from builders.recipe import Recipe, load_recipe
 from builders.sample.replies import replies
+from builders.teachers.prompt import reply_problem
 
 MODELS = ("vendor/teacher-a", "vendor/teacher-b")
 
@@ -55,6 +56,10 @@ def scripted_replies(sample_input: Path, recipe: Recipe):
         by_digest[hashlib.sha256(jpeg.jpeg).hexdigest()] = replies(scene, i)
 
     def reply(image: bytes, request: dict) -> str:
-        return by_digest[hashlib.sha256(image).hexdigest()][MODELS.index(request["model"])]
+        texts = by_digest[hashlib.sha256(image).hexdigest()]
+        text = texts[MODELS.index(request["model"])]
+        # The sample's one unusable reply (a refusal) exercises the offline rejection path; an endpoint sending
+        # it would have it quarantined as a failed request, so the scripted endpoint answers instead.
+        return text if reply_problem(text) is None else texts[0]
 
     return reply, sorted(by_digest)

@@ -128,6 +128,10 @@ class TeacherServer:
                     return None
                 text = server.reply(image, body)
                 choice: dict = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                if fault == "refusal":  # what OpenAI's models send instead of an answer they will not give
+                    text, choice["message"] = "", {"role": "assistant", "content": None, "refusal": "I can't help."}
+                if fault == "filtered":
+                    text, choice["message"]["content"], choice["finish_reason"] = "", "", "content_filter"
                 if server.logprobs and body.get("logprobs"):
                     top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in server.logprobs(body)]
                     first = top[0] if top else {"token": text, "logprob": 0.0, "bytes": None}

@@ -181,21 +181,24 @@ def _csv_items(path: Path, images: Path | None) -> tuple[Iterator[tuple[str, byt
     key = lower.get("img_id") or lower.get("id") or lower.get("image")
     if key is None:
         raise AuditError(f"{path} has no IMG_ID, id or image column (it has {', '.join(rows[0])})")
-    names = [r[lower["image"]] if "image" in lower and r[lower["image"]] else r[key] for r in rows]
+    # Pairs name the list's ids (what `globe eval` scores), whatever file each id's image is.
+    files = {(r[lower["image"]] if "image" in lower and r[lower["image"]] else r[key]): r[key] for r in rows}
     folder = images or next((p for p in (path.with_suffix(""), path.parent) if p.is_dir()), path.parent)
     if folder.is_file():  # a tar of the images
         stream, _ = _tar_items(folder)
-        wanted = set(names)
-        return ((n, d) for n, d in stream if n in wanted or PurePosixPath(n).name in wanted), len(names)
+        by_name = files | {PurePosixPath(n).name: i for n, i in files.items()}
+        by_name |= {n + ".jpg": i for n, i in by_name.items() if not PurePosixPath(n).suffix}
+        found = ((by_name.get(n) or by_name.get(PurePosixPath(n).name), d) for n, d in stream)
+        return ((i, d) for i, d in found if i is not None), len(files)
 
     def read() -> Iterator[tuple[str, bytes]]:
-        for n in names:
+        for n, ident in files.items():
             p = folder / n
             if not p.exists() and not p.suffix:
                 p = p.with_suffix(".jpg")  # the release's test ids lack the suffix its files have
-            yield n, (p.read_bytes() if p.exists() else b"")
+            yield ident, (p.read_bytes() if p.exists() else b"")
 
-    return read(), len(names)
+    return read(), len(files)
 
 
 def against_side(spec: str, progress: bool = True) -> Side:

@@ -24,7 +24,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 
-from builders.stops import BuildStopped
+from builders.stops import BuildStopped, BuildWarning, gone_here
 from mp16_reason.storage import Location
 
 LOCK_NAME = ".lock"
@@ -38,7 +38,7 @@ class OutputError(ValueError):
     """An output location that cannot hold a build."""
 
 
-class NoConditionalWrites(UserWarning):
+class NoConditionalWrites(BuildWarning):
     """The output's store ignores conditional writes: the lock cannot exclude a second build there."""
 
 
@@ -170,17 +170,25 @@ class BuildLock:
         except (ValueError, AttributeError):
             refreshed = 0.0
         age = time.time() - refreshed
-        if age < self.stale_s:
-            raise _held(self.out, holder, f", refreshed {age:.0f} s ago")
+        dead = holder is not None and gone_here(holder.host, holder.pid)
+        if age < self.stale_s and not dead:
+            raise _held(
+                self.out,
+                holder,
+                f", refreshed {age:.0f} s ago; if that build died, its lock goes stale {self.stale_s - age:.0f} s "
+                f"from now (stale_s = {self.stale_s:g}) and the next build takes it over",
+            )
         try:  # replaces the stale lock only if nobody else has replaced it since we read it
             self._etag = self._put({"IfMatch": info["ETag"]})
         except OSError as exc:
             if _precondition_failed(exc):
                 raise _held(self.out, None, " (it took over a stale lock just now)") from None
             raise
+        why = "whose process is gone from this host" if dead else f"not refreshed for {age:.0f} s"
         warnings.warn(
-            f"{self.out}: took over a lock not refreshed for {age:.0f} s "
-            f"({holder.describe() if holder else 'unknown holder'}); that build is presumed dead",
+            f"{self.out}: took over a lock {why} ({holder.describe() if holder else 'unknown holder'}); that build "
+            "is presumed dead",
+            BuildWarning,
             stacklevel=3,
         )
 

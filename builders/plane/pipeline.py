@@ -15,6 +15,7 @@ import importlib.metadata as md
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,6 +47,23 @@ from mp16_reason.storage import Location
 
 MANIFEST = NAME
 REJECTIONS = "rejections.parquet"
+
+
+def differences(before: Any, after: Any, path: str = "") -> list[str]:
+    """Where two recipes (as hashed) differ, as ``path: before -> after``: what a refused resume names."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [d for k in sorted(before.keys() | after.keys(), key=str)
+                for d in differences(before.get(k), after.get(k), f"{path}.{k}" if path else str(k))]  # fmt: skip
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [d for i, (b, a) in enumerate(zip(before, after)) for d in differences(b, a, f"{path}[{i}]")]
+    if before == after:
+        return []
+
+    def short(v: Any) -> str:
+        text = json.dumps(v, ensure_ascii=False, default=str)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return [f"{path}: {short(before)} -> {short(after)}"]
 
 
 class BuildError(RuntimeError):
@@ -138,18 +156,22 @@ class Build:
         ``overwrite``, deletes whatever build is there (the same recipe's too: it is built again)."""
         manifest = self.out / MANIFEST
         recipe_file = self.work / RECIPE
-        found = None
+        found, before = None, None
         if manifest.exists():
-            found = read_manifest(self.out).recipe_sha256
+            m = read_manifest(self.out)
+            found, before = m.recipe_sha256, m.recipe
         elif recipe_file.exists():
-            found = json.loads(recipe_file.read_text())["recipe_sha256"]
+            saved = json.loads(recipe_file.read_text())
+            found, before = saved["recipe_sha256"], saved.get("recipe")
         if overwrite and (found is not None or (self.out / "data").exists()):
             for name in ("data", ".work", MANIFEST, REJECTIONS, "README.md"):
                 (self.out / name).rmtree()
             self._inputs = None  # the sources' indexes went with the work folder
         elif found is not None and found != self.sha:
+            changed = differences(before or {}, self.output_recipe())
             raise BuildError(
-                f"{self.out} holds a build of a different recipe (sha256 {found[:12]}, this one {self.sha[:12]}); "
+                f"{self.out} holds a build of a different recipe (sha256 {found[:12]}, this one {self.sha[:12]}; "
+                f"changed: {'; '.join(changed[:6]) or 'unknown'}{' …' if len(changed) > 6 else ''}); "
                 "use another --out, or --overwrite to delete it"
             )
         elif found is not None and manifest.exists():

@@ -135,6 +135,7 @@ def render(root: str | Path, repo_id: str = REPO_ID) -> str:
         has_test="test" in {split for _, split in stats.samples},
         audit=audit,
         audit_rows=_audit_rows(audit),
+        audit_compared=_audit_compared(audit),
     )
     return str(card)
 
@@ -154,6 +155,19 @@ def _audit_rows(audit: dict | None) -> list[tuple[str, dict]]:
             "share": "—" if share is None else f"{row[f'{second}_with_a_pair']:,} ({100 * share:.2f} %)",
         }))  # fmt: skip
     return rows
+
+
+def _audit_compared(audit: dict | None) -> str:
+    """What the audit read: each set's image count, and what it could not read."""
+    if not audit:
+        return ""
+    summary = audit["summary"]
+    unreadable = summary.get("unreadable", {})
+    sets = [
+        f"{n:,} {name} images" + (f" ({unreadable[name]:,} more unreadable, left out)" if unreadable.get(name) else "")
+        for name, n in summary["images"].items()
+    ]
+    return ", ".join(sets[:-1]) + f" and {sets[-1]}" if len(sets) > 1 else sets[0] if sets else "no images"
 
 
 def _per_shard(shards: list[Shard]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from builders.sources.base import FetchError, Source
@@ -39,6 +40,10 @@ class FolderReader:
         self.root = self.prefix.local
 
     def fetch(self, row: dict, ref: str) -> bytes:
+        if "\0" in ref or any(0xD800 <= ord(c) <= 0xDFFF for c in ref):
+            # No file system holds such a name; the row is rejected, never the build stopped.
+            raise FetchError(f"image path {ref.encode('utf-8', 'backslashreplace')!r} holds a NUL byte or bytes "
+                             "that are not UTF-8; fix that row's path")  # fmt: skip
         if self.root is None:  # a prefix on an object store
             if ".." in ref.split("/"):
                 raise FetchError(f"image path {ref!r} leaves the image folder")
@@ -50,6 +55,8 @@ class FolderReader:
         if self.root.resolve() not in path.parents:
             raise FetchError(f"image path {ref!r} leaves the image folder")
         try:
+            if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read forever, a device never end
+                raise FetchError(f"not a regular file {ref} (a FIFO, socket or device)")
             return path.read_bytes()
         except FileNotFoundError:
             raise FetchError(f"missing file {ref}") from None

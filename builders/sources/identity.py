@@ -5,11 +5,13 @@ for the recipe hash and the manifest."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+import warnings
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
 
+from builders.stops import BuildWarning
 from mp16_reason.storage import location
 
 _CHUNK = 8 << 20
@@ -45,7 +47,34 @@ def index_identity(index: pa.Table) -> str:
     return digest.hexdigest()
 
 
+# What a folder of images holds beside them and no metadata row means: hidden and system files (.DS_Store, macOS's
+# ._* twins, Thumbs.db), notes, the metadata CSV itself. They appear and vanish (a Finder window, a copy) and must
+# not make a resume "a different recipe".
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif",
+                            ".avif", ".jxl", ""})  # fmt: skip
+SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
+
+
+def used(name: str) -> bool:
+    """Whether a file of an image folder can be an image a row names (and so counts in the folder's identity)."""
+    parts = name.replace("\\", "/").split("/")
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1].lower() in SYSTEM_FILES:
+        return False
+    return PurePosixPath(parts[-1].lower()).suffix in IMAGE_SUFFIXES
+
+
 def folder_identity(root: str | Path) -> dict:
-    entries = sorted(location(root).walk_files())
-    digest = hashlib.sha256("\n".join(f"{name}\t{size}" for name, size in entries).encode())
-    return {"files": len(entries), "listing_sha256": digest.hexdigest()}
+    """The folder by the names and sizes of the images it holds (see :func:`used`); special files (FIFOs,
+    sockets, devices) are skipped, with a warning that counts them."""
+    special: list[str] = []
+    entries = sorted(e for e in location(root).walk_files(special) if used(e[0]))
+    if special:
+        warnings.warn(
+            f"image folder {root}: skipped {len(special):,} special file(s) (a FIFO, socket or device), e.g. "
+            f"{special[0]}; a row naming one is rejected",
+            BuildWarning,
+            stacklevel=2,
+        )
+    # surrogateescape: a file name that is not UTF-8 (an old camera's, a Windows copy) is hashed as its bytes
+    listing = "\n".join(f"{name}\t{size}" for name, size in entries).encode("utf-8", "surrogateescape")
+    return {"files": len(entries), "listing_sha256": hashlib.sha256(listing).hexdigest()}

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from builders.stops import BuildStopped
 from builders.teachers.cache import CachedReply, cache_key
-from builders.teachers.prompt import PROMPT_VERSION, parse_reply
+from builders.teachers.prompt import PROMPT_VERSION, parse_reply, reply_problem
 from mp16_reason.schema import Entity, TeacherAnswer
 
 
@@ -57,7 +57,9 @@ class TeacherFailure:
     teacher: str
     reason: str
     attempts: int = 1
-    kind: Literal["http", "timeout", "connection", "malformed", "offline", "batch", "local", "duplicate"] = "http"
+    kind: Literal["http", "timeout", "connection", "malformed", "reply", "offline", "batch", "local", "duplicate"] = (
+        "http"  # reply: the endpoint answered, but with no answer (empty, a refusal, not the asked format)
+    )
 
     def __str__(self) -> str:
         tries = f" (after {self.attempts} attempt(s))" if self.attempts else ""
@@ -191,6 +193,11 @@ class TeacherSettings(BaseModel):
             lat=r.lat,
             lon=r.lon,
         )
+
+    def unusable(self, text: str) -> str | None:
+        """Why a reply's text is no answer (empty, or without the fields the prompt asks for), or None: such a
+        reply is a failed request, never cached. Coordinate teachers, whose replies are not LVLM text, override."""
+        return reply_problem(text)
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
         """Price of these tokens, or None when unknown."""

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from builders.plane.workfolder import read_unit, unit_path
 from builders.teachers.base import TeacherFailure, Usage
 from builders.teachers.cache import CachedReply, ReplyCache
-from builders.teachers.online import OpenAITeacher, endpoint, request_body
+from builders.teachers.online import OpenAITeacher, endpoint, no_answer, request_body
+from builders.teachers.prompt import reply_problem
 from mp16_reason.jpeg import jpeg_data_url
 from mp16_reason.storage import Location
 
@@ -100,11 +101,17 @@ def _reply(line: dict[str, Any], request: CachedReply) -> CachedReply | str:
         message = (body.get("error") or {}).get("message", "") if isinstance(body, dict) else str(body)
         return f"HTTP {status}: {str(message)[:300]}"
     try:
-        text = body["choices"][0]["message"]["content"] or ""
+        choice = body["choices"][0]
+        text = choice["message"]["content"] or ""
         usage = body.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         return f"malformed response: {type(exc).__name__}: {str(exc)[:300]}"
+    # A reply that is no answer is a failed line, as it is a failed request online: never cached.
+    max_tokens = json.loads(request.params or "{}").get("max_tokens", 0)
+    if problem := no_answer(choice["message"].get("refusal"), choice.get("finish_reason"), reply_problem(text),
+                            max_tokens):  # fmt: skip
+        return problem
     return replace(request, text=text, input_tokens=tokens[0], output_tokens=tokens[1], origin="endpoint")
 
 

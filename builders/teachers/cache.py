@@ -20,18 +20,36 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from builders.stops import gone_here
 
 
 def default_path() -> Path:
     from mp16_reason.gazetteer import cache_dir
 
     return cache_dir() / "teacher-replies.sqlite"
+
+
+def claim_owner() -> str:
+    """A build's name on its claims: ``host:pid:random``, so that a build on the same host can tell the holder died."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+
+
+def owner_dead(owner: str) -> bool:
+    """True when a claim's holder ran on this host and its process is gone (a ``kill -9``): its claims are taken at
+    once, not after the lease. A holder on another host, or of an older cache, waits for its lease."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    return pid.isdigit() and gone_here(host, int(pid))
 
 
 def cache_key(image_sha256: str, prompt_version: str, model: str, params: dict[str, Any]) -> str:
@@ -135,7 +153,7 @@ class ReplyCache:
             if (reply := self.get(key)) is not None:
                 return reply
             row = self._db.execute("SELECT owner, expires FROM claims WHERE key = ?", (key,)).fetchone()
-            if row is not None and row[0] != owner and row[1] > now:
+            if row is not None and row[0] != owner and row[1] > now and not owner_dead(row[0]):
                 return False
             self._db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (key, owner, now + lease_s))
         return True
@@ -169,6 +187,16 @@ class ReplyCache:
         """The remembered requests among ``keys``, as replies with no text and no usage yet."""
         rows = self._select("requests", _REQUEST_COLUMNS, keys)
         return {row[0]: CachedReply(*row, text="", input_tokens=0, output_tokens=0) for row in rows}
+
+    def drop(self, keys: Iterable[str]) -> int:
+        """Delete the replies under ``keys`` (``mp16-reason cache drop``): the next build asks for them again.
+        The one exception to the ledger's rule, for replies that should never have been kept."""
+        keys = list(keys)
+        with self._write():
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                self._db.execute(f"DELETE FROM replies WHERE key IN ({', '.join('?' * len(chunk))})", chunk)
+        return len(keys)
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]

@@ -218,6 +218,20 @@ def request_body(spec: OpenAITeacher, url: str) -> dict[str, Any]:
     return {**req, **spec.extra_body}  # as the SDK merges ``extra_body``: endpoint-specific keys win
 
 
+def client_errors() -> tuple[type[BaseException], ...]:
+    """What the HTTP stacks under the SDK raise for one request: caught as that request's failure, while any
+    other exception (ours) propagates."""
+    import httpx
+    import openai
+
+    errors: tuple[type[BaseException], ...] = (openai.OpenAIError, httpx.HTTPError, OSError)
+    try:
+        import aiohttp
+    except ImportError:
+        return errors
+    return (*errors, aiohttp.ClientError)
+
+
 def connection_cause(exc: BaseException, timeout_s: float) -> tuple[str, str]:
     """What a failed connection was underneath the SDK's error (which, over aiohttp, calls a refused connection a
     timeout): ``(kind, text)`` with kind ``tls``, ``dns``, ``refused``, ``timeout`` or ``dropped``."""
@@ -226,7 +240,7 @@ def connection_cause(exc: BaseException, timeout_s: float) -> tuple[str, str]:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, ssl.SSLError):
-            return "tls", f"TLS failed: {e.reason or e}"
+            return "tls", f"TLS failed: {getattr(e, 'reason', None) or e}"  # aiohttp's subclasses lack .reason
         if isinstance(e, socket.gaierror):
             return "dns", f"cannot resolve the host ({e.strerror or e})"
         if isinstance(e, ConnectionRefusedError):
@@ -264,6 +278,7 @@ class Breaker:
         self.probe_wait = 0.5
         self.probing = False
         self.last_reason = ""
+        self.failing_since: float | None = None  # the first failure since the last success
 
     @property
     def open(self) -> bool:
@@ -271,6 +286,7 @@ class Breaker:
 
     def record(self, ok: bool, reason: str = "") -> None:
         self.recent.append(ok)
+        self.failing_since = None if ok else self.failing_since or time.monotonic()
         if ok:
             if self.opened_at is not None:
                 self.opened_at = None
@@ -282,6 +298,16 @@ class Breaker:
             self.opened_at = time.monotonic()
             self.next_probe, self.probe_wait = self.opened_at + self.probe_wait, 0.5
             self.usage.paused += 1
+
+    def within_outage(self, wait: float) -> None:
+        """Raise :class:`TeacherOutage` when failures with no success between them, waits included (a 429's
+        ``Retry-After``), would last past ``outage_s``."""
+        if self.failing_since is not None and time.monotonic() + wait - self.failing_since > self.spec.outage_s:
+            raise TeacherOutage(
+                self.spec,
+                f"no request succeeded within outage_s = {self.spec.outage_s:g} s (last failure: {self.last_reason})",
+                "bring the endpoint back, or lower its load (max_concurrency, requests_per_minute), or raise outage_s",
+            )
 
     async def admit(self) -> bool:
         """Wait until a request may go out; True when it goes as the breaker's probe."""
@@ -307,11 +333,29 @@ class Breaker:
             self.next_probe = time.monotonic() + self.probe_wait
 
 
+def no_answer(refusal: str | None, finish_reason: str | None, problem: str | None, max_tokens: int) -> str | None:
+    """Why a completed reply is no answer (online or in a batch's results): a refusal, a content filter, or
+    ``problem`` with its text (:meth:`TeacherSettings.unusable`); None when it is an answer."""
+    if refusal:
+        return f"refused: {refusal[:200]}"
+    if finish_reason == "content_filter":
+        return "refused: stopped by the endpoint's content filter"
+    if problem and finish_reason == "length":
+        return f"{problem} (cut off at max_tokens = {max_tokens})"
+    return problem
+
+
+class NoAnswer(Exception):
+    """A completed reply that is no answer: empty, a refusal, or not the format the prompt asks for."""
+
+
 class OnlineTeacher:
     """An :class:`OpenAITeacher` asked online: its client, concurrency cap, rates, retries and breaker."""
 
-    # Before any success, this many requests failing with one and the same 4xx are the endpoint's failure.
+    # Before any success, this many requests failing with one and the same 4xx (or with replies that are no
+    # answer) are the endpoint's failure.
     SAME_4XX = 5
+    NO_ANSWER_RETRIES = 1  # a reply that is no answer costs as much as one that is: asked again once only
 
     def __init__(self, spec: OpenAITeacher, usage: Usage | None = None) -> None:
         from aiolimiter import AsyncLimiter
@@ -327,6 +371,26 @@ class OnlineTeacher:
         self.breaker = Breaker(spec, self.usage)
         self.answered = False  # has the endpoint ever answered a request of this run
         self.early_4xx: list[int] = []
+        self.early_no_answers: list[str] = []
+
+    def _connection_failure(self, exc: BaseException) -> tuple[bool, str, str]:
+        """(retryable, kind, reason) of a failed connection; raises :class:`TeacherOutage` when it is the
+        endpoint's (TLS, or nothing listening before it ever answered)."""
+        cause, reason = connection_cause(exc, self.spec.timeout_s)
+        if cause == "tls" or (cause in ("refused", "dns") and not self.answered):
+            raise self._outage(reason, f"check base_url {self.spec.base_url!r} and that the server is up") from None
+        return True, "timeout" if cause == "timeout" else "connection", reason
+
+    def _paid(self, usage: Any) -> None:
+        """A completed request is paid for, whether or not its reply is an answer."""
+        self.usage.requests += 1
+        self.usage.input_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
+        self.usage.output_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+
+    def _no_answer(self, choice: Any, text: str) -> str | None:
+        refusal = getattr(choice.message, "refusal", None)
+        return no_answer(self.scrub(str(refusal)) if refusal else None, choice.finish_reason,
+                         self.spec.unusable(text), self.spec.max_tokens)  # fmt: skip
 
     def scrub(self, text: str) -> str:
         return self.endpoint.scrub(text)
@@ -384,38 +448,51 @@ class OnlineTeacher:
                     raise ValueError("the reply has no choices")
                 text = resp.choices[0].message.content or ""
                 usage = resp.usage
+                self._paid(usage)
+                if problem := self._no_answer(resp.choices[0], text):
+                    raise NoAnswer(problem)
             except openai.APIStatusError as exc:
                 retryable, reason = self._status_failure(exc)
                 wait = retry_after(exc.response)
                 kind = "http"
             except openai.APIConnectionError as exc:  # timeouts included
-                cause, reason = connection_cause(exc, s.timeout_s)
-                if cause == "tls" or (cause in ("refused", "dns") and not self.answered):
-                    raise self._outage(reason, f"check base_url {s.base_url!r} and that the server is up") from None
-                retryable, kind = True, "timeout" if cause == "timeout" else "connection"
+                retryable, kind, reason = self._connection_failure(exc)
+            except NoAnswer as exc:  # answered, but not an answer: asked again once, never cached
+                reason, kind = str(exc), "reply"
+                retryable = attempt < self.NO_ANSWER_RETRIES
+                self.breaker.record(True)  # the endpoint is up: this is the reply's failure, not the endpoint's
+                if probe:
+                    self.breaker.probed(True)
+                    probe = False
+                if not self.answered:
+                    self.early_no_answers.append(reason)
+                    if len(self.early_no_answers) >= self.SAME_4XX:
+                        raise self._outage(
+                            f"each of the first {len(self.early_no_answers)} replies was no answer (last: {reason})",
+                            f"check that {s.model!r} is a vision-language chat model and that max_tokens "
+                            f"({s.max_tokens}) leaves room for the answer",
+                        ) from None
             except (openai.APIResponseValidationError, ValueError) as exc:  # the body is not a chat completion
                 retryable, kind = True, "malformed"
                 reason = f"malformed response: {type(exc).__name__}: {str(exc)[:300]}"
+            except client_errors() as exc:  # what an HTTP stack raises past the SDK (aiohttp's TLS errors, ...)
+                retryable, kind, reason = self._connection_failure(exc)
             else:
                 self.answered = True
                 self.breaker.record(True)
                 if probe:
                     self.breaker.probed(True)
-                reply = s.reply(
+                return s.reply(
                     job.image_sha256,
                     text,
                     int(getattr(usage, "prompt_tokens", 0) or 0),
                     int(getattr(usage, "completion_tokens", 0) or 0),
                 )
-                self.usage.requests += 1
-                self.usage.input_tokens += reply.input_tokens
-                self.usage.output_tokens += reply.output_tokens
-                return reply
             reason = self.scrub(reason)
             if probe:  # the probe's failure is the outage's, not this image's: it costs no attempt
                 self.breaker.probed(False)
                 continue
-            if retryable:
+            if retryable and kind != "reply":
                 self.breaker.record(False, reason)
             attempt += 1
             if not retryable or attempt > s.max_retries:
@@ -424,6 +501,8 @@ class OnlineTeacher:
             self.usage.retries += 1
             if wait is None:  # exponential backoff with full jitter
                 wait = random.uniform(0, min(s.max_backoff_s, s.backoff_s * 2 ** (attempt - 1)))
+            wait = min(wait, s.max_backoff_s)  # a Retry-After too: the recipe bounds every wait
+            self.breaker.within_outage(wait)
             await asyncio.sleep(wait)
 
     async def close(self) -> None:

@@ -152,3 +152,9 @@ def parse_reply(text: str | None) -> ParsedReply:
     if problems:
         return ParsedReply(None, error=f"JSON does not fit the reply schema: {problems[0]}")
     return ParsedReply(None, error="neither a JSON object nor the <think>/<answer> format")
+
+
+def reply_problem(text: str | None) -> str | None:
+    """Why a reply's text is not an answer in the prompt's format (empty included), or None when it is one."""
+    parsed = parse_reply(text)
+    return None if parsed.reply is not None else parsed.error or "not an answer"

@@ -12,7 +12,6 @@ already paid for; at most the requests in flight at the moment of the kill are s
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from builders.plane.workfolder import UNIT_SCHEMA, curated_path, read_unit, tar_
 from builders.recipe import Recipe
 from builders.stops import BuildStopped
 from builders.teachers.base import Job, Teacher, TeacherFailed, TeacherFailure, TeacherSettings, Usage
-from builders.teachers.cache import CachedReply, ReplyCache, default_path
+from builders.teachers.cache import CachedReply, ReplyCache, claim_owner, default_path
 from builders.teachers.online import PROMPT_TOKENS, image_tokens, import_http_stacks
 from mp16_reason.manifest import DEFAULT_CONFIG
 from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
@@ -89,7 +88,7 @@ class Distiller:
         self.waited: Counter = Counter()  # looks at keys another build sharing the cache was asking about
         self.asked: Counter = Counter()  # jobs settled in this run (answers, cached or not, and failures)
         self.failures: dict[str, Counter] = {s.name: Counter() for s in self.specs}  # reason -> quarantined
-        self.owner = uuid.uuid4().hex  # this run's name on its claims in the shared reply cache
+        self.owner = claim_owner()  # this run's name on its claims in the shared reply cache
 
     # -- one job ---------------------------------------------------------------------------------------------
     async def _answer(
@@ -252,9 +251,17 @@ class Distiller:
                 await loop.run_in_executor(self.db, self.cache.renew, self.owner, CLAIM_LEASE_S)
 
         renewing = asyncio.create_task(renew_claims())
+        tasks = [asyncio.create_task(produce()), *(asyncio.create_task(work()) for _ in range(n_workers))]
         try:
-            await asyncio.gather(produce(), *(work() for _ in range(n_workers)))
+            await asyncio.gather(*tasks)
             await asyncio.gather(*finishing)
+        except BaseException:
+            # A stop (an outage, ^C): the other workers stop too, before the claims are given up, so none of them
+            # claims a key after that.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:
             renewing.cancel()
             # A stopped stage leaves no claim behind: its rerun, or another build, asks those keys at once.

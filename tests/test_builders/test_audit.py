@@ -282,3 +282,61 @@ def test_a_split_grouped_by_near_duplicates_and_authors_keeps_them_apart(tmp_pat
     files = {p: {s["path"]: s["sha256"] for s in json.loads((p / "manifest.json").read_text())["shards"]}
              for p in (grouped, again)}  # fmt: skip
     assert files[grouped] == files[again]
+
+
+@pytest.mark.slow
+def test_a_build_against_another_build_and_eval_of_that_build_without_the_overlap(tmp_path):
+    """A built from planted photos; B built from a benchmark folder that holds near copies of some of A's photos.
+    The audit of A against other=B files the copies under `other`, pairs no photo with itself, and
+    `globe eval mp16-reason-test --data B --exclude-overlap A` leaves out exactly B's test items copied from A's
+    training photos."""
+    root = tmp_path / "a-in"
+    _planted_input(root)
+    a = tmp_path / "a"
+    _build(root, a)
+    a_split = {i: r["split"] for i, r in _records(a).items()}
+
+    coords = list(csv.DictReader(COORDS.open()))
+    b_root = tmp_path / "b-in"
+    (b_root / "images").mkdir(parents=True)
+    copied = {}  # B id -> the A id it copies
+    rows = []
+    for k in range(40):
+        name = f"q{k:03d}.jpg"
+        # A's photos 6-39 (0-5 have twins inside A, which would pair too), then six of B's own
+        image = COPIES["re-encoded q40"](photo(506 + k)) if k < 34 else photo(7_000 + k)
+        (b_root / "images" / name).write_bytes(jpeg(image))
+        rows.append([f"b/{name}", coords[50 + k]["LAT"], coords[50 + k]["LON"], name, f"bauthor{k}"])
+        if k < 34:
+            copied[f"b/{name}"] = f"p/{6 + k:04d}.jpg"
+    with (b_root / "metadata.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([["IMG_ID", "LAT", "LON", "image", "author"], *rows])
+    b = tmp_path / "b"
+    _build(b_root, b)
+    b_split = {i: r["split"] for i, r in _records(b).items()}
+
+    done = subprocess.run([str(BIN / "mp16-reason"), "audit", str(a), "--against", f"other={b}", "--quiet"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    pairs = [p for p in json.loads((a / "audit.json").read_text())["pairs"] if p["kind"] in ("exact", "near")]
+    cross = {(p["a"], p["b"]): p["where"] for p in pairs if p["where"].endswith("-other")}
+    assert set(cross) == {(copied[x], x) for x in copied}
+    assert all(where == f"{a_split[x]}-other" for (x, _), where in cross.items())
+    assert not [p for p in pairs if p["a"] == p["b"]]
+
+    tests = [i for i, s in b_split.items() if s == "test"]
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": i, "answer": "lat: 0\nlon: 0"}) + "\n" for i in tests))
+    done = subprocess.run(
+        [str(BIN / "globe"), "eval", "mp16-reason-test", "--data", str(b), "--predictions", str(preds), "--out",
+         str(tmp_path / "eval"), "--exclude-overlap", str(a), "--overlap-name", "other", "--bootstrap", "0",
+         "--quiet"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    clean = json.loads((tmp_path / "eval" / "metrics.json").read_text())["excluding_overlap"]
+    leaked = {x for x in tests if x in copied and a_split[copied[x]] == "train"}
+    assert leaked, "the planted copies should reach B's test split"
+    assert clean["excluded"] == len(leaked) and clean["set"] == "other" and clean["audit"] == "a"
+    scores = list(csv.DictReader((tmp_path / "eval" / "scores.csv").open()))
+    assert {r["id"] for r in scores if r["overlap"] == "True"} == leaked

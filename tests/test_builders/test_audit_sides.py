@@ -111,3 +111,42 @@ def test_an_empty_or_unreadable_set_is_an_error_naming_it(tmp_path, kind):
         path.write_bytes(buf.getvalue()[:700])
     with pytest.raises(AuditError, match=r"--against bench=|not a readable tar"):
         against_side(f"bench={path}", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["folder", "nested folder", "tar", "csv + folder", "csv + tar", "csv image column"])
+def test_exclude_overlap_finds_the_benchmark_items_the_audit_paired_whatever_the_set(tmp_path, kind):
+    """`globe eval --exclude-overlap` leaves out the items an audit against the set paired with a training photo,
+    whether the set was a folder, a tar or a list with its images: b0 is p0 as it is, b1 p1 re-encoded."""
+    from builders.audit.audit import summary, write
+    from globe_train.benchmarks import load_benchmark
+    from globe_train.evaluate import overlapping_ids, overlapping_items
+
+    train = against_side(f"mine={_folder(tmp_path / 'mine', {f'p{i}.jpg': jpeg(photo(i)) for i in range(6)})}")
+    train.where = ["train"] * len(train)
+    images = {"b0.jpg": jpeg(photo(0)), "b1.jpg": jpeg(photo(1), 70)}
+    images |= {f"b{i}.jpg": jpeg(photo(100 + i)) for i in range(2, 6)}
+    bench = _folder(tmp_path / "set" / "bench", images)
+    ids = [n.removesuffix(".jpg") for n in images] if kind.startswith("csv") else list(images)
+    listing = tmp_path / "list.csv"
+    column = kind == "csv image column"
+    listing.write_text(
+        ("IMG_ID,LAT,LON,image\n" if column else "IMG_ID,LAT,LON\n")
+        + "".join(f"{i},1.0,2.0{',bench/' + n if column else ''}\n" for i, n in zip(ids, images))
+    )
+    spec = {"folder": str(bench), "nested folder": str(bench.parent)}.get(kind)
+    if kind in ("tar", "csv + tar"):
+        with tarfile.open(tmp_path / "bench.tar", "w") as tar:
+            for name in images:
+                tar.add(bench / name, f"im2gps3ktest/{name}")
+        spec = str(tmp_path / "bench.tar") if kind == "tar" else f"{listing},{tmp_path / 'bench.tar'}"
+    elif kind.startswith("csv"):
+        spec = f"{listing},{bench.parent if column else bench}"
+    side = against_side(f"im2gps3k={spec}", progress=False)
+    found = audit(train, [side], MAX_PHASH, MAX_DHASH, progress=False)
+    (tmp_path / "audit").mkdir()
+    write(tmp_path / "audit", found, summary(found, train, [side], MAX_PHASH, MAX_DHASH))
+
+    leaked, source = overlapping_ids(tmp_path / "audit", "im2gps3k")
+    items = load_benchmark("csv", listing, bench.parent if column else bench).items
+    assert overlapping_items(items, leaked) == {ids[0], ids[1]}
+    assert source["set"] == "im2gps3k" and source["pairs"] >= 2 and source["thresholds"] == {"phash": 10, "dhash": 10}

@@ -25,6 +25,7 @@ from builders.cli import main
 from builders.plane.pipeline import build
 from builders.plane.workfolder import curated_path, read_unit
 from builders.publish.validate import validate_build
+from builders.sample.scenes import near_copies
 from mp16_reason.schema import from_json_bytes
 
 pytest.importorskip("openai")
@@ -210,7 +211,7 @@ def test_offline_sample_is_labelled_authored(tmp_path):
     card = (out / "README.md").read_text()
     assert "written by hand, not produced by the models" in card and "`localizability` config" in card
     lines = (out / "sample-input" / "teacher-cache.jsonl").read_text().splitlines()
-    assert len(lines) == 24 and all(json.loads(x)["origin"] == "authored" for x in lines)
+    assert len(lines) == 2 * (12 + len(near_copies(12))) and all(json.loads(x)["origin"] == "authored" for x in lines)
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(t["authored"] == t["answers"] for t in manifest["teachers"])
     validate_build(out)

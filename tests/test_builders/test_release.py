@@ -310,3 +310,60 @@ def test_a_missing_release_column_names_the_file_columns_and_the_override(releas
     with pytest.raises(InputError, match=r"no column for solution \(its columns: IMG_ID, response, answer, "
                                          r"entities\); .*columns: \{solution: <your column>\}"):  # fmt: skip
         ingest(spec, work_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_the_release_audit_recipe_runs_as_documented(release, tmp_path):
+    """docs/building.md's "Auditing the paper's release", command for command, on the stand-in: the train build,
+    the test build, the audit against the test build and two benchmarks, and `globe eval --exclude-overlap`."""
+    import csv
+
+    root, ids = release
+    bin_ = Path(sys.executable).parent
+    # Benchmarks in their published layout: a list and a folder of images. IM2GPS3k holds one of the train
+    # photos re-encoded; YFCC4k holds one of the test photos as it is.
+    im2gps, yfcc = tmp_path / "im2gps3ktest", tmp_path / "yfcc4k"
+    im2gps.mkdir()
+    yfcc.mkdir()
+    Image.open(io.BytesIO(jpeg(1))).save(im2gps / "1_a_1_1@N00.jpg", quality=60)
+    (im2gps / "2_b_1_2@N00.jpg").write_bytes(jpeg(700))
+    (yfcc / "9001.jpg").write_bytes(jpeg(42))
+    (yfcc / "9002.jpg").write_bytes(jpeg(701))
+    for name, folder in (("im2gps3k_places365.csv", im2gps), ("yfcc4k_places365.csv", yfcc)):
+        with (tmp_path / name).open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["IMG_ID", "LAT", "LON"])
+            writer.writerows([p.name, 48.8566, 2.3522] for p in sorted(folder.glob("*.jpg")))
+
+    def run(*args: str) -> str:
+        done = subprocess.run([str(bin_ / args[0]), *args[1:]], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, f"{args}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    run("mp16-reason", "build", str(RECIPE), "--metadata", str(root / "mp16-reason-train.csv"),
+        "--images", str(root / "mp16-reason-train-images.zip"), "--images", str(root / "mp-16-images.tar"),
+        "--images", str(root / "mp16-urls.csv"), "--join", str(root / "MP16_Pro_filtered.csv"),
+        "--out", "mp16-reason", "--workers", "1", "--quiet")  # fmt: skip
+    run("mp16-reason", "build", str(TEST_RECIPE), "--metadata", str(root / "mp16-reason-test-12k.csv"),
+        "--images", str(root / "eval_images.zip"), "--images", str(root / "mp-16-images.tar"),
+        "--out", "mp16-reason-test", "--workers", "1", "--quiet")  # fmt: skip
+    printed = run("mp16-reason", "audit", "mp16-reason", "--against", "mp16-reason-test",
+                  "--against", "im2gps3k=im2gps3k_places365.csv,im2gps3ktest",
+                  "--against", "yfcc4k=yfcc4k_places365.csv,yfcc4k", "--quiet")  # fmt: skip
+    doc = json.loads((tmp_path / "mp16-reason" / "audit.json").read_text())
+    assert doc["summary"]["against"] == ["mp16-reason-test", "im2gps3k", "yfcc4k"]
+    assert doc["summary"]["images"]["mp16-reason-test"] == 4
+    leaks = {(p["a"], p["b"], p["where"]) for p in doc["pairs"] if p["kind"] in ("exact", "near")}
+    assert (ids[1], "1_a_1_1@N00.jpg", "train-im2gps3k") in leaks
+    assert not [p for p in doc["pairs"] if p["a"] == p["b"]]
+    assert "train-im2gps3k" in printed
+
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": p.name, "answer": "lat: 48.85\nlon: 2.35"}) + "\n"
+                             for p in sorted(im2gps.glob("*.jpg"))))  # fmt: skip
+    run("globe", "eval", "im2gps3k", "--data", "im2gps3k_places365.csv", "--images", "im2gps3ktest",
+        "--predictions", str(preds), "--out", "runs/released-im2gps3k", "--exclude-overlap", "mp16-reason",
+        "--bootstrap", "0", "--quiet")  # fmt: skip
+    metrics = json.loads((tmp_path / "runs/released-im2gps3k/metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["excluding_overlap"]["excluded"] == 1
+    assert metrics["excluding_overlap"]["set"] == "im2gps3k" and metrics["excluding_overlap"]["n"] == 1

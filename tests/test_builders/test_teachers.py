@@ -208,6 +208,60 @@ def test_client_errors_are_not_retried_and_keys_are_scrubbed(monkeypatch, pool, 
     assert f"HTTP {fault[:3]}" in str(err) and secret not in str(err) and "***" in str(err)
 
 
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("fault", ["empty", "refusal", "filtered", "prose"])
+def test_a_reply_that_is_no_answer_is_a_failed_request_asked_again_once(pool, fault):
+    """Empty content, a refusal, a content filter, text without the fields asked for: the request failed (paid
+    for, asked once more), and nothing is returned to be cached as an answer."""
+    text = {"prose": "I think this is somewhere in Europe."}.get(fault, "")
+    with TeacherServer(lambda img, req: text, lambda n, d: fault if fault in ("refusal", "filtered") else None) as srv:
+        spec = OpenAITeacher(name="t", base_url=srv.url, model="m", backoff_s=0.0, max_retries=5, http_client=pool)
+        (err,), teacher = _ask(spec, _jpeg())
+    assert isinstance(err, TeacherFailed) and err.failure.kind == "reply", err
+    assert srv.n == 2 and err.failure.attempts == 2
+    assert teacher.usage.requests == 2 and teacher.usage.failed == 1 and teacher.usage.input_tokens > 0
+    expected = {"empty": "empty reply", "refusal": "refused: I can't help", "filtered": "content filter"}
+    assert expected.get(fault, "neither a JSON object") in str(err)
+
+
+def test_an_endpoint_whose_first_replies_are_all_empty_stops_the_stage():
+    with TeacherServer(lambda img, req: "") as srv:
+        spec = OpenAITeacher(name="t", base_url=srv.url, model="m", backoff_s=0.0, max_concurrency=2)
+        results, _ = _ask(spec, _jpeg(), n=8)
+    outages = [r for r in results if isinstance(r, TeacherOutage)]
+    assert outages and "replies was no answer (last: empty reply)" in str(outages[0])
+    assert not [r for r in results if isinstance(r, CachedReply)]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_retry_after_is_capped_by_max_backoff_and_counts_toward_outage(pool, monkeypatch):
+    waits = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(s, *a, **k):
+        if s >= 0.01:
+            waits.append(s)
+        return await real_sleep(min(s, 0.2), *a, **k)
+
+    monkeypatch.setattr("builders.teachers.online.asyncio.sleep", sleep)
+    with TeacherServer(lambda img, req: json.dumps(GOOD), lambda n, d: "429", retry_after="3600") as srv:
+        spec = OpenAITeacher(name="t", base_url=srv.url, model="m", max_backoff_s=0.2, max_retries=50,
+                             outage_s=0.9, http_client=pool)  # fmt: skip
+        (err,), _ = _ask(spec, _jpeg())
+    assert waits and max(waits) <= 0.2  # never the hour the server asked for
+    assert isinstance(err, TeacherOutage) and "outage_s = 0.9" in str(err) and "HTTP 429" in str(err)
+    assert srv.n < 10
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_tls_to_a_plain_http_port_is_a_one_line_outage(pool):
+    with TeacherServer(lambda img, req: json.dumps(GOOD)) as srv:
+        spec = OpenAITeacher(name="t", base_url=srv.url.replace("http://", "https://"), model="m", max_retries=1,
+                             http_client=pool)  # fmt: skip
+        (err,), _ = _ask(spec, _jpeg())
+    assert isinstance(err, TeacherOutage) and "TLS failed" in str(err) and "\n" not in str(err), repr(err)
+
+
 def test_missing_api_key_names_the_variable(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(MissingApiKey, match=r"\$NO_SUCH_KEY_VAR"):
@@ -270,3 +324,36 @@ def test_recipe_rejects_duplicate_teachers_and_hash_ignores_runtime(tmp_path):
     (tmp_path / "c.yaml").write_text(json.dumps(base | {"teachers": [t | {"temperature": 0.1}]}))
     a, b, c = (load_recipe(tmp_path / f"{n}.yaml") for n in "abc")
     assert a.sha256() == b.sha256() != c.sha256()
+
+
+def test_cache_drop_removes_replies_by_reason_model_and_key(tmp_path):
+    from click.testing import CliRunner
+
+    from builders.cli import main
+
+    path = tmp_path / "c.sqlite"
+    cache = ReplyCache(path)
+    cache.put(
+        CachedReply("good", "a", "v", "s1", "{}", json.dumps(GOOD), 1, 1),
+        CachedReply("empty", "a", "v", "s2", "{}", "  ", 1, 0),
+        CachedReply("prose", "b", "v", "s3", "{}", "Somewhere in Europe.", 1, 1),
+        CachedReply("other", "b", "v", "s4", "{}", json.dumps(GOOD), 1, 1),
+    )
+    cache.close()
+
+    def drop(*args: str) -> str:
+        done = CliRunner().invoke(main, ["cache", "drop", *args, "--cache", str(path)])
+        assert done.exit_code == 0, done.output
+        return done.output
+
+    assert drop("--reason", "unparsed", "--dry-run").startswith("would drop 2 replies")
+    out = drop("--reason", "empty")
+    assert "dropped 1 replies" in out and "a (empty): 1" in out
+    out = drop("--model", "b", "--reason", "unparsed")
+    assert "dropped 1 replies" in out and "b (unparsed): 1" in out
+    assert "dropped 1 replies" in drop("--key", "other")
+    cache = ReplyCache(path)
+    assert [r.key for r in cache] == ["good"]
+    cache.close()
+    refused = CliRunner().invoke(main, ["cache", "drop", "--cache", str(path)])
+    assert refused.exit_code == 2 and "give --model, --reason or --key" in refused.output

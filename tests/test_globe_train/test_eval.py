@@ -208,6 +208,20 @@ def test_jsonl_predictions_with_fields(tmp_path):
     assert FilePredictor(path).predict(_item(9)) == ("", "no prediction in file")
 
 
+def test_an_id_0_is_kept_and_ids_given_twice_are_refused_naming_them(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"id": 0, "text": "city: Lyon"}, {"id": 1, "text": ""}]))
+    assert FilePredictor(path).ids == ["0", "1"]
+    path.write_text("".join(json.dumps({"id": i, "text": ""}) + "\n" for i in (0, 7, 7, 7)))
+    with pytest.raises(ValueError, match=r"1 id\(s\), e\.g\. '7' \(3x\) answered more than once"):
+        FilePredictor(path)
+    (tmp_path / "bench.csv").write_text("IMG_ID,LAT,LON\n0,1,2\n5,1,2\n5,3,4\n")
+    with pytest.raises(ValueError, match=r"'5' \(2x\) appear more than once"):
+        load_benchmark("csv", tmp_path / "bench.csv", tmp_path)
+    (tmp_path / "bench.csv").write_text("IMG_ID,LAT,LON\n0,1,2\n5,1,2\n")
+    assert [i.id for i in load_benchmark("csv", tmp_path / "bench.csv", tmp_path).items] == ["0", "5"]
+
+
 class _Flaky:
     name = "flaky"
     concurrency = 1
