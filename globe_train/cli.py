@@ -349,32 +349,41 @@ def push(ckpt, repo, space, revision, private, no_card, message) -> None:
 
 
 @main.command()
-@click.option("--model", default=None, help="The model chosen at start (default: the released GLOBE-Qwen2.5VL-7B); "
-              "a Hub id or a local folder. The app also offers the released checkpoints and an endpoint.")  # fmt: skip
+@click.option("--model", "models", multiple=True, help="A model the demo offers (repeatable; the first is the "
+              "default): a released checkpoint, a Hub id or a local folder. Default: the released ones.")  # fmt: skip
 @click.option("--protocol", type=click.Choice(["ours", "globe-release"]), default="globe-release", show_default=True,
               help="How the model is asked (globe-release: as the release's own demo asks).")  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 to serve others).")
 @click.option("--port", default=7860, show_default=True)
 @click.option("--share", is_flag=True, help="Also open a temporary public gradio.live link.")
 @click.option("--max-file-size", default="20mb", show_default=True, help="Largest upload accepted.")
-@click.option("--endpoint", default="", help="Start with an OpenAI-compatible server (vLLM) as the model instead.")
+@click.option("--endpoint", default="", help="Also offer an OpenAI-compatible server (vLLM), first.")
 @click.option("--endpoint-model", default="", help="Model name to request from --endpoint.")
-def demo(model, protocol, host, port, share, max_file_size, endpoint, endpoint_model) -> None:
+def demo(models, protocol, host, port, share, max_file_size, endpoint, endpoint_model) -> None:
     """Open the GLOBE demo in the browser: a photo in, reasoning, country, city and a map out.
 
     \b
-    Binds to 127.0.0.1 unless --host says otherwise; uploads over --max-file-size and images over 40 MP are
-    refused. Scripts can call its first API endpoint with a photo alone:
+    The models are yours to choose: callers pick one of them by name (a local folder shows as its name only)
+    and give a photo; nothing they send names a path or URL the server loads or calls. Binds to 127.0.0.1
+    unless --host says otherwise; uploads over --max-file-size and images over 40 MP are refused. Scripts can
+    call its first API endpoint with a photo alone:
       from gradio_client import Client, handle_file
       Client("http://127.0.0.1:7860").predict(handle_file("photo.jpg"), api_name="/predict")
+    \b
+    Examples:
+      globe demo                                             # the released checkpoints (downloads on first use)
+      globe demo --model runs/globe --model globe-project/GLOBE-Qwen2.5VL-7B
+      globe demo --endpoint http://localhost:8000/v1 --endpoint-model globe --host 0.0.0.0
     """
     from mp16_reason.cli import require
 
     require("gradio")
     from .demo import launch
-    from .released import DEFAULT_MODEL
 
-    launch(model or DEFAULT_MODEL, protocol, host, port, share, max_file_size, endpoint, endpoint_model)
+    try:
+        launch(list(models), protocol, host, port, share, max_file_size, endpoint, endpoint_model)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

@@ -8,12 +8,15 @@ the land), so the app needs no tile server and runs offline; a link opens the po
 
 The first API endpoint, ``/predict``, answers a photo given alone (every other input has a default), so
 ``gradio_client`` scripts can call ``Client(url).predict(handle_file("photo.jpg"), api_name="/predict")``.
-It binds to 127.0.0.1 unless told otherwise, and refuses uploads over ``max_file_size`` and images over
-``max_pixels``.
+Which models it runs is the operator's choice (``globe demo --model ... --endpoint ...``; ``GLOBE_MODELS`` on a
+Space): a caller picks one of them by name and gives a photo, never a path or a URL the server would load or
+call. It binds to 127.0.0.1 unless told otherwise, refuses uploads over ``max_file_size`` and images over
+``MAX_PIXELS`` (read from the header, before decoding), and its errors name the fix without the server's paths.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -27,12 +30,13 @@ from mp16_reason.answer import answer_location, parse_answer
 
 from .benchmarks import EvalItem
 from .protocols import protocol as preset
-from .released import DEFAULT_MODEL, RELEASED
+from .released import RELEASED
 
 MAX_PIXELS = 40_000_000  # a photo, not a decompression bomb
 MAX_FILE_SIZE = "20mb"
 EXAMPLES = Path(__file__).parent / "space" / "examples"
-LOCAL, ENDPOINT = "a local folder", "an OpenAI-compatible endpoint"
+PROTOCOL_NAMES = ("ours", "globe-release")
+LOG = logging.getLogger("globe_train.demo")
 
 # Words that name the visual cues GLOBE reasons from, by kind: what the reasoning panel highlights.
 CUES = {
@@ -113,48 +117,73 @@ class Answer:
     details: str
 
 
-class Locator:
-    """The predictors the app has loaded, one per model choice, loaded on first use."""
+@dataclass(frozen=True)
+class Choice:
+    """One model the operator offers: what callers see (``label``) and what the server loads (never shown)."""
 
-    def __init__(self, default_model: str, protocol: str, endpoint: str = "", endpoint_model: str = "") -> None:
-        self.default_model, self.protocol = default_model, protocol
-        self.endpoint, self.endpoint_model = endpoint, endpoint_model
+    label: str
+    target: str  # a released id, a Hub id or a local folder; or an endpoint's URL
+    endpoint_model: str = ""  # set for an endpoint
+
+    @classmethod
+    def of_model(cls, model: str) -> Choice:
+        # A local folder is offered by its name: its path on the server is not the caller's business.
+        return cls(Path(model).name if Path(model).exists() else model, model)
+
+    @classmethod
+    def of_endpoint(cls, url: str, model: str) -> Choice:
+        return cls(f"{model or 'globe'} (endpoint)", url, model or "globe")
+
+
+def choices(models: list[str], endpoint: str = "", endpoint_model: str = "") -> list[Choice]:
+    """The operator's models (``--model``, repeatable; ``GLOBE_MODELS`` on a Space) and endpoint, in that order
+    after the endpoint; without any, the released checkpoints."""
+    listed = [Choice.of_endpoint(endpoint, endpoint_model)] if endpoint else []
+    listed += [Choice.of_model(m) for m in (models or ([] if endpoint else list(RELEASED)))]
+    labels = [c.label for c in listed]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two of the demo's models show as the same name ({', '.join(labels)}); rename a folder")
+    return listed
+
+
+class Locator:
+    """The predictors the app has loaded, one per offered model, loaded on first use. Callers name a model by
+    its label only: no path or URL of theirs reaches the server."""
+
+    def __init__(self, offered: list[Choice], protocol: str) -> None:
+        self.offered, self.protocol = {c.label: c for c in offered}, protocol
         self._loaded: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
-    def predictor(self, model: str, folder: str, endpoint: str, endpoint_model: str, protocol: str):
+    def predictor(self, label: str, protocol: str):
         from .predictors import EndpointPredictor, TransformersPredictor
 
-        chosen = preset(protocol or self.protocol, "predict")
-        if model == ENDPOINT:
-            endpoint, endpoint_model = endpoint or self.endpoint, endpoint_model or self.endpoint_model
-            if not endpoint:
-                raise ValueError("give the endpoint's URL, e.g. http://localhost:8000/v1")
-            return EndpointPredictor(endpoint, endpoint_model or "globe", protocol=chosen)
-        name = folder if model == LOCAL else model
-        if not name:
-            raise ValueError("give the model's folder")
-        key = (name, chosen.name)
+        choice = self.offered.get(label)
+        if choice is None:
+            raise DemoError(f"no model {label[:80]!r} here; this demo offers: {', '.join(self.offered)}")
+        if protocol not in PROTOCOL_NAMES:
+            raise DemoError(f"no protocol {protocol[:40]!r}; choose {' or '.join(PROTOCOL_NAMES)}")
+        chosen = preset(protocol, "predict")
+        if choice.endpoint_model:
+            return EndpointPredictor(choice.target, choice.endpoint_model, protocol=chosen)
+        key = (choice.target, chosen.name)
         with self._lock:
             if key not in self._loaded:
-                self._loaded[key] = TransformersPredictor(name, protocol=chosen)
+                try:
+                    self._loaded[key] = TransformersPredictor(choice.target, protocol=chosen)
+                except Exception as exc:  # the operator's log has it whole; the caller gets the model's name
+                    LOG.exception("loading %s failed", choice.target)
+                    raise DemoError(f"{choice.label} could not be loaded here ({type(exc).__name__}); the "
+                                    "server's log says why") from None  # fmt: skip
             return self._loaded[key]
 
-    def locate(self, photo: str | None, model: str, folder: str, endpoint: str, endpoint_model: str,
-               protocol: str) -> Answer:  # fmt: skip
+    def locate(self, photo: str | None, label: str, protocol: str) -> Answer:
         if not photo:
-            raise ValueError("upload a photo first")
-        with Image.open(photo) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ValueError(f"{img.width}x{img.height} is over {MAX_PIXELS:,} pixels: send a smaller photo")
-            upright = ImageOps.exif_transpose(img).convert("RGB")
-        import io
-
-        buf = io.BytesIO()
-        upright.save(buf, "JPEG", quality=92)
-        predictor = self.predictor(model or self.default_model, folder, endpoint, endpoint_model, protocol)
+            raise DemoError("upload a photo first")
+        jpeg = _bounded_jpeg(photo)
+        predictor = self.predictor(label or next(iter(self.offered)), protocol or self.protocol)
         started = time.perf_counter()
-        item = EvalItem(id=Path(photo).name, lat=0.0, lon=0.0, image=buf.getvalue())
+        item = EvalItem(id="photo", lat=0.0, lon=0.0, image=jpeg)
         if hasattr(predictor, "apredict"):
             import asyncio
 
@@ -163,7 +192,8 @@ class Locator:
             text, error = predictor.predict(item)
         seconds = time.perf_counter() - started
         if error:
-            raise RuntimeError(f"the model gave no answer: {error}")
+            LOG.warning("%s gave no answer: %s", label, error)
+            raise DemoError("the model gave no answer (the server's log says why); try again")
         answer = parse_answer(text)
         located = answer_location(answer)
         predicted = (located[0], located[1]) if located else None
@@ -180,32 +210,58 @@ class Locator:
                 from mp16_reason.distance import haversine_km
 
                 lines.append(f"Distance: {float(haversine_km(*predicted, *true)):,.1f} km")
-        lines.append(f"Answered in {seconds:.1f} s by {predictor.name}")
+        lines.append(f"Answered in {seconds:.1f} s by {label}")
         reasoning = answer.think or text
         return Answer(text, highlight(reasoning), place, draw_map(predicted, true), "\n\n".join(lines))
 
 
-def build_app(
-    model: str = DEFAULT_MODEL,
-    protocol: str = "ours",
-    examples: list[str] | None = None,
-    endpoint: str = "",
-    endpoint_model: str = "",
-):
-    """The Gradio Blocks app. ``model`` is the default choice (a released checkpoint, a folder or a Hub id), or
-    ``endpoint`` (an OpenAI-compatible server) when given."""
+class DemoError(ValueError):
+    """What a caller is told: the fix, never a path or URL of the server."""
+
+
+def _bounded_jpeg(photo: str) -> bytes:
+    """The upload, upright, as a JPEG; its size is read from the header and bounded before any pixel is
+    decoded (a decompression bomb is refused, not decoded)."""
+    import io
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(photo)
+    except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning, ValueError) as exc:
+        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            raise DemoError(f"the photo is over {MAX_PIXELS:,} pixels: send a smaller one") from None
+        raise DemoError("the upload is not an image this demo can read: send a JPEG, PNG or WebP photo") from None
+    with img:
+        if img.width * img.height > MAX_PIXELS:
+            raise DemoError(f"{img.width}x{img.height} is over {MAX_PIXELS:,} pixels: send a smaller photo")
+        img.draft("RGB", (2048, 2048))  # a JPEG decodes at 1/2 to 1/8 scale when that still covers 2048 px
+        try:
+            upright = ImageOps.exif_transpose(img).convert("RGB")
+        except (OSError, ValueError):
+            raise DemoError("the photo could not be decoded (a truncated or damaged file?)") from None
+    buf = io.BytesIO()
+    upright.save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def build_app(models: list[str] | str | None = None, protocol: str = "ours", examples: list[str] | None = None,
+              endpoint: str = "", endpoint_model: str = ""):  # fmt: skip
+    """The Gradio Blocks app over the operator's models (released checkpoints, Hub ids, local folders) and
+    endpoint; callers pick one by name from that list, and give a photo."""
     import gradio as gr
 
-    locator = Locator(model, protocol, endpoint, endpoint_model)
-    choices = list(dict.fromkeys([model, *RELEASED, LOCAL, ENDPOINT]))
-    model = ENDPOINT if endpoint else model
+    offered = choices([models] if isinstance(models, str) else list(models or []), endpoint, endpoint_model)
+    locator = Locator(offered, protocol)
+    labels = [c.label for c in offered]
     examples = examples if examples is not None else sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
 
-    def run(photo, model_choice=model, folder="", url=endpoint, url_model=endpoint_model, protocol_choice=protocol):
+    def run(photo, model_choice=labels[0], protocol_choice=protocol):
         try:
-            a = locator.locate(photo, model_choice, folder, url, url_model, protocol_choice)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise gr.Error(str(exc)) from None
+            a = locator.locate(photo, model_choice, protocol_choice)
+        except DemoError as exc:
+            raise gr.Error(str(exc), duration=None) from None  # stays until closed
         return a.reasoning, a.place, a.map, a.details
 
     with gr.Blocks(title="GLOBE: where was this photo taken?") as app:
@@ -218,13 +274,11 @@ def build_app(
         )
         with gr.Row():
             with gr.Column():
-                photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
+                # image_mode=None: the upload reaches us as a file, undecoded, whatever its mode
+                photo = gr.Image(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"])
                 with gr.Accordion("Model", open=False):
-                    model_choice = gr.Dropdown(choices, value=model, label="Model")
-                    folder = gr.Textbox("", label="Local folder (when the model is a local folder)")
-                    endpoint_box = gr.Textbox(endpoint, label="Endpoint URL (vLLM, transformers serve)")
-                    endpoint_model_box = gr.Textbox(endpoint_model, label="Endpoint model name")
-                    protocol_choice = gr.Dropdown(["ours", "globe-release"], value=protocol, label="Protocol")
+                    model_choice = gr.Dropdown(labels, value=labels[0], label="Model")
+                    protocol_choice = gr.Dropdown(list(PROTOCOL_NAMES), value=protocol, label="Protocol")
                 button = gr.Button("Where was it taken?", variant="primary")
                 if examples:
                     gr.Examples(examples, inputs=[photo])
@@ -235,14 +289,14 @@ def build_app(
                 )
                 details = gr.Markdown(elem_id="details")
                 reasoning = gr.HighlightedText(label="Reasoning, visual cues highlighted", combine_adjacent=True)
-        button.click(run, inputs=[photo, model_choice, folder, endpoint_box, endpoint_model_box, protocol_choice],
-                     outputs=[reasoning, place, world, details], api_name="predict")  # fmt: skip
+        button.click(run, inputs=[photo, model_choice, protocol_choice], outputs=[reasoning, place, world, details],
+                     api_name="predict")  # fmt: skip
     return app
 
 
-def launch(model: str = DEFAULT_MODEL, protocol: str = "ours", host: str = "127.0.0.1", port: int = 7860,
+def launch(models: list[str] | None = None, protocol: str = "ours", host: str = "127.0.0.1", port: int = 7860,
            share: bool = False, max_file_size: str = MAX_FILE_SIZE, endpoint: str = "",
            endpoint_model: str = "") -> None:  # fmt: skip
-    build_app(model, protocol, endpoint=endpoint, endpoint_model=endpoint_model).queue(max_size=16).launch(
+    build_app(models, protocol, endpoint=endpoint, endpoint_model=endpoint_model).queue(max_size=16).launch(
         server_name=host, server_port=port, share=share, max_file_size=max_file_size, show_error=True
     )

@@ -19,7 +19,7 @@ from teacher_server import TeacherServer
 pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
-from globe_train.demo import ENDPOINT, exif_gps, highlight
+from globe_train.demo import exif_gps, highlight
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "globe_train" / "space" / "examples"
 KYOTO = EXAMPLES / "kyoto.jpg"  # EXIF GPS 35.0037, 135.7788
@@ -99,7 +99,88 @@ def test_the_answer_the_map_and_the_distance_through_an_endpoint_and_the_bounds(
         x, y = round((135.78 + 180) / 360 * 899), round((90 - 35.0) / 180 * 449)  # Kyoto on the map
         assert pixels.getpixel((x, y)) in {(231, 76, 60), (46, 204, 113)}  # the predicted (red) or true (green) dot
         with pytest.raises(Exception, match=r"(?i)size|large|exceed"):
-            client.predict(handle_file(str(big)), ENDPOINT, api_name="/predict")
+            client.predict(handle_file(str(big)), "globe (endpoint)", api_name="/predict")
+
+
+class Listener:
+    """A loopback port that counts who connects: what a caller-named URL would reach."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_hostile_callers_name_no_path_or_url_and_a_pixel_bomb_is_never_decoded(tmp_path):
+    """The API takes a photo and a choice among the operator's models: a caller's folder, URL or protocol is
+    refused without a connection, errors show no server path, and a 49 MP image is refused from its header."""
+    from gradio_client import Client, handle_file
+
+    listener = Listener()
+    folder = tmp_path / "operator-secret-models" / "tiny"
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (7000, 7000), 128).save(bomb)  # 49 MP, a few hundred kB: 49 MB to decode, 147 MB as RGB
+    with (
+        TeacherServer(lambda image, request: ANSWER) as server,
+        Demo(tmp_path, "--endpoint", server.url, "--endpoint-model", "globe") as demo,
+    ):
+        client = Client(demo.url, verbose=False)
+        errors = []
+        for args in [(listener.url,), (str(folder),), ("/etc/passwd",), ("globe (endpoint)", "../../etc")]:
+            with pytest.raises(Exception) as exc:
+                client.predict(handle_file(str(KYOTO)), *args, api_name="/predict")
+            errors.append(str(exc.value))
+        before = _peak_rss_mb(demo.proc.pid)
+        with pytest.raises(Exception, match="over 40,000,000 pixels") as exc:
+            client.predict(handle_file(str(bomb)), api_name="/predict")
+        errors.append(str(exc.value))
+        grown = _peak_rss_mb(demo.proc.pid) - before
+        _, place, _, _ = client.predict(handle_file(str(KYOTO)), api_name="/predict")  # the operator's model works
+        assert place == "Kyoto, Japan"
+    assert listener.connections == 0
+    assert grown < 40, f"the server's peak memory grew {grown:.0f} MB: the bomb was decoded"
+    assert all("not in the list of choices" in e or "no protocol" in e for e in errors[:4]), errors
+    for text in errors:  # the caller's own value may come back; nothing of the server's does
+        assert server.url not in text and "gradio" not in text.lower() and str(bomb) not in text, text
+
+
+def test_the_operators_models_are_offered_by_name_and_a_caller_cannot_add_one(tmp_path):
+    from globe_train.demo import DemoError, Locator, choices
+
+    folder = tmp_path / "private" / "runs" / "globe"
+    folder.mkdir(parents=True)
+    offered = choices([str(folder), "globe-project/GLOBE-InternVL3-8B"], "http://10.0.0.5:8000/v1", "globe")
+    assert [c.label for c in offered] == ["globe (endpoint)", "globe", "globe-project/GLOBE-InternVL3-8B"]
+    assert [c.label for c in choices([])] == ["globe-project/GLOBE-Qwen2.5VL-7B", "globe-project/GLOBE-InternVL3-8B"]
+    locator = Locator(offered, "ours")
+    for label in (str(folder), "http://127.0.0.1:9/v1", "../globe"):
+        with pytest.raises(DemoError, match="this demo offers: globe \\(endpoint\\), globe, globe-project") as exc:
+            locator.predictor(label, "ours")
+        assert str(tmp_path) not in str(exc.value).split("offers:")[1]
+    with pytest.raises(DemoError, match="no protocol"):
+        locator.predictor("globe", "mine")
+    with pytest.raises(ValueError, match="same name"):
+        choices([str(folder), str(tmp_path / "globe")] if (tmp_path / "globe").mkdir() is None else [])
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium (Debian's package) for the browser test")
