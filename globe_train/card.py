@@ -66,7 +66,26 @@ def _eval_row(report: dict, model: str = "this model") -> dict:
     return row
 
 
-def card_data(run: dict, model_name: str, evals: list[dict]) -> ModelCardData:
+def base_license(base: str) -> tuple[dict[str, str], str]:
+    """The base model's licence, as its own card's metadata says it (``license``, and ``license_name`` and
+    ``license_link`` for ``other``), read from the local folder's README.md or the Hub's copy; and a note for
+    the card. Unknown (no card, offline, the tiny test model): ``other``, and a note saying so."""
+    readme = Path(base) / "README.md"
+    try:
+        card = ModelCard.load(readme if readme.is_file() else base) if base != TINY else None
+    except Exception as exc:  # not on the Hub, offline, no README: the licence is unknown, never assumed
+        reason = f"its card could not be read ({type(exc).__name__})"
+    else:
+        found = {k: getattr(card.data, k, None) for k in ("license", "license_name", "license_link")} if card else {}
+        if found.get("license"):
+            return {k: v for k, v in found.items() if v}, f"The base model's license (`{found['license']}`)"
+        reason = "its card names no license" if card else "it is a test model"
+    name = base if is_hub_id(base) else Path(base).name
+    return {"license": "other"}, f"Unknown: the base model `{name}`'s license could not be read ({reason}); " \
+        "check its terms before using or sharing this model"  # fmt: skip
+
+
+def card_data(run: dict, model_name: str, evals: list[dict], license: dict[str, str] | None = None) -> ModelCardData:
     """The Hub metadata: only what is true of the published files. The base model and the training data are
     named only when they are Hub repositories (a local folder or the tiny test model are not); the
     model-index lists only evaluations on a Hub dataset, by its id and revision."""
@@ -90,7 +109,7 @@ def card_data(run: dict, model_name: str, evals: list[dict]) -> ModelCardData:
     ]
     hub_data = not data.get("local") and is_hub_id(data.get("name"))
     return ModelCardData(
-        license="apache-2.0",
+        **(license or {"license": "other"}),
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         base_model=base if base != TINY and is_hub_id(base) else None,
@@ -152,8 +171,10 @@ def render(
         "rm": f"{model_name} is GLOBE's localizability reward model: given a photo and a reasoning about where it "
         "was taken, it answers yes when the place can be worked out from what the photo shows.",
     }[method]
+    license, license_note = base_license(run["base_model"])
     card = ModelCard.from_template(
-        card_data(run, model_name, reports),
+        card_data(run, model_name, reports, license),
+        license_note=license_note,
         template_str=template("model_card.md"),
         model_name=model_name,
         repo_id=repo_id,

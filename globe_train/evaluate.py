@@ -253,26 +253,64 @@ def _table(report: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
+ERROR_COLOURS = [(25, (46, 204, 113)), (200, (241, 196, 15)), (750, (230, 126, 34)), (2500, (231, 76, 60)),
+                 (float("inf"), (155, 89, 182))]  # fmt: skip
+
+
+def great_circle(lat1: float, lon1: float, lat2: float, lon2: float, steps: int = 64) -> list[list[tuple]]:
+    """Points along the shorter great-circle arc, split where it crosses the date line (±180°): the pieces a
+    flat map draws, so a Los Angeles-to-Sydney miss goes across the Pacific, not across the whole map."""
+    a, b = (np.radians([lat1, lon1]), np.radians([lat2, lon2]))
+    p = np.array([np.cos(a[0]) * np.cos(a[1]), np.cos(a[0]) * np.sin(a[1]), np.sin(a[0])])
+    q = np.array([np.cos(b[0]) * np.cos(b[1]), np.cos(b[0]) * np.sin(b[1]), np.sin(b[0])])
+    omega = np.arccos(np.clip(p @ q, -1.0, 1.0))
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    pts = p * (1 - t) + q * t if omega < 1e-9 else (np.sin((1 - t) * omega) * p + np.sin(t * omega) * q) / np.sin(omega)
+    lats = np.degrees(np.arcsin(np.clip(pts[:, 2] / np.linalg.norm(pts, axis=1), -1, 1)))
+    lons = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
+    pieces, piece = [], [(lats[0], lons[0])]
+    for la, lo in zip(lats[1:], lons[1:]):
+        if abs(lo - piece[-1][1]) > 180:  # wrapped: end this piece at the edge, start the next at the other
+            edge = 180.0 if piece[-1][1] > 0 else -180.0
+            piece.append((la, edge))
+            pieces.append(piece)
+            piece = [(la, -edge)]
+        piece.append((la, lo))
+    pieces.append(piece)
+    return pieces
+
+
 def error_map(df: pd.DataFrame, path: str | Path, width: int = 1200) -> Path:
-    """Truth in white, a line to each prediction coloured by its error (green < 25 km ... red > 2500 km)."""
+    """Truth in white, a great-circle line to each prediction coloured by its error (green < 25 km ... red >
+    2500 km), and a legend."""
     from PIL import ImageDraw
 
     from mp16_reason.worldmap import base_map
 
     img, xy = base_map(width)
     draw = ImageDraw.Draw(img)
-    colours = [(25, (46, 204, 113)), (200, (241, 196, 15)), (750, (230, 126, 34)), (2500, (231, 76, 60))]
     for row in df.itertuples():
         tx, ty = xy(row.true_lat, row.true_lon)
         if np.isfinite(row.distance_km):
-            colour = next((c for limit, c in colours if row.distance_km <= limit), (155, 89, 182))
-            px, py = xy(row.pred_lat, row.pred_lon)
-            if abs(px - tx) < width / 2:  # do not draw across the antimeridian
-                draw.line([tx, ty, px, py], fill=colour, width=1)
+            colour = next(c for limit, c in ERROR_COLOURS if row.distance_km <= limit)
+            for piece in great_circle(row.true_lat, row.true_lon, row.pred_lat, row.pred_lon):
+                draw.line([xy(la, lo) for la, lo in piece], fill=colour, width=1)
         draw.point((tx, ty), fill=(255, 255, 255))
+    _legend(draw, img.height)
     path = Path(path)
     img.save(path, optimize=True)
     return path
+
+
+def _legend(draw, height: int) -> None:
+    labels = ["up to 25 km", "up to 200 km", "up to 750 km", "up to 2,500 km", "over 2,500 km"]
+    rows = [("truth", (255, 255, 255))] + [(f"error {label}", c) for label, (_, c) in zip(labels, ERROR_COLOURS)]
+    top = height - 14 * len(rows) - 12
+    draw.rectangle([6, top - 4, 150, height - 6], fill=(20, 24, 32), outline=(90, 90, 90))
+    for i, (text, colour) in enumerate(rows):
+        y = top + 14 * i
+        draw.line([12, y + 6, 30, y + 6], fill=colour, width=3)
+        draw.text((36, y), text, fill=(230, 230, 230))
 
 
 LEAK_KINDS = ("exact", "near", "same-photo")  # what makes a benchmark item one the training set already holds

@@ -14,6 +14,17 @@ from .storage import Location, location
 
 NAME = "manifest.json"
 DEFAULT_CONFIG = "default"
+LOCALIZABILITY_CONFIG = "localizability"  # a second view of the same images (builds with teachers)
+OTHER_CONFIGS = (LOCALIZABILITY_CONFIG,)
+
+
+def config_folder(config: str) -> str:
+    """Where a config's shards lie: the default config's in ``data/``, another's in a folder of its own name
+    beside it, never under ``data/`` (``load_dataset(build, data_dir="data")`` then reads one config's rows)."""
+    return "data" if config == DEFAULT_CONFIG else config
+
+
+SHARD_FOLDERS = tuple(config_folder(c) for c in (DEFAULT_CONFIG, *OTHER_CONFIGS))
 
 
 class Shard(BaseModel):

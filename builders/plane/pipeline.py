@@ -42,7 +42,7 @@ from builders.plane.workfolder import (
 from builders.recipe import Recipe
 from builders.stops import BuildStopped
 from builders.teachers.prompt import PROMPT_VERSION
-from mp16_reason.manifest import NAME, Manifest, read_manifest
+from mp16_reason.manifest import NAME, SHARD_FOLDERS, Manifest, read_manifest
 from mp16_reason.storage import Location
 
 MANIFEST = NAME
@@ -164,7 +164,7 @@ class Build:
             saved = json.loads(recipe_file.read_text())
             found, before = saved["recipe_sha256"], saved.get("recipe")
         if overwrite and (found is not None or (self.out / "data").exists()):
-            for name in ("data", ".work", MANIFEST, REJECTIONS, "README.md"):
+            for name in (*SHARD_FOLDERS, ".work", MANIFEST, REJECTIONS, "README.md"):
                 (self.out / name).rmtree()
             self._inputs = None  # the sources' indexes went with the work folder
         elif found is not None and found != self.sha:

@@ -34,7 +34,7 @@ from builders.plane.workfolder import (
     write_atomic,
 )
 from mp16_reason.atomic import HashingFile, remove_stale
-from mp16_reason.manifest import DEFAULT_CONFIG
+from mp16_reason.manifest import DEFAULT_CONFIG, SHARD_FOLDERS, config_folder
 from mp16_reason.storage import Location, location
 
 TAR_MTIME = 0  # fixed member times keep shards byte-identical across runs
@@ -228,9 +228,9 @@ class ShardFold:
         from builders.plane.groups import read_groups
 
         self.groups = read_groups(self.work)  # row -> split, with split.group_by
-        data = self.out / "data"
-        if data.local is not None and data.local.is_dir():  # half-written shards of an interrupted run
-            for folder in [data.local, *(p for p in data.local.iterdir() if p.is_dir())]:
+        for name in SHARD_FOLDERS:  # half-written shards of a stopped run
+            folder = (self.out / name).local
+            if folder is not None and folder.is_dir():
                 remove_stale(folder)
 
     def _rows(self, unit: int, columns: list[str]) -> pa.Table:
@@ -318,7 +318,7 @@ class _GroupWriter:
     def __init__(self, fold: ShardFold, group: tuple[str, str], counts: list[int]) -> None:
         self.fold, self.counts = fold, counts
         self.config, self.split = group
-        self.folder = "data" if self.config == DEFAULT_CONFIG else f"data/{self.config}"
+        self.folder = config_folder(self.config)
         self.index = 0
         self.shard: _Shard | None = None
         self.entries: list[dict] = []

@@ -23,7 +23,7 @@ from PIL import Image
 
 from mp16_reason import schema
 from mp16_reason.atomic import HashingFile
-from mp16_reason.manifest import DEFAULT_CONFIG, read_manifest
+from mp16_reason.manifest import DEFAULT_CONFIG, SHARD_FOLDERS, read_manifest
 from mp16_reason.storage import Location, location
 
 MAX_PROBLEMS = 50
@@ -182,10 +182,12 @@ def validate_build(root: str | Path, require_card: bool = True) -> dict:
         else:
             per_config.setdefault(shard.config, Counter())[shard.split] += n
     listed = set(_all_shard_paths(manifest))
-    on_disk = [f"data/{rel}" for rel, _ in (root / "data").walk_files() if rel.endswith(".tar")]
-    for rel in sorted(on_disk) if (root / "data").is_dir() else []:
-        if rel not in listed:
-            problems.append(f"{rel}: in data/ but not in manifest.json; delete it or rebuild")
+    for folder in SHARD_FOLDERS:
+        if not (root / folder).is_dir():
+            continue
+        for rel in sorted(f"{folder}/{r}" for r, _ in (root / folder).walk_files() if r.endswith(".tar")):
+            if rel not in listed:
+                problems.append(f"{rel}: in {folder}/ but not in manifest.json; delete it or rebuild")
     dupes = [key for key, n in ids.items() if n > 1]
     if dupes:
         config, first = dupes[0]

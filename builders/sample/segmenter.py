@@ -6,7 +6,7 @@ this model, trained here on scenes drawn by :func:`builders.sample.scenes.draw_s
 exact) with the sample's ADE20K-named classes. It ships in ``builders/data/scene-segmenter`` with its
 held-out scores in the folder's README; rebuild it with::
 
-    python -m builders.sample.segmenter [--steps 400] [--out builders/data/scene-segmenter]
+    python -m builders.sample.segmenter [--steps 2000] [--out builders/data/scene-segmenter]
 
 Training scenes use random coordinates and names and never the sample's own seeds, so the sample's images
 are unseen by the model.
@@ -106,7 +106,7 @@ def train(out: Path = DEFAULT_OUT, steps: int = 400, n_train: int = 320, n_eval:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=2000)
     args = ap.parse_args()
     result = train(args.out, args.steps)
     print(f"pixel accuracy {result['accuracy']:.3f} in {result['seconds']:.0f} s ({result['params']:,} parameters)")

@@ -28,11 +28,11 @@ from builders.stops import BuildStopped
 from builders.teachers.base import Job, Teacher, TeacherFailed, TeacherFailure, TeacherSettings, Usage
 from builders.teachers.cache import CachedReply, ReplyCache, claim_owner, default_path
 from builders.teachers.online import PROMPT_TOKENS, image_tokens, import_http_stacks
-from mp16_reason.manifest import DEFAULT_CONFIG
+from mp16_reason.manifest import DEFAULT_CONFIG, LOCALIZABILITY_CONFIG
 from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
 from mp16_reason.storage import Location, location
 
-LOCALIZABILITY = "localizability"
+LOCALIZABILITY = LOCALIZABILITY_CONFIG
 CLAIM_LEASE_S = 90.0  # a claim not renewed for this long belongs to a build that died
 CLAIM_POLL_S = 0.5  # how often a key another build is asking about is looked up again
 # A curated unit: the prepared unit's columns but the image, which ``pos`` (the row in the prepared unit) finds.

@@ -22,8 +22,7 @@ from helpers import sample_recipe, scripted_replies, teacher_recipe
 from teacher_server import TeacherServer
 
 from builders.cli import main
-from builders.plane.pipeline import build
-from builders.plane.workfolder import curated_path, read_unit
+from builders.plane.pipeline import BuildError, build
 from builders.publish.validate import validate_build
 from builders.sample.scenes import near_copies
 from mp16_reason.schema import from_json_bytes
@@ -207,6 +206,8 @@ def test_offline_sample_is_labelled_authored(tmp_path):
     out = tmp_path / "sb"
     res = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "12", "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
+    # Each config in its own folder: data/ holds the default config alone.
+    assert (out / "localizability").is_dir() and not (out / "data" / "localizability").exists()
     assert CliRunner().invoke(main, ["card", str(out)]).exit_code == 0
     card = (out / "README.md").read_text()
     assert "written by hand, not produced by the models" in card and "`localizability` config" in card
@@ -218,19 +219,18 @@ def test_offline_sample_is_labelled_authored(tmp_path):
 
 
 def test_teacher_stage_through_transformers_serve(served, tiny_model, sample_input, tmp_path):
-    """The real client against a real server: the tiny random VLM answers gibberish, which is recorded as
-    unparsed (raw text kept, tokens counted), never as an answer."""
+    """The real client against a real server: the tiny random VLM answers gibberish, which is no answer: each
+    request is asked again once, nothing is cached, and an endpoint whose first replies are all no answer stops
+    the stage like an outage, before anything is sealed."""
+    import sqlite3
+
     teacher = {"name": "tiny", "base_url": served, "model": str(tiny_model), "structured_output": False,
                "max_tokens": 12, "max_concurrency": 2, "max_pixels": 112 * 112}  # fmt: skip
     recipe = sample_recipe(
         sample_input, tmp_path / "o", teachers=[teacher], limit=4, **{"distill.cache": str(tmp_path / "c.sqlite")}
     )
-    summary = build(recipe, progress=False, log=print)
-    assert summary.written == 0
-    rejected = pq.read_table(tmp_path / "o" / "rejections.parquet").to_pylist()
-    assert {r["stage"] for r in rejected} == {"teacher"} and len(rejected) == 4
-    assert all("could not be parsed" in r["reason"] for r in rejected)
-    units = read_unit(curated_path(tmp_path / "o" / ".work", 0)).to_pylist()
-    answers = [a for u in units if u["json"] for a in from_json_bytes(u["json"]).teachers]
-    assert len(answers) == 4 and all(not a.parsed and a.raw and a.input_tokens > 0 for a in answers)
-    assert all(a.output_tokens > 0 and a.model == str(tiny_model) for a in answers)
+    with pytest.raises(BuildError, match=r"teacher 'tiny' .*replies was no answer \(last: (neither a JSON|empty)"):
+        build(recipe, progress=False, log=print)
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    with sqlite3.connect(tmp_path / "c.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM replies").fetchone()[0] == 0

@@ -222,6 +222,31 @@ def test_an_id_0_is_kept_and_ids_given_twice_are_refused_naming_them(tmp_path):
     assert [i.id for i in load_benchmark("csv", tmp_path / "bench.csv", tmp_path).items] == ["0", "5"]
 
 
+def test_the_error_map_draws_great_circles_across_the_date_line_with_a_legend(tmp_path):
+    import pandas as pd
+
+    from globe_train.evaluate import ERROR_COLOURS, error_map, great_circle
+
+    # Los Angeles -> Sydney: the arc crosses the Pacific and the date line, in two pieces that meet at +-180.
+    pieces = great_circle(34.05, -118.24, -33.87, 151.21)
+    assert len(pieces) == 2 and pieces[0][-1][1] in (180.0, -180.0) and pieces[1][0][1] == -pieces[0][-1][1]
+    assert all(abs(lo) <= 180 for piece in pieces for _, lo in piece)
+    (paris_berlin,) = great_circle(48.85, 2.35, 52.52, 13.40)  # one piece
+    assert paris_berlin[0] == pytest.approx((48.85, 2.35)) and paris_berlin[-1] == pytest.approx((52.52, 13.40))
+    df = pd.DataFrame([{"true_lat": 34.05, "true_lon": -118.24, "pred_lat": -33.87, "pred_lon": 151.21,
+                        "distance_km": 12_060.0}])  # fmt: skip
+    img = Image.open(error_map(df, tmp_path / "map.png", width=1200)).convert("RGB")
+    purple = ERROR_COLOURS[-1][1]
+    width, height = img.size
+    # The line reaches both map edges near the date line, and nothing of it spans the Atlantic.
+    near_edges = [img.getpixel((x, y)) for x in (1, 2, width - 3, width - 2) for y in range(height)]
+    assert near_edges.count(purple) >= 2
+    atlantic = [img.getpixel(((-30 + 180) / 360 * width, y)) for y in range(height)]
+    assert purple not in atlantic
+    legend = [img.getpixel((20, y)) for y in range(height - 100, height)]
+    assert purple in legend and (255, 255, 255) in legend
+
+
 class _Flaky:
     name = "flaky"
     concurrency = 1

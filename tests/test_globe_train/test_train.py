@@ -168,6 +168,30 @@ def _front(text: str) -> dict:
     return yaml.safe_load(text[4 : text.index("\n---", 4)])
 
 
+@pytest.mark.parametrize(
+    ("front", "expected"),
+    [
+        ("license: mit", {"license": "mit"}),
+        ("license: other\nlicense_name: internvl\nlicense_link: LICENSE", {"license": "other",
+                                                                            "license_name": "internvl"}),
+    ],
+)  # fmt: skip
+def test_a_model_cards_license_is_its_base_models(grpo_run, tmp_path, front, expected):
+    from globe_train.card import render
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text(f"---\n{front}\n---\n# A base model\n")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    run = json.loads((grpo_run / "run_info.json").read_text())
+    (ckpt / "run_info.json").write_text(json.dumps({**run, "base_model": str(base)}))
+    text = render(ckpt, "me/GLOBE-tiny")
+    meta = _front(text)
+    assert {k: meta.get(k) for k in expected} == expected
+    assert f"The base model's license (`{expected['license']}`)" in text
+
+
 def test_model_card_from_the_run_and_an_evaluation(grpo_run, tmp_path):
     metrics = {"acc_1km": 9.8, "acc_25km": 40.2, "acc_200km": 56.2, "acc_750km": 71.5, "acc_2500km": 82.4,
                "median_km": 210.0, "country_alias": 71.0, "city_alias": 25.0}  # fmt: skip
@@ -182,7 +206,9 @@ def test_model_card_from_the_run_and_an_evaluation(grpo_run, tmp_path):
     assert result.exit_code == 0, result.output
     text = (grpo_run / "README.md").read_text()
     meta = _front(text)
-    assert meta["pipeline_tag"] == "image-text-to-text" and meta["license"] == "apache-2.0"
+    # The tiny base model has no card: its license is unknown, so "other", and the body says so.
+    assert meta["pipeline_tag"] == "image-text-to-text" and meta["license"] == "other"
+    assert "Unknown: the base model" in text
     # Only what is true of the published files: a local sample build and a local base model are not named.
     assert "datasets" not in meta and "base_model" not in meta
     (index,) = meta["model-index"]

@@ -315,22 +315,23 @@ def test_cli_sample_build_card_validate(tmp_path):
 
 
 def test_a_second_config_gets_its_own_configs_entry_and_loads(built, tmp_path):
-    """The localizability config (every judged image) sits beside the default one in the same repository."""
+    """The localizability config (every judged image) sits beside the default one in the same repository, in a
+    folder of its own: ``load_dataset(build, data_dir="data")`` reads the default config's rows only."""
     copy = _copy(built, tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())
-    (copy / "data" / "localizability").mkdir()
+    (copy / "localizability").mkdir()
     extra = []
     for shard in [s for s in manifest["shards"] if s["split"] == "train"]:
         name = Path(shard["path"]).name
-        shutil.copy(copy / shard["path"], copy / "data" / "localizability" / name)
-        extra.append({**shard, "path": f"data/localizability/{name}", "config": "localizability"})
+        shutil.copy(copy / shard["path"], copy / "localizability" / name)
+        extra.append({**shard, "path": f"localizability/{name}", "config": "localizability"})
     manifest["shards"] += extra
     manifest["totals"]["configs"] = {"localizability": {"train": sum(s["samples"] for s in extra)}}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     write_card(copy)
     meta = front_matter(copy / "README.md")
     configs = {c["config_name"]: c for c in meta["configs"]}
-    assert configs["localizability"]["data_files"] == [{"split": "train", "path": "data/localizability/train-*.tar"}]
+    assert configs["localizability"]["data_files"] == [{"split": "train", "path": "localizability/train-*.tar"}]
     assert configs["default"]["default"] is True and "default" not in configs["localizability"]
     assert 'load_dataset("globe/mp16-reason", "localizability", split="train")' in (copy / "README.md").read_text()
     validate_build(copy)
@@ -338,3 +339,8 @@ def test_a_second_config_gets_its_own_configs_entry_and_loads(built, tmp_path):
 
     ds = load(path=copy, config="localizability", split="train", cache_dir=str(tmp_path / "cache"))
     assert len(ds) == sum(s["samples"] for s in extra)
+    import datasets
+
+    plain = datasets.load_dataset(str(copy), data_dir="data", split="train", cache_dir=str(tmp_path / "cache2"))
+    ids = [json.loads(j)["id"] if isinstance(j, (str, bytes)) else j["id"] for j in plain["json"]]
+    assert len(ids) == len(set(ids)) == sum(s["samples"] for s in extra)
