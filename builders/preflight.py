@@ -61,6 +61,34 @@ def check(recipe: Recipe) -> None:
         spec.check(recipe.distill.offline)
     if recipe.teachers and recipe.distill.cache:
         _reply_cache(recipe.distill.cache)
+    if recipe.teachers or recipe.input.curate:
+        _model(recipe.curation.grounding.model, "curation.grounding.model")
+
+
+def _model(model: str, key: str) -> None:
+    """A model the recipe needs is on this machine (a folder, a bundled model, the Hub cache's copy) or the Hub
+    answers: found now, in one line, not when curation first loads it after every image is prepared."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from builders.curation.grounding import BUNDLED_PREFIX, model_path
+    from mp16_reason.reach import HubUnreachable, require_hub
+
+    if model.startswith(BUNDLED_PREFIX):
+        try:
+            model_path(model)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        return
+    if Path(model).expanduser().is_dir() or isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return
+    instead = (
+        f"download it where the Hub answers (hf download {model}), give a local folder, or use "
+        f"{BUNDLED_PREFIX}scene-segmenter (it knows the offline sample's drawings only)"
+    )
+    try:
+        require_hub(f"get {key} {model!r}", instead)
+    except HubUnreachable as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _reply_cache(path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import ClassVar
 
 import click
@@ -184,6 +185,14 @@ def train() -> None:
     """
 
 
+def card_hint(out: str | Path) -> str:
+    """The command that renders a run's model card, runnable as printed (the repository id is a placeholder
+    the card only names)."""
+    import shlex
+
+    return f"globe card {shlex.quote(str(out))} --repo me/{Path(out).name}"
+
+
 def _train_command(method: str):
     @train.command(
         method,
@@ -219,7 +228,7 @@ def _train_command(method: str):
         except (RecipeError, DatasetError) as exc:  # contradictory settings, unusable data; the rest keeps its trace
             raise click.ClickException(str(exc)) from None
         end_distributed()
-        click.echo(f"saved {out} (globe card {out} renders its model card)")
+        click.echo(f"saved {out}; its model card: {card_hint(out)}")
 
     return command
 

@@ -39,7 +39,8 @@ def push(
         raise ValueError(f"cannot push {ckpt.name} to {repo_id}: HF_HUB_OFFLINE is set (unset it to upload)")
     from .released import check_hub_reachable
 
-    check_hub_reachable(f"push {ckpt.name} to {repo_id}")  # at once, not after a round of upload retries
+    # at once, not after a round of upload retries
+    check_hub_reachable(f"push {ckpt.name} to {repo_id}", "push once the Hub answers")
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     if revision and revision != "main":
@@ -87,7 +88,7 @@ def push_space(repo_id: str, private: bool = False, staging: str | Path | None =
         raise ValueError(f"cannot push the Space {repo_id}: HF_HUB_OFFLINE is set (unset it to upload)")
     from .released import check_hub_reachable
 
-    check_hub_reachable(f"push the Space {repo_id}")
+    check_hub_reachable(f"push the Space {repo_id}", "push once the Hub answers")
     with tempfile.TemporaryDirectory(prefix="globe-space-") as tmp:
         folder = Path(staging or tmp) / "space"
         stage_space(folder)

@@ -36,18 +36,18 @@ class ModelUnavailable(RuntimeError):
     """The model cannot be had or run here; the message says what to do instead."""
 
 
-def check_hub_reachable(what: str, timeout_s: float = 10.0) -> None:
-    """Raise :class:`ModelUnavailable` at once when the Hub (``HF_ENDPOINT``) does not answer at all; any HTTP
-    answer, an error included, means it is there."""
-    from huggingface_hub import constants, get_session
+USE_INSTEAD = "use a model on this machine (--model DIR) or an OpenAI-compatible server (--endpoint URL)"
+
+
+def check_hub_reachable(what: str, instead: str = USE_INSTEAD, timeout_s: float = 10.0) -> None:
+    """Raise :class:`ModelUnavailable` at once when the Hub (``HF_ENDPOINT``) does not answer at all, saying
+    what to use instead; any HTTP answer, an error included, means it is there."""
+    from mp16_reason.reach import HubUnreachable, require_hub
 
     try:
-        get_session().get(f"{constants.ENDPOINT}/api/models", params={"limit": 1}, timeout=timeout_s)
-    except Exception as exc:  # connection refused, DNS, TLS, timeouts, in whichever HTTP library's classes
-        raise ModelUnavailable(
-            f"cannot {what}: the Hub at {constants.ENDPOINT} does not answer ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); check the network or HF_ENDPOINT"
-        ) from None
+        require_hub(what, instead, timeout_s)
+    except HubUnreachable as exc:
+        raise ModelUnavailable(str(exc)) from None
 
 
 def serve_command(model: str, served: str = "globe") -> str:
@@ -74,8 +74,8 @@ def local_copy(model: str, revision: str | None = None) -> Path:
         pass
     if constants.HF_HUB_OFFLINE:
         raise ModelUnavailable(
-            f"model {model} is not in the local Hub cache and HF_HUB_OFFLINE is set: download it first "
-            f"(hf download {model}) where the Hub is reachable, or pass a local folder"
+            f"model {model} is not in the local Hub cache and HF_HUB_OFFLINE is set: {USE_INSTEAD}, or "
+            f"download it first (hf download {model}) where the Hub is reachable"
         ) from None
     check_hub_reachable(f"download model {model}")
     try:

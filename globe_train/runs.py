@@ -90,11 +90,32 @@ def setup(training_args: Any) -> str | None:
 
     transformers.set_seed(training_args.seed)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_libraries()
     out = Path(training_args.output_dir)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last and training_args.resume_from_checkpoint is None:
         log.info("resuming from %s", last)
     return training_args.resume_from_checkpoint or last
+
+
+def quiet_libraries() -> None:
+    """One progress line for the training, and each library warning once: TRL and transformers repeat their
+    deprecation warnings every step, and datasets and transformers draw a bar for every file they read or
+    write. ``GLOBE_VERBOSE=1`` keeps all of it."""
+    import os
+    import warnings
+
+    if os.environ.get("GLOBE_VERBOSE") == "1":
+        return
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("once", category=category)
+    import datasets
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def end_distributed() -> None:

@@ -18,6 +18,7 @@ _EXPORTS = {
     ".matching": ["city_match", "country_match", "location_score", "official_match"],
     ".names": ["canonical_country", "country_code", "normalize"],
     ".schema": ["Entity", "Sample", "SchemaError", "TeacherAnswer", "TeacherReply", "features", "validate"],
+    ".streaming": ["collate"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .matching import city_match, country_match, location_score, official_match
     from .names import canonical_country, country_code, normalize
     from .schema import Entity, Sample, SchemaError, TeacherAnswer, TeacherReply, features, validate
+    from .streaming import collate
 
 
 def __getattr__(name: str) -> Any:
@@ -58,6 +60,7 @@ __all__ = [
     "accuracy_table",
     "canonical_country",
     "city_match",
+    "collate",
     "country_code",
     "country_match",
     "distance_km",

@@ -7,7 +7,8 @@ everything, so ``load()`` is only that call with the repository filled in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,39 @@ def load(
         if not splits:
             raise ValueError(f"{path}: the build has no config {config!r}")
         files = {name: shard_paths(name, config, path=path) for name in splits}
-        return datasets.load_dataset(
-            "webdataset", data_files=files, split=split, streaming=streaming, features=features(), **kwargs
-        )
-    source = str(path) if path is not None else repo_id
-    return datasets.load_dataset(source, config, split=split, streaming=streaming, revision=revision, **kwargs)
+        with _object_store_online(location(path).remote):
+            return datasets.load_dataset(
+                "webdataset", data_files=files, split=split, streaming=streaming, features=features(), **kwargs
+            )
+    if path is not None:
+        return datasets.load_dataset(str(path), config, split=split, streaming=streaming, revision=revision, **kwargs)
+    from huggingface_hub import constants
+
+    from .reach import HubUnreachable, require_hub
+
+    instead = "pass path= a build folder (local, or s3://... with its credentials)"
+    if not constants.HF_HUB_OFFLINE:
+        require_hub(f"load {repo_id}", instead)
+    try:
+        return datasets.load_dataset(repo_id, config, split=split, streaming=streaming, revision=revision, **kwargs)
+    except ConnectionError as exc:  # offline, and not in datasets' cache
+        raise HubUnreachable(f"cannot load {repo_id} ({str(exc)[:160]}); {instead}") from None
+
+
+@contextlib.contextmanager
+def _object_store_online(remote: bool) -> Iterator[None]:
+    """``HF_HUB_OFFLINE`` is about the Hub, but ``datasets`` refuses every remote URL under it, an S3 bucket's
+    too: while it reads an object store's shards, its flag is lifted (the Hub is never asked on this path)."""
+    import datasets
+
+    if not (remote and datasets.config.HF_HUB_OFFLINE):
+        yield
+        return
+    datasets.config.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = True
 
 
 def _manifest(repo_id: str, revision: str | None, path: str | Path | None) -> Manifest:

@@ -100,9 +100,20 @@ def read_manifest(root: str | Path | Location) -> Manifest:
 
 
 def hub_manifest(repo_id: str, revision: str | None = None) -> Manifest:
-    """The manifest of a dataset repository on the Hub (``HF_ENDPOINT`` honoured; cached)."""
-    from huggingface_hub import hf_hub_download
+    """The manifest of a dataset repository on the Hub (``HF_ENDPOINT`` honoured; cached). Offline, the cached
+    copy; no copy, or no Hub answering: one line naming ``path=`` instead, within seconds."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    return Manifest.model_validate_json(
-        Path(hf_hub_download(repo_id, NAME, repo_type="dataset", revision=revision)).read_bytes()
-    )
+    from .reach import require_hub
+
+    instead = "pass path= a build folder (local, or s3://... with its credentials) to read a copy"
+    if constants.HF_HUB_OFFLINE:
+        try:
+            local = hf_hub_download(repo_id, NAME, repo_type="dataset", revision=revision, local_files_only=True)
+        except (LocalEntryNotFoundError, FileNotFoundError):
+            require_hub(f"read {repo_id}'s manifest", instead)  # raises: offline
+    else:
+        require_hub(f"read {repo_id}'s manifest", instead)
+        local = hf_hub_download(repo_id, NAME, repo_type="dataset", revision=revision)
+    return Manifest.model_validate_json(Path(local).read_bytes())

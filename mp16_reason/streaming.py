@@ -198,6 +198,15 @@ def pair(sample: dict) -> tuple:
     return sample["jpg"], sample["json"]
 
 
+def collate(batch: Sequence[tuple[Any, dict]]) -> dict[str, list]:
+    """``collate_fn`` for a ``DataLoader`` over ``stream()``'s pairs: ``{"images": [...], "records": [...]}``.
+
+    PyTorch's default collate stacks each field across the batch, and a record's fields are not all stackable:
+    ``lat`` may be None, ``entities`` and ``teachers`` have a length of their own per sample. Images stay PIL
+    images for the model's processor, which batches them its own way."""
+    return {"images": [image for image, _ in batch], "records": [record for _, record in batch]}
+
+
 def trl_pair(sample: dict) -> dict:
     from .prompt import trl_row
 

@@ -205,9 +205,10 @@ def test_predict_and_push_fail_at_once_in_one_line_when_the_hub_is_out_of_reach(
     photo = next((out / "sample-input" / "images").glob("*.jpg"))
     err = _one_line_error(cli(["globe_train.cli", "predict", str(photo)], tmp_path, HF_HUB_OFFLINE="1"))
     assert "globe-project/GLOBE-Qwen2.5VL-7B is not in the local Hub cache and HF_HUB_OFFLINE is set" in err
+    assert "--model DIR" in err and "--endpoint URL" in err  # what to do instead
     closed = f"http://127.0.0.1:{free_port()}"
     err = _one_line_error(cli(["globe_train.cli", "predict", str(photo)], tmp_path, HF_ENDPOINT=closed, timeout=60))
-    assert f"the Hub at {closed} does not answer" in err
+    assert f"the Hub at {closed} does not answer" in err and "--model DIR" in err
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.safetensors").write_bytes(b"x")

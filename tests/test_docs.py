@@ -43,3 +43,18 @@ def test_every_relative_link_and_anchor_exists(page):
         assert dest.exists(), f"{page.name}: link to {target} points at nothing"
         if anchor:
             assert anchor in anchors(dest), f"{page.name}: no heading for #{anchor} in {dest.name}"
+
+
+def test_every_column_of_every_published_table_is_documented():
+    """docs/dataset.md names each column of the parquet files a build publishes: a column added to a schema
+    without a word in the docs fails here."""
+    from builders.audit.audit import PAIR_SCHEMA
+    from builders.plane.shards import HASHES_SCHEMA
+    from builders.plane.workfolder import REJECTION_SCHEMA
+
+    text = (ROOT / "docs" / "dataset.md").read_text()
+    for file, schema in (("rejections.parquet", REJECTION_SCHEMA), ("hashes.parquet", HASHES_SCHEMA),
+                         ("audit-pairs.parquet", PAIR_SCHEMA)):  # fmt: skip
+        row = next(line for line in text.splitlines() if line.startswith("| ") and f"`{file}`" in line.split("|")[1])
+        missing = [name for name in schema.names if f"`{name}`" not in row]
+        assert not missing, f"{file}: {missing} not in docs/dataset.md"

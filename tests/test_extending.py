@@ -32,7 +32,9 @@ BLOCK = re.compile(r"```(?:python|toml|yaml)\n# file: (\S+)\n(.*?)```", re.S)
 
 def blocks() -> dict[str, str]:
     found = {path: text for path, text in BLOCK.findall(DOC.read_text())}
-    assert {"pyproject.toml", "recipe.yaml", "geo_extras/ollama.py", "geo_extras/rewards.py"} <= set(found)
+    assert {"pyproject.toml", "recipe.yaml", "make_inputs.py", "geo_extras/ollama.py", "geo_extras/rewards.py"} <= set(
+        found
+    )
     return found
 
 
@@ -103,18 +105,18 @@ class OllamaServer:
 @pytest.mark.slow
 def test_the_pages_teacher_source_and_filter_build_a_dataset(extras, sample_input, tmp_path):
     root, code = extras
-    # The photos in a SQLite file, one of them swapped for a flat grey frame, as a deleted Flickr photo downloads.
+    # The page's inputs, made as it says (the same drawn scenes as sample_input), then one photo swapped for a
+    # flat grey frame, as a deleted Flickr photo downloads.
+    (tmp_path / "make_inputs.py").write_text(code["make_inputs.py"])
+    made = subprocess.run([sys.executable, "make_inputs.py"], capture_output=True, text=True, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
     scenes = [json.loads(x) for x in (sample_input / "scenes.jsonl").read_text().splitlines()]
     scene_of_grey = scenes[5]
     grey = io.BytesIO()
     Image.new("RGB", (320, 240), (204, 204, 204)).save(grey, "JPEG", quality=90)
-    db = sqlite3.connect(tmp_path / "photos.sqlite")
-    db.execute("CREATE TABLE images (name TEXT PRIMARY KEY, data BLOB)")
-    for photo in sorted((sample_input / "images").iterdir()):
-        data = grey.getvalue() if photo.name == scene_of_grey["file"] else photo.read_bytes()
-        db.execute("INSERT INTO images VALUES (?, ?)", (photo.name, data))
-    db.commit()
-    db.close()
+    with sqlite3.connect(tmp_path / "photos.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == len(list((sample_input / "images").iterdir()))
+        db.execute("UPDATE images SET data = ? WHERE name = ?", (grey.getvalue(), scene_of_grey["file"]))
 
     # The page's recipe, its two Ollama teachers pointed at the server, with the test's usual small settings.
     page = yaml.safe_load(code["recipe.yaml"])
@@ -123,7 +125,9 @@ def test_the_pages_teacher_source_and_filter_build_a_dataset(extras, sample_inpu
     recipe = settings.model_dump(mode="json", exclude={"out"})
     recipe["teachers"] = page["teachers"]
     recipe["curation"]["filters"] = page["curation"]["filters"]
-    recipe["input"]["images"] = [str(tmp_path / "photos.sqlite")]
+    recipe["curation"]["grounding"]["model"] = page["curation"]["grounding"]["model"]
+    recipe["input"]["images"] = [str(tmp_path / page["input"]["images"][0])]
+    recipe["input"]["metadata"] = str(tmp_path / page["input"]["metadata"])
 
     reply, _ = scripted_replies(sample_input, settings)
     models = [t["model"] for t in page["teachers"]]

@@ -224,7 +224,7 @@ def write_sample(root: str | Path, n: int = 200) -> Path:
             im.resize((WIDTH * 3 // 4, HEIGHT * 3 // 4), Image.Resampling.LANCZOS).save(images / name, quality=70)
         rows.append([sid, *rows[i][1:3], name, *rows[i][4:]])
         scenes.append(scenes[i] | {"id": sid, "file": name})
-    # What each scene shows, for the authored teacher replies (builders/sample_replies.py).
+    # What each scene shows, for the authored teacher replies (builders/sample/replies.py).
     (root / "scenes.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in scenes))
     # Deliberately bad rows: each exercises one rejection path.
     good = (images / "00000.jpg").read_bytes()

@@ -190,6 +190,13 @@ class Distiller:
         finishing: list[asyncio.Future] = []
         held: list[_Unit] = []
         bar = tqdm(total=n_jobs, unit="ask", desc="teachers", disable=not self.progress)
+        # Curation (filters, the grounding model) runs beside the asking and may lag it: a line of its own, so
+        # a full "teachers" bar with units still curating is not a stall.
+        curated = tqdm(total=len(todo), unit="unit", desc="curation", disable=not self.progress, position=1)
+
+        def curated_one(_: object) -> None:
+            room.release()
+            curated.update(1)
 
         def done(unit: _Unit) -> None:
             if unit.failed:  # kept back, without its images, until the stage knows it may seal quarantines
@@ -198,7 +205,7 @@ class Distiller:
                 room.release()
                 return
             fut = loop.run_in_executor(curation, self._finish, unit)
-            fut.add_done_callback(lambda _: room.release())
+            fut.add_done_callback(curated_one)
             finishing.append(fut)
 
         async def produce() -> None:
@@ -267,6 +274,7 @@ class Distiller:
             # A stopped stage leaves no claim behind: its rerun, or another build, asks those keys at once.
             await loop.run_in_executor(self.db, self.cache.release_all, self.owner)
             bar.close()
+            curated.close()
             curation.shutdown(wait=True)
             self.db.shutdown(wait=True)
             for t in teachers:

@@ -573,3 +573,16 @@ def test_a_reply_cache_that_is_not_sqlite_is_refused_before_any_image_is_prepare
     with pytest.raises(ValueError, match=r"reply cache .*notes\.txt is not a SQLite reply cache .*--teacher-cache"):
         build(recipe, progress=False, log=lambda _: None)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_grounding_model_neither_here_nor_reachable_is_refused_in_a_second(sample_input, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("MP16_TEST_KEY", "k")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    recipe = teacher_recipe(sample_input, tmp_path / "o", "http://127.0.0.1:9/v1", tmp_path / "c.sqlite",
+                            **{"curation.grounding.model": "nvidia/segformer-b2-finetuned-ade-512-512"})  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"curation\.grounding\.model .*HF_HUB_OFFLINE .*bundled:scene-segmenter"):
+        build(recipe, progress=False, log=lambda _: None)
+    assert time.monotonic() - started < 5 and not (tmp_path / "o").exists()

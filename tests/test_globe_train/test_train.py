@@ -168,6 +168,35 @@ def _front(text: str) -> dict:
     return yaml.safe_load(text[4 : text.index("\n---", 4)])
 
 
+@pytest.mark.slow
+def test_training_is_quiet_one_progress_line_and_each_warning_once(tiny_model, sample_build, tmp_path):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "globe_train.cli", "train", "grpo", "--recipe", "tiny-cpu", "--model_name_or_path",
+            str(tiny_model), "--rm_model", str(tiny_model), "--dataset_name", str(sample_build), "--output_dir",
+            str(tmp_path / "run"), "--max_steps", "4", "--max_completion_length", "16"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in (done.stdout + done.stderr).replace("\r", "\n").splitlines() if line.strip()]
+    warnings = [line for line in lines if "Warning:" in line]
+    assert len(warnings) == len(set(warnings)), warnings  # each once, not once a step
+    assert not [line for line in lines if "Downloading data" in line or "Loading weights" in line]
+    assert len([line for line in lines if "'loss'" in line]) == 4 and "its model card: globe card" in done.stdout
+
+
+def test_the_card_command_printed_after_training_runs_as_printed(grpo_run):
+    import shlex
+
+    from globe_train.cli import card_hint
+
+    argv = shlex.split(card_hint(grpo_run))
+    assert argv[:2] == ["globe", "card"]
+    result = CliRunner().invoke(globe, argv[1:])
+    assert result.exit_code == 0, result.output
+    assert (grpo_run / "README.md").exists()
+
+
 @pytest.mark.parametrize(
     ("front", "expected"),
     [

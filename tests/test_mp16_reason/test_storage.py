@@ -56,7 +56,7 @@ def test_the_sample_built_to_s3_has_the_local_shards(local_build, s3_build, s3):
 
 
 @pytest.mark.slow
-def test_validate_card_load_and_stream_on_s3(s3_build, s3, local_build):
+def test_validate_card_load_and_stream_on_s3(s3_build, s3, local_build, tmp_path):
     from mp16_reason import load, stream
 
     env = {**s3.env, "PATH": ""}
@@ -74,6 +74,25 @@ def test_validate_card_load_and_stream_on_s3(s3_build, s3, local_build):
     assert ids == expected
     ds = load(path=s3_build, split="train")
     assert sorted(r["json"]["id"] for r in ds) == expected
+    # Offline is a mode of the Hub, not of object storage: the same build reads with HF_HUB_OFFLINE=1, and the
+    # Hub's own copy fails in one line naming path=, at once.
+    probe = (
+        "import json, time\n"
+        "from mp16_reason import load, stream\n"
+        f"ds = load(path={s3_build!r}, split='train')\n"
+        f"n = sum(1 for _ in stream(split='train', path={s3_build!r}, shuffle=0))\n"
+        "t = time.monotonic()\n"
+        "try:\n    stream()\nexcept ConnectionError as e:\n    err = str(e)\n"
+        "try:\n    load(split='train')\nexcept ConnectionError as e:\n    err2 = str(e)\n"
+        "print(json.dumps({'load': len(ds), 'stream': n, 'err': err, 'err2': err2, 's': time.monotonic() - t}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**run_env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["load"] == seen["stream"] == len(expected)
+    assert "HF_HUB_OFFLINE is set" in seen["err"] and "pass path=" in seen["err"] and "\n" not in seen["err"]
+    assert "pass path=" in seen["err2"] and seen["s"] < 10
     for name in ("manifest.json", "README.md", "rejections.parquet"):
         text = Location(f"{s3_build}/{name}").read_bytes()
         assert SECRET.encode() not in text and KEY.encode() not in text

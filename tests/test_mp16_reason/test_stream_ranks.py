@@ -172,3 +172,18 @@ def test_stream_decodes_pairs(tmp_path):
     )
     [(image, record)] = list(stream(path=tmp_path))
     assert image.size == (8, 6) and record == {"id": "a"}
+
+
+def test_a_dataloader_batches_records_with_the_shipped_collate_where_the_default_fails(sample_build):
+    import torch
+
+    from mp16_reason import collate
+
+    pipeline = stream(split="train", path=sample_build, shuffle=0)
+    batches = list(torch.utils.data.DataLoader(pipeline, batch_size=4, collate_fn=collate))
+    records = [r for b in batches for r in b["records"]]
+    assert len(records) == len({r["id"] for r in records}) > 4
+    assert all(len(b["images"]) == len(b["records"]) <= 4 and b["images"][0].mode == "RGB" for b in batches)
+    # What it is for: PyTorch's own collate cannot stack the records' ragged and nullable fields.
+    with pytest.raises((RuntimeError, TypeError)):
+        list(torch.utils.data.DataLoader(stream(split="train", path=sample_build, shuffle=0), batch_size=4))
