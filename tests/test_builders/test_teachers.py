@@ -264,6 +264,27 @@ def test_tls_to_a_plain_http_port_is_a_one_line_outage(pool):
     assert isinstance(err, TeacherOutage) and "TLS failed" in str(err) and "\n" not in str(err), repr(err)
 
 
+@pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="openssl makes the self-signed certificate")
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_self_signed_certificate_is_a_one_line_outage(pool, tmp_path):
+    import ssl
+    import subprocess
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    srv = TeacherServer(lambda img, req: json.dumps(GOOD))
+    srv.httpd.socket = context.wrap_socket(srv.httpd.socket, server_side=True)
+    with srv:
+        spec = OpenAITeacher(name="t", base_url=srv.url.replace("http://", "https://"), model="m", max_retries=1,
+                             http_client=pool)  # fmt: skip
+        (err,), _ = _ask(spec, _jpeg())
+    assert isinstance(err, TeacherOutage) and "TLS failed" in str(err) and "\n" not in str(err), repr(err)
+    assert srv.n == 0
+
+
 def test_missing_api_key_names_the_variable(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(MissingApiKey, match=r"\$NO_SUCH_KEY_VAR"):
