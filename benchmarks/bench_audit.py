@@ -55,7 +55,9 @@ for name, attr in (("imagededup.methods.cnn", "CNN"), ("imagededup.utils.models"
 from imagededup.methods import PHash
 """
 
-IDD_ENCODE = IDD_PRELUDE + """
+IDD_ENCODE = (
+    IDD_PRELUDE
+    + """
 import json, time
 from pathlib import Path
 files = sorted(Path(sys.argv[1]).glob("*.jpg"))
@@ -66,7 +68,8 @@ for _ in range(int(sys.argv[2])):  # best of passes, CPU of this process (encode
     codes = {f.name: phash.encode_image(image_file=f) for f in files}
     best = min(best, time.process_time() - t0)
 json.dump({"cpu": best, "codes": codes}, sys.stdout)
-"""  # fmt: skip
+"""
+)
 
 IDD_SEARCH = (
     IDD_PRELUDE
@@ -107,8 +110,9 @@ def idd_python(venv: Path) -> str:
         print(f"installing imagededup into {venv} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(venv / "bin" / "pip"), "install", "-q"]
-        subprocess.run([*pip, "numpy", "pillow", "PyWavelets", "scipy", "tqdm", "scikit-learn", "matplotlib"],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            [*pip, "numpy", "pillow", "PyWavelets", "scipy", "tqdm", "scikit-learn", "matplotlib"], check=True
+        )
         subprocess.run([*pip, "--no-deps", "imagededup"], check=True)
     return str(exe)
 
@@ -216,15 +220,33 @@ def build_share(args, work: Path, folder: Path) -> None:
             out = work / "build-out"
             env = {**os.environ, "PYTHONPATH": "" if hashes else str(patch)}
             t0 = machine_cpu()
-            subprocess.run([str(exe), "build", "--metadata", str(meta), "--images", str(folder), "--out", str(out),
-                            "--workers", "1", "--quiet", "--overwrite"], check=True, env=env,
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                [
+                    str(exe),
+                    "build",
+                    "--metadata",
+                    str(meta),
+                    "--images",
+                    str(folder),
+                    "--out",
+                    str(out),
+                    "--workers",
+                    "1",
+                    "--quiet",
+                    "--overwrite",
+                ],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
             cpu[hashes].append((machine_cpu() - t0) / len(files))
         shares.append(cpu[True][-1] / cpu[False][-1] - 1)
     shares.sort()
-    print(f"  a whole build of {len(files)} of them, 1 worker, machine CPU per image: "
-          f"{statistics.median(cpu[False]) * 1e3:.2f} ms, with hashes {statistics.median(cpu[True]) * 1e3:.2f} ms: "
-          f"+{statistics.median(shares):.1%} (passes {shares[0]:+.1%} to {shares[-1]:+.1%})")  # fmt: skip
+    print(
+        f"  a whole build of {len(files)} of them, 1 worker, machine CPU per image: "
+        f"{statistics.median(cpu[False]) * 1e3:.2f} ms, with hashes {statistics.median(cpu[True]) * 1e3:.2f} ms: "
+        f"+{statistics.median(shares):.1%} (passes {shares[0]:+.1%} to {shares[-1]:+.1%})"
+    )
 
 
 def bench_hashing(args, work: Path) -> None:
@@ -265,9 +287,11 @@ def bench_hashing(args, work: Path) -> None:
     # scale gives the budget exactly (no resize to pay for: the thumbnail's pass over the pixels weighs most);
     # and a full-size Flickr original brought to the recipes' 1,003,520 pixels (a fifth as many images).
     few = max(BATCH, args.images // 5)
-    cases = [("MP-16-shaped 640x480, kept", (640, 480), 640 * 480, args.images),
-             ("1024x768, resized to 512x384", (1024, 768), 512 * 384, args.images),
-             ("2048x1536, resized to 1155x866", (2048, 1536), 1_003_520, few)]  # fmt: skip
+    cases = [
+        ("MP-16-shaped 640x480, kept", (640, 480), 640 * 480, args.images),
+        ("1024x768, resized to 512x384", (1024, 768), 512 * 384, args.images),
+        ("2048x1536, resized to 1155x866", (2048, 1536), 1_003_520, few),
+    ]
     for label, size, budget, n_images in cases:
         folder = work / f"photos-{size[0]}x{size[1]}"
         data = mp16_jpegs(folder, n_images, size, 85)
@@ -286,10 +310,12 @@ def bench_hashing(args, work: Path) -> None:
             for key in cpu:
                 per[key].append(cpu[key] / len(data))
         shares.sort(), own.sort()
-        print(f"  {label} ({len(data)} images, {kb:.0f} KB): prepare {statistics.median(per[False]) * 1e6:,.0f} us, "
-              f"with hashes {statistics.median(per[True]) * 1e6:,.0f} us: +{statistics.median(shares):.1%} (passes "
-              f"{shares[0]:+.1%} to {shares[-1]:+.1%}; goal <= 5 %); the hashing itself, timed inside: "
-              f"+{statistics.median(own):.1%} (passes {own[0]:+.1%} to {own[-1]:+.1%})")  # fmt: skip
+        print(
+            f"  {label} ({len(data)} images, {kb:.0f} KB): prepare {statistics.median(per[False]) * 1e6:,.0f} us, "
+            f"with hashes {statistics.median(per[True]) * 1e6:,.0f} us: +{statistics.median(shares):.1%} (passes "
+            f"{shares[0]:+.1%} to {shares[-1]:+.1%}; goal <= 5 %); the hashing itself, timed inside: "
+            f"+{statistics.median(own):.1%} (passes {own[0]:+.1%} to {own[-1]:+.1%})"
+        )
 
     build_share(args, work, work / "photos-640x480")
 
@@ -319,12 +345,15 @@ def bench_hashing(args, work: Path) -> None:
     t_idd = result["cpu"] / len(data)
     print(f"  file -> codes, {len(data)} MP-16-shaped JPEGs:")
     print(f"    ours, 20 codes (pHash+dHash, whole + 9 windows):  {t_ours * 1e6:7,.0f} us")
-    print(f"    imagehash, the same 20 codes:                      {t_ih20 * 1e6:7,.0f} us  "
-          f"({t_ih20 / t_ours:.1f}x ours)")  # fmt: skip
-    print(f"    imagehash.phash, 1 code:                           {t_ih1 * 1e6:7,.0f} us  "
-          f"({t_ih1 / t_ours:.1f}x ours)")  # fmt: skip
-    print(f"    imagededup PHash.encode_image, 1 code:             {t_idd * 1e6:7,.0f} us  "
-          f"({t_idd / t_ours:.1f}x ours)")  # fmt: skip
+    print(
+        f"    imagehash, the same 20 codes:                      {t_ih20 * 1e6:7,.0f} us  ({t_ih20 / t_ours:.1f}x ours)"
+    )
+    print(
+        f"    imagehash.phash, 1 code:                           {t_ih1 * 1e6:7,.0f} us  ({t_ih1 / t_ours:.1f}x ours)"
+    )
+    print(
+        f"    imagededup PHash.encode_image, 1 code:             {t_idd * 1e6:7,.0f} us  ({t_idd / t_ours:.1f}x ours)"
+    )
 
 
 # -- quality ------------------------------------------------------------------------------------------------
@@ -368,8 +397,10 @@ def bench_quality(args, work: Path) -> list[tuple[int, int]]:
         img.draft(img.mode, (1, 1))
         codes.append(window_hashes(img))
     phash, dhash = np.stack([c[0] for c in codes]), np.stack([c[1] for c in codes])
-    print(f"== quality: planted set of {len(files)} images ({args.originals} originals, 2 copies each, "
-          f"2 unrelated look-alikes each)")  # fmt: skip
+    print(
+        f"== quality: planted set of {len(files)} images ({args.originals} originals, 2 copies each, "
+        f"2 unrelated look-alikes each)"
+    )
     rows = []
     for label, exact in (("ours, exhaustive search", True), ("ours, the index used at scale", False)):
         found = search.within(phash, dhash, MAX_PHASH, MAX_DHASH, exact=exact)
@@ -377,15 +408,29 @@ def bench_quality(args, work: Path) -> list[tuple[int, int]]:
         recall, precision, n_true = scores(pairs, groups)
         rows.append((label, recall, precision))
         if exact:
-            truth_pairs = [(int(p), int(d)) for a, b, p, d in zip(found.a, found.b, found.phash, found.dhash)
-                           if groups[a] >= 0 and groups[a] == groups[b]]  # fmt: skip
+            truth_pairs = [
+                (int(p), int(d))
+                for a, b, p, d in zip(found.a, found.b, found.phash, found.dhash)
+                if groups[a] >= 0 and groups[a] == groups[b]
+            ]
     result = run_json([idd_python(Path(args.idd_venv)), "-c", IDD_ENCODE, str(folder), "1"])
     idd_codes = np.array([int(result["codes"][p.name], 16) for p in files], np.uint64)
     np.save(work / "idd-quality.npy", idd_codes)
     out = work / "idd-quality-pairs.npy"
     idd_python_exe = idd_python(Path(args.idd_venv))
-    subprocess.run([idd_python_exe, "-c", IDD_SEARCH, str(work / "idd-quality.npy"), str(IDD_THRESHOLD),
-                    "brute_force_cython", str(out)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            idd_python_exe,
+            "-c",
+            IDD_SEARCH,
+            str(work / "idd-quality.npy"),
+            str(IDD_THRESHOLD),
+            "brute_force_cython",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     idd_pairs = {(int(a), int(b)) for a, b in np.load(out)}
     recall, precision, _ = scores(idd_pairs, groups)
     rows.append((f"imagededup PHash, threshold {IDD_THRESHOLD}", recall, precision))
@@ -441,8 +486,10 @@ def recall_of(found: np.ndarray, planted: np.ndarray) -> float:
 
 def bench_search(args, work: Path, distances: list[tuple[int, int]]) -> None:
     py = idd_python(Path(args.idd_venv))
-    print(f"== search: all pairs within pHash {MAX_PHASH} (ours: and dHash {MAX_DHASH}); synthetic hashes, "
-          f"1 % planted twins; each a fresh process")  # fmt: skip
+    print(
+        f"== search: all pairs within pHash {MAX_PHASH} (ours: and dHash {MAX_DHASH}); synthetic hashes, "
+        f"1 % planted twins; each a fresh process"
+    )
     print(f"  {'images':>10} {'tool':<34} {'seconds':>9} {'peak RSS':>10} {'recall':>7}  ratio")
     idd_rate = None
     for n in sorted(set(args.idd_sizes) | set(args.sizes)):
@@ -451,23 +498,44 @@ def bench_search(args, work: Path, distances: list[tuple[int, int]]) -> None:
         np.save(work / "d.npy", dhash)
         np.save(work / "whole.npy", phash[:, 0].copy())
         del phash, dhash
-        ours = run_json([sys.executable, "-c", OURS_SEARCH, str(ROOT), str(work / "p.npy"),
-                                           str(work / "d.npy"), str(MAX_PHASH), str(MAX_DHASH),
-                                           str(work / "ours.npy")])  # fmt: skip
+        ours = run_json(
+            [
+                sys.executable,
+                "-c",
+                OURS_SEARCH,
+                str(ROOT),
+                str(work / "p.npy"),
+                str(work / "d.npy"),
+                str(MAX_PHASH),
+                str(MAX_DHASH),
+                str(work / "ours.npy"),
+            ]
+        )
         mode = "exhaustive" if ours["exact"] else "multi-index"
         ratio = ""
         if n in args.idd_sizes:
-            cmd = [py, "-c", IDD_SEARCH, str(work / "whole.npy"), str(IDD_THRESHOLD), args.idd_method,
-                   str(work / "idd.npy")]  # fmt: skip
+            cmd = [
+                py,
+                "-c",
+                IDD_SEARCH,
+                str(work / "whole.npy"),
+                str(IDD_THRESHOLD),
+                args.idd_method,
+                str(work / "idd.npy"),
+            ]
             theirs = run_json(cmd)
             idd_rate = theirs["seconds"] / n**2  # brute force: every pair
-            print(f"  {n:>10,} {'imagededup ' + args.idd_method:<34} {theirs['seconds']:>9.1f} "
-                  f"{theirs['peak_mb']:>8,.0f}MB {recall_of(np.load(work / 'idd.npy'), planted):>7.3f}")  # fmt: skip
+            print(
+                f"  {n:>10,} {'imagededup ' + args.idd_method:<34} {theirs['seconds']:>9.1f} "
+                f"{theirs['peak_mb']:>8,.0f}MB {recall_of(np.load(work / 'idd.npy'), planted):>7.3f}"
+            )
             ratio = f"{theirs['seconds'] / ours['seconds']:.1f}x"
         elif idd_rate:
             ratio = f"{idd_rate * n**2 / ours['seconds']:.0f}x (imagededup extrapolated: {idd_rate * n**2:,.0f} s)"
-        print(f"  {n:>10,} {'ours, ' + mode:<34} {ours['seconds']:>9.1f} {ours['peak_mb']:>8,.0f}MB "
-              f"{recall_of(np.load(work / 'ours.npy'), planted):>7.3f}  {ratio}")  # fmt: skip
+        print(
+            f"  {n:>10,} {'ours, ' + mode:<34} {ours['seconds']:>9.1f} {ours['peak_mb']:>8,.0f}MB "
+            f"{recall_of(np.load(work / 'ours.npy'), planted):>7.3f}  {ratio}"
+        )
 
 
 def main() -> None:
@@ -477,8 +545,13 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=7, help="alternating passes with and without the hashes")
     ap.add_argument("--build-passes", type=int, default=4, help="whole builds with and without the hashes")
     ap.add_argument("--originals", type=int, default=200, help="originals in the planted set (5 images each)")
-    ap.add_argument("--idd-sizes", type=int, nargs="*", default=[10_000, 25_000, 50_000],
-                    help="sizes at which imagededup searches too (its time grows with the square)")  # fmt: skip
+    ap.add_argument(
+        "--idd-sizes",
+        type=int,
+        nargs="*",
+        default=[10_000, 25_000, 50_000],
+        help="sizes at which imagededup searches too (its time grows with the square)",
+    )
     ap.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, MP16_PRO], help="sizes for ours alone")
     ap.add_argument("--idd-method", default="brute_force_cython", choices=["brute_force_cython", "bktree"])
     ap.add_argument("--idd-venv", default=os.path.join(tempfile.gettempdir(), "imagededup-venv"))

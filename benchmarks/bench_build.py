@@ -306,8 +306,9 @@ def main() -> None:
         wall = statistics.median(r[0] for r in results)
         one, total = max(r[1] for r in results), max(r[2] for r in results)
         per_image = statistics.median(cpu[name]) / args.images * 1e3
-        print(f"  {name}   {args.images / wall:8.1f}   {wall:6.1f}   {per_image:8.2f} ms   "
-              f"{one:6.0f} MB, {total:6.0f} MB")  # fmt: skip
+        print(
+            f"  {name}   {args.images / wall:8.1f}   {wall:6.1f}   {per_image:8.2f} ms   {one:6.0f} MB, {total:6.0f} MB"
+        )
     ratios = [i2d[0] / our[0] for i2d, our in zip(runs["img2dataset"], runs["mp16-reason"])]
     spread = f" (runs: {min(ratios):.2f}-{max(ratios):.2f}x)" if len(ratios) > 1 else ""
     goal = 2.0 if keep else 1.2

@@ -30,10 +30,28 @@ def _build(tmp: Path) -> Path:
 
 
 def _argv(args, build: Path, out: Path) -> list[str]:
-    argv = ["--recipe", "tiny-cpu", "--dataset_name", str(build), "--output_dir", str(out), "--max_steps",
-            str(args.steps), "--max_completion_length", str(args.max_completion_length), "--num_generations",
-            str(args.num_generations), "--per_device_train_batch_size", str(args.batch), "--max_samples",
-            str(args.steps * args.batch), "--log_completions", "false", "--logging_steps", "1"]  # fmt: skip
+    argv = [
+        "--recipe",
+        "tiny-cpu",
+        "--dataset_name",
+        str(build),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(args.steps),
+        "--max_completion_length",
+        str(args.max_completion_length),
+        "--num_generations",
+        str(args.num_generations),
+        "--per_device_train_batch_size",
+        str(args.batch),
+        "--max_samples",
+        str(args.steps * args.batch),
+        "--log_completions",
+        "false",
+        "--logging_steps",
+        "1",
+    ]
     if args.model:
         argv += ["--model_name_or_path", args.model, "--rm_model", args.model]
     if args.bf16:
@@ -66,8 +84,13 @@ def anchor(args, build: Path, tmp: Path) -> list[float]:
     script, cfg, model_args = parse(grpo.ARGS, _argv(args, build, tmp / "trl"))
     cfg.reward_weights = None
     model, processor = load_model(model_args, cfg)
-    trainer = GRPOTrainer(model=model, reward_funcs=[think_format_reward], args=cfg,
-                          train_dataset=training_dataset(script, "grpo"), processing_class=processor)  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[think_format_reward],
+        args=cfg,
+        train_dataset=training_dataset(script, "grpo"),
+        processing_class=processor,
+    )
     trainer.train()
     return _step_times(trainer.state.log_history)
 
@@ -90,8 +113,10 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.bf16 else "CPU"
-    print(f"GRPO step ({args.model or 'bundled tiny model'}, {device}, {args.batch} completions/step, "
-          f"{args.num_generations} generations, {args.max_completion_length} new tokens)")  # fmt: skip
+    print(
+        f"GRPO step ({args.model or 'bundled tiny model'}, {device}, {args.batch} completions/step, "
+        f"{args.num_generations} generations, {args.max_completion_length} new tokens)"
+    )
     print(f"  TRL alone, format reward            {t_anchor * 1e3:8.1f} ms/step   anchor")
     print(f"  globe train grpo, five rewards + RM {t_ours * 1e3:8.1f} ms/step   {t_ours / t_anchor:5.2f}x the time")
 

@@ -91,8 +91,10 @@ def main() -> None:
                     (lambda: pool.request("GET", url).data) if name.startswith("urllib3") else (lambda: ours.fetch(url))
                 )
                 runs[name].append(cpu_per_request(fetch, args.requests))
-        print(f"{args.requests:,} GETs of {args.bytes:,} bytes over one kept-alive loopback connection, "
-              f"client CPU per request (median of {args.repeats} alternating runs)")  # fmt: skip
+        print(
+            f"{args.requests:,} GETs of {args.bytes:,} bytes over one kept-alive loopback connection, "
+            f"client CPU per request (median of {args.repeats} alternating runs)"
+        )
         for name, values in runs.items():
             print(f"  {name:<24} {statistics.median(values):7.1f} us   (runs {min(values):.1f}-{max(values):.1f})")
         ratios = [a / b for a, b in zip(runs["urllib3 PoolManager"], runs["mp16-reason UrlSource"])]

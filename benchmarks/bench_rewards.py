@@ -12,9 +12,17 @@ import time
 from globe_train.rewards import format_reward, geo_accuracy, visual_grounding
 
 ANSWERS = [
-    ("United Kingdom", "London"), ("UK", "London"), ("France", "Paris"), ("USA", "NYC"), ("Japan", "Kyoto"),
-    ("Germany", "München"), ("Brazil", "Rio de Janeiro"), ("", ""), ("Spain", "unknown"), ("Italy", "Roma"),
-]  # fmt: skip
+    ("United Kingdom", "London"),
+    ("UK", "London"),
+    ("France", "Paris"),
+    ("USA", "NYC"),
+    ("Japan", "Kyoto"),
+    ("Germany", "München"),
+    ("Brazil", "Rio de Janeiro"),
+    ("", ""),
+    ("Spain", "unknown"),
+    ("Italy", "Roma"),
+]
 TRUTH = [("United Kingdom", "London"), ("France", "Paris"), ("United States", "New York City"), ("Japan", "Tokyo")]
 
 

@@ -44,8 +44,11 @@ def mp16_ids(n: int) -> np.ndarray:
     photo = 1_000_000_000 + rng.permutation(n).astype(np.int64) * 7
     hexes = rng.integers(0, 65536, n)
     return np.char.add(
-        np.char.add(np.char.add(np.char.mod("%02x/", hexes >> 8), np.char.mod("%02x/", hexes & 255)),
-                    photo.astype(str)), ".jpg")  # fmt: skip
+        np.char.add(
+            np.char.add(np.char.mod("%02x/", hexes >> 8), np.char.mod("%02x/", hexes & 255)), photo.astype(str)
+        ),
+        ".jpg",
+    )
 
 
 def make_csv(rows: int) -> Path:
@@ -63,8 +66,13 @@ def make_csv(rows: int) -> Path:
     lon = np.clip(coords[pick, 1] + rng.normal(0, 0.01, rows), -180, 180).round(6)
     table = {"IMG_ID": mp16_ids(rows), "LAT": lat, "LON": lon}
     for name, value in zip(["neighbourhood", "city", "county", "state", "region", "country", "continent"], LABELS):
-        table[name] = pa.array([value] * rows) if rows < 10 else pa.repeat(value, rows) if hasattr(pa, "repeat") \
-            else pa.array(np.full(rows, value, dtype=object))  # fmt: skip
+        table[name] = (
+            pa.array([value] * rows)
+            if rows < 10
+            else pa.repeat(value, rows)
+            if hasattr(pa, "repeat")
+            else pa.array(np.full(rows, value, dtype=object))
+        )
     tmp = path.with_suffix(".tmp")
     pacsv.write_csv(pa.table(table), tmp)
     tmp.rename(path)
@@ -152,8 +160,10 @@ def bench_ingest(rows: int) -> None:
     for label, code in (("pandas.read_csv(dtype=str)", PANDAS), ("mp16-reason ingest stage", INGEST)):
         r = _child(code.format(root=root, path=str(path)))
         results[label] = r
-        print(f"  {label:<26} {r['wall']:6.1f} s   peak RSS {r['rss_mb']:7,.0f} MB   "
-              f"{r['rows']:,} rows + {r['rejected']:,} rejected = {r['input']:,}")  # fmt: skip
+        print(
+            f"  {label:<26} {r['wall']:6.1f} s   peak RSS {r['rss_mb']:7,.0f} MB   "
+            f"{r['rows']:,} rows + {r['rejected']:,} rejected = {r['input']:,}"
+        )
     a, b = results.values()
     print(
         f"  ours: the whole stage in {b['wall']:.1f} s (goal <= 20 s) at {b['rss_mb']:,.0f} MB (goal <= 1,000 MB); "
@@ -211,8 +221,7 @@ def bench_units(rows: int) -> None:
     from builders.sources import image_sources, index_path
 
     csv_path = make_csv(rows)
-    ids = pq.read_table(csv_path.with_suffix(".ids.parquet")) if csv_path.with_suffix(".ids.parquet").exists() \
-        else None  # fmt: skip
+    ids = pq.read_table(csv_path.with_suffix(".ids.parquet")) if csv_path.with_suffix(".ids.parquet").exists() else None
     if ids is None:
         import pyarrow.csv as pacsv
 
@@ -225,8 +234,9 @@ def bench_units(rows: int) -> None:
         with tar.open("wb") as fh:
             fh.truncate(rows * 82_432 + 1024)
     out = WORK / f"units-{rows}"
-    recipe = load_recipe(None, {"input.metadata": str(csv_path), "input.images": [str(tar)], "out": str(out),
-                                "input.format": "mp16pro"})  # fmt: skip
+    recipe = load_recipe(
+        None, {"input.metadata": str(csv_path), "input.images": [str(tar)], "out": str(out), "input.format": "mp16pro"}
+    )
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)  # a clean build folder: the index below must not be swept away
@@ -237,10 +247,18 @@ def bench_units(rows: int) -> None:
     build.work.mkdir()
     if not index.exists():
         offsets = pa.array(range(512, rows * 82_432, 82_432)[:rows], pa.int64())
-        pq.write_table(pa.table({"name": names, "offset": offsets, "size": pa.repeat(80_000, rows)
-                                 if hasattr(pa, "repeat") else pa.array([80_000] * rows, pa.int64()),
-                                 "method": pa.array([0] * rows, pa.int64()),
-                                 "url": pa.nulls(rows, pa.string())}), str(index))  # fmt: skip
+        pq.write_table(
+            pa.table(
+                {
+                    "name": names,
+                    "offset": offsets,
+                    "size": pa.repeat(80_000, rows) if hasattr(pa, "repeat") else pa.array([80_000] * rows, pa.int64()),
+                    "method": pa.array([0] * rows, pa.int64()),
+                    "url": pa.nulls(rows, pa.string()),
+                }
+            ),
+            str(index),
+        )
     build._check_out_dir(False)
     if not (build.work / "ingest.parquet").exists():
         t = time.perf_counter()
@@ -280,8 +298,21 @@ def bench_build(rows: int, n_images: int, workers: int) -> None:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "builders.cli", "build", "--metadata", str(csv_path), "--images", str(tar),
-           "--out", str(out), "--workers", str(workers), "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "builders.cli",
+        "build",
+        "--metadata",
+        str(csv_path),
+        "--images",
+        str(tar),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--quiet",
+    ]
     wall, peak_one, peak_all = run_timed(cmd)
     manifest = json.loads((out / "manifest.json").read_text())
     t = manifest["totals"]

@@ -41,9 +41,17 @@ from mp16_reason.jpeg import jpeg_data_url  # noqa: E402
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, to_json_bytes  # noqa: E402
 
 REPLY = json.dumps(
-    {"localizable": True, "localizability": 0.9, "reasoning": "A sign.", "entities": [], "country": "France",
-     "city": "Paris", "lat": None, "lon": None}
-)  # fmt: skip
+    {
+        "localizable": True,
+        "localizability": 0.9,
+        "reasoning": "A sign.",
+        "entities": [],
+        "country": "France",
+        "city": "Paris",
+        "lat": None,
+        "lon": None,
+    }
+)
 
 
 def _jpeg(rng: np.random.Generator, w: int, h: int) -> bytes:
@@ -66,8 +74,16 @@ def write_units(work: Path, n: int, size: tuple[int, int], unit_size: int = 1000
         for i in range(u * unit_size, min(n, (u + 1) * unit_size)):
             jpg = images[i % len(images)]
             sha = hashlib.sha256(f"{i}".encode()).hexdigest()  # distinct keys, even where the bytes repeat
-            rec = Sample(id=f"b{i}", lat=48.85, lon=2.35, country="France", city="Paris", split="train",
-                         image=ImageInfo(width=size[0], height=size[1], sha256=sha), build=BuildInfo())  # fmt: skip
+            rec = Sample(
+                id=f"b{i}",
+                lat=48.85,
+                lon=2.35,
+                country="France",
+                city="Paris",
+                split="train",
+                image=ImageInfo(width=size[0], height=size[1], sha256=sha),
+                build=BuildInfo(),
+            )
             row = (i, f"b{i}", "ok", "", "", "train", sha, jpg, to_json_bytes(rec), 0)
             for k, v in zip(UNIT_SCHEMA.names, row):
                 cols[k].append(v)
@@ -103,10 +119,15 @@ def serve(latency: float, cap: int) -> None:
     requests at once, answers a chat completion. It stands for a remote server: an asyncio loop that neither
     parses nor decodes the payload, so the CPU it takes from the stage on this machine stays small."""
     body = json.dumps(
-        {"id": "bench", "object": "chat.completion", "created": 0, "model": "bench",
-         "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
-         "usage": {"prompt_tokens": 500, "completion_tokens": 50, "total_tokens": 550}}
-    ).encode()  # fmt: skip
+        {
+            "id": "bench",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "bench",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 500, "completion_tokens": 50, "total_tokens": 550},
+        }
+    ).encode()
     response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     served = 0
 
@@ -119,9 +140,10 @@ def serve(latency: float, cap: int) -> None:
                 while True:  # one keep-alive connection: request after request
                     head = await reader.readuntil(b"\r\n\r\n")
                     length = next(
-                        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
                         if line.lower().startswith(b"content-length:")
-                    )  # fmt: skip
+                    )
                     await reader.readexactly(length)
                     async with gate:
                         await asyncio.sleep(latency)
@@ -184,8 +206,18 @@ def memory_child(n: int, root: Path) -> None:
     seconds = time.perf_counter() - t0
     peak = peak_rss_mb()
     sent = sum(u.requests for u in d.usage.values())
-    print(json.dumps({"n": n, "sent": sent, "hits": sum(d.hits.values()), "seconds": seconds,
-                      "rss_before_mb": rss_before, "peak_mb": peak}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "sent": sent,
+                "hits": sum(d.hits.values()),
+                "seconds": seconds,
+                "rss_before_mb": rss_before,
+                "peak_mb": peak,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -208,9 +240,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         srv = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(lat), str(c)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, __file__, "--serve", str(lat), str(c)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         url = srv.stdout.readline().strip()
         print(f"endpoint: latency {lat} s, cap {c}: C/L = {ideal:.1f} requests/s; {args.n} images of 640x480")
         shas = write_units(tmp / "w" / ".work", args.n, (640, 480))
@@ -236,8 +270,10 @@ def main() -> None:
         for n in args.queued:
             out = subprocess.run(
                 [sys.executable, __file__, "--memory-child", str(n), "--dir", str(tmp / f"m{n}")],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             m = json.loads(out.stdout.strip().splitlines()[-1])
             print(
                 f"  {n:>7,} queued jobs, all cached: peak RSS {m['peak_mb']:.0f} MB "

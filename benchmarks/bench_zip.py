@@ -65,9 +65,11 @@ def main() -> None:
             assert ours() == stdlib() and len(full) == args.images
             t_std = best_of(stdlib, args.repeat)
             t_ours = best_of(ours, args.repeat)
-            print(f"  {label:<9} zipfile, archive order {args.images / t_std:>9,.0f} img/s   "
-                  f"ours, random order (index included) {args.images / t_ours:>9,.0f} img/s   "
-                  f"ratio {t_std / t_ours:.2f}x")  # fmt: skip
+            print(
+                f"  {label:<9} zipfile, archive order {args.images / t_std:>9,.0f} img/s   "
+                f"ours, random order (index included) {args.images / t_ours:>9,.0f} img/s   "
+                f"ratio {t_std / t_ours:.2f}x"
+            )
             os.remove(path)
 
 

@@ -217,10 +217,15 @@ def card(directory: str, repo: str | None) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--against", "against", multiple=True, metavar="[NAME=]PATH[,IMAGES]",
-              help="Also look for the build's photos here (repeatable): another build, a folder or .tar of images, "
-              "or a benchmark CSV (IMG_ID,...) with its images after a comma, e.g. "
-              "im2gps3k=im2gps3k_places365.csv,im2gps3ktest.")  # fmt: skip
+@click.option(
+    "--against",
+    "against",
+    multiple=True,
+    metavar="[NAME=]PATH[,IMAGES]",
+    help="Also look for the build's photos here (repeatable): another build, a folder or .tar of images, "
+    "or a benchmark CSV (IMG_ID,...) with its images after a comma, e.g. "
+    "im2gps3k=im2gps3k_places365.csv,im2gps3ktest.",
+)
 @click.option("--max-phash", type=int, help="Near-duplicate pHash distance (default: the build's recipe, 10).")
 @click.option("--max-dhash", type=int, help="Near-duplicate dHash distance (default: the build's recipe, 12).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -453,8 +458,9 @@ def cache_import_results(results: str, path: str | None) -> None:
 @click.option("--key", "keys", multiple=True, help="Only the reply under this cache key (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Count what would be dropped; drop nothing.")
 @_cache_option
-def cache_drop(models: tuple[str, ...], reason: str | None, keys: tuple[str, ...], dry_run: bool,
-               path: str | None) -> None:  # fmt: skip
+def cache_drop(
+    models: tuple[str, ...], reason: str | None, keys: tuple[str, ...], dry_run: bool, path: str | None
+) -> None:
     """Drop cached replies, so that the next build asks for them again.
 
     

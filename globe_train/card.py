@@ -81,8 +81,11 @@ def base_license(base: str) -> tuple[dict[str, str], str]:
             return {k: v for k, v in found.items() if v}, f"The base model's license (`{found['license']}`)"
         reason = "its card names no license" if card else "it is a test model"
     name = base if is_hub_id(base) else Path(base).name
-    return {"license": "other"}, f"Unknown: the base model `{name}`'s license could not be read ({reason}); " \
-        "check its terms before using or sharing this model"  # fmt: skip
+    return (
+        {"license": "other"},
+        f"Unknown: the base model `{name}`'s license could not be read ({reason}); "
+        "check its terms before using or sharing this model",
+    )
 
 
 def card_data(run: dict, model_name: str, evals: list[dict], license: dict[str, str] | None = None) -> ModelCardData:
@@ -124,8 +127,12 @@ def comparable(report: dict, baseline: dict) -> bool:
     """Scored by the same command on the same thing: benchmark, dataset (and revision), protocol, item count."""
 
     def key(r: dict) -> tuple:
-        return (r.get("benchmark"), json.dumps(r.get("dataset"), sort_keys=True),
-                (r.get("protocol") or {}).get("name"), r.get("n"))  # fmt: skip
+        return (
+            r.get("benchmark"),
+            json.dumps(r.get("dataset"), sort_keys=True),
+            (r.get("protocol") or {}).get("name"),
+            r.get("n"),
+        )
 
     return key(report) == key(baseline)
 
@@ -160,9 +167,11 @@ def render(
     rewards = []
     for name, weight in (run.get("rewards") or {}).items():
         text = REWARD_TEXT.get(name, "").format(
-            city=args.get("geo_city_reward"), country=args.get("geo_country_reward"), rule=args.get("geo_rule"),
+            city=args.get("geo_city_reward"),
+            country=args.get("geo_country_reward"),
+            rule=args.get("geo_rule"),
             scale=args.get("coordinate_scale_km"),
-        )  # fmt: skip
+        )
         rewards.append((name, weight, text))
     summary = {
         "grpo": f"{model_name} is GLOBE: a vision-language model trained with reinforcement learning to work out "

@@ -60,31 +60,60 @@ def _model_options(task: str):
     from .released import DEFAULT_MODEL
 
     def decorate(f):
-        for option in reversed([
-            click.option("--model", default=DEFAULT_MODEL, show_default=True,
-                         help="A Hub id or local folder run with transformers; the paper's released checkpoints "
-                         "are globe-project/GLOBE-Qwen2.5VL-7B and globe-project/GLOBE-InternVL3-8B."),
-            click.option("--model-revision" if task == "eval" else "--revision", "model_revision",
-                         help="Pin the model's revision (branch, tag or commit)."),
-            click.option("--endpoint", help="Base URL of an OpenAI-compatible server (vLLM, transformers serve) "
-                         "to ask instead of running the model here, e.g. http://localhost:8000/v1."),
-            click.option("--endpoint-model", help="Model name to request from --endpoint (default: --model)."),
-            click.option("--api-key-env", metavar="VAR",
-                         help="Variable holding --endpoint's API key, e.g. OPENAI_API_KEY; leave out for local "
-                         "servers without keys."),
-            click.option("--protocol", type=click.Choice(list(PROTOCOLS[task])), default="ours", show_default=True,
-                         help="How the model is asked: ours (the training prompt, greedy), or globe-release (the "
-                         "official release's prompt, message order, image encoding and sampling, exactly)."),
-            click.option("--max-new-tokens", type=int, help="Tokens to generate (default: the protocol's, 512)."),
-        ]):  # fmt: skip
+        for option in reversed(
+            [
+                click.option(
+                    "--model",
+                    default=DEFAULT_MODEL,
+                    show_default=True,
+                    help="A Hub id or local folder run with transformers; the paper's released checkpoints "
+                    "are globe-project/GLOBE-Qwen2.5VL-7B and globe-project/GLOBE-InternVL3-8B.",
+                ),
+                click.option(
+                    "--model-revision" if task == "eval" else "--revision",
+                    "model_revision",
+                    help="Pin the model's revision (branch, tag or commit).",
+                ),
+                click.option(
+                    "--endpoint",
+                    help="Base URL of an OpenAI-compatible server (vLLM, transformers serve) "
+                    "to ask instead of running the model here, e.g. http://localhost:8000/v1.",
+                ),
+                click.option("--endpoint-model", help="Model name to request from --endpoint (default: --model)."),
+                click.option(
+                    "--api-key-env",
+                    metavar="VAR",
+                    help="Variable holding --endpoint's API key, e.g. OPENAI_API_KEY; leave out for local "
+                    "servers without keys.",
+                ),
+                click.option(
+                    "--protocol",
+                    type=click.Choice(list(PROTOCOLS[task])),
+                    default="ours",
+                    show_default=True,
+                    help="How the model is asked: ours (the training prompt, greedy), or globe-release (the "
+                    "official release's prompt, message order, image encoding and sampling, exactly).",
+                ),
+                click.option("--max-new-tokens", type=int, help="Tokens to generate (default: the protocol's, 512)."),
+            ]
+        ):
             f = option(f)
         return f
 
     return decorate
 
 
-def _predictor(task: str, model, model_revision, endpoint, endpoint_model, api_key_env, protocol, max_new_tokens,
-               concurrency: int = 16):  # fmt: skip
+def _predictor(
+    task: str,
+    model,
+    model_revision,
+    endpoint,
+    endpoint_model,
+    api_key_env,
+    protocol,
+    max_new_tokens,
+    concurrency: int = 16,
+):
     """The predictor the options name; a model that cannot be had or run here is one line naming the fix."""
     from .predictors import EndpointPredictor, TransformersPredictor
     from .protocols import protocol as preset
@@ -103,8 +132,11 @@ def _predictor(task: str, model, model_revision, endpoint, endpoint_model, api_k
 
 @main.command("eval")
 @click.argument("benchmark", type=click.Choice(["mp16-reason-test", "im2gps3k", "yfcc4k", "osv5m", "csv"]))
-@click.option("--data", help="The benchmark's CSV (IMG_ID/id, LAT/latitude, LON/longitude); for mp16-reason-test "
-              "a local build folder, or nothing for the Hub dataset.")  # fmt: skip
+@click.option(
+    "--data",
+    help="The benchmark's CSV (IMG_ID/id, LAT/latitude, LON/longitude); for mp16-reason-test "
+    "a local build folder, or nothing for the Hub dataset.",
+)
 @click.option("--revision", help="Pin the Hub benchmark's revision (mp16-reason-test without --data).")
 @click.option("--images", type=click.Path(file_okay=False), help="Folder of the images (default: beside --data).")
 @_model_options("eval")
@@ -116,16 +148,40 @@ def _predictor(task: str, model, model_revision, endpoint, endpoint_model, api_k
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for predictions and metrics.")
 @click.option("--limit", type=int, help="Only the first N items.")
-@click.option("--exclude-overlap", "exclude_overlap", type=click.Path(exists=True), metavar="AUDIT",
-              help="An audit of the training build against this benchmark (its audit.json, or the build folder): "
-              "also report the scores without the items the training set already holds.")  # fmt: skip
+@click.option(
+    "--exclude-overlap",
+    "exclude_overlap",
+    type=click.Path(exists=True),
+    metavar="AUDIT",
+    help="An audit of the training build against this benchmark (its audit.json, or the build folder): "
+    "also report the scores without the items the training set already holds.",
+)
 @click.option("--overlap-name", help="The benchmark's name in that audit (default: the benchmark's, e.g. im2gps3k).")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for 95% intervals (0: off).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_cmd(benchmark, data, revision, images, model, model_revision, endpoint, endpoint_model, api_key_env,
-             protocol, max_new_tokens, concurrency, predictions, out, limit, exclude_overlap, overlap_name, bootstrap,
-             seed, quiet) -> None:  # fmt: skip
+def eval_cmd(
+    benchmark,
+    data,
+    revision,
+    images,
+    model,
+    model_revision,
+    endpoint,
+    endpoint_model,
+    api_key_env,
+    protocol,
+    max_new_tokens,
+    concurrency,
+    predictions,
+    out,
+    limit,
+    exclude_overlap,
+    overlap_name,
+    bootstrap,
+    seed,
+    quiet,
+) -> None:
     """Evaluate a model, an endpoint or a predictions file on a geo-localization benchmark, offline.
 
     \b
@@ -154,8 +210,17 @@ def eval_cmd(benchmark, data, revision, images, model, model_revision, endpoint,
         if predictions:
             predictor = FilePredictor(predictions)
         else:
-            predictor = _predictor("eval", model, model_revision, endpoint, endpoint_model, api_key_env, protocol,
-                                   max_new_tokens, concurrency)  # fmt: skip
+            predictor = _predictor(
+                "eval",
+                model,
+                model_revision,
+                endpoint,
+                endpoint_model,
+                api_key_env,
+                protocol,
+                max_new_tokens,
+                concurrency,
+            )
         report = evaluate(bench, predictor, out, bootstrap=bootstrap, seed=seed, progress=not quiet, exclude=exclude)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -266,8 +331,9 @@ def quick_help(method: str) -> str:
 
     from . import configs
 
-    script = {"grpo": configs.GRPOScriptArguments, "sft": configs.SFTScriptArguments,
-              "rm": configs.RMScriptArguments}[method]  # fmt: skip
+    script = {"grpo": configs.GRPOScriptArguments, "sft": configs.SFTScriptArguments, "rm": configs.RMScriptArguments}[
+        method
+    ]
     lines = [
         f"Usage: globe train {method} --recipe NAME | --config PATH [--FIELD VALUE ...]",
         "",
@@ -296,11 +362,21 @@ def quick_help(method: str) -> str:
 @main.command()
 @click.argument("ckpt", type=click.Path(exists=True, file_okay=False))
 @click.option("--repo", required=True, help="The Hub id the card speaks of, e.g. me/GLOBE-Qwen2.5-VL-7B.")
-@click.option("--eval", "evals", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="A `globe eval` metrics.json to report (repeatable); CKPT/eval/*/metrics.json too.")  # fmt: skip
-@click.option("--baseline", "baselines", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="The released checkpoint's metrics.json from the same `globe eval` command, shown beside this "
-              "model's (repeatable).")  # fmt: skip
+@click.option(
+    "--eval",
+    "evals",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A `globe eval` metrics.json to report (repeatable); CKPT/eval/*/metrics.json too.",
+)
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The released checkpoint's metrics.json from the same `globe eval` command, shown beside this "
+    "model's (repeatable).",
+)
 def card(ckpt: str, repo: str, evals: tuple[str, ...], baselines: tuple[str, ...]) -> None:
     """Render CKPT/README.md, the model card, from the run record and evaluation reports.
 
@@ -358,10 +434,20 @@ def push(ckpt, repo, space, revision, private, no_card, message) -> None:
 
 
 @main.command()
-@click.option("--model", "models", multiple=True, help="A model the demo offers (repeatable; the first is the "
-              "default): a released checkpoint, a Hub id or a local folder. Default: the released ones.")  # fmt: skip
-@click.option("--protocol", type=click.Choice(["ours", "globe-release"]), default="globe-release", show_default=True,
-              help="How the model is asked (globe-release: as the release's own demo asks).")  # fmt: skip
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="A model the demo offers (repeatable; the first is the "
+    "default): a released checkpoint, a Hub id or a local folder. Default: the released ones.",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["ours", "globe-release"]),
+    default="globe-release",
+    show_default=True,
+    help="How the model is asked (globe-release: as the release's own demo asks).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 to serve others).")
 @click.option("--port", default=7860, show_default=True)
 @click.option("--share", is_flag=True, help="Also open a temporary public gradio.live link.")
@@ -399,8 +485,9 @@ def demo(models, protocol, host, port, share, max_file_size, endpoint, endpoint_
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @_model_options("predict")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line.")
-def predict(images, model, model_revision, endpoint, endpoint_model, api_key_env, protocol, max_new_tokens,
-            as_json) -> None:  # fmt: skip
+def predict(
+    images, model, model_revision, endpoint, endpoint_model, api_key_env, protocol, max_new_tokens, as_json
+) -> None:
     """Where was each photo taken? Prints the reasoning, country, city and coordinates.
 
     \b
@@ -413,8 +500,9 @@ def predict(images, model, model_revision, endpoint, endpoint_model, api_key_env
     """
     from .predict import predict as run
 
-    predictor = _predictor("predict", model, model_revision, endpoint, endpoint_model, api_key_env, protocol,
-                           max_new_tokens)  # fmt: skip
+    predictor = _predictor(
+        "predict", model, model_revision, endpoint, endpoint_model, api_key_env, protocol, max_new_tokens
+    )
     results = run(list(images), predictor)
     for p in results:
         click.echo(json.dumps(p.as_dict(), ensure_ascii=False) if as_json else "\n".join(p.lines()))

@@ -173,8 +173,9 @@ class Locator:
                     self._loaded[key] = TransformersPredictor(choice.target, protocol=chosen)
                 except Exception as exc:  # the operator's log has it whole; the caller gets the model's name
                     LOG.exception("loading %s failed", choice.target)
-                    raise DemoError(f"{choice.label} could not be loaded here ({type(exc).__name__}); the "
-                                    "server's log says why") from None  # fmt: skip
+                    raise DemoError(
+                        f"{choice.label} could not be loaded here ({type(exc).__name__}); the server's log says why"
+                    ) from None
             return self._loaded[key]
 
     def locate(self, photo: str | None, label: str, protocol: str) -> Answer:
@@ -246,8 +247,13 @@ def _bounded_jpeg(photo: str) -> bytes:
     return buf.getvalue()
 
 
-def build_app(models: list[str] | str | None = None, protocol: str = "ours", examples: list[str] | None = None,
-              endpoint: str = "", endpoint_model: str = ""):  # fmt: skip
+def build_app(
+    models: list[str] | str | None = None,
+    protocol: str = "ours",
+    examples: list[str] | None = None,
+    endpoint: str = "",
+    endpoint_model: str = "",
+):
     """The Gradio Blocks app over the operator's models (released checkpoints, Hub ids, local folders) and
     endpoint; callers pick one by name from that list, and give a photo."""
     import gradio as gr
@@ -289,14 +295,25 @@ def build_app(models: list[str] | str | None = None, protocol: str = "ours", exa
                 )
                 details = gr.Markdown(elem_id="details")
                 reasoning = gr.HighlightedText(label="Reasoning, visual cues highlighted", combine_adjacent=True)
-        button.click(run, inputs=[photo, model_choice, protocol_choice], outputs=[reasoning, place, world, details],
-                     api_name="predict")  # fmt: skip
+        button.click(
+            run,
+            inputs=[photo, model_choice, protocol_choice],
+            outputs=[reasoning, place, world, details],
+            api_name="predict",
+        )
     return app
 
 
-def launch(models: list[str] | None = None, protocol: str = "ours", host: str = "127.0.0.1", port: int = 7860,
-           share: bool = False, max_file_size: str = MAX_FILE_SIZE, endpoint: str = "",
-           endpoint_model: str = "") -> None:  # fmt: skip
+def launch(
+    models: list[str] | None = None,
+    protocol: str = "ours",
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    max_file_size: str = MAX_FILE_SIZE,
+    endpoint: str = "",
+    endpoint_model: str = "",
+) -> None:
     build_app(models, protocol, endpoint=endpoint, endpoint_model=endpoint_model).queue(max_size=16).launch(
         server_name=host, server_port=port, share=share, max_file_size=max_file_size, show_error=True
     )

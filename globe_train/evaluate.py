@@ -216,8 +216,10 @@ def table(report: dict, title: str = "") -> str:
     text = _table(report, title)
     clean = report.get("excluding_overlap")
     if clean is not None and clean.get("n"):
-        head = (f"without the {clean['excluded']:,} items the training set already holds "
-                f"({', '.join(clean['kinds'])}, from the audit of {clean['audit']})")  # fmt: skip
+        head = (
+            f"without the {clean['excluded']:,} items the training set already holds "
+            f"({', '.join(clean['kinds'])}, from the audit of {clean['audit']})"
+        )
         text += "\n" + _table(clean, head)
     elif clean is not None:
         text += f"\nevery item is one the training set already holds ({clean['excluded']:,})"
@@ -253,8 +255,13 @@ def _table(report: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-ERROR_COLOURS = [(25, (46, 204, 113)), (200, (241, 196, 15)), (750, (230, 126, 34)), (2500, (231, 76, 60)),
-                 (float("inf"), (155, 89, 182))]  # fmt: skip
+ERROR_COLOURS = [
+    (25, (46, 204, 113)),
+    (200, (241, 196, 15)),
+    (750, (230, 126, 34)),
+    (2500, (231, 76, 60)),
+    (float("inf"), (155, 89, 182)),
+]
 
 
 def great_circle(lat1: float, lon1: float, lat2: float, lon2: float, steps: int = 64) -> list[list[tuple]]:

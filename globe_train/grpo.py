@@ -72,8 +72,16 @@ def main(script_args: GRPOScriptArguments, training_args: GRPOConfig, model_args
     out = save_final(
         trainer, processor, training_args.output_dir, script_args.merge_adapter, model_args.model_name_or_path
     )
-    write_run_info("grpo", out, script_args, training_args, model_args, result.metrics, model.num_parameters(),
-                   script_args.reward_funcs)  # fmt: skip
+    write_run_info(
+        "grpo",
+        out,
+        script_args,
+        training_args,
+        model_args,
+        result.metrics,
+        model.num_parameters(),
+        script_args.reward_funcs,
+    )
     return out
 
 

@@ -69,8 +69,9 @@ class EndpointJudge:
         max_retries: int = 3,
     ) -> None:
         self.base_url, self.model = base_url, model
-        self.endpoint = Endpoint(base_url, api_key_env, timeout_s, max_retries, who="the reward model",
-                                 key_option="rm_api_key_env")  # fmt: skip
+        self.endpoint = Endpoint(
+            base_url, api_key_env, timeout_s, max_retries, who="the reward model", key_option="rm_api_key_env"
+        )
         self.endpoint.key()  # a missing key fails when the reward is built, not at the first step
         self.concurrency, self.top_logprobs, self.temperature = concurrency, top_logprobs, temperature
         self.name = f"{model} @ {base_url}"
@@ -222,10 +223,13 @@ class LocalizabilityReward:
             raise JudgeError(f"{summary}. Fix the reward model, or set rm_on_failure: skip to leave such groups out")
         rate = self.failed / self.judged
         if self.judged >= self.min_judged and rate > self.max_failure_rate:
-            raise JudgeError(f"{summary}; {self.failed} of {self.judged} failed so far ({rate:.1%}), over "
-                             f"rm_max_failure_rate {self.max_failure_rate:.1%}")  # fmt: skip
-        log.warning("%s; their groups are left out of R_loc (%d of %d failed so far)", summary, self.failed,
-                    self.judged)  # fmt: skip
+            raise JudgeError(
+                f"{summary}; {self.failed} of {self.judged} failed so far ({rate:.1%}), over "
+                f"rm_max_failure_rate {self.max_failure_rate:.1%}"
+            )
+        log.warning(
+            "%s; their groups are left out of R_loc (%d of %d failed so far)", summary, self.failed, self.judged
+        )
         g = self.group_size
         dropped = {i // g for i in bad}
         return [None if i // g in dropped else r for i, r in enumerate(results)]

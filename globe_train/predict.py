@@ -33,8 +33,12 @@ class Prediction:
         if self.error:
             return [f"{self.image}: failed: {self.error}"]
         where = f"{self.lat:.4f}, {self.lon:.4f} ({self.coordinate_source})" if self.lat is not None else "unknown"
-        out = [f"{self.image}", f"  country: {self.country or '?'}", f"  city: {self.city or '?'}",
-               f"  coordinates: {where}"]  # fmt: skip
+        out = [
+            f"{self.image}",
+            f"  country: {self.country or '?'}",
+            f"  city: {self.city or '?'}",
+            f"  coordinates: {where}",
+        ]
         if self.reasoning:
             out.append(f"  reasoning: {self.reasoning}")
         if not (self.country or self.city):

@@ -12,8 +12,17 @@ from pathlib import Path
 from .card import DEFAULT_REPO, write_card
 from .runs import LOGS, RUN_INFO
 
-ALLOW = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.txt", "*.model", "README.md",
-         LOGS, RUN_INFO]  # fmt: skip
+ALLOW = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.json",
+    "*.jinja",
+    "*.txt",
+    "*.model",
+    "README.md",
+    LOGS,
+    RUN_INFO,
+]
 IGNORE = ["checkpoint-*/**", "completions/**", "eval/**/predictions.jsonl", "training_args.bin", "*.pt", "*.pth"]
 
 
@@ -94,6 +103,5 @@ def push_space(repo_id: str, private: bool = False, staging: str | Path | None =
         stage_space(folder)
         api = HfApi()
         api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder,
-                                 commit_message="GLOBE demo")  # fmt: skip
+        info = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder, commit_message="GLOBE demo")
     return str(info.commit_url if hasattr(info, "commit_url") else info)

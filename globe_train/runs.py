@@ -192,14 +192,33 @@ def dataset_info(script_args: Any) -> dict:
 
 
 SETTINGS = (
-    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "num_generations", "temperature", "beta", "loss_type", "max_completion_length", "max_length", "bf16",
-    "use_vllm", "seed",
-)  # fmt: skip
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_generations",
+    "temperature",
+    "beta",
+    "loss_type",
+    "max_completion_length",
+    "max_length",
+    "bf16",
+    "use_vllm",
+    "seed",
+)
 
 
-def write_run_info(method: str, output_dir: str | Path, script_args: Any, training_args: Any, model_args: Any,
-                   metrics: dict, parameters: int, rewards: list[str] | None = None) -> Path:  # fmt: skip
+def write_run_info(
+    method: str,
+    output_dir: str | Path,
+    script_args: Any,
+    training_args: Any,
+    model_args: Any,
+    metrics: dict,
+    parameters: int,
+    rewards: list[str] | None = None,
+) -> Path:
     import torch
     import transformers
     import trl

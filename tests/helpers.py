@@ -32,11 +32,20 @@ def sample_recipe(sample_input: Path, out: Path, **overrides) -> Recipe:
 
 def teacher_recipe(sample_input: Path, out: Path, url: str, cache: Path, **overrides) -> Recipe:
     teachers = [
-        {"name": f"t{i}", "base_url": url, "model": m, "api_key_env": "MP16_TEST_KEY", "max_concurrency": 4,
-         "timeout_s": 0.6, "backoff_s": 0.01, "max_retries": 6, "price_input_per_1k": 0.001,
-         "price_output_per_1k": 0.002}
+        {
+            "name": f"t{i}",
+            "base_url": url,
+            "model": m,
+            "api_key_env": "MP16_TEST_KEY",
+            "max_concurrency": 4,
+            "timeout_s": 0.6,
+            "backoff_s": 0.01,
+            "max_retries": 6,
+            "price_input_per_1k": 0.001,
+            "price_output_per_1k": 0.002,
+        }
         for i, m in enumerate(MODELS)
-    ]  # fmt: skip
+    ]
     return sample_recipe(
         sample_input,
         out,

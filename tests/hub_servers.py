@@ -43,8 +43,13 @@ def git_commit_tree(src: Path, repo: Path) -> str:
     if repo.exists():
         shutil.rmtree(repo)
     shutil.copytree(src, repo)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "data"]):
         subprocess.run(cmd, cwd=repo, check=True, env=env)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True)
@@ -79,8 +84,9 @@ class OlahHub:
             "[accessibility]\noffline = true\n"
         )
         self.log = open(self.workdir / "olah.log", "wb")  # closed in __exit__
-        self.proc = subprocess.Popen([str(exe), "-c", str(config)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [str(exe), "-c", str(config)], stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -31,10 +31,19 @@ if __name__ == "__main__":
 
         patch_processors_without_torchvision()
     args = GRPOConfig(
-        output_dir=out, use_cpu=True, bf16=False, use_vllm=False, report_to="none", max_steps=steps,
-        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, logging_steps=1,
-        save_strategy="no", seed=0,
-    )  # fmt: skip
+        output_dir=out,
+        use_cpu=True,
+        bf16=False,
+        use_vllm=False,
+        report_to="none",
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+    )
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[geo_accuracy, format_reward, record_ids],

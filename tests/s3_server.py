@@ -57,10 +57,10 @@ class S3Server:
         self.root.mkdir(parents=True, exist_ok=True)
         self.log = open(self.root.parent / f"rclone-{self.port}.log", "wb")  # closed in __exit__
         self.proc = subprocess.Popen(
-            [exe, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--auth-key", f"{KEY},{SECRET}",
-             str(self.root)],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [exe, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--auth-key", f"{KEY},{SECRET}", str(self.root)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -23,8 +23,14 @@ def client(code: str, tmp_path: Path, **env: str) -> dict:
     """Run ``code`` in a fresh Python with a cache of its own; it prints one JSON object, returned here."""
     home = tmp_path / "hf-home"
     full = {**os.environ, "HF_HOME": str(home), "HF_DATASETS_CACHE": str(home / "datasets"), **env}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full,
-                          cwd=tmp_path, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -76,8 +82,9 @@ def test_load_dataset_on_a_fresh_build_folder_reads_exactly_the_manifests_config
 @pytest.mark.slow
 def test_shards_are_equal_and_third_party_splitters_balance_ranks(fresh, tmp_path):
     out, manifest = fresh
-    train = sorted((s for s in manifest["shards"] if s["split"] == "train" and "config" not in s),
-                   key=lambda s: s["path"])  # fmt: skip
+    train = sorted(
+        (s for s in manifest["shards"] if s["split"] == "train" and "config" not in s), key=lambda s: s["path"]
+    )
     counts = [s["samples"] for s in train]
     assert len(train) == 24 and max(counts) - min(counts) <= 1
     files = [str(out / s["path"]) for s in train]
@@ -152,8 +159,10 @@ def test_the_readmes_call_works_offline_after_both_configs_were_cached(fresh, tm
             tmp_path,
             HF_ENDPOINT=hub.endpoint,
         )
-    assert online == {"default": _count(manifest, "default", "train"),
-                      "localizability": _count(manifest, "localizability", "train")}  # fmt: skip
+    assert online == {
+        "default": _count(manifest, "default", "train"),
+        "localizability": _count(manifest, "localizability", "train"),
+    }
     offline = client(
         """
         import json, datasets
@@ -173,8 +182,9 @@ def test_the_readmes_call_works_offline_after_both_configs_were_cached(fresh, tm
 def cli(args: list[str], tmp_path: Path, timeout: int = 120, **env: str) -> subprocess.CompletedProcess:
     home = tmp_path / "hf-home"
     full = {**os.environ, "HF_HOME": str(home), **env}
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=full, cwd=tmp_path,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=full, cwd=tmp_path, timeout=timeout
+    )
 
 
 def _one_line_error(done: subprocess.CompletedProcess) -> str:
@@ -188,13 +198,41 @@ def test_eval_names_the_file_and_line_of_unusable_predictions(fresh, tmp_path):
     out, _ = fresh
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "x"}\nnot json at all\n')
-    err = _one_line_error(cli(["globe_train.cli", "eval", "mp16-reason-test", "--data", str(out), "--predictions",
-                               str(bad), "--out", str(tmp_path / "e1")], tmp_path))  # fmt: skip
+    err = _one_line_error(
+        cli(
+            [
+                "globe_train.cli",
+                "eval",
+                "mp16-reason-test",
+                "--data",
+                str(out),
+                "--predictions",
+                str(bad),
+                "--out",
+                str(tmp_path / "e1"),
+            ],
+            tmp_path,
+        )
+    )
     assert "bad.jsonl, line 2: not JSON" in err
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({"id": f"im2gps/{i}.jpg", "text": "country: France"}) + "\n" for i in range(5)))
-    err = _one_line_error(cli(["globe_train.cli", "eval", "mp16-reason-test", "--data", str(out), "--predictions",
-                               str(other), "--out", str(tmp_path / "e2")], tmp_path))  # fmt: skip
+    err = _one_line_error(
+        cli(
+            [
+                "globe_train.cli",
+                "eval",
+                "mp16-reason-test",
+                "--data",
+                str(out),
+                "--predictions",
+                str(other),
+                "--out",
+                str(tmp_path / "e2"),
+            ],
+            tmp_path,
+        )
+    )
     assert "other.jsonl: none of its 5 ids is an id of mp16-reason-test" in err
     assert not (tmp_path / "e2" / "metrics.json").exists()
 
@@ -213,8 +251,15 @@ def test_predict_and_push_fail_at_once_in_one_line_when_the_hub_is_out_of_reach(
     run.mkdir()
     (run / "model.safetensors").write_bytes(b"x")
     (run / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
-    err = _one_line_error(cli(["globe_train.cli", "push", str(run), "--repo", "me/x"], tmp_path, HF_ENDPOINT=closed,
-                              HF_TOKEN="hf_x", timeout=60))  # fmt: skip
+    err = _one_line_error(
+        cli(
+            ["globe_train.cli", "push", str(run), "--repo", "me/x"],
+            tmp_path,
+            HF_ENDPOINT=closed,
+            HF_TOKEN="hf_x",
+            timeout=60,
+        )
+    )
     assert "the Hub at" in err and "does not answer" in err
 
 
@@ -234,8 +279,9 @@ def test_train_help_is_quick_and_flags_and_recipes_are_checked(tmp_path):
     first = got["out"].splitlines()
     assert first[0].startswith("Usage: globe train grpo --recipe") and "tiny-cpu" in got["out"]
     assert "--help-all" in got["out"] and "--reward_funcs" in got["out"]
-    err = _one_line_error(cli(["globe_train.cli", "train", "grpo", "--recipe", "tiny-cpu", "--learning_rte", "1"],
-                              tmp_path))  # fmt: skip
+    err = _one_line_error(
+        cli(["globe_train.cli", "train", "grpo", "--recipe", "tiny-cpu", "--learning_rte", "1"], tmp_path)
+    )
     assert "unknown flag --learning_rte; did you mean --learning_rate?" in err
     err = _one_line_error(cli(["globe_train.cli", "train", "sft", "--recipe", "tiny-cpu"], tmp_path))
     assert "recipe tiny-cpu.yaml is for `globe train grpo`" in err and "globe train grpo --recipe tiny-cpu" in err
@@ -257,9 +303,24 @@ def test_eval_pins_a_hub_benchmarks_revision_and_records_it(fresh, tmp_path):
     preds.write_text("".join(json.dumps({"id": i, "country": "France", "city": "Paris"}) + "\n" for i in ids))
     with OlahHub(tmp_path / "olah") as hub:
         sha = hub.add("datasets", "globe/mp16-reason", out)
-        done = cli(["globe_train.cli", "eval", "mp16-reason-test", "--revision", sha, "--predictions", str(preds),
-                    "--out", str(tmp_path / "e"), "--bootstrap", "0", "--quiet"], tmp_path,
-                   HF_ENDPOINT=hub.endpoint)  # fmt: skip
+        done = cli(
+            [
+                "globe_train.cli",
+                "eval",
+                "mp16-reason-test",
+                "--revision",
+                sha,
+                "--predictions",
+                str(preds),
+                "--out",
+                str(tmp_path / "e"),
+                "--bootstrap",
+                "0",
+                "--quiet",
+            ],
+            tmp_path,
+            HF_ENDPOINT=hub.endpoint,
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert report["dataset"] == {"hub_id": "globe/mp16-reason", "revision": sha} and report["n"] == len(ids)

@@ -53,8 +53,11 @@ def test_every_column_of_every_published_table_is_documented():
     from builders.plane.workfolder import REJECTION_SCHEMA
 
     text = (ROOT / "docs" / "dataset.md").read_text()
-    for file, schema in (("rejections.parquet", REJECTION_SCHEMA), ("hashes.parquet", HASHES_SCHEMA),
-                         ("audit-pairs.parquet", PAIR_SCHEMA)):  # fmt: skip
+    for file, schema in (
+        ("rejections.parquet", REJECTION_SCHEMA),
+        ("hashes.parquet", HASHES_SCHEMA),
+        ("audit-pairs.parquet", PAIR_SCHEMA),
+    ):
         row = next(line for line in text.splitlines() if line.startswith("| ") and f"`{file}`" in line.split("|")[1])
         missing = [name for name in schema.names if f"`{name}`" not in row]
         assert not missing, f"{file}: {missing} not in docs/dataset.md"

@@ -47,10 +47,21 @@ def extras(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         (root / "pkg" / path).parent.mkdir(parents=True, exist_ok=True)
         (root / "pkg" / path).write_text(text)
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target",
-         str(root / "site"), str(root / "pkg")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(root / "site"),
+            str(root / "pkg"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert list((root / "site").glob("geo_extras-0.1.0.dist-info/entry_points.txt"))
     return root, code
@@ -79,11 +90,16 @@ class OllamaServer:
                     self.end_headers()
                     return
                 image = base64.b64decode(body["messages"][-1]["images"][0])
-                out = json.dumps({
-                    "model": body["model"], "created_at": "2026-12-02T00:00:00Z", "done": True,
-                    "message": {"role": "assistant", "content": reply(image, body)},
-                    "prompt_eval_count": 700, "eval_count": 120,
-                }).encode()  # fmt: skip
+                out = json.dumps(
+                    {
+                        "model": body["model"],
+                        "created_at": "2026-12-02T00:00:00Z",
+                        "done": True,
+                        "message": {"role": "assistant", "content": reply(image, body)},
+                        "prompt_eval_count": 700,
+                        "eval_count": 120,
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
@@ -136,21 +152,37 @@ def test_the_pages_teacher_source_and_filter_build_a_dataset(extras, sample_inpu
         try:
             return reply(image, {"model": MODELS[models.index(body["model"])]})
         except KeyError:  # the grey frame: the teachers reason about it anyway, and agree with the truth
-            return json.dumps({
-                "localizable": True, "localizability": 0.9, "reasoning": f"A sign reads {scene_of_grey['sign']}.",
-                "entities": [{"text": "sign", "category": "signage"}], "country": scene_of_grey["country"],
-                "city": scene_of_grey["city"], "lat": scene_of_grey["lat"], "lon": scene_of_grey["lon"],
-            })  # fmt: skip
+            return json.dumps(
+                {
+                    "localizable": True,
+                    "localizability": 0.9,
+                    "reasoning": f"A sign reads {scene_of_grey['sign']}.",
+                    "entities": [{"text": "sign", "category": "signage"}],
+                    "country": scene_of_grey["country"],
+                    "city": scene_of_grey["city"],
+                    "lat": scene_of_grey["lat"],
+                    "lon": scene_of_grey["lon"],
+                }
+            )
 
     with OllamaServer(answer) as srv:
         for t in recipe["teachers"]:
             t["base_url"] = srv.url
         (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
         done = subprocess.run(
-            [str(BIN / "mp16-reason"), "build", str(tmp_path / "recipe.yaml"), "--out",
-             str(tmp_path / "out"), "--quiet"],
-            capture_output=True, text=True, env=env_with(root / "site"), cwd=tmp_path,
-        )  # fmt: skip
+            [
+                str(BIN / "mp16-reason"),
+                "build",
+                str(tmp_path / "recipe.yaml"),
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            env=env_with(root / "site"),
+            cwd=tmp_path,
+        )
     assert done.returncode == 0, done.stdout + done.stderr
     assert srv.requests and all(r["format"]["type"] == "object" and not r["stream"] for r in srv.requests)
 
@@ -165,8 +197,9 @@ def test_the_pages_teacher_source_and_filter_build_a_dataset(extras, sample_inpu
 
     from mp16_reason.manifest import DEFAULT_CONFIG, read_manifest
 
-    shards = [str(tmp_path / "out" / s.path) for s in read_manifest(tmp_path / "out").shards
-              if s.config == DEFAULT_CONFIG]  # fmt: skip
+    shards = [
+        str(tmp_path / "out" / s.path) for s in read_manifest(tmp_path / "out").shards if s.config == DEFAULT_CONFIG
+    ]
     records = [json.loads(s["json"]) for s in wds.WebDataset(shards, shardshuffle=False)]
     assert records
     for r in records:
@@ -180,21 +213,56 @@ def test_the_pages_reward_trains_a_grpo_step(extras, sample_build, tiny_model, t
     root, _ = extras
     out = tmp_path / "run"
     done = subprocess.run(
-        [str(BIN / "globe"), "train", "grpo", "--recipe", "tiny-cpu", "--model_name_or_path",
-         str(tiny_model), "--dataset_name", str(sample_build), "--output_dir", str(out), "--max_steps", "1",
-         "--max_completion_length", "16", "--log_completions", "false",
-         "--reward_funcs", "format", "concise_reasoning", "--reward_weights", "1.0", "0.2"],
-        capture_output=True, text=True, env=env_with(root / "site"),
-    )  # fmt: skip
+        [
+            str(BIN / "globe"),
+            "train",
+            "grpo",
+            "--recipe",
+            "tiny-cpu",
+            "--model_name_or_path",
+            str(tiny_model),
+            "--dataset_name",
+            str(sample_build),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "1",
+            "--max_completion_length",
+            "16",
+            "--log_completions",
+            "false",
+            "--reward_funcs",
+            "format",
+            "concise_reasoning",
+            "--reward_weights",
+            "1.0",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env_with(root / "site"),
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     steps = [e for e in map(json.loads, (out / "logs.jsonl").read_text().splitlines()) if "loss" in e]
     assert len(steps) == 1 and 0.0 <= steps[0]["rewards/concise_reasoning/mean"] <= 1.0
     # Without the package the name is unknown, and the error lists the names there are.
     done = subprocess.run(
-        [str(BIN / "globe"), "train", "grpo", "--recipe", "tiny-cpu", "--reward_funcs",
-         "concise_reasoning", "--reward_weights", "1.0", "--output_dir", str(tmp_path / "no")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            str(BIN / "globe"),
+            "train",
+            "grpo",
+            "--recipe",
+            "tiny-cpu",
+            "--reward_funcs",
+            "concise_reasoning",
+            "--reward_weights",
+            "1.0",
+            "--output_dir",
+            str(tmp_path / "no"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "concise_reasoning" in done.stderr + done.stdout
     assert "geo_accuracy" in done.stderr + done.stdout
 

@@ -32,19 +32,28 @@ def imports(path: Path) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     """module -> the project modules it imports."""
-    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-             for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}  # fmt: skip
+    files = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+    }
     return {m: {i for i in imports(p) if i in files and i != m} for m, p in files.items()}
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [
-    ("mp16_reason", ("builders", "globe_train")),
-    ("builders", ("globe_train",)),
-    ("globe_train", ("builders",)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("mp16_reason", ("builders", "globe_train")),
+        ("builders", ("globe_train",)),
+        ("globe_train", ("builders",)),
+    ],
+)
 def test_packages_stack(package, forbidden):
-    bad = {m: sorted(i for i in deps if i.split(".")[0] in forbidden)
-           for m, deps in graph().items() if m.split(".")[0] == package}  # fmt: skip
+    bad = {
+        m: sorted(i for i in deps if i.split(".")[0] in forbidden)
+        for m, deps in graph().items()
+        if m.split(".")[0] == package
+    }
     assert {m: d for m, d in bad.items() if d} == {}
 
 

@@ -20,10 +20,22 @@ def test_the_wheel_holds_every_tracked_file_of_the_packages(tmp_path):
         pytest.skip("not a git checkout")
     wanted = {p for p in tracked.stdout.split() if not p.endswith("/.gitignore")}
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(ROOT), "-w",
-         str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT),
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = tmp_path.glob("mp16_reason-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -40,9 +40,16 @@ AUDIT_PAIRS = "audit-pairs.parquet"
 KINDS = ("exact", "near", "same-photo", "same-author")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 PAIR_SCHEMA = pa.schema(
-    [("a", pa.string()), ("b", pa.string()), ("kind", pa.string()), ("where", pa.string()),
-     ("distance", pa.int32()), ("dhash_distance", pa.int32()), ("photos", pa.int64())]
-)  # fmt: skip
+    [
+        ("a", pa.string()),
+        ("b", pa.string()),
+        ("kind", pa.string()),
+        ("where", pa.string()),
+        ("distance", pa.int32()),
+        ("dhash_distance", pa.int32()),
+        ("photos", pa.int64()),
+    ]
+)
 
 _PHOTO_ID = re.compile(r"^(\d{6,})(?:[_.]|$)")  # Flickr photo ids: 1052462958.jpg, 10280718_4ff8a0a9b6_179_...
 _OWNER = re.compile(r"(\d+@N\d\d)")  # a Flickr account (NSID), as IM2GPS file names end
@@ -141,8 +148,16 @@ def hash_images(name: str, items: Iterator[tuple[str, bytes]], total: int | None
                 codes += hash_thumbnails(thumbs)
                 thumbs = []
         codes += hash_thumbnails(thumbs)
-    return Side(name, ids, [name] * len(ids), shas, [owner(i) for i in ids],
-                _stack([p for p, _ in codes]), _stack([d for _, d in codes]), bad)  # fmt: skip
+    return Side(
+        name,
+        ids,
+        [name] * len(ids),
+        shas,
+        [owner(i) for i in ids],
+        _stack([p for p, _ in codes]),
+        _stack([d for _, d in codes]),
+        bad,
+    )
 
 
 def _folder_items(root: Path) -> tuple[Iterator[tuple[str, bytes]], int]:
@@ -246,10 +261,27 @@ def against_side(spec: str, progress: bool = True) -> Side:
 class Found:
     rows: list[dict] = field(default_factory=list)
 
-    def add(self, a: str, b: str, kind: str, where: str, distance: int | None = None,
-            dhash_distance: int | None = None, photos: int | None = None) -> None:  # fmt: skip
-        self.rows.append({"a": a, "b": b, "kind": kind, "where": where, "distance": distance,
-                          "dhash_distance": dhash_distance, "photos": photos})  # fmt: skip
+    def add(
+        self,
+        a: str,
+        b: str,
+        kind: str,
+        where: str,
+        distance: int | None = None,
+        dhash_distance: int | None = None,
+        photos: int | None = None,
+    ) -> None:
+        self.rows.append(
+            {
+                "a": a,
+                "b": b,
+                "kind": kind,
+                "where": where,
+                "distance": distance,
+                "dhash_distance": dhash_distance,
+                "photos": photos,
+            }
+        )
 
 
 def _where(x: str, y: str) -> str:
@@ -296,8 +328,14 @@ def audit(build: Side, others: list[Side], max_phash: int, max_dhash: int, progr
         for i, j in _pairs_by_key(side_a.sha256, other.sha256 if cross else None):
             emit(side_a, i, other, j, "exact")
         if cross:
-            near = search.across((side_a.phash, side_a.dhash), (other.phash, other.dhash), max_phash, max_dhash,
-                                 progress, desc=f"near duplicates: {side_a.name} x {other.name}")  # fmt: skip
+            near = search.across(
+                (side_a.phash, side_a.dhash),
+                (other.phash, other.dhash),
+                max_phash,
+                max_dhash,
+                progress,
+                desc=f"near duplicates: {side_a.name} x {other.name}",
+            )
         else:
             near = search.within(side_a.phash, side_a.dhash, max_phash, max_dhash, progress)
         for i, j, dp, dd in zip(near.a.tolist(), near.b.tolist(), near.phash.tolist(), near.dhash.tolist()):
@@ -337,8 +375,9 @@ def _authors(a: Side, b: Side, cross: bool, found: Found) -> None:
             where_b.setdefault(author, []).append(j)
     for author, theirs in where_b.items():
         for w, members in where_a[author].items():
-            found.add(a.ids[members[0]], b.ids[theirs[0]], "same-author", _where(w, b.name),
-                      photos=len(members) + len(theirs))  # fmt: skip
+            found.add(
+                a.ids[members[0]], b.ids[theirs[0]], "same-author", _where(w, b.name), photos=len(members) + len(theirs)
+            )
 
 
 # -- report --------------------------------------------------------------------------------------------------
@@ -409,5 +448,19 @@ def hex_codes(side: Side, i: int) -> dict:
     return {"phash": hex64(side.phash[i, 0]), "dhash": hex64(side.dhash[i, 0])}
 
 
-__all__ = ["AUDIT_JSON", "AUDIT_PAIRS", "KINDS", "AuditError", "Side", "against_side", "audit", "build_side",
-           "from_bytes", "lines", "photo_id", "read_audit", "summary", "write"]  # fmt: skip
+__all__ = [
+    "AUDIT_JSON",
+    "AUDIT_PAIRS",
+    "KINDS",
+    "AuditError",
+    "Side",
+    "against_side",
+    "audit",
+    "build_side",
+    "from_bytes",
+    "lines",
+    "photo_id",
+    "read_audit",
+    "summary",
+    "write",
+]

@@ -31,10 +31,16 @@ GRID = 40
 # (trim of the width, trim of the height, where the trim falls: 0 left/top .. 1 right/bottom, per axis)
 WINDOWS: tuple[tuple[float, float, float, float], ...] = (
     (0.0, 0.0, 0.0, 0.0),  # the whole image: its pHash is the record's image.phash
-    (0.1, 0.0, 0.0, 0.0), (0.1, 0.0, 1.0, 0.0), (0.0, 0.1, 0.0, 0.0), (0.0, 0.1, 0.0, 1.0),
-    (0.1, 0.1, 0.0, 0.0), (0.1, 0.1, 1.0, 0.0), (0.1, 0.1, 0.0, 1.0), (0.1, 0.1, 1.0, 1.0),
+    (0.1, 0.0, 0.0, 0.0),
+    (0.1, 0.0, 1.0, 0.0),
+    (0.0, 0.1, 0.0, 0.0),
+    (0.0, 0.1, 0.0, 1.0),
+    (0.1, 0.1, 0.0, 0.0),
+    (0.1, 0.1, 1.0, 0.0),
+    (0.1, 0.1, 0.0, 1.0),
+    (0.1, 0.1, 1.0, 1.0),
     (0.1, 0.1, 0.5, 0.5),
-)  # fmt: skip
+)
 N_WINDOWS = len(WINDOWS)
 BATCH = 64  # thumbnails hashed together in a build: they share their products (more only spill out of cache)
 THUMB_SIDE = 30  # a thumbnail's shorter side is at least this: the hashes' 8x8 and 9x8 need no more detail

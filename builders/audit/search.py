@@ -146,8 +146,10 @@ def query(
 
     found_a, found_w = [], []
     # faiss runs its own threads; numpy's array operations release the GIL, so chunks run side by side.
-    with ThreadPoolExecutor(1 if exact else min(8, os.cpu_count() or 1)) as pool, \
-            tqdm(total=len(w_phash), unit="img", desc=desc, disable=not progress) as bar:  # fmt: skip
+    with (
+        ThreadPoolExecutor(1 if exact else min(8, os.cpu_count() or 1)) as pool,
+        tqdm(total=len(w_phash), unit="img", desc=desc, disable=not progress) as bar,
+    ):
         for start, (w, a) in zip(starts, pool.map(search, starts)):
             found_w.append(w)
             found_a.append(a)
@@ -176,21 +178,39 @@ def closest(pairs: Pairs, symmetric: bool) -> Pairs:
     return Pairs(a[first], b[first], pairs.phash[pick], pairs.dhash[pick], pairs.window[pick])
 
 
-def within(phash: np.ndarray, dhash: np.ndarray, max_phash: int, max_dhash: int, progress: bool = False,
-           exact: bool | None = None) -> Pairs:  # fmt: skip
+def within(
+    phash: np.ndarray,
+    dhash: np.ndarray,
+    max_phash: int,
+    max_dhash: int,
+    progress: bool = False,
+    exact: bool | None = None,
+) -> Pairs:
     """Near-duplicate pairs inside one set of images (``phash``, ``dhash``: shape (n, windows))."""
     found = query(phash[:, 0], dhash[:, 0], phash, dhash, max_phash, max_dhash, exact, progress)
     return closest(found, symmetric=True)
 
 
-def across(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], max_phash: int, max_dhash: int,
-           progress: bool = False, exact: bool | None = None, desc: str = "near duplicates") -> Pairs:  # fmt: skip
+def across(
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    max_phash: int,
+    max_dhash: int,
+    progress: bool = False,
+    exact: bool | None = None,
+    desc: str = "near duplicates",
+) -> Pairs:
     """Near-duplicate pairs between two sets: each set's windows against the other's whole images (a crop on
     either side finds its original on the other)."""
     (ap, ad), (bp, bd) = a, b
     one = query(ap[:, 0], ad[:, 0], bp, bd, max_phash, max_dhash, exact, progress, desc)  # a whole, b windows
     two = query(bp[:, 0], bd[:, 0], ap, ad, max_phash, max_dhash, exact, progress, desc)  # b whole, a windows
-    both = Pairs(*(np.concatenate([x, y]) for x, y in zip(
-        (one.a, one.b, one.phash, one.dhash, one.window), (two.b, two.a, two.phash, two.dhash, two.window)
-    )))  # fmt: skip
+    both = Pairs(
+        *(
+            np.concatenate([x, y])
+            for x, y in zip(
+                (one.a, one.b, one.phash, one.dhash, one.window), (two.b, two.a, two.phash, two.dhash, two.window)
+            )
+        )
+    )
     return closest(both, symmetric=False)

@@ -61,8 +61,9 @@ def regroup(recipe: Recipe, work: Location, n_units: int, progress: bool = True,
         blob = b"".join(table.column("phash").to_pylist())
         phash = np.frombuffer(blob, ">u8").astype(np.uint64).reshape(n, N_WINDOWS)
         dhash = np.frombuffer(b"".join(table.column("dhash").to_pylist()), ">u8").astype(np.uint64)
-        found = search.within(phash, dhash.reshape(n, N_WINDOWS), recipe.audit.max_phash, recipe.audit.max_dhash,
-                              progress=progress)  # fmt: skip
+        found = search.within(
+            phash, dhash.reshape(n, N_WINDOWS), recipe.audit.max_phash, recipe.audit.max_dhash, progress=progress
+        )
         edges.append((found.a, found.b))
         near = len(found)
     a = np.concatenate([e[0] for e in edges]) if n else np.empty(0, np.int64)
@@ -76,12 +77,15 @@ def regroup(recipe: Recipe, work: Location, n_units: int, progress: bool = True,
     sizes = np.bincount(label, minlength=n_groups)
     s = recipe.split
     split = [split_of(smallest[g], s.test_fraction, s.seed) for g in label.tolist()]
-    write_atomic(pa.table({"row": rows, "split": split, "group_size": sizes[label]}, schema=GROUP_SCHEMA),
-                 work / GROUPS)  # fmt: skip
+    write_atomic(
+        pa.table({"row": rows, "split": split, "group_size": sizes[label]}, schema=GROUP_SCHEMA), work / GROUPS
+    )
     joined = int((sizes > 1).sum())
     if progress:
-        log(f"split.group_by {list(by)}: {n:,} samples in {n_groups:,} groups ({joined:,} of several; "
-            f"{near:,} near-duplicate pairs)")  # fmt: skip
+        log(
+            f"split.group_by {list(by)}: {n:,} samples in {n_groups:,} groups ({joined:,} of several; "
+            f"{near:,} near-duplicate pairs)"
+        )
     return {"samples": n, "groups": int(n_groups), "joined_groups": joined, "near_pairs": near}
 
 

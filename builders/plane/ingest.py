@@ -63,8 +63,9 @@ def rejections(rows, ids, stage: str, reasons: list | str) -> pa.Table:
         return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([text], pa.string()))
 
     why = constant(reasons) if isinstance(reasons, str) else pa.array(reasons, pa.string()).dictionary_encode()
-    return pa.table([pa.array(rows, pa.int64()), pa.array(ids, pa.string()), constant(stage), why],
-                    schema=REJECTION_WORK_SCHEMA)  # fmt: skip
+    return pa.table(
+        [pa.array(rows, pa.int64()), pa.array(ids, pa.string()), constant(stage), why], schema=REJECTION_WORK_SCHEMA
+    )
 
 
 def resolve_columns(columns: list[str], spec: InputSpec) -> dict[str, str]:
@@ -271,8 +272,11 @@ def join_coordinates(fields: dict[str, pa.Array], files: list[str], reasons: np.
         if parquet:
             table = pq.read_table(path.source(), columns=list(cols.values()))
         else:
-            options = pacsv.ConvertOptions(include_columns=list(cols.values()), strings_can_be_null=False,
-                                           column_types=dict.fromkeys(cols.values(), pa.string()))  # fmt: skip
+            options = pacsv.ConvertOptions(
+                include_columns=list(cols.values()),
+                strings_can_be_null=False,
+                column_types=dict.fromkeys(cols.values(), pa.string()),
+            )
             table = pacsv.read_csv(path.source(), convert_options=options)
         coords = pa.table({f"j_{f}": pc.utf8_trim_whitespace(_as_text(table.column(c))) for f, c in cols.items()})
         coords, conflicting = _one_per_id(coords)
@@ -290,15 +294,17 @@ def join_coordinates(fields: dict[str, pa.Array], files: list[str], reasons: np.
 
 def _one_per_id(coords: pa.Table) -> tuple[pa.Table, pa.Array]:
     """One row per id (listings with the same coordinates collapse), and the ids listed with different ones."""
-    groups = coords.group_by("j_id").aggregate([("j_lat", "min"), ("j_lon", "min"), ("j_lat", "count_distinct"),
-                                                ("j_lon", "count_distinct")])  # fmt: skip
+    groups = coords.group_by("j_id").aggregate(
+        [("j_lat", "min"), ("j_lon", "min"), ("j_lat", "count_distinct"), ("j_lon", "count_distinct")]
+    )
     agree = pc.and_(
         pc.equal(groups.column("j_lat_count_distinct"), 1), pc.equal(groups.column("j_lon_count_distinct"), 1)
     )
     conflicting = groups.filter(pc.invert(agree)).column("j_id").combine_chunks()
     single = groups.filter(agree)
-    table = pa.table({"j_id": single.column("j_id"), "j_lat": single.column("j_lat_min"),
-                      "j_lon": single.column("j_lon_min")})  # fmt: skip
+    table = pa.table(
+        {"j_id": single.column("j_id"), "j_lat": single.column("j_lat_min"), "j_lon": single.column("j_lon_min")}
+    )
     return table, conflicting
 
 
@@ -381,9 +387,9 @@ def ingest(spec: InputSpec, limit: int | None = None, work_dir: Path | None = No
     bad = reasons != ""
     if bad.any():
         where = np.flatnonzero(bad)
-        rejected = pa.concat_tables([
-            rejected, rejections(row_numbers[where], ids.take(pa.array(where)), "ingest", list(reasons[where]))
-        ])  # fmt: skip
+        rejected = pa.concat_tables(
+            [rejected, rejections(row_numbers[where], ids.take(pa.array(where)), "ingest", list(reasons[where]))]
+        )
     rows = pa.table(fields)
     del fields
     if bad.any():  # filtering copies every column: only when something is dropped

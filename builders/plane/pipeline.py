@@ -52,8 +52,11 @@ REJECTIONS = "rejections.parquet"
 def differences(before: Any, after: Any, path: str = "") -> list[str]:
     """Where two recipes (as hashed) differ, as ``path: before -> after``: what a refused resume names."""
     if isinstance(before, dict) and isinstance(after, dict):
-        return [d for k in sorted(before.keys() | after.keys(), key=str)
-                for d in differences(before.get(k), after.get(k), f"{path}.{k}" if path else str(k))]  # fmt: skip
+        return [
+            d
+            for k in sorted(before.keys() | after.keys(), key=str)
+            for d in differences(before.get(k), after.get(k), f"{path}.{k}" if path else str(k))
+        ]
     if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
         return [d for i, (b, a) in enumerate(zip(before, after)) for d in differences(b, a, f"{path}[{i}]")]
     if before == after:

@@ -173,9 +173,15 @@ def _spread(k: int, extra: int) -> np.ndarray:
 HASH_COLUMNS = ["split", "sha256", "author", "phash", "dhash"]
 HASHES = "hashes.parquet"
 HASHES_SCHEMA = pa.schema(
-    [("id", pa.string()), ("split", pa.string()), ("sha256", pa.string()), ("author", pa.string()),
-     ("phash", pa.binary()), ("dhash", pa.binary())]
-)  # fmt: skip
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("sha256", pa.string()),
+        ("author", pa.string()),
+        ("phash", pa.binary()),
+        ("dhash", pa.binary()),
+    ]
+)
 
 
 def with_split(js: bytes, split: str) -> bytes:

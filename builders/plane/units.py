@@ -162,9 +162,14 @@ class Stages:
         spec = self.recipe.image
         try:
             img = prepare(
-                got.data, spec.max_pixels, spec.jpeg_quality, spec.max_source_pixels, spec.min_side, spec.resample,
+                got.data,
+                spec.max_pixels,
+                spec.jpeg_quality,
+                spec.max_source_pixels,
+                spec.min_side,
+                spec.resample,
                 spec.reencode,
-            )  # fmt: skip
+            )
         except ImageRejected as exc:
             return Rejected("image", str(exc))
         return Prepared(img, got.source)
@@ -259,13 +264,45 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
                 split, key = stages.split(row, outcome)
                 outcome = stages.record(row, outcome, got, split)
             if isinstance(outcome, Rejected):
-                sink.add((row["row"], row["id"], "rejected", outcome.stage, outcome.reason, "", "", None, None, 0,
-                          None, None, None, None))  # fmt: skip
+                sink.add(
+                    (
+                        row["row"],
+                        row["id"],
+                        "rejected",
+                        outcome.stage,
+                        outcome.reason,
+                        "",
+                        "",
+                        None,
+                        None,
+                        0,
+                        None,
+                        None,
+                        None,
+                        None,
+                    )
+                )
                 continue
             img = got.image
             jpg, js = img.jpeg, to_json_bytes(outcome)
             size = tar_member_bytes(len(jpg), len(js))
-            sink.add((row["row"], row["id"], "ok", "", "", split, img.sha256, jpg, js, size, key, row["author"],
-                      img.phash, img.dhash))  # fmt: skip
+            sink.add(
+                (
+                    row["row"],
+                    row["id"],
+                    "ok",
+                    "",
+                    "",
+                    split,
+                    img.sha256,
+                    jpg,
+                    js,
+                    size,
+                    key,
+                    row["author"],
+                    img.phash,
+                    img.dhash,
+                )
+            )
     stages.close()
     return task.index, sink.ok, sink.total - sink.ok

@@ -29,9 +29,13 @@ REJECTION_SCHEMA = pa.schema(
 # In memory, stage and reason are dictionary-encoded: millions of rows rejected for one reason (dead links, no
 # image in any source) then cost a few bytes each; the published rejections.parquet has plain strings.
 REJECTION_WORK_SCHEMA = pa.schema(
-    [("row", pa.int64()), ("id", pa.string()), ("stage", pa.dictionary(pa.int32(), pa.string())),
-     ("reason", pa.dictionary(pa.int32(), pa.string()))]
-)  # fmt: skip
+    [
+        ("row", pa.int64()),
+        ("id", pa.string()),
+        ("stage", pa.dictionary(pa.int32(), pa.string())),
+        ("reason", pa.dictionary(pa.int32(), pa.string())),
+    ]
+)
 UNIT_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
@@ -127,8 +131,9 @@ def _binary(values: tuple[bytes | None, ...]) -> pa.Array:
     valid = [v is not None for v in values]
     mask = None if all(valid) else pa.array(valid).buffers()[1]
     data = b"".join(v for v in values if v is not None)
-    return pa.Array.from_buffers(pa.binary(), len(values), [mask, pa.py_buffer(offsets), pa.py_buffer(data)],
-                                 null_count=valid.count(False))  # fmt: skip
+    return pa.Array.from_buffers(
+        pa.binary(), len(values), [mask, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=valid.count(False)
+    )
 
 
 def read_unit(path: Path | Location, columns: list[str] | None = None) -> pa.Table:

@@ -149,11 +149,18 @@ def _audit_rows(audit: dict | None) -> list[tuple[str, dict]]:
         second = where.split("-", 1)[1]
         pairs = row["pairs"]
         share = row.get(f"{second}_share")
-        rows.append((where, {
-            "exact": pairs.get("exact", 0), "near": pairs.get("near", 0), "same_photo": pairs.get("same-photo", 0),
-            "same_author": pairs.get("same-author", 0),
-            "share": "—" if share is None else f"{row[f'{second}_with_a_pair']:,} ({100 * share:.2f} %)",
-        }))  # fmt: skip
+        rows.append(
+            (
+                where,
+                {
+                    "exact": pairs.get("exact", 0),
+                    "near": pairs.get("near", 0),
+                    "same_photo": pairs.get("same-photo", 0),
+                    "same_author": pairs.get("same-author", 0),
+                    "share": "—" if share is None else f"{row[f'{second}_with_a_pair']:,} ({100 * share:.2f} %)",
+                },
+            )
+        )
     return rows
 
 

@@ -20,8 +20,16 @@ from mp16_reason.storage import Location, location
 
 # What a dataset repository holds; work files, inputs and caches stay behind. The image hashes and the audit
 # let anyone audit the published dataset against their own sets without its images.
-REPO_FILES = ("README.md", LICENSE_PATH, "manifest.json", "rejections.parquet", MAP_PATH, "hashes.parquet",
-              "audit.json", "audit-pairs.parquet")  # fmt: skip
+REPO_FILES = (
+    "README.md",
+    LICENSE_PATH,
+    "manifest.json",
+    "rejections.parquet",
+    MAP_PATH,
+    "hashes.parquet",
+    "audit.json",
+    "audit-pairs.parquet",
+)
 
 
 @dataclass

@@ -45,9 +45,22 @@ def _palette(lat: float) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 # The classes a scene is drawn from, named as in ADE20K so that the segmentation models used on real photos
 # and the scene segmenter trained on these drawings (builders/sample/segmenter.py) speak the same language.
 CLASSES = (
-    "sky", "building", "tree", "road", "grass", "sand", "snow", "signboard, sign", "windowpane, window",
-    "pole", "tower", "dome", "pyramid", "bridge", "lighthouse",
-)  # fmt: skip
+    "sky",
+    "building",
+    "tree",
+    "road",
+    "grass",
+    "sand",
+    "snow",
+    "signboard, sign",
+    "windowpane, window",
+    "pole",
+    "tower",
+    "dome",
+    "pyramid",
+    "bridge",
+    "lighthouse",
+)
 LABEL = {name.split(",")[0]: i for i, name in enumerate(CLASSES)}
 
 
@@ -135,8 +148,13 @@ def draw_scene_with_mask(
     top = horizon - 240
     stone = (150, 140, 125)
     if kind == "tower":
-        c("polygon", [(cx - 40, horizon), (cx + 40, horizon), (cx + 6, top), (cx - 6, top)], kind,
-          outline=(60, 50, 40), width=4)  # fmt: skip
+        c(
+            "polygon",
+            [(cx - 40, horizon), (cx + 40, horizon), (cx + 6, top), (cx - 6, top)],
+            kind,
+            outline=(60, 50, 40),
+            width=4,
+        )
         for y in (top + 80, top + 150):
             k = (y - top - 80) // 8
             c("line", [(cx - 30 + k, y), (cx + 30 - k, y)], kind, fill=(60, 50, 40), width=4)
@@ -146,12 +164,23 @@ def draw_scene_with_mask(
     elif kind == "pyramid":
         c("polygon", [(cx - 90, horizon), (cx + 90, horizon), (cx, horizon - 150)], kind, fill=(205, 180, 120))
     elif kind == "bridge":
-        c("arc", [cx - 120, horizon - 120, cx + 120, horizon + 120], kind, start=180, end=360, fill=(170, 40, 30),
-          width=8)  # fmt: skip
+        c(
+            "arc",
+            [cx - 120, horizon - 120, cx + 120, horizon + 120],
+            kind,
+            start=180,
+            end=360,
+            fill=(170, 40, 30),
+            width=8,
+        )
         c("line", [(cx - 130, horizon - 10), (cx + 130, horizon - 10)], kind, fill=(170, 40, 30), width=6)
     else:
-        c("polygon", [(cx - 18, horizon), (cx + 18, horizon), (cx + 9, top + 60), (cx - 9, top + 60)], kind,
-          fill=(235, 235, 235))  # fmt: skip
+        c(
+            "polygon",
+            [(cx - 18, horizon), (cx + 18, horizon), (cx + 9, top + 60), (cx - 9, top + 60)],
+            kind,
+            fill=(235, 235, 235),
+        )
         c("rectangle", [cx - 12, top + 40, cx + 12, top + 60], kind, fill=(200, 40, 40))
     # Shop building with a sign naming the city.
     wall = ((rnd >> 8) % 120 + 110, (rnd >> 16) % 100 + 90, (rnd >> 24) % 80 + 80)
@@ -161,8 +190,14 @@ def draw_scene_with_mask(
     c("rectangle", box(left, roof, right, street), "building", fill=wall)
     for wx in range(left + 20, right - 40, r.choice((55, 70, 90))):
         c("rectangle", box(wx, roof + 100, wx + 40, roof + 150), "windowpane", fill=(180, 210, 230))
-    c("rectangle", box(left + 15, roof + 15, right - 15, roof + 75), "signboard", fill=(250, 248, 240),
-      outline=(30, 30, 30), width=3)  # fmt: skip
+    c(
+        "rectangle",
+        box(left + 15, roof + 15, right - 15, roof + 75),
+        "signboard",
+        fill=(250, 248, 240),
+        outline=(30, 30, 30),
+        width=3,
+    )
     name = city if len(city) <= 16 else city[:15] + "."
     font = _font(34 if len(name) <= 11 else 26)
     c.d.text((x((left + right) / 2), roof + 45), name.upper(), fill=(20, 20, 20), font=font, anchor="mm")
@@ -211,11 +246,18 @@ def write_sample(root: str | Path, n: int = 200) -> Path:
         rows.append([sid, f"{lat:.6f}", f"{lon:.6f}", f"{i:05d}.jpg", place["city"] or "", place["country"] or ""])
         scenes.append(
             {
-                "id": sid, "file": f"{i:05d}.jpg", "lat": lat, "lon": lon, "sign": city, "city": place["city"] or "",
-                "country": place["country"] or "", "country_code": code, "landmark": landmark(sid),
+                "id": sid,
+                "file": f"{i:05d}.jpg",
+                "lat": lat,
+                "lon": lon,
+                "sign": city,
+                "city": place["city"] or "",
+                "country": place["country"] or "",
+                "country_code": code,
+                "landmark": landmark(sid),
                 "ground": ground_class(lat),
             }
-        )  # fmt: skip
+        )
     # Deliberate near copies: a scene uploaded again, smaller and recompressed, under another id. The sample's
     # own leakage audit reports these pairs and no other (its scenes are otherwise distinct places).
     for i in near_copies(n):

@@ -55,7 +55,26 @@ def image_sources(locations: list[str]) -> list[Source]:
 
 
 __all__ = [
-    "INDEX_SCHEMA", "ArchiveReader", "FetchError", "Fetcher", "FolderSource", "Source", "SourceError", "TarSource",
-    "UrlListSource", "UrlSource", "ZipSource", "image_sources", "index_path", "join_sources", "kinds",
-    "load_index", "missing_reason", "register", "source_for", "tar_index", "url_index", "zip_index",
-]  # fmt: skip
+    "INDEX_SCHEMA",
+    "ArchiveReader",
+    "FetchError",
+    "Fetcher",
+    "FolderSource",
+    "Source",
+    "SourceError",
+    "TarSource",
+    "UrlListSource",
+    "UrlSource",
+    "ZipSource",
+    "image_sources",
+    "index_path",
+    "join_sources",
+    "kinds",
+    "load_index",
+    "missing_reason",
+    "register",
+    "source_for",
+    "tar_index",
+    "url_index",
+    "zip_index",
+]

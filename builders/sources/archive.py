@@ -40,8 +40,16 @@ def tar_index(path: str | Path) -> pa.Table:
                 offsets.append(member.offset_data)
                 sizes.append(member.size)
 
-    return pa.table({"name": names, "offset": offsets, "size": sizes, "method": [0] * len(names),
-                     "url": pa.nulls(len(names), pa.string())}, schema=INDEX_SCHEMA)  # fmt: skip
+    return pa.table(
+        {
+            "name": names,
+            "offset": offsets,
+            "size": sizes,
+            "method": [0] * len(names),
+            "url": pa.nulls(len(names), pa.string()),
+        },
+        schema=INDEX_SCHEMA,
+    )
 
 
 def zip_index(path: str | Path) -> pa.Table:
@@ -49,9 +57,16 @@ def zip_index(path: str | Path) -> pa.Table:
     with zipfile.ZipFile(location(path).source()) as zf:
         infos = [i for i in zf.infolist() if not i.is_dir() and not _junk(i.filename)]
     names = [i.filename for i in infos]
-    return pa.table({"name": names, "offset": [i.header_offset for i in infos],
-                     "size": [i.compress_size for i in infos], "method": [i.compress_type for i in infos],
-                     "url": pa.nulls(len(infos), pa.string())}, schema=INDEX_SCHEMA)  # fmt: skip
+    return pa.table(
+        {
+            "name": names,
+            "offset": [i.header_offset for i in infos],
+            "size": [i.compress_size for i in infos],
+            "method": [i.compress_type for i in infos],
+            "url": pa.nulls(len(infos), pa.string()),
+        },
+        schema=INDEX_SCHEMA,
+    )
 
 
 class ArchiveReader:

@@ -27,9 +27,8 @@ import pyarrow as pa
 from mp16_reason.storage import location
 
 INDEX_SCHEMA = pa.schema(
-    [("name", pa.string()), ("offset", pa.int64()), ("size", pa.int64()), ("method", pa.int64()),
-     ("url", pa.string())]
-)  # fmt: skip
+    [("name", pa.string()), ("offset", pa.int64()), ("size", pa.int64()), ("method", pa.int64()), ("url", pa.string())]
+)
 
 
 class FetchError(Exception):

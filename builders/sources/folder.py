@@ -42,8 +42,10 @@ class FolderReader:
     def fetch(self, row: dict, ref: str) -> bytes:
         if "\0" in ref or any(0xD800 <= ord(c) <= 0xDFFF for c in ref):
             # No file system holds such a name; the row is rejected, never the build stopped.
-            raise FetchError(f"image path {ref.encode('utf-8', 'backslashreplace')!r} holds a NUL byte or bytes "
-                             "that are not UTF-8; fix that row's path")  # fmt: skip
+            raise FetchError(
+                f"image path {ref.encode('utf-8', 'backslashreplace')!r} holds a NUL byte or bytes "
+                "that are not UTF-8; fix that row's path"
+            )
         if self.root is None:  # a prefix on an object store
             if ".." in ref.split("/"):
                 raise FetchError(f"image path {ref!r} leaves the image folder")

@@ -50,8 +50,9 @@ def index_identity(index: pa.Table) -> str:
 # What a folder of images holds beside them and no metadata row means: hidden and system files (.DS_Store, macOS's
 # ._* twins, Thumbs.db), notes, the metadata CSV itself. They appear and vanish (a Finder window, a copy) and must
 # not make a resume "a different recipe".
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif",
-                            ".avif", ".jxl", ""})  # fmt: skip
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ""}
+)
 SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
 
 

@@ -38,8 +38,16 @@ def url_index(path: str | Path) -> pa.Table:
     ids = pc.utf8_trim_whitespace(table.column(id_col).cast(pa.string()))
     urls = pc.utf8_trim_whitespace(table.column(url_col).cast(pa.string()))
     n = len(ids)
-    return pa.table({"name": ids, "offset": pa.nulls(n, pa.int64()), "size": pa.nulls(n, pa.int64()),
-                     "method": pa.nulls(n, pa.int64()), "url": urls}, schema=INDEX_SCHEMA)  # fmt: skip
+    return pa.table(
+        {
+            "name": ids,
+            "offset": pa.nulls(n, pa.int64()),
+            "size": pa.nulls(n, pa.int64()),
+            "method": pa.nulls(n, pa.int64()),
+            "url": urls,
+        },
+        schema=INDEX_SCHEMA,
+    )
 
 
 class UrlListSource(Source):

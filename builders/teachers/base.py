@@ -140,8 +140,9 @@ class TeacherSettings(BaseModel):
         """The cache key of this teacher's reply about one image."""
         return cache_key(image_sha256, PROMPT_VERSION, self.model, self.request_params())
 
-    def reply(self, image_sha256: str, text: str, input_tokens: int = 0, output_tokens: int = 0,
-              origin: str = "endpoint") -> CachedReply:  # fmt: skip
+    def reply(
+        self, image_sha256: str, text: str, input_tokens: int = 0, output_tokens: int = 0, origin: str = "endpoint"
+    ) -> CachedReply:
         """A reply of this teacher about one image, as the cache stores it."""
         return CachedReply(
             key=self.key(image_sha256),

@@ -109,8 +109,9 @@ def _reply(line: dict[str, Any], request: CachedReply) -> CachedReply | str:
         return f"malformed response: {type(exc).__name__}: {str(exc)[:300]}"
     # A reply that is no answer is a failed line, as it is a failed request online: never cached.
     max_tokens = json.loads(request.params or "{}").get("max_tokens", 0)
-    if problem := no_answer(choice["message"].get("refusal"), choice.get("finish_reason"), reply_problem(text),
-                            max_tokens):  # fmt: skip
+    if problem := no_answer(
+        choice["message"].get("refusal"), choice.get("finish_reason"), reply_problem(text), max_tokens
+    ):
         return problem
     return replace(request, text=text, input_tokens=tokens[0], output_tokens=tokens[1], origin="endpoint")
 
@@ -228,9 +229,16 @@ class BatchRunner:
         # Recorded before the batch exists: from here on these requests are this chunk's, and a restart finds
         # its batch (by the metadata below) rather than submit them again.
         self.state["chunks"].append(
-            {"name": name, "file_id": uploaded.id, "batch_id": None, "status": "uploaded", "requests": len(asked),
-             "done": 0, "imported": False}
-        )  # fmt: skip
+            {
+                "name": name,
+                "file_id": uploaded.id,
+                "batch_id": None,
+                "status": "uploaded",
+                "requests": len(asked),
+                "done": 0,
+                "imported": False,
+            }
+        )
         self._save()
         self._create(self.state["chunks"][-1])
 

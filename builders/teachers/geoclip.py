@@ -195,10 +195,12 @@ class GeoclipRunner:
                 if isinstance(exc, GeoclipUnavailable):  # no image will fare better: all fail at once
                     batch, self._pending = batch + self._pending, []
                 for _, future in batch:
-                    future.set_exception(exc)
+                    if not future.done():  # a stopped stage cancels the asks still waiting
+                        future.set_exception(exc)
                 continue
             for (_, future), guesses in zip(batch, results):
-                future.set_result(guesses)
+                if not future.done():
+                    future.set_result(guesses)
 
     def _load(self) -> GeoclipScorer:
         try:

@@ -92,11 +92,25 @@ class OpenAITeacher(TeacherSettings):
     batch_price_output_per_1k: float | None = Field(default=None, ge=0, description="default: half the online price")
 
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = TeacherSettings.RUNTIME_FIELDS | {
-        "base_url", "api_key_env", "http_client", "requests_per_minute", "tokens_per_minute", "timeout_s",
-        "backoff_s", "max_backoff_s", "price_input_per_1k", "price_output_per_1k", "expected_output_tokens", "mode",
-        "batch_max_requests", "batch_max_bytes", "batch_poll_s", "batch_completion_window",
-        "batch_price_input_per_1k", "batch_price_output_per_1k",
-    }  # fmt: skip
+        "base_url",
+        "api_key_env",
+        "http_client",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "timeout_s",
+        "backoff_s",
+        "max_backoff_s",
+        "price_input_per_1k",
+        "price_output_per_1k",
+        "expected_output_tokens",
+        "mode",
+        "batch_max_requests",
+        "batch_max_bytes",
+        "batch_poll_s",
+        "batch_completion_window",
+        "batch_price_input_per_1k",
+        "batch_price_output_per_1k",
+    }
     sends_requests: ClassVar[bool] = True
 
     @model_validator(mode="after")
@@ -179,8 +193,14 @@ def retry_after(response: Any) -> float | None:
 
 def endpoint(spec: OpenAITeacher) -> Endpoint:
     """The teacher's server, key, timeout and retries, as every client of the project reaches one."""
-    return Endpoint(spec.base_url, spec.api_key_env, spec.timeout_s, spec.max_retries,
-                    who=f"teacher {spec.name!r}", key_option="api_key_env in the recipe")  # fmt: skip
+    return Endpoint(
+        spec.base_url,
+        spec.api_key_env,
+        spec.timeout_s,
+        spec.max_retries,
+        who=f"teacher {spec.name!r}",
+        key_option="api_key_env in the recipe",
+    )
 
 
 def http_client(spec: OpenAITeacher) -> Any:
@@ -389,8 +409,12 @@ class OnlineTeacher:
 
     def _no_answer(self, choice: Any, text: str) -> str | None:
         refusal = getattr(choice.message, "refusal", None)
-        return no_answer(self.scrub(str(refusal)) if refusal else None, choice.finish_reason,
-                         self.spec.unusable(text), self.spec.max_tokens)  # fmt: skip
+        return no_answer(
+            self.scrub(str(refusal)) if refusal else None,
+            choice.finish_reason,
+            self.spec.unusable(text),
+            self.spec.max_tokens,
+        )
 
     def scrub(self, text: str) -> str:
         return self.endpoint.scrub(text)

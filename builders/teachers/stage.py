@@ -106,8 +106,9 @@ class Distiller:
             if key in self.quarantined:
                 return self.quarantined[key]
             if self.recipe.distill.offline:
-                return TeacherFailure(spec.name, "no cached reply and the build is offline (distill.offline)", 0,
-                                      "offline")  # fmt: skip
+                return TeacherFailure(
+                    spec.name, "no cached reply and the build is offline (distill.offline)", 0, "offline"
+                )
             return TeacherFailure(spec.name, "no reply from its batches", 0, "batch")
         future: asyncio.Future[CachedReply | None] = loop.create_future()
         self.inflight[key] = future  # before any await: a duplicate of this image now waits for this job

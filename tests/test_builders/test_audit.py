@@ -165,11 +165,27 @@ def _planted_input(root: Path) -> dict[str, str]:
 
 def _build(root: Path, out: Path, *extra: str) -> None:
     done = subprocess.run(
-        [str(BIN / "mp16-reason"), "build", "--metadata", str(root / "metadata.csv"), "--images",
-         str(root / "images"), "--out", str(out), "--test-fraction", "0.5", "--unit-size", "8", "--workers", "1",
-         "--quiet", *extra],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            str(BIN / "mp16-reason"),
+            "build",
+            "--metadata",
+            str(root / "metadata.csv"),
+            "--images",
+            str(root / "images"),
+            "--out",
+            str(out),
+            "--test-fraction",
+            "0.5",
+            "--unit-size",
+            "8",
+            "--workers",
+            "1",
+            "--quiet",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -201,8 +217,11 @@ def test_an_audit_against_a_benchmark_folder_the_card_and_eval_without_the_overl
     (bench / "10280720_bb_1_2@N00.jpg").write_bytes(jpeg(COPIES["brighter 20%"](photo(512))))
     for k in range(4):
         (bench / f"2000000{k}_cc_1_3@N00.jpg").write_bytes(jpeg(photo(9_000 + k)))
-    done = subprocess.run([str(BIN / "mp16-reason"), "audit", str(out), "--against", f"im2gps3k={bench}", "--quiet"],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [str(BIN / "mp16-reason"), "audit", str(out), "--against", f"im2gps3k={bench}", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads((out / "audit.json").read_text())
     pairs = doc["pairs"]
@@ -215,8 +234,7 @@ def test_an_audit_against_a_benchmark_folder_the_card_and_eval_without_the_overl
             assert p["where"] == "-".join(splits)
     # The benchmark's three copies, and none of its own photos.
     against = {p["b"] for p in pairs if p["where"].endswith("-im2gps3k") and p["kind"] != "same-author"}
-    assert against == {"10280718_4ff8a0a9b6_179_75011938@N00.jpg", "10280719_aa_1_1@N00.jpg",
-                       "10280720_bb_1_2@N00.jpg"}  # fmt: skip
+    assert against == {"10280718_4ff8a0a9b6_179_75011938@N00.jpg", "10280719_aa_1_1@N00.jpg", "10280720_bb_1_2@N00.jpg"}
     kinds = {p["b"]: p["kind"] for p in pairs if p["where"].endswith("-im2gps3k")}
     assert kinds["10280718_4ff8a0a9b6_179_75011938@N00.jpg"] == "exact"
     assert kinds["10280719_aa_1_1@N00.jpg"] == "near"
@@ -234,16 +252,41 @@ def test_an_audit_against_a_benchmark_folder_the_card_and_eval_without_the_overl
         "IMG_ID,LAT,LON\n" + "".join(f"{p.name},48.8566,2.3522\n" for p in sorted(bench.glob("*.jpg")))
     )
     preds = tmp_path / "preds.jsonl"
-    lines = [{"id": p.name, "text": "<answer>country: France\ncity: Paris</answer>" if "2000000" in p.name else
-              "<answer>country: Japan\ncity: Tokyo</answer>"} for p in sorted(bench.glob("*.jpg"))]  # fmt: skip
+    lines = [
+        {
+            "id": p.name,
+            "text": "<answer>country: France\ncity: Paris</answer>"
+            if "2000000" in p.name
+            else "<answer>country: Japan\ncity: Tokyo</answer>",
+        }
+        for p in sorted(bench.glob("*.jpg"))
+    ]
     preds.write_text("".join(json.dumps(x) + "\n" for x in lines))
     train_ids = [p["b"] for p in pairs if p["where"] == "train-im2gps3k" and p["kind"] in ("exact", "near")]
     done = subprocess.run(
-        [str(BIN / "globe"), "eval", "csv", "--data", str(bench / "list.csv"), "--images", str(bench),
-         "--predictions", str(preds), "--out", str(tmp_path / "eval"), "--exclude-overlap", str(out),
-         "--overlap-name", "im2gps3k", "--bootstrap", "0", "--quiet"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            str(BIN / "globe"),
+            "eval",
+            "csv",
+            "--data",
+            str(bench / "list.csv"),
+            "--images",
+            str(bench),
+            "--predictions",
+            str(preds),
+            "--out",
+            str(tmp_path / "eval"),
+            "--exclude-overlap",
+            str(out),
+            "--overlap-name",
+            "im2gps3k",
+            "--bootstrap",
+            "0",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     clean = report["excluding_overlap"]
@@ -279,8 +322,10 @@ def test_a_split_grouped_by_near_duplicates_and_authors_keeps_them_apart(tmp_pat
     # Byte-reproducible: another worker count gives the same shards.
     again = tmp_path / "again"
     _build(root, again, "--group-by", "near_duplicate", "--group-by", "author", "--workers", "2")
-    files = {p: {s["path"]: s["sha256"] for s in json.loads((p / "manifest.json").read_text())["shards"]}
-             for p in (grouped, again)}  # fmt: skip
+    files = {
+        p: {s["path"]: s["sha256"] for s in json.loads((p / "manifest.json").read_text())["shards"]}
+        for p in (grouped, again)
+    }
     assert files[grouped] == files[again]
 
 
@@ -315,8 +360,11 @@ def test_a_build_against_another_build_and_eval_of_that_build_without_the_overla
     _build(b_root, b)
     b_split = {i: r["split"] for i, r in _records(b).items()}
 
-    done = subprocess.run([str(BIN / "mp16-reason"), "audit", str(a), "--against", f"other={b}", "--quiet"],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [str(BIN / "mp16-reason"), "audit", str(a), "--against", f"other={b}", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     pairs = [p for p in json.loads((a / "audit.json").read_text())["pairs"] if p["kind"] in ("exact", "near")]
     cross = {(p["a"], p["b"]): p["where"] for p in pairs if p["where"].endswith("-other")}
@@ -328,11 +376,27 @@ def test_a_build_against_another_build_and_eval_of_that_build_without_the_overla
     preds = tmp_path / "preds.jsonl"
     preds.write_text("".join(json.dumps({"id": i, "answer": "lat: 0\nlon: 0"}) + "\n" for i in tests))
     done = subprocess.run(
-        [str(BIN / "globe"), "eval", "mp16-reason-test", "--data", str(b), "--predictions", str(preds), "--out",
-         str(tmp_path / "eval"), "--exclude-overlap", str(a), "--overlap-name", "other", "--bootstrap", "0",
-         "--quiet"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            str(BIN / "globe"),
+            "eval",
+            "mp16-reason-test",
+            "--data",
+            str(b),
+            "--predictions",
+            str(preds),
+            "--out",
+            str(tmp_path / "eval"),
+            "--exclude-overlap",
+            str(a),
+            "--overlap-name",
+            "other",
+            "--bootstrap",
+            "0",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     clean = json.loads((tmp_path / "eval" / "metrics.json").read_text())["excluding_overlap"]
     leaked = {x for x in tests if x in copied and a_split[copied[x]] == "train"}

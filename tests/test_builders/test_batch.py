@@ -87,8 +87,14 @@ def test_batches_give_the_online_shards_with_failures_retried_and_quarantined(sa
 
     logs: list[str] = []
     with BatchServer(reply, fail, delay_s=0.2, expire={1}) as server:
-        recipe = _batch_recipe(sample_input, tmp_path / "out", server.url, tmp_path / "cache.sqlite",
-                               batch_max_requests=10, batch_max_bytes=60_000)  # fmt: skip
+        recipe = _batch_recipe(
+            sample_input,
+            tmp_path / "out",
+            server.url,
+            tmp_path / "cache.sqlite",
+            batch_max_requests=10,
+            batch_max_bytes=60_000,
+        )
         summary = build(recipe, progress=False, log=logs.append)
     assert _shards(tmp_path / "out") == _shards(reference)
     assert summary.written + summary.rejected == summary.input_rows
@@ -117,8 +123,9 @@ def test_batches_give_the_online_shards_with_failures_retried_and_quarantined(sa
     ]
 
     # The body of each line is the online request's, image included.
-    online_bodies = {json.dumps({k: v for k, v in b.items() if k != "messages"}, sort_keys=True)
-                     for b in online_srv.requests}  # fmt: skip
+    online_bodies = {
+        json.dumps({k: v for k, v in b.items() if k != "messages"}, sort_keys=True) for b in online_srv.requests
+    }
     for body in server.bodies.values():
         assert json.dumps({k: v for k, v in body.items() if k != "messages"}, sort_keys=True) in online_bodies
     spec = recipe.teachers[0]
@@ -135,10 +142,17 @@ def test_batches_give_the_online_shards_with_failures_retried_and_quarantined(sa
 @pytest.mark.slow
 def test_a_killed_build_resumes_polling_and_submits_nothing_twice(sample_input, online, tmp_path):
     reference, reply, doomed, _ = online
-    with BatchServer(reply, lambda k, a: hashlib.sha256(image_of(server.bodies[k])).hexdigest() == doomed,
-                     delay_s=4.0) as server:  # fmt: skip
-        recipe = _batch_recipe(sample_input, tmp_path / "out", server.url, tmp_path / "cache.sqlite",
-                               batch_max_requests=16, batch_poll_s=0.2)  # fmt: skip
+    with BatchServer(
+        reply, lambda k, a: hashlib.sha256(image_of(server.bodies[k])).hexdigest() == doomed, delay_s=4.0
+    ) as server:
+        recipe = _batch_recipe(
+            sample_input,
+            tmp_path / "out",
+            server.url,
+            tmp_path / "cache.sqlite",
+            batch_max_requests=16,
+            batch_poll_s=0.2,
+        )
         path = tmp_path / "recipe.yaml"
         path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
         cmd = [sys.executable, "-m", "builders.cli", "build", str(path), "--quiet"]
@@ -203,8 +217,14 @@ def test_a_batch_created_before_a_kill_is_found_not_submitted_again(sample_input
 def test_estimate_prices_batch_teachers_at_half_or_their_own_price(sample_input, tmp_path):
     online = teacher_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
     half = _batch_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite")
-    own = _batch_recipe(sample_input, tmp_path / "o", "http://unused/v1", tmp_path / "c.sqlite",
-                        batch_price_input_per_1k=0.0001, batch_price_output_per_1k=0.0002)  # fmt: skip
+    own = _batch_recipe(
+        sample_input,
+        tmp_path / "o",
+        "http://unused/v1",
+        tmp_path / "c.sqlite",
+        batch_price_input_per_1k=0.0001,
+        batch_price_output_per_1k=0.0002,
+    )
     assert online.sha256() == half.sha256() == own.sha256()  # how replies are asked for is not what they are
 
     from builders.plane.pipeline import Build, prepare
@@ -213,8 +233,10 @@ def test_estimate_prices_batch_teachers_at_half_or_their_own_price(sample_input,
     build_ = Build(online, progress=False)
     with build_.locked("test"):
         n_units = prepare(build_)
-    costs = {name: [e.cost for e in teacher_estimate(r, build_.work, n_units)]
-             for name, r in (("online", online), ("half", half), ("own", own))}  # fmt: skip
+    costs = {
+        name: [e.cost for e in teacher_estimate(r, build_.work, n_units)]
+        for name, r in (("online", online), ("half", half), ("own", own))
+    }
     tokens = [(e.input_tokens, e.output_tokens) for e in teacher_estimate(own, build_.work, n_units)]
     assert all(c > 0 for c in costs["online"])
     assert costs["half"] == pytest.approx([c / 2 for c in costs["online"]], rel=1e-12)

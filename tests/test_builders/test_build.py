@@ -155,10 +155,29 @@ def test_output_does_not_depend_on_workers(sample_input, reference, tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_resume_is_byte_identical(sample_input, reference, tmp_path, kill_when):
     """SIGKILL the CLI as soon as it reaches a given point, then rerun: nothing lost, nothing duplicated."""
-    cmd = [sys.executable, "-m", "builders.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
-           "--images", str(sample_input / "images"), "--out", str(tmp_path), "--unit-size", "16",
-           "--shard-bytes", "150000", "--workers", "1", "--max-pixels", str(160 * 120), "--test-fraction", "0.25",
-           "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "builders.cli",
+        "build",
+        "--metadata",
+        str(sample_input / "metadata.csv"),
+        "--images",
+        str(sample_input / "images"),
+        "--out",
+        str(tmp_path),
+        "--unit-size",
+        "16",
+        "--shard-bytes",
+        "150000",
+        "--workers",
+        "1",
+        "--max-pixels",
+        str(160 * 120),
+        "--test-fraction",
+        "0.25",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (tmp_path / kill_when).exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -195,8 +214,11 @@ def test_shard_process_failure_is_reported_and_resumable(sample_input, reference
         shard.unlink()
     (tmp_path / "manifest.json").unlink()
     unit.write_bytes(b"not an arrow file")
-    with pytest.raises(BuildError, match=r"writing shards failed at unit 1 \(\.work/units/unit-000001\.arrow\): "
-                       r"ArrowInvalid: .*delete that unit's files"):  # fmt: skip
+    with pytest.raises(
+        BuildError,
+        match=r"writing shards failed at unit 1 \(\.work/units/unit-000001\.arrow\): "
+        r"ArrowInvalid: .*delete that unit's files",
+    ):
         build(sample_recipe(sample_input, tmp_path), progress=False)
     assert not (tmp_path / "manifest.json").exists()
     unit.write_bytes(good)
@@ -253,9 +275,25 @@ def test_shard_process_exits_when_the_build_is_killed(sample_input, tmp_path):
 
 def test_killed_build_leaves_no_worker_processes(sample_input, tmp_path):
     """Pool workers, fork server and shard process all end with a SIGKILLed build (nothing left holding memory)."""
-    cmd = [sys.executable, "-m", "builders.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
-           "--images", str(sample_input / "images"), "--out", str(tmp_path), "--unit-size", "8", "--workers", "2",
-           "--max-pixels", str(160 * 120), "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "builders.cli",
+        "build",
+        "--metadata",
+        str(sample_input / "metadata.csv"),
+        "--images",
+        str(sample_input / "images"),
+        "--out",
+        str(tmp_path),
+        "--unit-size",
+        "8",
+        "--workers",
+        "2",
+        "--max-pixels",
+        str(160 * 120),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (tmp_path / ".work/units/unit-000002.arrow").exists() and time.monotonic() < deadline:
@@ -299,10 +337,14 @@ def test_parquet_metadata_builds_the_same_images(sample_input, reference, tmp_pa
     recipe = sample_recipe(sample_input, tmp_path / "out", **{"input.metadata": str(tmp_path / "metadata.parquet")})
     summary = build(recipe, progress=False)
     assert summary.written == reference[1].written and summary.rejected == reference[1].rejected - 1  # no bad line
-    keys = sorted(s["__key__"] for s in wds.WebDataset(sorted(map(str, (tmp_path / "out" / "data").glob("*.tar"))),
-                                                        shardshuffle=False))  # fmt: skip
-    ref = sorted(s["__key__"] for s in wds.WebDataset(sorted(map(str, (reference[0] / "data").glob("*.tar"))),
-                                                       shardshuffle=False))  # fmt: skip
+    keys = sorted(
+        s["__key__"]
+        for s in wds.WebDataset(sorted(map(str, (tmp_path / "out" / "data").glob("*.tar"))), shardshuffle=False)
+    )
+    ref = sorted(
+        s["__key__"]
+        for s in wds.WebDataset(sorted(map(str, (reference[0] / "data").glob("*.tar"))), shardshuffle=False)
+    )
     assert keys == ref
 
 
@@ -334,9 +376,24 @@ def test_ray_distributor_starts_its_own_instance_beside_a_ray_start_cluster(samp
 
     exe = Path(sys.executable).with_name("ray")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    head = subprocess.Popen([str(exe), "start", "--head", "--port", str(free_port()), "--num-cpus", "1",
-                             "--include-dashboard", "false", "--block"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    head = subprocess.Popen(
+        [
+            str(exe),
+            "start",
+            "--head",
+            "--port",
+            str(free_port()),
+            "--num-cpus",
+            "1",
+            "--include-dashboard",
+            "false",
+            "--block",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not _ray_status_ok(exe, env):
@@ -668,16 +725,18 @@ def test_streaming_ingest_matches_a_plain_reading_of_the_csv(tmp_path):
                 f"{'dup' if i in (10, 2500) else f'id{i}'},{lat},{(i % 350) - 175},http://x/{i}.jpg, City{i % 7} "
             )
     (tmp_path / "meta.csv").write_text("\n".join(lines) + "\n")
-    recipe = load_recipe(None, {"input.metadata": str(tmp_path / "meta.csv"), "out": str(tmp_path / "out"),
-                                "unit_size": 128})  # fmt: skip
+    recipe = load_recipe(
+        None, {"input.metadata": str(tmp_path / "meta.csv"), "out": str(tmp_path / "out"), "unit_size": 128}
+    )
     b = Build(recipe, progress=False)
     b._check_out_dir(False)
     n = b._ingest()
     work = Path(str(b.work))
     with open(tmp_path / "meta.csv", newline="") as fh:
         records = list(csv.reader(fh))[1:]
-    expected_bad = {i: f"malformed CSV line {i + 2}: 2 fields, header has 5" for i, r in enumerate(records)
-                    if len(r) != 5}  # fmt: skip
+    expected_bad = {
+        i: f"malformed CSV line {i + 2}: 2 fields, header has 5" for i, r in enumerate(records) if len(r) != 5
+    }
     expected_bad[1700] = "latitude 'bad' is not a number; give decimal degrees such as 48.8566"
     expected_bad[2500] = "duplicate id (first seen at row 10)"
     rejected = pq.read_table(work / "ingest-rejected.parquet").to_pylist()
@@ -734,7 +793,7 @@ def test_a_jpeg_that_fits_keeps_its_image_data_and_loses_its_metadata():
         ("PNG", None, 320 * 240, {}),
         ("forced", _jpeg(), 320 * 240, {"reencode": "always"}),
     ],
-)  # fmt: skip
+)
 def test_other_images_are_encoded_again(case, data, budget, kw):
     from builders.plane.images import prepare
 
@@ -760,8 +819,9 @@ def test_unit_files_are_written_a_batch_at_a_time(tmp_path):
     from builders.plane.workfolder import UnitWriter, read_unit
 
     path = tmp_path / "unit-000000.arrow"
-    rows = [(i, f"id{i}", "ok", "", "", "train", "sha", b"jpg" * i, b"{}", 1024, f"id{i}", "", b"", b"")
-            for i in range(10)]  # fmt: skip
+    rows = [
+        (i, f"id{i}", "ok", "", "", "train", "sha", b"jpg" * i, b"{}", 1024, f"id{i}", "", b"", b"") for i in range(10)
+    ]
     with UnitWriter(path, batch_rows=4) as sink:
         for row in rows:
             sink.add(row)

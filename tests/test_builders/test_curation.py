@@ -31,16 +31,42 @@ PARIS = Sample(id="x", lat=48.8566, lon=2.3522, country="France", city="Paris")
 REASONING = "Haussmann facades and a sign reading PARIS."
 
 
-def answer(name: str, country: str = "France", city: str = "Paris", lat=None, lon=None, *, score=0.8,
-           localizable=True, reasoning=REASONING, entities=()) -> TeacherAnswer:  # fmt: skip
-    return TeacherAnswer(teacher=name, model="m", parsed=True, country=country, city=city, lat=lat, lon=lon,
-                         localizable=localizable, localizability=score, reasoning=reasoning,
-                         entities=[Entity(text=t, category="") for t in entities])  # fmt: skip
+def answer(
+    name: str,
+    country: str = "France",
+    city: str = "Paris",
+    lat=None,
+    lon=None,
+    *,
+    score=0.8,
+    localizable=True,
+    reasoning=REASONING,
+    entities=(),
+) -> TeacherAnswer:
+    return TeacherAnswer(
+        teacher=name,
+        model="m",
+        parsed=True,
+        country=country,
+        city=city,
+        lat=lat,
+        lon=lon,
+        localizable=localizable,
+        localizability=score,
+        reasoning=reasoning,
+        entities=[Entity(text=t, category="") for t in entities],
+    )
 
 
 def answers(*given: TeacherAnswer, coords=(), jpeg=b"", record=PARIS) -> Answers:
-    a = Answers(record=record.model_copy(deep=True), answers=list(given), coords=list(coords), failures=[],
-                jpeg=lambda: jpeg, coordinate_teachers=frozenset(c.teacher for c in coords))  # fmt: skip
+    a = Answers(
+        record=record.model_copy(deep=True),
+        answers=list(given),
+        coords=list(coords),
+        failures=[],
+        jpeg=lambda: jpeg,
+        coordinate_teachers=frozenset(c.teacher for c in coords),
+    )
     a.candidates = a.parsed
     return a
 
@@ -50,13 +76,16 @@ def spec() -> CurationSpec:
 
 
 # -- localizability ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("rule", "votes", "scores", "kept"), [
-    ("all", (True, True), (0.8, 0.6), True),
-    ("all", (True, False), (0.9, 0.9), False),  # one says no
-    ("any", (True, False), (0.9, 0.9), True),
-    ("mean", (False, False), (0.7, 0.6), True),  # by score alone
-    ("mean", (True, True), (0.4, 0.5), False),  # mean 0.45 < 0.5
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("rule", "votes", "scores", "kept"),
+    [
+        ("all", (True, True), (0.8, 0.6), True),
+        ("all", (True, False), (0.9, 0.9), False),  # one says no
+        ("any", (True, False), (0.9, 0.9), True),
+        ("mean", (False, False), (0.7, 0.6), True),  # by score alone
+        ("mean", (True, True), (0.4, 0.5), False),  # mean 0.45 < 0.5
+    ],
+)
 def test_localizability_rules(rule, votes, scores, kept):
     settings = LocalizabilityFilter(rule=rule, min_score=0.5)
     a = answers(*(answer(f"t{i}", localizable=v, score=s) for i, (v, s) in enumerate(zip(votes, scores))))
@@ -82,8 +111,9 @@ def test_ground_truth_by_alias_by_coordinates_and_the_candidates_it_leaves():
     assert f.check(a) is None and [t.teacher for t in a.candidates] == ["a", "c"]  # alias; 1 km away
     strict = GroundTruth(GroundTruthFilter(require="all"), spec())
     reason = strict.check(answers(answer("a"), answer("b", "Italy", "Rome")))
-    assert reason == ("teachers disagree with the truth Paris, France at city level (a: Paris, France; b: Rome, Italy; "
-                      "require all)")  # fmt: skip
+    assert reason == (
+        "teachers disagree with the truth Paris, France at city level (a: Paris, France; b: Rome, Italy; require all)"
+    )
     country = GroundTruth(GroundTruthFilter(level="country"), spec())
     assert country.check(answers(answer("a", "France", "Lyon"))) is None
 
@@ -94,11 +124,15 @@ def test_agreement_on_place_and_on_reasoning():
     assert not f.applies(answers(answer("a")))  # one answer: nothing to agree with
     reason = f.check(answers(answer("a"), answer("b", "France", "Lyon")))
     assert reason == "teachers name different places at city level: a Paris, France vs b Lyon, France"
-    similar = answers(answer("a", reasoning="The sign reads Paris and the buildings are Haussmann style."),
-                      answer("b", reasoning="Haussmann buildings and a street sign in French: Paris."))  # fmt: skip
+    similar = answers(
+        answer("a", reasoning="The sign reads Paris and the buildings are Haussmann style."),
+        answer("b", reasoning="Haussmann buildings and a street sign in French: Paris."),
+    )
     assert f.check(similar) is None
-    apart = answers(answer("a", reasoning="Haussmann buildings and a Paris street sign."),
-                    answer("b", reasoning="Quarterly revenue grew by four percent in the fiscal year."))  # fmt: skip
+    apart = answers(
+        answer("a", reasoning="Haussmann buildings and a Paris street sign."),
+        answer("b", reasoning="Quarterly revenue grew by four percent in the fiscal year."),
+    )
     assert f.check(apart).startswith("reasonings not aligned: mean cosine ")
 
 

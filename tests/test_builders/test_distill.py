@@ -224,8 +224,15 @@ def test_teacher_stage_through_transformers_serve(served, tiny_model, sample_inp
     the stage like an outage, before anything is sealed."""
     import sqlite3
 
-    teacher = {"name": "tiny", "base_url": served, "model": str(tiny_model), "structured_output": False,
-               "max_tokens": 12, "max_concurrency": 2, "max_pixels": 112 * 112}  # fmt: skip
+    teacher = {
+        "name": "tiny",
+        "base_url": served,
+        "model": str(tiny_model),
+        "structured_output": False,
+        "max_tokens": 12,
+        "max_concurrency": 2,
+        "max_pixels": 112 * 112,
+    }
     recipe = sample_recipe(
         sample_input, tmp_path / "o", teachers=[teacher], limit=4, **{"distill.cache": str(tmp_path / "c.sqlite")}
     )

@@ -62,8 +62,9 @@ def test_a_second_build_in_one_output_fails_at_once_naming_the_holder_and_kill_9
     with SlowImages(sample_input / "images", delay_s=0.25) as base:
         meta = url_metadata(sample_input, base, tmp_path / "in")
         recipe = tmp_path / "slow.yaml"
-        recipe.write_text(yaml.safe_dump({"input": {"metadata": str(meta)}, "fetch": {"threads": 1},
-                                          "unit_size": 4, "workers": 1}))  # fmt: skip
+        recipe.write_text(
+            yaml.safe_dump({"input": {"metadata": str(meta)}, "fetch": {"threads": 1}, "unit_size": 4, "workers": 1})
+        )
         out = tmp_path / "out"
         cmd = [*CLI, "build", str(recipe), "--out", str(out), "--quiet"]
         first = subprocess.Popen([*cmd, "--shard-bytes", "3000000"], stderr=subprocess.PIPE, text=True)
@@ -103,8 +104,13 @@ def test_the_lock_on_object_storage_excludes_a_second_build_and_takes_over_a_dea
             BuildLock(out, "second").__enter__()
         # A build started from the command line meets the same lock, before it draws or writes anything.
         env = {**os.environ, "MP16_REASON_CACHE": str(tmp_path / "cache")}
-        res = subprocess.run([*CLI, "build", "--sample", "--sample-size", "8", "--out", str(out), "--quiet"],
-                             capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+        res = subprocess.run(
+            [*CLI, "build", "--sample", "--sample-size", "8", "--out", str(out), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert res.returncode == 1 and f"pid {os.getpid()}" in res.stderr, res.stderr
         time.sleep(3.5)  # longer than stale_s: the holder's refreshes keep it live
         with pytest.raises(LockHeld, match="refreshed 0 s ago"):
@@ -349,8 +355,11 @@ def test_two_builds_sharing_one_cache_pay_for_each_reply_once(sample_input, tmp_
         for name in ("a", "b"):
             r = teacher_recipe(sample_input, tmp_path / name, srv.url, cache).model_dump(mode="json")
             (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(r))
-            procs.append(subprocess.Popen([*CLI, "build", str(tmp_path / f"{name}.yaml"), "--quiet"],
-                                          stderr=subprocess.PIPE, text=True))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [*CLI, "build", str(tmp_path / f"{name}.yaml"), "--quiet"], stderr=subprocess.PIPE, text=True
+                )
+            )
         for p in procs:
             assert p.wait(300) == 0, p.stderr.read()
         assert set(srv.ok_by_image) == set(digests) and set(srv.ok_by_image.values()) == {2}  # once per teacher
@@ -395,10 +404,12 @@ def test_a_malformed_line_is_one_rejection_and_every_line_after_it_is_read(sampl
             broken.append("broken/short.jpg,48.85")
     (tmp_path / "clean.csv").write_text("\n".join(clean) + "\n")
     (tmp_path / "broken.csv").write_text("\n".join(broken) + "\n")
-    reference = build(sample_recipe(sample_input, tmp_path / "a", **{"input.metadata": str(tmp_path / "clean.csv")}),
-                      progress=False)  # fmt: skip
-    summary = build(sample_recipe(sample_input, tmp_path / "b", **{"input.metadata": str(tmp_path / "broken.csv")}),
-                    progress=False)  # fmt: skip
+    reference = build(
+        sample_recipe(sample_input, tmp_path / "a", **{"input.metadata": str(tmp_path / "clean.csv")}), progress=False
+    )
+    summary = build(
+        sample_recipe(sample_input, tmp_path / "b", **{"input.metadata": str(tmp_path / "broken.csv")}), progress=False
+    )
     assert summary.input_rows == reference.input_rows + 2
     assert (summary.written, summary.splits) == (reference.written, reference.splits)  # every good line was read
     before = {r["id"]: r["reason"] for r in _rejections(tmp_path / "a")}
@@ -421,9 +432,14 @@ def test_a_join_files_duplicate_ids_collapse_when_equal_and_are_rejected_when_th
     spec = sample_recipe(sample_input, tmp_path / "o", **{"input.metadata": str(meta), "input.join": [str(join)]})
     kept, rejected, n = ingest(spec.input, work_dir=tmp_path / "work")
     assert n == 6 and kept.num_rows == 5
-    assert rejected.to_pylist() == [{"row": 1, "id": rows[1][0], "stage": "ingest",
-                                     "reason": "input.join file join.csv lists this id more than once, with "
-                                               "different coordinates"}]  # fmt: skip
+    assert rejected.to_pylist() == [
+        {
+            "row": 1,
+            "id": rows[1][0],
+            "stage": "ingest",
+            "reason": "input.join file join.csv lists this id more than once, with different coordinates",
+        }
+    ]
     assert rows[0][0] in kept.column("id").to_pylist()
 
 
@@ -460,8 +476,17 @@ def _cli(args: list[str], **env) -> tuple[int, str]:
 
 def test_configuration_errors_name_the_flag_and_the_fix_and_write_nothing(sample_input, tmp_path, monkeypatch):
     (tmp_path / "a-file").write_text("x")
-    code, out = _cli(["build", "--metadata", str(sample_input / "metadata.csv"), "--images",
-                      str(sample_input / "images"), "--out", str(tmp_path / "a-file" / "out")])  # fmt: skip
+    code, out = _cli(
+        [
+            "build",
+            "--metadata",
+            str(sample_input / "metadata.csv"),
+            "--images",
+            str(sample_input / "images"),
+            "--out",
+            str(tmp_path / "a-file" / "out"),
+        ]
+    )
     assert code == 1 and "lies under" in out and "which is a file" in out and "Traceback" not in out
 
     code, out = _cli(["build", "--metadata", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o1")])
@@ -471,8 +496,18 @@ def test_configuration_errors_name_the_flag_and_the_fix_and_write_nothing(sample
     release = Path(__file__).resolve().parents[2] / "builders/recipes/globe-release.yaml"
     meta = tmp_path / "train.csv"
     meta.write_text("IMG_ID,response,solution,entities\n")
-    code, out = _cli(["build", str(release), "--metadata", str(meta), "--images", str(sample_input / "images"),
-                      "--out", str(tmp_path / "o2")])  # fmt: skip
+    code, out = _cli(
+        [
+            "build",
+            str(release),
+            "--metadata",
+            str(meta),
+            "--images",
+            str(sample_input / "images"),
+            "--out",
+            str(tmp_path / "o2"),
+        ]
+    )
     assert code == 1 and "pass --join PATH" in out and "--no-join" in out
     assert not (tmp_path / "o2").exists()
 
@@ -487,10 +522,22 @@ def test_configuration_errors_name_the_flag_and_the_fix_and_write_nothing(sample
 def test_a_release_csv_without_its_reasoning_column_is_refused_before_any_work(sample_input, tmp_path):
     release = Path(__file__).resolve().parents[2] / "builders/recipes/globe-release.yaml"
     meta = tmp_path / "train.csv"
-    meta.write_text("IMG_ID,LAT,LON,text,solution,entities\nsample/00000.jpg,1,1,x,<country>A</country><city>B"
-                    "</city>,[]\n")  # fmt: skip
-    code, out = _cli(["build", str(release), "--metadata", str(meta), "--images", str(sample_input / "images"),
-                      "--no-join", "--out", str(tmp_path / "o")])  # fmt: skip
+    meta.write_text(
+        "IMG_ID,LAT,LON,text,solution,entities\nsample/00000.jpg,1,1,x,<country>A</country><city>B</city>,[]\n"
+    )
+    code, out = _cli(
+        [
+            "build",
+            str(release),
+            "--metadata",
+            str(meta),
+            "--images",
+            str(sample_input / "images"),
+            "--no-join",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 1 and "has no column for response (its columns: IMG_ID, LAT, LON, text, solution, entities)" in out
     assert "columns: {response: <your column>}" in out
     assert not (tmp_path / "o").exists()
@@ -498,12 +545,28 @@ def test_a_release_csv_without_its_reasoning_column_is_refused_before_any_work(s
 
 def test_a_command_without_its_extra_names_the_extra_in_one_line(tmp_path):
     blocked = "import sys; sys.modules['openai'] = None; sys.modules['torch'] = None; from builders.cli import main; "
-    res = subprocess.run([sys.executable, "-c", blocked + "main()", "build", "--sample", "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", blocked + "main()", "build", "--sample", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 1 and 'pip install "mp16-reason[build]"' in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "o").exists()
-    res = subprocess.run([sys.executable, "-c", blocked.replace("builders.cli", "globe_train.cli") + "main()", "train",
-                          "grpo", "--recipe", "tiny-cpu"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            blocked.replace("builders.cli", "globe_train.cli") + "main()",
+            "train",
+            "grpo",
+            "--recipe",
+            "tiny-cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 1 and 'pip install "mp16-reason[train]"' in res.stderr, res.stderr
 
 
@@ -555,12 +618,17 @@ def test_a_nul_byte_path_a_fifo_and_a_name_that_is_not_utf8_are_rows_not_a_stopp
     os.write(fd, (images / "00003.jpg").read_bytes())
     os.close(fd)
     with (src / "metadata.csv").open("a", newline="") as fh:
-        csv.writer(fh).writerows([["bad/nul.jpg", "48.85", "2.35", "00\x004.jpg", "", ""],
-                                  ["bad/fifo.jpg", "48.85", "2.35", "pipe.jpg", "", ""]])  # fmt: skip
+        csv.writer(fh).writerows(
+            [
+                ["bad/nul.jpg", "48.85", "2.35", "00\x004.jpg", "", ""],
+                ["bad/fifo.jpg", "48.85", "2.35", "pipe.jpg", "", ""],
+            ]
+        )
     with pytest.warns(UserWarning, match=r"skipped 1 special file.*pipe\.jpg"):
         summary = build(sample_recipe(src, tmp_path / "o"), progress=False, log=lambda _: None)
-    reasons = dict(zip(*pq.read_table(tmp_path / "o" / "rejections.parquet", columns=["id", "reason"]).to_pydict()
-                       .values()))  # fmt: skip
+    reasons = dict(
+        zip(*pq.read_table(tmp_path / "o" / "rejections.parquet", columns=["id", "reason"]).to_pydict().values())
+    )
     assert "NUL byte" in reasons["bad/nul.jpg"] and "not a regular file" in reasons["bad/fifo.jpg"]
     assert summary.input_rows == summary.written + summary.rejected
 
@@ -580,8 +648,13 @@ def test_a_grounding_model_neither_here_nor_reachable_is_refused_in_a_second(sam
 
     monkeypatch.setenv("MP16_TEST_KEY", "k")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    recipe = teacher_recipe(sample_input, tmp_path / "o", "http://127.0.0.1:9/v1", tmp_path / "c.sqlite",
-                            **{"curation.grounding.model": "nvidia/segformer-b2-finetuned-ade-512-512"})  # fmt: skip
+    recipe = teacher_recipe(
+        sample_input,
+        tmp_path / "o",
+        "http://127.0.0.1:9/v1",
+        tmp_path / "c.sqlite",
+        **{"curation.grounding.model": "nvidia/segformer-b2-finetuned-ade-512-512"},
+    )
     started = time.monotonic()
     with pytest.raises(ValueError, match=r"curation\.grounding\.model .*HF_HUB_OFFLINE .*bundled:scene-segmenter"):
         build(recipe, progress=False, log=lambda _: None)

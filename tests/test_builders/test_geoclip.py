@@ -38,11 +38,25 @@ def tiny_clip(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny-clip")
     config = CLIPConfig(
         projection_dim=768,
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1,
-                     "vocab_size": 99, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1,
-                       "patch_size": 32, "image_size": 224},
-    )  # fmt: skip
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "vocab_size": 99,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "patch_size": 32,
+            "image_size": 224,
+        },
+    )
     import torch
 
     torch.manual_seed(0)
@@ -104,8 +118,9 @@ def _with_geoclip(recipe: Recipe, tiny_clip: str, **curation) -> Recipe:
 
 
 @pytest.mark.slow
-def test_builds_record_geoclip_answers_reuse_them_and_curate_by_distance(sample_input, tiny_clip, tmp_path,
-                                                                        monkeypatch):  # fmt: skip
+def test_builds_record_geoclip_answers_reuse_them_and_curate_by_distance(
+    sample_input, tiny_clip, tmp_path, monkeypatch
+):
     monkeypatch.setenv("MP16_TEST_KEY", "key")
     cache = tmp_path / "cache.sqlite"
     base = teacher_recipe(sample_input, tmp_path / "a", "http://unused/v1", cache)
@@ -155,16 +170,27 @@ def test_a_geoclip_that_cannot_load_stops_the_build_with_the_fix(sample_input, t
     base = teacher_recipe(sample_input, tmp_path / "a", "http://unused/v1", tmp_path / "c.sqlite")
     reply, _ = scripted_replies(sample_input, base)
     with TeacherServer(reply) as srv:
-        recipe = _with_geoclip(teacher_recipe(sample_input, tmp_path / "a", srv.url, tmp_path / "c.sqlite"),
-                               str(tmp_path / "no-such-clip"))  # fmt: skip
+        recipe = _with_geoclip(
+            teacher_recipe(sample_input, tmp_path / "a", srv.url, tmp_path / "c.sqlite"), str(tmp_path / "no-such-clip")
+        )
         with pytest.raises(ValueError, match=r"GeoCLIP could not be loaded \(clip_model .*no-such-clip"):
             build(recipe, progress=False, log=lambda *_: None)
     assert not (tmp_path / "a" / "manifest.json").exists()
 
 
 def _answer(name: str, country: str, city: str, lat: float | None = None, lon: float | None = None) -> TeacherAnswer:
-    return TeacherAnswer(teacher=name, model="m", parsed=True, country=country, city=city, lat=lat, lon=lon,
-                         localizable=True, localizability=0.9, reasoning="r")  # fmt: skip
+    return TeacherAnswer(
+        teacher=name,
+        model="m",
+        parsed=True,
+        country=country,
+        city=city,
+        lat=lat,
+        lon=lon,
+        localizable=True,
+        localizability=0.9,
+        reasoning="r",
+    )
 
 
 @pytest.mark.parametrize(
@@ -178,9 +204,14 @@ def _answer(name: str, country: str, city: str, lat: float | None = None, lon: f
 )
 def test_agreement_with_the_geoclip_point(rule, a_city, b_coords, kept):
     spec = CurationSpec.model_validate(
-        {"localizability": {"enabled": False}, "ground_truth": {"enabled": False}, "agreement": {"enabled": False},
-         "grounding": {"enabled": False}, "geoclip": {"teachers": rule, "teacher_km": 25}}
-    )  # fmt: skip
+        {
+            "localizability": {"enabled": False},
+            "ground_truth": {"enabled": False},
+            "agreement": {"enabled": False},
+            "grounding": {"enabled": False},
+            "geoclip": {"teachers": rule, "teacher_km": 25},
+        }
+    )
     curator = Curator(spec, 2, frozenset({"geo"}))
     sample = Sample(id="x", lat=48.85, lon=2.35, country="France", city="Paris")
     point = _answer("geo", "France", "Paris", 48.8566, 2.3522)

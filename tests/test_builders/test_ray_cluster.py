@@ -52,8 +52,10 @@ def _ray_build(recipe: dict, tmp_path: Path, cluster, name: str) -> subprocess.P
     log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it; closed with the test's tmp
     return subprocess.Popen(
         [sys.executable, "-m", "builders.cli", "build", str(path), "--distributor", "ray", "--quiet"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def _shards(out: str | Path) -> list[dict]:
@@ -90,8 +92,7 @@ def test_a_node_killed_mid_build_gives_the_uninterrupted_shards(s3, cluster, sam
         url_metadata(sample_input, base, tmp_path / "urls")
         prefix = s3.bucket("ray-inputs") + "/urls"
         upload(tmp_path / "urls", prefix)
-        settings = {"input.metadata": prefix + "/metadata.csv", "input.images": [], "unit_size": 4,
-                    "fetch.threads": 1}  # fmt: skip
+        settings = {"input.metadata": prefix + "/metadata.csv", "input.images": [], "unit_size": 4, "fetch.threads": 1}
         reference = tmp_path / "uninterrupted"
         build(sample_recipe(sample_input, reference, **settings), progress=False)
 

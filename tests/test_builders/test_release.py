@@ -31,12 +31,17 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "builders/recipes/globe-release.yaml"
 TEST_RECIPE = ROOT / "builders/recipes/globe-release-test.yaml"
 PLACES = [  # lat, lon, the release's answer
-    (48.8566, 2.3522, "France", "Paris"), (35.6762, 139.6503, "Japan", "Tokyo"),
-    (40.7580, -73.9855, "United States", "New York"), (51.5074, -0.1278, "United Kingdom", "London"),
-    (41.9028, 12.4964, "Italy", "Rome"), (52.5200, 13.4050, "Germany", "Berlin"),
-    (-33.8688, 151.2093, "Australia", "Sydney"), (55.7558, 37.6173, "Russia", "Moscow"),
-    (19.4326, -99.1332, "Mexico", "Mexico City"), (-22.9068, -43.1729, "Brazil", "Rio de Janeiro"),
-]  # fmt: skip
+    (48.8566, 2.3522, "France", "Paris"),
+    (35.6762, 139.6503, "Japan", "Tokyo"),
+    (40.7580, -73.9855, "United States", "New York"),
+    (51.5074, -0.1278, "United Kingdom", "London"),
+    (41.9028, 12.4964, "Italy", "Rome"),
+    (52.5200, 13.4050, "Germany", "Berlin"),
+    (-33.8688, 151.2093, "Australia", "Sydney"),
+    (55.7558, 37.6173, "Russia", "Moscow"),
+    (19.4326, -99.1332, "Mexico", "Mexico City"),
+    (-22.9068, -43.1729, "Brazil", "Rio de Janeiro"),
+]
 
 
 def mp16_id(i: int) -> str:
@@ -102,8 +107,14 @@ def release(tmp_path_factory):
         lat, lon, country, city = PLACES[i % len(PLACES)]
         entities = [{"text": f"street sign {i}"}, {"text": "tram"}]
         cell = json.dumps(entities) if i % 2 else repr(entities)  # JSON strings and Python literals both occur
-        rows.append({"IMG_ID": ids[i], "response": f"The sign reads {city}. Trams like these run in {city}.",
-                     "solution": f"<country>{country}</country><city>{city}</city>", "entities": cell})  # fmt: skip
+        rows.append(
+            {
+                "IMG_ID": ids[i],
+                "response": f"The sign reads {city}. Trams like these run in {city}.",
+                "solution": f"<country>{country}</country><city>{city}</city>",
+                "entities": cell,
+            }
+        )
     rows[20]["solution"] = "France, Paris"
     rows[21]["entities"] = "[{'text': 'sign'"  # cut off
     rows[22]["entities"] = "__import__('os').system('echo no')"  # never evaluated
@@ -157,15 +168,23 @@ def release(tmp_path_factory):
 
 
 def recipe(root: Path, out: Path, **overrides):
-    return load_recipe(RECIPE, {
-        "input.metadata": str(root / "mp16-reason-train.csv"),
-        "input.images": [str(root / n) for n in ("mp16-reason-train-images.zip", "mp-16-images.tar",
-                                                 "mp16-urls.csv")],
-        "input.join": [str(root / "MP16_Pro_filtered.csv")],
-        "fetch.reject_sha256": [hashlib.sha256(PLACEHOLDER).hexdigest()],
-        "fetch.retries": 0, "workers": 1, "unit_size": 8, "shards.max_bytes": 60_000, "out": str(out),
-        **overrides,
-    })  # fmt: skip
+    return load_recipe(
+        RECIPE,
+        {
+            "input.metadata": str(root / "mp16-reason-train.csv"),
+            "input.images": [
+                str(root / n) for n in ("mp16-reason-train-images.zip", "mp-16-images.tar", "mp16-urls.csv")
+            ],
+            "input.join": [str(root / "MP16_Pro_filtered.csv")],
+            "fetch.reject_sha256": [hashlib.sha256(PLACEHOLDER).hexdigest()],
+            "fetch.retries": 0,
+            "workers": 1,
+            "unit_size": 8,
+            "shards.max_bytes": 60_000,
+            "out": str(out),
+            **overrides,
+        },
+    )
 
 
 def records(out: Path) -> dict[str, dict]:
@@ -194,8 +213,10 @@ def test_every_row_is_written_or_rejected_with_its_reason(release, built):
     assert "photo_unavailable.png" in why[ids[16]][1]
     assert why[ids[17]] == ("fetch", "Flickr placeholder (sha256 in fetch.reject_sha256) [urls mp16-urls.csv]")
     assert why[ids[18]][0] == "fetch" and "dead link (HTTP 404)" in why[ids[18]][1]
-    assert why[ids[19]] == ("fetch", "no image in any source (tried: zip mp16-reason-train-images.zip, "
-                                     "tar mp-16-images.tar, urls mp16-urls.csv)")  # fmt: skip
+    assert why[ids[19]] == (
+        "fetch",
+        "no image in any source (tried: zip mp16-reason-train-images.zip, tar mp-16-images.tar, urls mp16-urls.csv)",
+    )
     assert why[ids[20]][1].startswith("malformed solution: 'France, Paris'")
     assert why[ids[21]][1].startswith("unparsable entities") and why[ids[22]][1].startswith("unparsable entities")
     assert why[ids[23]][1] == "empty response (no reasoning)"
@@ -216,8 +237,11 @@ def test_records_keep_the_release_verbatim_and_say_which_source_served(release, 
         assert all(e["category"] == "" and e["grounded"] is None for e in rec["entities"])
         [answer] = rec["teachers"]
         assert (answer["origin"], answer["model"], answer["country"], answer["city"]) == (
-            "release", "GLOBE release", country, "Osaka" if i == 11 else city,
-        )  # fmt: skip
+            "release",
+            "GLOBE release",
+            country,
+            "Osaka" if i == 11 else city,
+        )
         assert rec["localizable"] is True and rec["split"] == "train"
         assert (rec["source"]["labels"]["country"], rec["source"]["labels"]["city"]) == (country, answer["city"])
         assert rec["lat"] == pytest.approx(lat + 0.001 * (i % 3)) and rec["country"]  # joined, then labelled
@@ -247,11 +271,18 @@ def test_card_states_completeness_and_agreement(built):
 def test_test_split_from_its_own_csv(release, tmp_path):
     root, _ = release
     out = tmp_path / "test-build"
-    summary = build(load_recipe(TEST_RECIPE, {
-        "input.metadata": str(root / "mp16-reason-test-12k.csv"),
-        "input.images": [str(root / "eval_images.zip"), str(root / "mp-16-images.tar")],
-        "workers": 1, "out": str(out),
-    }), progress=False)  # fmt: skip
+    summary = build(
+        load_recipe(
+            TEST_RECIPE,
+            {
+                "input.metadata": str(root / "mp16-reason-test-12k.csv"),
+                "input.images": [str(root / "eval_images.zip"), str(root / "mp-16-images.tar")],
+                "workers": 1,
+                "out": str(out),
+            },
+        ),
+        progress=False,
+    )
     assert summary.written == 4 and summary.splits == {"test": 4}
     recs = records(out)
     kinds = Counter(r["source"]["image_source"]["kind"] for r in recs.values())
@@ -267,9 +298,27 @@ def test_sigkill_then_resume_gives_the_same_shards(release, built, tmp_path):
 
     root, _ = release
     r = recipe(root, tmp_path)
-    cmd = [sys.executable, "-m", "builders.cli", "build", str(RECIPE), "--metadata", r.input.metadata,
-           *[a for s in r.input.images for a in ("--images", s)], "--join", r.input.join[0], "--out", str(tmp_path),
-           "--workers", "1", "--unit-size", "8", "--shard-bytes", "60000", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "builders.cli",
+        "build",
+        str(RECIPE),
+        "--metadata",
+        r.input.metadata,
+        *[a for s in r.input.images for a in ("--images", s)],
+        "--join",
+        r.input.join[0],
+        "--out",
+        str(tmp_path),
+        "--workers",
+        "1",
+        "--unit-size",
+        "8",
+        "--shard-bytes",
+        "60000",
+        "--quiet",
+    ]
     overrides = tmp_path.parent / "override.yaml"
     import yaml
 
@@ -307,8 +356,11 @@ def test_a_missing_release_column_names_the_file_columns_and_the_override(releas
     text = (root / "mp16-reason-train.csv").read_text().replace("solution", "answer", 1)
     bad.write_text(text)
     spec = recipe(root, tmp_path / "out", **{"input.metadata": str(bad)}).input
-    with pytest.raises(InputError, match=r"no column for solution \(its columns: IMG_ID, response, answer, "
-                                         r"entities\); .*columns: \{solution: <your column>\}"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"no column for solution \(its columns: IMG_ID, response, answer, "
+        r"entities\); .*columns: \{solution: <your column>\}",
+    ):
         ingest(spec, work_dir=tmp_path)
 
 
@@ -340,16 +392,54 @@ def test_the_release_audit_recipe_runs_as_documented(release, tmp_path):
         assert done.returncode == 0, f"{args}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
-    run("mp16-reason", "build", str(RECIPE), "--metadata", str(root / "mp16-reason-train.csv"),
-        "--images", str(root / "mp16-reason-train-images.zip"), "--images", str(root / "mp-16-images.tar"),
-        "--images", str(root / "mp16-urls.csv"), "--join", str(root / "MP16_Pro_filtered.csv"),
-        "--out", "mp16-reason", "--workers", "1", "--quiet")  # fmt: skip
-    run("mp16-reason", "build", str(TEST_RECIPE), "--metadata", str(root / "mp16-reason-test-12k.csv"),
-        "--images", str(root / "eval_images.zip"), "--images", str(root / "mp-16-images.tar"),
-        "--out", "mp16-reason-test", "--workers", "1", "--quiet")  # fmt: skip
-    printed = run("mp16-reason", "audit", "mp16-reason", "--against", "mp16-reason-test",
-                  "--against", "im2gps3k=im2gps3k_places365.csv,im2gps3ktest",
-                  "--against", "yfcc4k=yfcc4k_places365.csv,yfcc4k", "--quiet")  # fmt: skip
+    run(
+        "mp16-reason",
+        "build",
+        str(RECIPE),
+        "--metadata",
+        str(root / "mp16-reason-train.csv"),
+        "--images",
+        str(root / "mp16-reason-train-images.zip"),
+        "--images",
+        str(root / "mp-16-images.tar"),
+        "--images",
+        str(root / "mp16-urls.csv"),
+        "--join",
+        str(root / "MP16_Pro_filtered.csv"),
+        "--out",
+        "mp16-reason",
+        "--workers",
+        "1",
+        "--quiet",
+    )
+    run(
+        "mp16-reason",
+        "build",
+        str(TEST_RECIPE),
+        "--metadata",
+        str(root / "mp16-reason-test-12k.csv"),
+        "--images",
+        str(root / "eval_images.zip"),
+        "--images",
+        str(root / "mp-16-images.tar"),
+        "--out",
+        "mp16-reason-test",
+        "--workers",
+        "1",
+        "--quiet",
+    )
+    printed = run(
+        "mp16-reason",
+        "audit",
+        "mp16-reason",
+        "--against",
+        "mp16-reason-test",
+        "--against",
+        "im2gps3k=im2gps3k_places365.csv,im2gps3ktest",
+        "--against",
+        "yfcc4k=yfcc4k_places365.csv,yfcc4k",
+        "--quiet",
+    )
     doc = json.loads((tmp_path / "mp16-reason" / "audit.json").read_text())
     assert doc["summary"]["against"] == ["mp16-reason-test", "im2gps3k", "yfcc4k"]
     assert doc["summary"]["images"]["mp16-reason-test"] == 4
@@ -359,11 +449,29 @@ def test_the_release_audit_recipe_runs_as_documented(release, tmp_path):
     assert "train-im2gps3k" in printed
 
     preds = tmp_path / "preds.jsonl"
-    preds.write_text("".join(json.dumps({"id": p.name, "answer": "lat: 48.85\nlon: 2.35"}) + "\n"
-                             for p in sorted(im2gps.glob("*.jpg"))))  # fmt: skip
-    run("globe", "eval", "im2gps3k", "--data", "im2gps3k_places365.csv", "--images", "im2gps3ktest",
-        "--predictions", str(preds), "--out", "runs/released-im2gps3k", "--exclude-overlap", "mp16-reason",
-        "--bootstrap", "0", "--quiet")  # fmt: skip
+    preds.write_text(
+        "".join(
+            json.dumps({"id": p.name, "answer": "lat: 48.85\nlon: 2.35"}) + "\n" for p in sorted(im2gps.glob("*.jpg"))
+        )
+    )
+    run(
+        "globe",
+        "eval",
+        "im2gps3k",
+        "--data",
+        "im2gps3k_places365.csv",
+        "--images",
+        "im2gps3ktest",
+        "--predictions",
+        str(preds),
+        "--out",
+        "runs/released-im2gps3k",
+        "--exclude-overlap",
+        "mp16-reason",
+        "--bootstrap",
+        "0",
+        "--quiet",
+    )
     metrics = json.loads((tmp_path / "runs/released-im2gps3k/metrics.json").read_text())
     assert metrics["n"] == 2 and metrics["excluding_overlap"]["excluded"] == 1
     assert metrics["excluding_overlap"]["set"] == "im2gps3k" and metrics["excluding_overlap"]["n"] == 1

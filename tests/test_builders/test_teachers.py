@@ -247,8 +247,9 @@ def test_retry_after_is_capped_by_max_backoff_and_counts_toward_outage(pool, mon
 
     monkeypatch.setattr("builders.teachers.online.asyncio.sleep", sleep)
     with TeacherServer(lambda img, req: json.dumps(GOOD), lambda n, d: "429", retry_after="3600") as srv:
-        spec = OpenAITeacher(name="t", base_url=srv.url, model="m", max_backoff_s=0.2, max_retries=50,
-                             outage_s=0.9, http_client=pool)  # fmt: skip
+        spec = OpenAITeacher(
+            name="t", base_url=srv.url, model="m", max_backoff_s=0.2, max_retries=50, outage_s=0.9, http_client=pool
+        )
         (err,), _ = _ask(spec, _jpeg())
     assert waits and max(waits) <= 0.2  # never the hour the server asked for
     assert isinstance(err, TeacherOutage) and "outage_s = 0.9" in str(err) and "HTTP 429" in str(err)
@@ -258,8 +259,9 @@ def test_retry_after_is_capped_by_max_backoff_and_counts_toward_outage(pool, mon
 @pytest.mark.parametrize("pool", POOLS)
 def test_tls_to_a_plain_http_port_is_a_one_line_outage(pool):
     with TeacherServer(lambda img, req: json.dumps(GOOD)) as srv:
-        spec = OpenAITeacher(name="t", base_url=srv.url.replace("http://", "https://"), model="m", max_retries=1,
-                             http_client=pool)  # fmt: skip
+        spec = OpenAITeacher(
+            name="t", base_url=srv.url.replace("http://", "https://"), model="m", max_retries=1, http_client=pool
+        )
         (err,), _ = _ask(spec, _jpeg())
     assert isinstance(err, TeacherOutage) and "TLS failed" in str(err) and "\n" not in str(err), repr(err)
 
@@ -270,16 +272,34 @@ def test_a_self_signed_certificate_is_a_one_line_outage(pool, tmp_path):
     import ssl
     import subprocess
 
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     srv = TeacherServer(lambda img, req: json.dumps(GOOD))
     srv.httpd.socket = context.wrap_socket(srv.httpd.socket, server_side=True)
     with srv:
-        spec = OpenAITeacher(name="t", base_url=srv.url.replace("http://", "https://"), model="m", max_retries=1,
-                             http_client=pool)  # fmt: skip
+        spec = OpenAITeacher(
+            name="t", base_url=srv.url.replace("http://", "https://"), model="m", max_retries=1, http_client=pool
+        )
         (err,), _ = _ask(spec, _jpeg())
     assert isinstance(err, TeacherOutage) and "TLS failed" in str(err) and "\n" not in str(err), repr(err)
     assert srv.n == 0
@@ -296,9 +316,15 @@ def test_missing_api_key_names_the_variable(monkeypatch):
 def test_concurrency_cap_and_request_shape():
     with TeacherServer(lambda img, req: json.dumps(GOOD), latency_s=0.05) as srv:
         spec = OpenAITeacher(
-            name="t", base_url=srv.url, model="m", max_concurrency=3, max_pixels=32 * 24, seed=7, top_p=0.9,
+            name="t",
+            base_url=srv.url,
+            model="m",
+            max_concurrency=3,
+            max_pixels=32 * 24,
+            seed=7,
+            top_p=0.9,
             extra_body={"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}},
-        )  # fmt: skip
+        )
         replies, _ = _ask(spec, _jpeg(640, 480), n=12)
     assert all(isinstance(r, CachedReply) for r in replies)
     assert srv.max_in_flight == 3

@@ -23,8 +23,10 @@ from globe_train.demo import exif_gps, highlight
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "globe_train" / "space" / "examples"
 KYOTO = EXAMPLES / "kyoto.jpg"  # EXIF GPS 35.0037, 135.7788
-ANSWER = "<think>The roofs are tiled and the street signs are in Japanese script.</think>" \
-         "<answer>country: Japan\ncity: Kyoto</answer>"  # fmt: skip
+ANSWER = (
+    "<think>The roofs are tiled and the street signs are in Japanese script.</think>"
+    "<answer>country: Japan\ncity: Kyoto</answer>"
+)
 
 
 class Demo:
@@ -33,11 +35,19 @@ class Demo:
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "GRADIO_ANALYTICS_ENABLED": "False",
-               "HF_HUB_OFFLINE": "1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "HF_HOME": str(tmp_path / "hf"),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_OFFLINE": "1",
+        }
         self.log = open(tmp_path / f"demo-{self.port}.log", "wb")  # noqa: SIM115 - closed in __exit__
-        self.proc = subprocess.Popen([sys.executable, "-m", "globe_train.cli", "demo", "--port", str(self.port), *args],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "globe_train.cli", "demo", "--port", str(self.port), *args],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.logfile = tmp_path / f"demo-{self.port}.log"
 
     def __enter__(self) -> Demo:
@@ -193,9 +203,19 @@ def test_a_finished_prediction_in_headless_chromium(tmp_path):
         Demo(tmp_path, "--endpoint", server.url, "--endpoint-model", "globe") as demo,
         sync_playwright() as pw,
     ):
-        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])  # fmt: skip
+        browser = pw.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(demo.url)
         page.locator("input[type=file]").first.set_input_files(str(KYOTO))
@@ -218,18 +238,35 @@ def test_the_space_folder_and_its_upload(tmp_path):
     from globe_train.push import stage_space
 
     files = stage_space(tmp_path / "space")
-    assert {"app.py", "requirements.txt", "README.md", "examples/kyoto.jpg", "globe_train/demo.py",
-            "mp16_reason/worldmap.py", "cards/model_card.md"} <= set(files)  # fmt: skip
+    assert {
+        "app.py",
+        "requirements.txt",
+        "README.md",
+        "examples/kyoto.jpg",
+        "globe_train/demo.py",
+        "mp16_reason/worldmap.py",
+        "cards/model_card.md",
+    } <= set(files)
     assert not any("__pycache__" in f or f.startswith("globe_train/space/") for f in files)
     text = (tmp_path / "space" / "README.md").read_text()
     meta = yaml.safe_load(text.split("---")[1])
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
     with HubWriteServer() as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_x",
-               "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_TOKEN": "hf_x",
+            "HF_HUB_DISABLE_XET": "1",
+        }
         env.pop("HF_HUB_OFFLINE", None)
-        done = subprocess.run([sys.executable, "-m", "globe_train.cli", "push", "--space", "--repo", "me/globe-demo"],
-                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "globe_train.cli", "push", "--space", "--repo", "me/globe-demo"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         tree = hub.tree("spaces/me/globe-demo")
     assert {"app.py", "requirements.txt", "README.md", "globe_train/demo.py"} <= set(tree)

@@ -161,16 +161,44 @@ def test_official_csv_predictions_are_scored(tmp_path):
     gt = _gt_csv(tmp_path)
     official = tmp_path / "official.csv"
     with official.open("w", newline="") as fh:
-        cols = ["IMG_ID", "LAT", "LON", "city", "country", "prediction", "pred_city", "pred_country", "pred_LAT",
-                "pred_LON"]  # fmt: skip
+        cols = [
+            "IMG_ID",
+            "LAT",
+            "LON",
+            "city",
+            "country",
+            "prediction",
+            "pred_city",
+            "pred_country",
+            "pred_LAT",
+            "pred_LON",
+        ]
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
-        w.writerow({"IMG_ID": "a1.jpg", "LAT": PARIS[0], "LON": PARIS[1], "city": "Paris", "country": "France",
-                    "prediction": json.dumps({"data": "<think>x</think><answer>country: france\ncity: paris</answer>"}),
-                    "pred_city": "paris", "pred_country": "france"})  # fmt: skip
-        w.writerow({"IMG_ID": "b2.jpg", "LAT": 40.7128, "LON": -74.006, "city": "New York City",
-                    "country": "United States", "prediction": json.dumps({"data": "country: USA\ncity: New York"}),
-                    "pred_city": "new york", "pred_country": "usa"})  # fmt: skip
+        w.writerow(
+            {
+                "IMG_ID": "a1.jpg",
+                "LAT": PARIS[0],
+                "LON": PARIS[1],
+                "city": "Paris",
+                "country": "France",
+                "prediction": json.dumps({"data": "<think>x</think><answer>country: france\ncity: paris</answer>"}),
+                "pred_city": "paris",
+                "pred_country": "france",
+            }
+        )
+        w.writerow(
+            {
+                "IMG_ID": "b2.jpg",
+                "LAT": 40.7128,
+                "LON": -74.006,
+                "city": "New York City",
+                "country": "United States",
+                "prediction": json.dumps({"data": "country: USA\ncity: New York"}),
+                "pred_city": "new york",
+                "pred_country": "usa",
+            }
+        )
     out = tmp_path / "run"
     result = CliRunner().invoke(
         main, ["eval", "csv", "--data", str(gt), "--predictions", str(official), "--out", str(out), "--quiet"]
@@ -233,8 +261,9 @@ def test_the_error_map_draws_great_circles_across_the_date_line_with_a_legend(tm
     assert all(abs(lo) <= 180 for piece in pieces for _, lo in piece)
     (paris_berlin,) = great_circle(48.85, 2.35, 52.52, 13.40)  # one piece
     assert paris_berlin[0] == pytest.approx((48.85, 2.35)) and paris_berlin[-1] == pytest.approx((52.52, 13.40))
-    df = pd.DataFrame([{"true_lat": 34.05, "true_lon": -118.24, "pred_lat": -33.87, "pred_lon": 151.21,
-                        "distance_km": 12_060.0}])  # fmt: skip
+    df = pd.DataFrame(
+        [{"true_lat": 34.05, "true_lon": -118.24, "pred_lat": -33.87, "pred_lon": 151.21, "distance_km": 12_060.0}]
+    )
     img = Image.open(error_map(df, tmp_path / "map.png", width=1200)).convert("RGB")
     purple = ERROR_COLOURS[-1][1]
     width, height = img.size

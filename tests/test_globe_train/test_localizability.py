@@ -24,8 +24,13 @@ from globe_train.rewards import get_reward_funcs
 
 pytest.importorskip("openai")
 SECRET = "sk-rm-THIS-MUST-NOT-LEAK-1234"
-TOP = [("yes", math.log(0.6)), (" Yes", math.log(0.1)), ("no", math.log(0.2)), ("maybe", math.log(0.05)),
-       ("perhaps", math.log(0.01))]  # fmt: skip
+TOP = [
+    ("yes", math.log(0.6)),
+    (" Yes", math.log(0.1)),
+    ("no", math.log(0.2)),
+    ("maybe", math.log(0.05)),
+    ("perhaps", math.log(0.01)),
+]
 
 
 def _image(color: tuple[int, int, int]) -> Image.Image:
@@ -154,12 +159,14 @@ def test_local_judge_on_the_tiny_model(tiny_model):
 def test_judge_prompt_is_the_reward_model_training_prompt():
     from globe_train.data import rows_for
 
-    record = {"teachers": [
-        {"parsed": True, "localizable": True, "reasoning": "a tram", "country": "Portugal", "city": "Lisbon"},
-        {"parsed": True, "localizable": False, "reasoning": "a white wall", "country": "", "city": ""},
-        {"parsed": False, "localizable": True, "reasoning": "", "raw": "garbled"},
-        {"parsed": True, "localizable": None, "reasoning": "no verdict"},
-    ]}  # fmt: skip
+    record = {
+        "teachers": [
+            {"parsed": True, "localizable": True, "reasoning": "a tram", "country": "Portugal", "city": "Lisbon"},
+            {"parsed": True, "localizable": False, "reasoning": "a white wall", "country": "", "city": ""},
+            {"parsed": False, "localizable": True, "reasoning": "", "raw": "garbled"},
+            {"parsed": True, "localizable": None, "reasoning": "no verdict"},
+        ]
+    }
     rows = rows_for("rm", "IMG", record)
     assert [r["completion"][0]["content"] for r in rows] == ["yes", "no"]
     first = rows[0]["prompt"]
@@ -175,8 +182,9 @@ def test_recipe_checks_and_reward_registry():
         GRPOScriptArguments(reward_funcs=["geo_accuracy", "vibes"])
     with pytest.raises(ValueError, match="rm_endpoint_model"):
         GRPOScriptArguments(rm_endpoint="http://x/v1")
-    args = GRPOScriptArguments(reward_funcs=["geo_accuracy", "format", "coordinate"], geo_rule="official",
-                               coordinate_scale_km=100.0)  # fmt: skip
+    args = GRPOScriptArguments(
+        reward_funcs=["geo_accuracy", "format", "coordinate"], geo_rule="official", coordinate_scale_km=100.0
+    )
     funcs = get_reward_funcs(args)
     assert [f.__name__ for f in funcs] == ["geo_accuracy", "format", "coordinate"]
     usa = [[{"role": "assistant", "content": "<think>x</think><answer>country: USA\ncity: Boston</answer>"}]]

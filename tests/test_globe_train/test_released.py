@@ -26,8 +26,14 @@ INTERNVL = "globe-project/GLOBE-InternVL3-8B"
 
 def globe(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     full = {**{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}, "HF_HOME": str(tmp_path / "hf"), **env}
-    return subprocess.run([sys.executable, "-m", "globe_train.cli", *args], capture_output=True, text=True, env=full,
-                          cwd=tmp_path, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "globe_train.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=tmp_path,
+        timeout=600,
+    )
 
 
 @pytest.fixture
@@ -50,8 +56,11 @@ def test_internvl_in_transformers_format_predicts_here(tmp_path, photo):
     repo = make_tiny_internvl(tmp_path / "internvl")
     with OlahHub(tmp_path / "olah") as hub:
         hub.add("models", INTERNVL, repo)
-        done = globe(["predict", str(photo), "--model", INTERNVL, "--max-new-tokens", "6", "--json"], tmp_path,
-                     HF_ENDPOINT=hub.endpoint)  # fmt: skip
+        done = globe(
+            ["predict", str(photo), "--model", INTERNVL, "--max-new-tokens", "6", "--json"],
+            tmp_path,
+            HF_ENDPOINT=hub.endpoint,
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     (answer,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert answer["image"] == str(photo) and not answer["error"]
@@ -62,11 +71,18 @@ def test_internvl_in_transformers_format_predicts_here(tmp_path, photo):
 def test_internvl_in_its_remote_code_layout_is_refused_with_the_vllm_command_before_any_weight(tmp_path, photo):
     repo = tmp_path / "remote"
     repo.mkdir()
-    (repo / "config.json").write_text(json.dumps({
-        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
-        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
-                     "AutoModel": "modeling_internvl_chat.InternVLChatModel"},
-    }))  # fmt: skip
+    (repo / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["InternVLChatModel"],
+                "model_type": "internvl_chat",
+                "auto_map": {
+                    "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+                    "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+                },
+            }
+        )
+    )
     (repo / "modeling_internvl_chat.py").write_text("# the repository's own model code\n")
     (repo / "model.safetensors").write_bytes(b"\0" * 4096)
     with OlahHub(tmp_path / "olah") as hub:
@@ -87,12 +103,43 @@ def test_the_release_protocol_is_sent_exactly_in_eval_and_predict(tmp_path, phot
     (tmp_path / "bench.csv").write_text("IMG_ID,LAT,LON,city,country\na.jpg,48.8566,2.3522,Paris,France\n")
     answer = "<think>Zinc roofs.</think><answer>country: France\ncity: Paris</answer>"
     with TeacherServer(lambda image, request: answer) as server:
-        done = globe(["eval", "csv", "--data", str(tmp_path / "bench.csv"), "--images", str(tmp_path / "images"),
-                      "--endpoint", server.url, "--endpoint-model", "qwen2.5-vl", "--protocol", "globe-release",
-                      "--out", str(tmp_path / "eval"), "--bootstrap", "0", "--quiet"], tmp_path)  # fmt: skip
+        done = globe(
+            [
+                "eval",
+                "csv",
+                "--data",
+                str(tmp_path / "bench.csv"),
+                "--images",
+                str(tmp_path / "images"),
+                "--endpoint",
+                server.url,
+                "--endpoint-model",
+                "qwen2.5-vl",
+                "--protocol",
+                "globe-release",
+                "--out",
+                str(tmp_path / "eval"),
+                "--bootstrap",
+                "0",
+                "--quiet",
+            ],
+            tmp_path,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
-        done = globe(["predict", str(photo), "--endpoint", server.url, "--endpoint-model", "qwen2.5-vl",
-                      "--protocol", "globe-release", "--json"], tmp_path)  # fmt: skip
+        done = globe(
+            [
+                "predict",
+                str(photo),
+                "--endpoint",
+                server.url,
+                "--endpoint-model",
+                "qwen2.5-vl",
+                "--protocol",
+                "globe-release",
+                "--json",
+            ],
+            tmp_path,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         evaluation, prediction = server.bodies
     for body, prompt in ((evaluation, PROMPT_COT), (prediction, PROMPT_DEMO)):

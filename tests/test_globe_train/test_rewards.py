@@ -53,14 +53,17 @@ RULE_CASES = {
     # The released pattern's lazy groups stretch to a second </answer>; the first block is still the one read.
     "second answer block": (
         "<think>x</think><answer>country: France\ncity: Paris</answer><answer>country: Spain</answer>",
-        0, 1, 1.0, 1.0,
+        0,
+        1,
+        1.0,
+        1.0,
     ),
     "country only": ("<think>x</think><answer>country: France</answer>", 0, 1, 0.2, 0.2),
     "one line": ("<think>x</think><answer>country: France, city: Paris</answer>", 0, 1, 0.0, 0.0),
     "capital labels": ("<think>x</think><answer>Country: France\nCity: Paris</answer>", 0, 1, 0.0, 1.0),
     "wrong country": ("<think>x</think><answer>country: Belgium\ncity: Paris</answer>", 1, 1, 0.0, 0.0),
     "empty": ("", 0, 0, 0.0, 0.0),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(RULE_CASES))

@@ -40,9 +40,25 @@ def _changed(before: dict, after: dict, prefix: str) -> bool:
 
 
 def _grpo(tiny_model: Path, build: Path, out: Path, *extra: str) -> Path:
-    argv = ["--recipe", "tiny-cpu", "--model_name_or_path", str(tiny_model), "--rm_model", str(tiny_model),
-            "--dataset_name", str(build), "--output_dir", str(out), "--max_steps", "2", "--max_completion_length",
-            "16", "--log_completions", "false", *extra]  # fmt: skip
+    argv = [
+        "--recipe",
+        "tiny-cpu",
+        "--model_name_or_path",
+        str(tiny_model),
+        "--rm_model",
+        str(tiny_model),
+        "--dataset_name",
+        str(build),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--max_completion_length",
+        "16",
+        "--log_completions",
+        "false",
+        *extra,
+    ]
     return grpo.main(*parse(grpo.ARGS, argv))
 
 
@@ -78,9 +94,27 @@ def test_grpo_steps_with_all_five_rewards_save_and_reload(grpo_run, tiny_model):
 
 
 def test_grpo_lora_with_a_frozen_vision_encoder_merges(tiny_model, sample_build, tmp_path):
-    out = _grpo(tiny_model, sample_build, tmp_path / "lora", "--use_peft", "--lora_r", "8", "--lora_alpha", "16",
-                "--lora_target_modules", "all-linear", "--freeze_vision", "--reward_funcs", "format", "localizability",
-                "--reward_weights", "1.0", "1.0", "--learning_rate", "1e-2")  # fmt: skip
+    out = _grpo(
+        tiny_model,
+        sample_build,
+        tmp_path / "lora",
+        "--use_peft",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--lora_target_modules",
+        "all-linear",
+        "--freeze_vision",
+        "--reward_funcs",
+        "format",
+        "localizability",
+        "--reward_weights",
+        "1.0",
+        "1.0",
+        "--learning_rate",
+        "1e-2",
+    )
     before, after = _weights(tiny_model), _weights(out)
     assert not any("lora_" in k for k in after)  # merged: loadable without peft
     assert set(after) == set(before)
@@ -93,9 +127,25 @@ def test_grpo_lora_with_a_frozen_vision_encoder_merges(tiny_model, sample_build,
 def test_globe_train_cli_with_the_shipped_cpu_recipe_on_the_webdataset_stream(sample_build, tmp_path):
     # The recipe as shipped (the bundled tiny model as policy and reward model), data from mp16_reason.stream().
     out = tmp_path / "cli"
-    result = CliRunner().invoke(globe, ["train", "grpo", "--recipe", "tiny-cpu", "--dataset_name", str(sample_build),
-                                        "--output_dir", str(out), "--max_steps", "2", "--dataset_loader", "webdataset",
-                                        "--log_completions", "false"])  # fmt: skip
+    result = CliRunner().invoke(
+        globe,
+        [
+            "train",
+            "grpo",
+            "--recipe",
+            "tiny-cpu",
+            "--dataset_name",
+            str(sample_build),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--dataset_loader",
+            "webdataset",
+            "--log_completions",
+            "false",
+        ],
+    )
     assert result.exit_code == 0, result.output
     steps = [e for e in map(json.loads, (out / "logs.jsonl").read_text().splitlines()) if "loss" in e]
     assert len(steps) == 2 and all(f"rewards/{name}/mean" in steps[0] for name in REWARDS)
@@ -117,14 +167,22 @@ def test_training_rows_from_a_build_without_its_card(sample_build):
 
 def test_sft_and_reward_model_runs(tiny_model, sample_build, tmp_path):
     common = ["--model_name_or_path", str(tiny_model), "--dataset_name", str(sample_build), "--max_steps", "2"]
-    out = sft.main(*parse((SFTScriptArguments, SFTConfig, ModelConfig),
-                          ["--recipe", "sft-tiny-cpu", *common, "--output_dir", str(tmp_path / "sft")]))  # fmt: skip
+    out = sft.main(
+        *parse(
+            (SFTScriptArguments, SFTConfig, ModelConfig),
+            ["--recipe", "sft-tiny-cpu", *common, "--output_dir", str(tmp_path / "sft")],
+        )
+    )
     before, after = _weights(tiny_model), _weights(out)
     assert _changed(before, after, "model.layers.") and not _changed(before, after, "visual.")
     assert json.loads((out / "run_info.json").read_text())["method"] == "sft"
 
-    out = rm.main(*parse((RMScriptArguments, SFTConfig, ModelConfig),
-                         ["--recipe", "rm-tiny-cpu", *common, "--output_dir", str(tmp_path / "rm")]))  # fmt: skip
+    out = rm.main(
+        *parse(
+            (RMScriptArguments, SFTConfig, ModelConfig),
+            ["--recipe", "rm-tiny-cpu", *common, "--output_dir", str(tmp_path / "rm")],
+        )
+    )
     run = json.loads((out / "run_info.json").read_text())
     assert run["method"] == "rm" and run["dataset"]["config"] == "localizability" and run["lora"]["r"] == 16
     logs = [json.loads(x) for x in (out / "logs.jsonl").read_text().splitlines()]
@@ -173,9 +231,27 @@ def test_training_is_quiet_one_progress_line_and_each_warning_once(tiny_model, s
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "globe_train.cli", "train", "grpo", "--recipe", "tiny-cpu", "--model_name_or_path",
-            str(tiny_model), "--rm_model", str(tiny_model), "--dataset_name", str(sample_build), "--output_dir",
-            str(tmp_path / "run"), "--max_steps", "4", "--max_completion_length", "16"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "globe_train.cli",
+        "train",
+        "grpo",
+        "--recipe",
+        "tiny-cpu",
+        "--model_name_or_path",
+        str(tiny_model),
+        "--rm_model",
+        str(tiny_model),
+        "--dataset_name",
+        str(sample_build),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_steps",
+        "4",
+        "--max_completion_length",
+        "16",
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in (done.stdout + done.stderr).replace("\r", "\n").splitlines() if line.strip()]
@@ -201,10 +277,12 @@ def test_the_card_command_printed_after_training_runs_as_printed(grpo_run):
     ("front", "expected"),
     [
         ("license: mit", {"license": "mit"}),
-        ("license: other\nlicense_name: internvl\nlicense_link: LICENSE", {"license": "other",
-                                                                            "license_name": "internvl"}),
+        (
+            "license: other\nlicense_name: internvl\nlicense_link: LICENSE",
+            {"license": "other", "license_name": "internvl"},
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_model_cards_license_is_its_base_models(grpo_run, tmp_path, front, expected):
     from globe_train.card import render
 
@@ -222,11 +300,23 @@ def test_a_model_cards_license_is_its_base_models(grpo_run, tmp_path, front, exp
 
 
 def test_model_card_from_the_run_and_an_evaluation(grpo_run, tmp_path):
-    metrics = {"acc_1km": 9.8, "acc_25km": 40.2, "acc_200km": 56.2, "acc_750km": 71.5, "acc_2500km": 82.4,
-               "median_km": 210.0, "country_alias": 71.0, "city_alias": 25.0}  # fmt: skip
+    metrics = {
+        "acc_1km": 9.8,
+        "acc_25km": 40.2,
+        "acc_200km": 56.2,
+        "acc_750km": 71.5,
+        "acc_2500km": 82.4,
+        "median_km": 210.0,
+        "country_alias": 71.0,
+        "city_alias": 25.0,
+    }
     sha = "0123456789abcdef0123456789abcdef01234567"
-    hub = {"benchmark": "mp16-reason-test", "n": 2997, "metrics": metrics,
-           "dataset": {"hub_id": "globe/mp16-reason", "revision": sha}}  # fmt: skip
+    hub = {
+        "benchmark": "mp16-reason-test",
+        "n": 2997,
+        "metrics": metrics,
+        "dataset": {"hub_id": "globe/mp16-reason", "revision": sha},
+    }
     local = {"benchmark": "im2gps3k", "n": 2997, "metrics": {**metrics, "acc_1km": 1.0}}  # a local CSV: no Hub id
     (tmp_path / "hub.json").write_text(json.dumps(hub))
     (tmp_path / "local.json").write_text(json.dumps(local))
@@ -272,10 +362,19 @@ def test_push_uploads_what_a_user_needs_and_keeps_the_token_private(grpo_run, tm
     (grpo_run / "completions").mkdir(exist_ok=True)
     (grpo_run / "completions" / "completions_00001.parquet").write_bytes(b"x")
     with HubWriteServer() as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": SECRET,
-               "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
-        proc = subprocess.run([sys.executable, "-m", "globe_train.cli", "push", str(grpo_run), "--repo",
-                               "me/GLOBE-tiny", "--private"], env=env, capture_output=True, text=True)  # fmt: skip
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_TOKEN": SECRET,
+            "HF_HUB_DISABLE_XET": "1",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "globe_train.cli", "push", str(grpo_run), "--repo", "me/GLOBE-tiny", "--private"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         tree = hub.tree("models/me/GLOBE-tiny")
         assert hub.repos["models/me/GLOBE-tiny"]["private"] is True
@@ -296,9 +395,24 @@ def test_predict_downloads_the_model_from_a_hub(grpo_run, sample_build, tmp_path
         sha = hub.add("models", "globe-project/GLOBE-Qwen2.5VL-7B", grpo_run)  # the default: the released model
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf")}
         env.pop("HF_HUB_OFFLINE", None)
-        proc = subprocess.run([sys.executable, "-m", "globe_train.cli", "predict", *map(str, images), "--revision",
-                               sha, "--max-new-tokens", "12", "--json"], env=env, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "globe_train.cli",
+                "predict",
+                *map(str, images),
+                "--revision",
+                sha,
+                "--max-new-tokens",
+                "12",
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [g["image"] for g in got] == [str(p) for p in images]
@@ -339,8 +453,7 @@ print(json.dumps({"ids": sorted(grpo["id"]), "size": list(grpo[0]["image"].size)
         sha = hub.add("datasets", "globe/mp16-reason", tmp_path / "stage")
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf")}
         env.pop("HF_HUB_OFFLINE", None)
-        proc = subprocess.run([sys.executable, "-c", script, sha], env=env, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", script, sha], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.splitlines()[-1])
     local = training_dataset(GRPOScriptArguments(dataset_name=str(sample_build), reward_funcs=["format"]), "grpo")
@@ -385,8 +498,9 @@ out = pipe(text=[{{"role": "user", "content": [{{"type": "image", "url": {str(ph
 print(json.dumps({{"loaded": loaded, "pipeline": bool(out)}}))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    done = subprocess.run([str(STOCK), "-c", checks], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [str(STOCK), "-c", checks], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.splitlines()[-1])
     assert set(got["loaded"].values()) == {"Qwen2VLVideoProcessor"} and got["pipeline"]
@@ -396,8 +510,12 @@ print(json.dumps({{"loaded": loaded, "pipeline": bool(out)}}))
 
 def test_the_card_compares_with_the_released_checkpoint_only_on_the_same_command(grpo_run, tmp_path):
     metrics = {f"acc_{t}km": v for t, v in zip((1, 25, 200, 750, 2500), (1.0, 2.0, 3.0, 4.0, 5.0))}
-    same = {"benchmark": "mp16-reason-test", "n": 12000, "protocol": {"name": "globe-release"},
-            "dataset": {"hub_id": "globe/mp16-reason", "revision": "a" * 40}}  # fmt: skip
+    same = {
+        "benchmark": "mp16-reason-test",
+        "n": 12000,
+        "protocol": {"name": "globe-release"},
+        "dataset": {"hub_id": "globe/mp16-reason", "revision": "a" * 40},
+    }
     ours = {**same, "model": "GLOBE-tiny", "metrics": metrics}
     released = {**same, "model": "globe-project/GLOBE-Qwen2.5VL-7B", "metrics": {**metrics, "acc_25km": 62.85}}
     other = {**released, "protocol": {"name": "ours"}}

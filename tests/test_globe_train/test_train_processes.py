@@ -27,17 +27,49 @@ def launch(tmp_path: Path, dataset: str, *flags: str, env: dict | None = None) -
     """Two training processes; the ids each process's rewards received, call by call."""
     out = tmp_path / "ids"
     out.mkdir()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(HERE / "grpo_recording_ids.py"),
-           "--recipe", "tiny-cpu", "--dataset_name", dataset, "--output_dir", str(tmp_path / "run"),
-           "--reward_funcs", "geo_accuracy", "format", "record_ids", "--reward_weights", "1", "1", "0",
-           "--max_completion_length", "8", "--log_completions", "false", *flags]  # fmt: skip
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {}), "IDS_OUT": str(out)}, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(HERE / "grpo_recording_ids.py"),
+        "--recipe",
+        "tiny-cpu",
+        "--dataset_name",
+        dataset,
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--reward_funcs",
+        "geo_accuracy",
+        "format",
+        "record_ids",
+        "--reward_weights",
+        "1",
+        "1",
+        "0",
+        "--max_completion_length",
+        "8",
+        "--log_completions",
+        "false",
+        *flags,
+    ]
+    proc = subprocess.run(
+        cmd, env={**os.environ, **(env or {}), "IDS_OUT": str(out)}, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    calls = {rank: [json.loads(line) for line in (out / f"ids-{rank}.jsonl").read_text().splitlines()]
-             for rank in (0, 1)}  # fmt: skip
+    calls = {
+        rank: [json.loads(line) for line in (out / f"ids-{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)
+    }
     assert len(calls[0]) == len(calls[1]) > 0  # both processes trained, in lockstep
     return calls[0] + calls[1]
 
@@ -66,8 +98,11 @@ def test_map_style_local_build_each_prompt_once(sample_build, tmp_path):
 def test_streams_each_prompt_once_per_epoch(sample_build, tmp_path, source):
     # No max_steps: it follows from num_train_epochs and the manifest's sample count.
     n = sum(s.samples for s in shard_entries("train", path=sample_build))
-    used = uses(launch(tmp_path, str(sample_build), *source, "--max_samples", "0",
-                       "--max_steps", "-1", "--num_train_epochs", "2"))  # fmt: skip
+    used = uses(
+        launch(
+            tmp_path, str(sample_build), *source, "--max_samples", "0", "--max_steps", "-1", "--num_train_epochs", "2"
+        )
+    )
     # Two epochs; a generation batch holds 2 prompts here (4 per process × 2 processes / 4 generations), and
     # an epoch's trailing partial batch is dropped, as TRL's sampler does for a map-style dataset.
     assert set(used) <= set(train_ids(sample_build)) and max(used.values()) <= 2
@@ -84,10 +119,27 @@ def test_plain_trl_takes_our_stream_and_rewards_each_prompt_once(sample_build, t
     out.mkdir()
     n = sum(s.samples for s in shard_entries("train", path=sample_build))
     steps = n // 2  # a step's generation batch: 4 completions x 2 processes / 4 generations = 2 prompts
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(HERE / "plain_trl_grpo.py"), str(sample_build),
-           str(tiny_model), str(tmp_path / "run"), str(steps)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(HERE / "plain_trl_grpo.py"),
+        str(sample_build),
+        str(tiny_model),
+        str(tmp_path / "run"),
+        str(steps),
+    ]
     env = {**os.environ, "IDS_OUT": str(out), "WITHOUT_TORCHVISION": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -109,8 +161,21 @@ def test_hub_dataset_each_prompt_once(sample_build, tmp_path, loader):
     with OlahHub(tmp_path / "olah") as hub:
         sha = hub.add("datasets", "globe/mp16-reason", tmp_path / "stage")
         env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
-        calls = launch(tmp_path, "globe/mp16-reason", "--dataset_revision", sha, "--dataset_loader", loader,
-                       "--max_samples", "16", "--max_steps", "-1", "--num_train_epochs", "1", env=env)  # fmt: skip
+        calls = launch(
+            tmp_path,
+            "globe/mp16-reason",
+            "--dataset_revision",
+            sha,
+            "--dataset_loader",
+            loader,
+            "--max_samples",
+            "16",
+            "--max_steps",
+            "-1",
+            "--num_train_epochs",
+            "1",
+            env=env,
+        )
     used = uses(calls)
     assert len(used) == 16 and set(used.values()) == {1} and set(used) <= set(train_ids(sample_build))
 
@@ -134,7 +199,15 @@ def test_a_finished_run_exits_cleanly_from_every_process(tmp_path):
     script = tmp_path / "finished_run.py"
     script.write_text(FINISHED_RUN)
     for _ in range(6):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(script)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(script),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -89,8 +89,9 @@ def test_batch_reports_invalid_rows(gaz):
     assert df["city"][0] == "Paris" and df["city"][4] == "London"
     # One convention for unknown text, as in the records: "" (never None).
     assert df["city"][1] == "" and df["country"][2] == "" and df["admin1"][3] == ""
-    assert all(isinstance(v, str) for c in ("country", "country_code", "continent", "admin1", "city", "place")
-               for v in df[c])  # fmt: skip
+    assert all(
+        isinstance(v, str) for c in ("country", "country_code", "continent", "admin1", "city", "place") for v in df[c]
+    )
 
 
 def test_batch_matches_single(gaz, mp16_coordinates):

@@ -86,8 +86,13 @@ def test_validate_card_load_and_stream_on_s3(s3_build, s3, local_build, tmp_path
         "try:\n    load(split='train')\nexcept ConnectionError as e:\n    err2 = str(e)\n"
         "print(json.dumps({'load': len(ds), 'stream': n, 'err': err, 'err2': err2, 's': time.monotonic() - t}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
-                          env={**run_env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**run_env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["load"] == seen["stream"] == len(expected)
@@ -108,9 +113,29 @@ def test_a_killed_build_on_s3_resumes_to_the_same_shards(sample_input, local_bui
     out = s3.bucket("builds") + "/killed"
     import os
 
-    cmd = [sys.executable, "-m", "builders.cli", "build", "--metadata", str(sample_input / "metadata.csv"),
-           "--images", str(sample_input / "images"), "--out", out, "--unit-size", "16", "--shard-bytes", "150000",
-           "--workers", "1", "--max-pixels", str(160 * 120), "--test-fraction", "0.25", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "builders.cli",
+        "build",
+        "--metadata",
+        str(sample_input / "metadata.csv"),
+        "--images",
+        str(sample_input / "images"),
+        "--out",
+        out,
+        "--unit-size",
+        "16",
+        "--shard-bytes",
+        "150000",
+        "--workers",
+        "1",
+        "--max-pixels",
+        str(160 * 120),
+        "--test-fraction",
+        "0.25",
+        "--quiet",
+    ]
     env = {**os.environ, **s3.env}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     unit = s3.root / "builds/killed/.work/units/unit-000000.arrow"
@@ -147,8 +172,10 @@ def test_the_same_build_from_inputs_on_s3(sample_input, local_build, s3, tmp_pat
     else:
         local, source = local_build, prefix + "/images"
     out = tmp_path / "from-s3"
-    build(sample_recipe(sample_input, out, **{"input.metadata": prefix + "/metadata.csv", "input.images": source}),
-          progress=False)  # fmt: skip
+    build(
+        sample_recipe(sample_input, out, **{"input.metadata": prefix + "/metadata.csv", "input.images": source}),
+        progress=False,
+    )
     here = json.loads((local / "manifest.json").read_text())
     there = json.loads((out / "manifest.json").read_text())
     assert there["shards"] == here["shards"] and there["recipe_sha256"] == here["recipe_sha256"]
