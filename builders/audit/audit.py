@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from builders.audit import search
-from builders.audit.hashes import BATCH, N_WINDOWS, Thumbnail, from_bytes, grey_thumbnail, hash_thumbnails, hex64
+from builders.audit.hashes import BATCH, N_WINDOWS, Thumbnail, from_bytes, grey_thumbnail, hash_thumbnails
 from builders.threads import ordered_map
 from mp16_reason.storage import location
 
@@ -441,11 +441,6 @@ def lines(info: dict) -> list[str]:
 def read_audit(root: str | Path) -> dict | None:
     path = location(root) / AUDIT_JSON
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def hex_codes(side: Side, i: int) -> dict:
-    """An image's whole-image hashes, as imagehash prints them (for messages and tests)."""
-    return {"phash": hex64(side.phash[i, 0]), "dhash": hex64(side.dhash[i, 0])}
 
 
 __all__ = [

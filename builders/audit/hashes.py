@@ -219,8 +219,3 @@ def imagehash_codes(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
 def from_bytes(data: bytes) -> np.ndarray:
     """Codes from big-endian bytes (8 a code), as units and ``hashes.parquet`` keep them."""
     return np.frombuffer(data, ">u8").astype(np.uint64)
-
-
-def hex64(code: int | np.integer) -> str:
-    """A code as imagehash writes it (16 hex digits)."""
-    return f"{int(code):016x}"

@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from builders.recipe import CurationSpec
     from builders.teachers.base import TeacherFailure
 
-STAGES = ("teacher", *(f.stage for _, f in ORDER))
-
 
 @dataclass
 class Decision:

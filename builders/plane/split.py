@@ -21,11 +21,6 @@ def split_of(key: str, test_fraction: float, seed: str) -> str:
     return "test" if unit_interval(key, seed) < test_fraction else "train"
 
 
-def assign_split(sample_id: str, city_key: str, test_fraction: float, seed: str, hold_out_cities: bool) -> str:
-    """``"test"`` or ``"train"``; with ``hold_out_cities`` the whole city decides, so no test city is in train."""
-    return split_of(split_key(sample_id, city_key, hold_out_cities), test_fraction, seed)
-
-
 def shuffle_key(sample_id: str, seed: str) -> str:
     """Sort key of the deterministic pre-shuffle."""
     return hashlib.blake2b(f"{seed}\x00{sample_id}".encode(), digest_size=8).hexdigest()
