@@ -61,3 +61,25 @@ def test_every_column_of_every_published_table_is_documented():
         row = next(line for line in text.splitlines() if line.startswith("| ") and f"`{file}`" in line.split("|")[1])
         missing = [name for name in schema.names if f"`{name}`" not in row]
         assert not missing, f"{file}: {missing} not in docs/dataset.md"
+
+
+def test_the_architecture_map_names_every_module():
+    """docs/architecture.md's tree: each folder line names its modules; a module added without a word there
+    fails here."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    tree = text.split("```\n", 2)[1]
+    named, folder = set(), []
+    for line in tree.splitlines():
+        head = re.match(r"^( *)([\w]+)/ ", line)
+        if head:  # a folder line: its depth is its indent (two spaces a level)
+            depth = len(head.group(1)) // 2
+            folder = [*folder[:depth], head.group(2)]
+        named |= {"/".join([*folder, m]) for m in re.findall(r"\b([\w]+\.py)\b", line)}
+    modules = {
+        p.relative_to(ROOT).as_posix()
+        for pkg in ("mp16_reason", "builders", "globe_train")
+        for p in (ROOT / pkg).rglob("*.py")
+        if p.name != "__init__.py" or p.parent.name in ("sources", "filters")
+    }
+    assert not modules - named, sorted(modules - named)
+    assert not {m for m in named if not (ROOT / m).exists()}, "the map names modules that do not exist"
