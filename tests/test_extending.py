@@ -209,6 +209,30 @@ def test_the_pages_teacher_source_and_filter_build_a_dataset(extras, sample_inpu
 
 
 @pytest.mark.slow
+def test_the_pages_teacher_estimates_its_requests_through_its_own_hooks(extras, tmp_path):
+    """`build --estimate` prices a plug-in kind through its hooks (request_tokens, cost), never through fields
+    of the shipped OpenAI kind."""
+    root, code = extras
+    (tmp_path / "make_inputs.py").write_text(code["make_inputs.py"])
+    made = subprocess.run([sys.executable, "make_inputs.py"], capture_output=True, text=True, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    recipe = yaml.safe_load(code["recipe.yaml"])
+    recipe["distill"] = {"cache": str(tmp_path / "cache.sqlite")}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    done = subprocess.run(
+        [str(BIN / "mp16-reason"), "build", "recipe.yaml", "--out", "out", "--estimate", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env_with(root / "site"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = {line.split(":")[0]: line for line in done.stdout.splitlines()}
+    assert {"qwen2.5-vl-7b", "gemma3-12b"} <= set(lines), done.stdout
+    assert all("requests" in lines[t] and "$0.00" in lines[t] for t in ("qwen2.5-vl-7b", "gemma3-12b"))
+
+
+@pytest.mark.slow
 def test_the_pages_reward_trains_a_grpo_step(extras, sample_build, tiny_model, tmp_path):
     root, _ = extras
     out = tmp_path / "run"

@@ -419,7 +419,7 @@ def export_requests(recipe: Recipe, out: str, overwrite: bool = False, progress:
         todo = [i for i in range(n_units) if not curated_path(b.work, i).exists()]
         cache = open_cache(recipe)
         try:
-            lvlms = [t for t in recipe.teachers if t.sends_requests]  # GeoCLIP runs in the build itself
+            lvlms = [t for t in recipe.teachers if t.exports_requests()]  # GeoCLIP runs in the build itself
             per = write_requests(b.work, todo, lvlms, cache, out)
         finally:
             cache.close()

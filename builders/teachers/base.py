@@ -122,7 +122,6 @@ class TeacherSettings(BaseModel):
         {"max_concurrency", "max_retries", "outage_s", "max_quarantined"}
     )
     reasons: ClassVar[bool] = True  # writes reasoning (an LVLM); False: coordinates only, like GeoCLIP
-    sends_requests: ClassVar[bool] = False  # paid requests: priced by --estimate, exported by export-requests
 
     @model_serializer(mode="wrap")
     def _with_kind(self, handler: Any) -> Any:
@@ -199,6 +198,25 @@ class TeacherSettings(BaseModel):
         """Why a reply's text is no answer (empty, or without the fields the prompt asks for), or None: such a
         reply is a failed request, never cached. Coordinate teachers, whose replies are not LVLM text, override."""
         return reply_problem(text)
+
+    # -- hooks the stage and the commands call; a kind overrides what applies to it ----------------------------
+    def request_tokens(self, width: int, height: int) -> tuple[int, int] | None:
+        """(input, output) tokens of one request about an image of this size, for ``build --estimate``; None
+        for a kind that sends no paid request (it runs in the build's process, as GeoCLIP does)."""
+        return None
+
+    def billing(self) -> str:
+        """How the estimate's price is billed, when not online prices (``"batch"``); empty otherwise."""
+        return ""
+
+    def batch_body(self, jpeg: bytes) -> dict[str, Any] | None:
+        """The chat-completions body asking about one image (the prepared JPEG), for ``cache export-requests``
+        and batch files; None for a kind whose requests cannot be exported."""
+        return None
+
+    def exports_requests(self) -> bool:
+        """Whether :meth:`batch_body` is this kind's own: its missing replies can be exported as requests."""
+        return type(self).batch_body is not TeacherSettings.batch_body
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
         """Price of these tokens, or None when unknown."""

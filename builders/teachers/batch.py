@@ -29,11 +29,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from builders.plane.workfolder import read_unit, unit_path
-from builders.teachers.base import TeacherFailure, Usage
+from builders.teachers.base import TeacherFailure, TeacherSettings, Usage
 from builders.teachers.cache import CachedReply, ReplyCache
-from builders.teachers.online import OpenAITeacher, endpoint, no_answer, request_body
+from builders.teachers.online import OpenAITeacher, endpoint, no_answer
 from builders.teachers.prompt import reply_problem
-from mp16_reason.jpeg import jpeg_data_url
 from mp16_reason.storage import Location
 
 ENDPOINT = "/v1/chat/completions"
@@ -61,9 +60,10 @@ def missing_requests(
             yield specs[t], key, shas[pos], jpgs[pos].as_py()
 
 
-def request_line(spec: OpenAITeacher, key: str, jpeg: bytes) -> bytes:
-    """One Batch API input line: the online request's body, under the reply's cache key."""
-    body = request_body(spec, jpeg_data_url(jpeg, spec.max_pixels))
+def request_line(spec: TeacherSettings, key: str, jpeg: bytes) -> bytes:
+    """One Batch API input line: the kind's request body (:meth:`TeacherSettings.batch_body`), under the reply's
+    cache key."""
+    body = spec.batch_body(jpeg)
     line = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 

@@ -57,6 +57,13 @@ class GeoclipTeacher(TeacherSettings):
     def make(self, usage: Usage, offline: bool) -> GeoclipRunner:
         return GeoclipRunner(self, usage)  # runs here, sends nothing: offline too
 
+    def unusable(self, text: str) -> str | None:
+        """Its replies are ranked points, not LVLM text: no answer only when there is no point."""
+        try:
+            return None if json.loads(text)["top_k"] else "no point in the reply"
+        except (ValueError, KeyError, TypeError):
+            return "not GeoCLIP's ranked points"
+
     def answer(self, reply: CachedReply) -> TeacherAnswer:
         """Its best point (with the country and city the gazetteer places there), its probability as the
         confidence, and the ranked guesses."""

@@ -111,7 +111,6 @@ class OpenAITeacher(TeacherSettings):
         "batch_price_input_per_1k",
         "batch_price_output_per_1k",
     }
-    sends_requests: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _endpoint(self) -> OpenAITeacher:
@@ -128,6 +127,15 @@ class OpenAITeacher(TeacherSettings):
 
     def make(self, usage: Usage, offline: bool) -> OnlineTeacher | None:
         return None if offline or self.mode == "batch" else OnlineTeacher(self, usage)
+
+    def request_tokens(self, width: int, height: int) -> tuple[int, int]:
+        return PROMPT_TOKENS + image_tokens(width, height, self.max_pixels), self.expected_output_tokens
+
+    def billing(self) -> str:
+        return "batch" if self.mode == "batch" else ""
+
+    def batch_body(self, jpeg: bytes) -> dict[str, Any]:
+        return request_body(self, jpeg_data_url(jpeg, self.max_pixels))
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
         """Price of these tokens in this teacher's mode, or None when the recipe gives no price. A batch teacher

@@ -27,7 +27,7 @@ from builders.recipe import Recipe
 from builders.stops import BuildStopped
 from builders.teachers.base import Job, Teacher, TeacherFailed, TeacherFailure, TeacherSettings, Usage
 from builders.teachers.cache import CachedReply, ReplyCache, claim_owner, default_path
-from builders.teachers.online import PROMPT_TOKENS, image_tokens, import_http_stacks
+from builders.teachers.online import import_http_stacks
 from mp16_reason.manifest import DEFAULT_CONFIG, LOCALIZABILITY_CONFIG
 from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
 from mp16_reason.storage import Location, location
@@ -126,6 +126,8 @@ class Distiller:
                 return spec.answer(claim)
             try:
                 received = await teacher.ask(job)
+                if problem := spec.unusable(received.text):  # any kind: a reply that is no answer is not kept
+                    raise TeacherFailed(TeacherFailure(spec.name, problem, 1, "reply"))
             except TeacherFailed as exc:  # this image's failure (any other exception stops the build)
                 await loop.run_in_executor(self.db, self.cache.release, key, self.owner)
                 return exc.failure
@@ -407,13 +409,13 @@ def estimate(recipe: Recipe, work_dir: Path, n_units: int) -> list[Estimate]:
     try:
         out = []
         for spec in recipe.teachers:
-            if not spec.sends_requests:  # runs in the build's process: nothing to send, nothing to pay
+            if spec.request_tokens(1, 1) is None:  # runs in the build's process: nothing to send, nothing to pay
                 continue
             todo = [wh for sha, wh in sizes.items() if cache.get(spec.key(sha)) is None]
-            tokens_in = sum(PROMPT_TOKENS + image_tokens(w, h, spec.max_pixels) for w, h in todo)
-            tokens_out = len(todo) * spec.expected_output_tokens
+            tokens = [spec.request_tokens(w, h) for w, h in todo]
+            tokens_in, tokens_out = sum(t[0] for t in tokens), sum(t[1] for t in tokens)
             cost = spec.cost(tokens_in, tokens_out)
-            batch = getattr(spec, "mode", "online") == "batch"
+            batch = spec.billing() == "batch"
             out.append(Estimate(spec.name, len(sizes), len(sizes) - len(todo), tokens_in, tokens_out, cost, batch))
         return out
     finally:
