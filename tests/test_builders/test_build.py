@@ -419,11 +419,12 @@ def test_cli_sample_build_and_rerun(tmp_path):
     out = tmp_path / "sb"
     res = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "20", "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
-    # 9 bad rows (data plane) and 5 scenes whose authored replies exercise each curation filter.
-    assert "29 input rows = 15 written" in res.output and "+ 14 rejected" in res.output
-    for stage in ("agreement 1", "grounding 1", "ground-truth 1", "localizability 1", "teacher 1"):
+    # 20 scenes, their 3 near copies and 9 bad rows (data plane); 6 scenes' authored replies exercise each
+    # curation filter (a near copy's replies are its own: one more disagreement).
+    assert "32 input rows = 17 written" in res.output and "+ 15 rejected" in res.output
+    for stage in ("agreement 2", "grounding 1", "ground-truth 1", "localizability 1", "teacher 1"):
         assert stage in res.output
-    assert "0 sent (0 retries, 0 failed) + 21 cached" in res.output  # offline: every reply is an authored one
+    assert "0 sent (0 retries, 0 failed) + 24 cached" in res.output  # offline: every reply is an authored one
     res = CliRunner().invoke(main, ["build", "--sample", "--sample-size", "20", "--out", str(out), "--quiet"])
     assert res.exit_code == 0 and "nothing to do" in res.output
 

@@ -130,7 +130,7 @@ def test_the_lock_on_object_storage_excludes_a_second_build_and_takes_over_a_dea
 def test_a_lock_whose_holder_died_on_this_host_is_taken_at_once_and_another_hosts_says_when_it_goes_stale(seaweed):
     from builders.plane.lock import Holder
 
-    out = Location(seaweed.bucket("dead-locks") + "/build")
+    out = Location(seaweed.bucket("locks") + "/dead-holder")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = BuildLock(out, "killed", refresh_s=3600, stale_s=3600)
     dead.holder = Holder(socket.gethostname(), int(gone.stdout), time.time(), "killed", "t")
