@@ -17,6 +17,7 @@ from mp16_reason.atomic import atomic_file
 from mp16_reason.prompt import INSTRUCTION
 
 from .modeling import TINY
+from .rewards import rewards as registered_rewards
 from .runs import RUN_INFO, is_hub_id
 
 DEFAULT_REPO = "me/GLOBE-Qwen2.5-VL-7B"  # the user's own repository: cards and pushes always name one
@@ -26,13 +27,6 @@ METHODS = {
     "grpo": "GRPO (group relative policy optimisation) with TRL",
     "sft": "supervised fine-tuning on the curated reasoning traces, with TRL",
     "rm": "supervised yes/no training as the localizability reward model, with TRL",
-}
-REWARD_TEXT = {
-    "geo_accuracy": "R_geo: {city} when country and city match, {country} when only the country does ({rule} matching)",
-    "localizability": "R_loc: P(yes) of the localizability reward model, given the photo and the reasoning",
-    "visual_grounding": "R_vis: share of the photo's reference visual entities named in the reasoning",
-    "format": "1 when the completion is <think>…</think><answer>…</answer> with country and city lines",
-    "coordinate": "exp(-distance / {scale} km) between the answer's location and the truth",
 }
 
 
@@ -165,14 +159,9 @@ def render(
     if d.get("version"):
         dataset_text += f" (build version {d['version']})"
     rewards = []
+    known = registered_rewards()
     for name, weight in (run.get("rewards") or {}).items():
-        text = REWARD_TEXT.get(name, "").format(
-            city=args.get("geo_city_reward"),
-            country=args.get("geo_country_reward"),
-            rule=args.get("geo_rule"),
-            scale=args.get("coordinate_scale_km"),
-        )
-        rewards.append((name, weight, text))
+        rewards.append((name, weight, known[name].describe(args) if name in known else ""))
     summary = {
         "grpo": f"{model_name} is GLOBE: a vision-language model trained with reinforcement learning to work out "
         "where a photo was taken and to explain why, on the MP16-Reason dataset.",

@@ -353,7 +353,8 @@ def quick_help(method: str) -> str:
     if method == "grpo":
         from .rewards import rewards
 
-        lines += ["", f"Rewards (reward_funcs): {', '.join(rewards())}"]
+        lines += ["", "Rewards (reward_funcs):"]
+        lines += [f"  {name}".ljust(22) + reward.describe() for name, reward in rewards().items()]
     lines += ["", f"`globe train {method} --help-all` lists every field of TRL's config as well (it imports TRL)."]
     return "\n".join(lines)
 

@@ -86,7 +86,7 @@ class DataArguments:
 class GRPOScriptArguments(DataArguments):
     reward_funcs: list[str] = field(
         default_factory=lambda: list(DEFAULT_REWARDS),
-        metadata={"help": "Rewards by name: geo_accuracy, localizability, visual_grounding, format, coordinate."},
+        metadata={"help": "Rewards by name, in order (the list below: the shipped ones and any a package adds)."},
     )
     geo_rule: str = field(
         default="alias", metadata={"help": "R_geo matching: alias (country aliases, city names) or official."}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mp16_reason.answer import answer_location, completion_text, official_reward_extract, parse_answer
@@ -128,6 +129,29 @@ class NamedReward:
 RewardFactory = Callable[[Any, int], Callable[..., list]]
 
 
+@dataclass(frozen=True)
+class Reward:
+    """A reward a recipe may name: ``bind(args, group)`` makes the reward function with the recipe's settings,
+    and ``text`` says what it scores, in the words of the model card and of ``globe train grpo --help``
+    (``{field}``: a script argument's value)."""
+
+    bind: RewardFactory
+    text: str = ""
+
+    def __call__(self, args, group: int) -> Callable[..., list]:
+        return self.bind(args, group)
+
+    def describe(self, settings: dict[str, Any] | None = None) -> str:
+        """The text with the run's settings filled in (a field the run lacks stays named)."""
+        values = _Named(settings or {})
+        return self.text.format_map(values)
+
+
+class _Named(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
 def _localizability(args, group: int):
     from .localizability import reward_from_args  # a reward model: loaded only when named
 
@@ -139,33 +163,52 @@ def _geo_accuracy(args, group: int) -> NamedReward:
     return NamedReward(geo_accuracy, "geo_accuracy", rule=args.geo_rule, **weights)
 
 
-def _plain(reward: Callable[..., list], name: str) -> RewardFactory:
-    return lambda args, group: NamedReward(reward, name)
+def _plain(reward: Callable[..., list], name: str, text: str = "") -> Reward:
+    """A plain reward function (TRL's signature) as a nameable reward; its text, its docstring's first line."""
+    summary = text or ((reward.__doc__ or "").strip().splitlines() or [""])[0]
+    return Reward(lambda args, group: NamedReward(reward, name), summary)
 
 
-SHIPPED: dict[str, RewardFactory] = {
-    "geo_accuracy": _geo_accuracy,
-    "localizability": _localizability,
-    "visual_grounding": lambda args, group: NamedReward(visual_grounding, "visual_grounding", rule=args.visual_rule),
-    "format": lambda args, group: NamedReward(format_reward, "format", rule=args.format_rule),
-    "coordinate": lambda args, group: NamedReward(coordinate_reward, "coordinate", scale_km=args.coordinate_scale_km),
+SHIPPED: dict[str, Reward] = {
+    "geo_accuracy": Reward(
+        _geo_accuracy,
+        "R_geo: {geo_city_reward} when country and city match, {geo_country_reward} when only the country does "
+        "({geo_rule} matching)",
+    ),
+    "localizability": Reward(
+        _localizability, "R_loc: P(yes) of the localizability reward model, given the photo and the reasoning"
+    ),
+    "visual_grounding": Reward(
+        lambda args, group: NamedReward(visual_grounding, "visual_grounding", rule=args.visual_rule),
+        "R_vis: share of the photo's reference visual entities named in the reasoning",
+    ),
+    "format": Reward(
+        lambda args, group: NamedReward(format_reward, "format", rule=args.format_rule),
+        "1 when the completion is <think>…</think><answer>…</answer> with country and city lines",
+    ),
+    "coordinate": Reward(
+        lambda args, group: NamedReward(coordinate_reward, "coordinate", scale_km=args.coordinate_scale_km),
+        "exp(-distance / {coordinate_scale_km} km) between the answer's location and the truth",
+    ),
 }
 ENTRY_POINTS = "globe_train.rewards"
 # A package names a plain reward function in the entry point group; the entry point's name is the reward's.
-_REWARDS: Registry[RewardFactory] = Registry(
+_REWARDS: Registry[Reward] = Registry(
     ENTRY_POINTS, shipped=SHIPPED, adopt=lambda point: (point.name, _plain(point.load(), point.name))
 )
 
 
-def register(name: str, reward: Callable[..., list] | None = None, factory: RewardFactory | None = None) -> None:
-    """Make a reward nameable in recipes: a plain reward function (TRL's signature), or a ``factory(args, group)``
-    that binds recipe settings."""
+def register(
+    name: str, reward: Callable[..., list] | None = None, factory: RewardFactory | None = None, text: str = ""
+) -> None:
+    """Make a reward nameable in recipes: a plain reward function (TRL's signature; its docstring's first line
+    says what it scores), or a ``factory(args, group)`` that binds recipe settings, with its ``text``."""
     if (reward is None) == (factory is None):
         raise ValueError("give the reward function or its factory")
-    _REWARDS.register(factory or _plain(reward, name), name)
+    _REWARDS.register(Reward(factory, text) if factory else _plain(reward, name, text), name)
 
 
-def rewards() -> dict[str, RewardFactory]:
+def rewards() -> dict[str, Reward]:
     """Every reward a recipe may name: the shipped ones and those other packages add (entry points read once)."""
     return _REWARDS.items()
 

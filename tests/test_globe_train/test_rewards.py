@@ -145,3 +145,22 @@ def test_coordinate_reward_decays_with_distance():
 def test_plain_string_completions_work_too():
     assert format_reward([GOOD]) == [1.0]
     assert geo_accuracy([GOOD], country=["United Kingdom"], city=["London"]) == [1.0]
+
+
+def test_the_help_and_the_card_say_what_a_reward_scores_from_its_registry_entry(monkeypatch):
+    from globe_train import rewards as registry
+    from globe_train.cli import quick_help
+
+    def brevity(completions, **kwargs):
+        """Shorter reasoning scores higher."""
+        return [0.0 for _ in completions]
+
+    monkeypatch.setattr(registry, "_REWARDS", registry.Registry(registry.ENTRY_POINTS, shipped=dict(registry.SHIPPED)))
+    registry.register("brevity", brevity)
+    help_text = quick_help("grpo")
+    assert "brevity" in help_text and "Shorter reasoning scores higher." in help_text
+    known = registry.rewards()
+    settings = {"geo_city_reward": 1.0, "geo_country_reward": 0.3, "geo_rule": "alias", "coordinate_scale_km": 750}
+    assert known["geo_accuracy"].describe(settings).startswith("R_geo: 1.0 when country and city match, 0.3")
+    assert known["coordinate"].describe(settings).startswith("exp(-distance / 750 km)")
+    assert known["brevity"].describe(settings) == "Shorter reasoning scores higher."
