@@ -1,4 +1,4 @@
-"""CPU per image download: our ``UrlSource`` (kept-alive ``http.client`` connections) against urllib3's pool
+"""CPU per image download: our ``HttpClient`` (kept-alive ``http.client`` connections) against urllib3's pool
 manager (what the build used before, and what ``requests`` sits on), in one run, over one kept-alive loopback
 connection to a server in another process answering an ~85 KB JPEG-sized body (MP-16's photos).
 
@@ -62,7 +62,7 @@ def main() -> None:
     import urllib3
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from builders.sources import UrlSource
+    from builders.sources import HttpClient
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,14 +76,14 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        ours = UrlSource(timeout_s=10, retries=3, threads=1)
+        ours = HttpClient(timeout_s=10, retries=3, threads=1)
         pool = urllib3.PoolManager(
             maxsize=1,
             timeout=urllib3.Timeout(connect=10, read=10),
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
         )
         assert len(ours.fetch(url)) == len(pool.request("GET", url).data) == args.bytes
-        runs: dict[str, list[float]] = {"urllib3 PoolManager": [], "mp16-reason UrlSource": []}
+        runs: dict[str, list[float]] = {"urllib3 PoolManager": [], "mp16-reason HttpClient": []}
         for rep in range(args.repeats):
             order = list(runs) if rep % 2 == 0 else list(reversed(runs))  # alternate who goes first
             for name in order:
@@ -97,7 +97,7 @@ def main() -> None:
         )
         for name, values in runs.items():
             print(f"  {name:<24} {statistics.median(values):7.1f} us   (runs {min(values):.1f}-{max(values):.1f})")
-        ratios = [a / b for a, b in zip(runs["urllib3 PoolManager"], runs["mp16-reason UrlSource"])]
+        ratios = [a / b for a, b in zip(runs["urllib3 PoolManager"], runs["mp16-reason HttpClient"])]
         print(f"  urllib3 / ours: {statistics.median(ratios):.2f}x (runs {min(ratios):.2f}-{max(ratios):.2f}x)")
     finally:
         server.terminate()

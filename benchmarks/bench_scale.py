@@ -179,7 +179,7 @@ sys.path.insert(0, {root!r})
 import pyarrow.parquet as pq
 from pathlib import Path
 from builders.recipe import Recipe
-from builders.sources import Fetcher, UrlSource, image_sources
+from builders.sources import Fetcher, HttpClient, image_sources
 work = Path({work!r})
 recipe = Recipe.model_validate(json.loads((work / "bench-recipe.json").read_text()))
 meta = pq.ParquetFile(work / "ingest.parquet").metadata
@@ -188,7 +188,7 @@ from builders.plane.units import _ingest_file
 for unit in range(0, meta.num_row_groups, max(1, meta.num_row_groups // 20)):
     t = time.perf_counter()
     rows = _ingest_file(str(work)).read_row_group(unit).to_pylist()  # what process_unit does first
-    fetcher = Fetcher(image_sources(recipe.input.images), UrlSource())
+    fetcher = Fetcher(image_sources(recipe.input.images), HttpClient())
     times.append(time.perf_counter() - t)
     fetcher.close()
 print(json.dumps({{"units": len(times), "median_ms": sorted(times)[len(times) // 2] * 1e3, "max_ms": max(times) * 1e3,

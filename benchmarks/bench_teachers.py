@@ -36,7 +36,7 @@ from builders.plane.workfolder import UNIT_SCHEMA, unit_path, write_unit  # noqa
 from builders.recipe import load_recipe  # noqa: E402
 from builders.teachers.cache import ReplyCache  # noqa: E402
 from builders.teachers.prompt import messages  # noqa: E402
-from builders.teachers.stage import Distiller  # noqa: E402
+from builders.teachers.stage import TeacherStage  # noqa: E402
 from mp16_reason.jpeg import jpeg_data_url  # noqa: E402
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, to_json_bytes  # noqa: E402
 
@@ -200,7 +200,7 @@ def memory_child(n: int, root: Path) -> None:
     cache.put(*(rec.teachers[0].reply(sha, REPLY, 1, 1) for sha in shas))
     cache.close()
     rss_before = peak_rss_mb()
-    d = Distiller(rec, work, progress=False, log=lambda *_: None)
+    d = TeacherStage(rec, work, progress=False, log=lambda *_: None)
     t0 = time.perf_counter()
     d.run(-(-n // 1000))
     seconds = time.perf_counter() - t0
@@ -248,13 +248,13 @@ def main() -> None:
         url = srv.stdout.readline().strip()
         print(f"endpoint: latency {lat} s, cap {c}: C/L = {ideal:.1f} requests/s; {args.n} images of 640x480")
         shas = write_units(tmp / "w" / ".work", args.n, (640, 480))
-        d = Distiller(recipe(url, tmp / "c.sqlite", c), tmp / "w" / ".work", progress=False, log=lambda *_: None)
+        d = TeacherStage(recipe(url, tmp / "c.sqlite", c), tmp / "w" / ".work", progress=False, log=lambda *_: None)
         t0 = time.perf_counter()
         d.run(-(-args.n // 1000))
         ours = args.n / (time.perf_counter() - t0)
         jpegs = [_jpeg(np.random.default_rng(i), 640, 480) for i in range(64)]
         base = args.n / baseline(url, [jpegs[i % 64] for i in range(args.n)], c)
-        again = Distiller(recipe(url, tmp / "c.sqlite", c), tmp / "w" / ".work", progress=False, log=lambda *_: None)
+        again = TeacherStage(recipe(url, tmp / "c.sqlite", c), tmp / "w" / ".work", progress=False, log=lambda *_: None)
         for p in (tmp / "w" / ".work" / "curated").glob("*.parquet"):
             p.unlink()  # curate again from scratch: every answer must come from the cache
         again.run(-(-args.n // 1000))

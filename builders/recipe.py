@@ -12,11 +12,11 @@ from pydantic import Field, SerializeAsAny, ValidationError, field_validator, mo
 
 from builders.curation.filters import (
     AddedFilter,
-    AgreementFilter,
-    GeoclipFilter,
-    GroundingFilter,
-    GroundTruthFilter,
-    LocalizabilityFilter,
+    AgreementSettings,
+    GeoclipSettings,
+    GroundingSettings,
+    GroundTruthSettings,
+    LocalizabilitySettings,
 )
 from builders.plane.images import ResampleFilter
 from builders.spec import Spec
@@ -145,11 +145,11 @@ class CurationSpec(_Spec):
     min_teachers: int | None = Field(
         default=None, ge=1, description="parsed answers an image needs (default: every teacher's)"
     )
-    localizability: LocalizabilityFilter = Field(default_factory=LocalizabilityFilter)
-    ground_truth: GroundTruthFilter = Field(default_factory=GroundTruthFilter)
-    agreement: AgreementFilter = Field(default_factory=AgreementFilter)
-    grounding: GroundingFilter = Field(default_factory=GroundingFilter)
-    geoclip: GeoclipFilter = Field(default_factory=GeoclipFilter)
+    localizability: LocalizabilitySettings = Field(default_factory=LocalizabilitySettings)
+    ground_truth: GroundTruthSettings = Field(default_factory=GroundTruthSettings)
+    agreement: AgreementSettings = Field(default_factory=AgreementSettings)
+    grounding: GroundingSettings = Field(default_factory=GroundingSettings)
+    geoclip: GeoclipSettings = Field(default_factory=GeoclipSettings)
     filters: list[SerializeAsAny[AddedFilter]] = Field(
         default_factory=list,
         description="filters other packages add (entry point group mp16_reason.filters), each entry picked by its "

@@ -261,9 +261,9 @@ class Build:
 
     def _distill(self, n_rows: int) -> None:
         if self.recipe.teachers:  # imported here: the teacher stage needs the build extra (openai)
-            from builders.teachers.stage import Distiller
+            from builders.teachers.stage import TeacherStage
 
-            Distiller(self.recipe, self.work, self.progress, self.log).run(self._n_units(n_rows))
+            TeacherStage(self.recipe, self.work, self.progress, self.log).run(self._n_units(n_rows))
 
     def _finish(self, n_rows: int, entries: list[dict]) -> Summary:
         with (self.work / INGEST).open() as fh:

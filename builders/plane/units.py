@@ -27,7 +27,7 @@ from builders.plane.workfolder import (
     unit_path,
 )
 from builders.recipe import Recipe
-from builders.sources import Fetcher, FetchError, Source, UrlSource, image_sources
+from builders.sources import Fetcher, FetchError, HttpClient, Source, image_sources
 from builders.threads import ordered_map
 from mp16_reason.gazetteer import default_gazetteer
 from mp16_reason.schema import BuildInfo, Entity, ImageInfo, Sample, SourceLabels, TeacherAnswer, to_json_bytes
@@ -139,7 +139,7 @@ class Stages:
         self.recipe = recipe
         net = recipe.fetch
         self.sources = image_sources(recipe.input.images)
-        urls = UrlSource(net.timeout_s, net.retries, net.backoff_s, net.threads, tuple(net.placeholder_urls))
+        urls = HttpClient(net.timeout_s, net.retries, net.backoff_s, net.threads, tuple(net.placeholder_urls))
         self.fetcher = Fetcher(self.sources, urls, frozenset(h.lower() for h in net.reject_sha256))
         self.gaz = default_gazetteer()  # once per worker process, not per unit
         self.build = BuildInfo(version=recipe.version, recipe_sha256=recipe_sha256)

@@ -11,7 +11,7 @@ from builders.sources.archive import ArchiveReader, TarSource, ZipSource, tar_in
 from builders.sources.base import INDEX_SCHEMA, FetchError, Source, SourceError
 from builders.sources.fetcher import Fetcher
 from builders.sources.folder import FolderSource
-from builders.sources.http import UrlSource
+from builders.sources.http import HttpClient
 from builders.sources.index import index_path, join_sources, load_index, missing_reason
 from builders.sources.urls import UrlListSource, url_index
 from mp16_reason.plugins import Registry
@@ -60,11 +60,11 @@ __all__ = [
     "FetchError",
     "Fetcher",
     "FolderSource",
+    "HttpClient",
     "Source",
     "SourceError",
     "TarSource",
     "UrlListSource",
-    "UrlSource",
     "ZipSource",
     "image_sources",
     "index_path",

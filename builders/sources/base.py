@@ -93,5 +93,5 @@ class Source:
 
     def reader(self, urls: Any) -> Reader:
         """What a unit fetches this source's images with (``urls``: the unit's HTTP client, a
-        :class:`builders.sources.http.UrlSource`)."""
+        :class:`builders.sources.http.HttpClient`)."""
         raise NotImplementedError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from builders.sources.base import FetchError, Source
-from builders.sources.http import UrlSource
+from builders.sources.http import HttpClient
 from builders.sources.index import missing_reason
 
 
@@ -16,7 +16,7 @@ class Fetcher:
     (None: the row's own URL), or raises :class:`FetchError` naming every source that had the image and why it
     failed."""
 
-    def __init__(self, sources: list[Source], urls: UrlSource, reject_sha256: frozenset[str] = frozenset()):
+    def __init__(self, sources: list[Source], urls: HttpClient, reject_sha256: frozenset[str] = frozenset()):
         self.sources, self.urls, self.reject_sha256 = sources, urls, reject_sha256
         self.readers = {s.position: s.reader(urls) for s in sources}
 

@@ -13,7 +13,7 @@ from urllib.parse import urljoin, urlsplit
 from builders.sources.base import FetchError
 
 
-class UrlSource:
+class HttpClient:
     """HTTP(S) downloads with a timeout, retries with jittered backoff on 429/5xx/timeouts, dead links recorded.
 
     Connections are kept alive, one per host in each download thread: MP-16's photos come from a handful of

@@ -76,7 +76,7 @@ class TeacherTotals:
     output_tokens: int = 0
 
 
-class Distiller:
+class TeacherStage:
     def __init__(self, recipe: Recipe, work_dir: Path | Location, progress: bool = True, log=print) -> None:
         self.recipe, self.work = recipe, location(work_dir)
         self.specs = recipe.teachers

@@ -9,17 +9,17 @@ import pytest
 
 from builders.curation.curator import Curator
 from builders.curation.filters import (
-    Agreement,
     AgreementFilter,
+    AgreementSettings,
     Answers,
-    Geoclip,
     GeoclipFilter,
-    Grounding,
+    GeoclipSettings,
     GroundingFilter,
-    GroundTruth,
+    GroundingSettings,
     GroundTruthFilter,
-    Localizability,
+    GroundTruthSettings,
     LocalizabilityFilter,
+    LocalizabilitySettings,
 )
 from builders.recipe import CurationSpec
 from builders.teachers.base import TeacherFailure
@@ -87,11 +87,11 @@ def spec() -> CurationSpec:
     ],
 )
 def test_localizability_rules(rule, votes, scores, kept):
-    settings = LocalizabilityFilter(rule=rule, min_score=0.5)
+    settings = LocalizabilitySettings(rule=rule, min_score=0.5)
     a = answers(*(answer(f"t{i}", localizable=v, score=s) for i, (v, s) in enumerate(zip(votes, scores))))
     a.record.localizable, _ = settings.verdict(a.judges)
     a.record.localizability = sum(scores) / len(scores)
-    reason = Localizability(settings, spec()).check(a)
+    reason = LocalizabilityFilter(settings, spec()).check(a)
     assert (reason is None) is kept
     if not kept:
         assert reason.startswith("judged not localizable (t0 ") and f"rule {rule}" in reason
@@ -99,28 +99,28 @@ def test_localizability_rules(rule, votes, scores, kept):
 
 def test_localizability_needs_a_judgement():
     a = answers(answer("t0", score=None, localizable=None))
-    assert Localizability(LocalizabilityFilter(), spec()).check(a) == (
+    assert LocalizabilityFilter(LocalizabilitySettings(), spec()).check(a) == (
         "no teacher judged localizability (tag-format replies only)"
     )
 
 
 # -- ground truth --------------------------------------------------------------------------------------------
 def test_ground_truth_by_alias_by_coordinates_and_the_candidates_it_leaves():
-    f = GroundTruth(GroundTruthFilter(level="city", max_km=25), spec())
+    f = GroundTruthFilter(GroundTruthSettings(level="city", max_km=25), spec())
     a = answers(answer("a", "FR", "Paris"), answer("b", "Italy", "Rome"), answer("c", "", "", 48.86, 2.34))
     assert f.check(a) is None and [t.teacher for t in a.candidates] == ["a", "c"]  # alias; 1 km away
-    strict = GroundTruth(GroundTruthFilter(require="all"), spec())
+    strict = GroundTruthFilter(GroundTruthSettings(require="all"), spec())
     reason = strict.check(answers(answer("a"), answer("b", "Italy", "Rome")))
     assert reason == (
         "teachers disagree with the truth Paris, France at city level (a: Paris, France; b: Rome, Italy; require all)"
     )
-    country = GroundTruth(GroundTruthFilter(level="country"), spec())
+    country = GroundTruthFilter(GroundTruthSettings(level="country"), spec())
     assert country.check(answers(answer("a", "France", "Lyon"))) is None
 
 
 # -- agreement ----------------------------------------------------------------------------------------------
 def test_agreement_on_place_and_on_reasoning():
-    f = Agreement(AgreementFilter(min_similarity=0.5), spec())
+    f = AgreementFilter(AgreementSettings(min_similarity=0.5), spec())
     assert not f.applies(answers(answer("a")))  # one answer: nothing to agree with
     reason = f.check(answers(answer("a"), answer("b", "France", "Lyon")))
     assert reason == "teachers name different places at city level: a Paris, France vs b Lyon, France"
@@ -139,14 +139,14 @@ def test_agreement_on_place_and_on_reasoning():
 # -- geoclip ------------------------------------------------------------------------------------------------
 def test_geoclip_distance_and_missing_answer():
     point = answer("geo", "France", "Paris", 48.8566, 2.3522)
-    far = Geoclip(GeoclipFilter(max_km=100), spec())
+    far = GeoclipFilter(GeoclipSettings(max_km=100), spec())
     assert far.check(answers(answer("a"), coords=[point])) is None
     away = answer("geo", "Spain", "Madrid", 40.4168, -3.7038)
     assert far.check(answers(answer("a"), coords=[away])).startswith("geo's point is 1,053 km from the photo (> 100 km")
     a = answers(answer("a"), coords=[point])
     a.coords, a.failures = [], [TeacherFailure("geo", "GeoCLIP failed: boom", 1, "local")]
     assert far.check(a) == "no GeoCLIP answer (teacher geo: GeoCLIP failed: boom (after 1 attempt(s)))"
-    assert not Geoclip(GeoclipFilter(), spec()).applies(a)  # no check asked for: off
+    assert not GeoclipFilter(GeoclipSettings(), spec()).applies(a)  # no check asked for: off
 
 
 # -- grounding ------------------------------------------------------------------------------------------------
@@ -155,8 +155,8 @@ def test_grounding_sees_entities_in_the_image_and_chooses_the_best_grounded_reas
 
     buf = io.BytesIO()
     draw_scene(48.8566, 2.3522, "Paris", "FR", "curation-test").save(buf, "JPEG", quality=92)
-    settings = GroundingFilter(model="bundled:scene-segmenter", min_fraction=0.5)
-    f = Grounding(settings, spec())
+    settings = GroundingSettings(model="bundled:scene-segmenter", min_fraction=0.5)
+    f = GroundingFilter(settings, spec())
     seen = answer("seen", entities=["shop sign", "road"], score=0.5)
     unseen = answer("unseen", entities=["volcano", "glacier"], score=0.9)
     a = answers(unseen, seen, jpeg=buf.getvalue())

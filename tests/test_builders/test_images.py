@@ -192,7 +192,7 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
     import http.server
     import threading
 
-    from builders.sources import FetchError, UrlSource
+    from builders.sources import FetchError, HttpClient
 
     hits = {"flaky": 0}
     client_ports: set[int] = set()
@@ -238,7 +238,7 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        src = UrlSource(timeout_s=2, retries=3, backoff_s=0.01)
+        src = HttpClient(timeout_s=2, retries=3, backoff_s=0.01)
         assert src.fetch(f"{base}/ok.jpg") == b"jpegbytes"
         assert src.fetch(f"{base}/flaky.jpg") == b"late" and hits["flaky"] == 3
         assert src.fetch(f"{base}/moved.jpg") == b"jpegbytes"  # redirects are followed
@@ -246,13 +246,13 @@ def test_url_source_downloads_retries_and_records_dead_links(tmp_path):
             src.fetch(f"{base}/gone.jpg")
         assert len(client_ports) == 1  # one kept-alive connection served every request above
         # A server that closed an idle kept-alive connection costs no attempt: the request goes again on a new one.
-        once = UrlSource(timeout_s=2, retries=0)
+        once = HttpClient(timeout_s=2, retries=0)
         assert once.fetch(f"{base}/hangs-up.jpg") == b"jpegbytes"
         assert once.fetch(f"{base}/ok.jpg") == b"jpegbytes" and len(client_ports) == 3
         with pytest.raises(FetchError, match=r"dead link \(timeout\) after 2 attempt"):
-            UrlSource(timeout_s=0.2, retries=1, backoff_s=0.01).fetch(f"{base}/slow.jpg")
+            HttpClient(timeout_s=0.2, retries=1, backoff_s=0.01).fetch(f"{base}/slow.jpg")
         with pytest.raises(FetchError, match=r"dead link \(cannot connect: .*\) after 2 attempt"):
-            UrlSource(timeout_s=0.5, retries=1, backoff_s=0.01).fetch("http://127.0.0.1:9/none.jpg")
+            HttpClient(timeout_s=0.5, retries=1, backoff_s=0.01).fetch("http://127.0.0.1:9/none.jpg")
     finally:
         server.shutdown()
 

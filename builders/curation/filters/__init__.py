@@ -11,21 +11,21 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_serializer
 
-from builders.curation.filters.agreement import Agreement, AgreementFilter
+from builders.curation.filters.agreement import AgreementFilter, AgreementSettings
 from builders.curation.filters.base import Answers, Filter, FilterSettings
-from builders.curation.filters.geoclip import Geoclip, GeoclipFilter
-from builders.curation.filters.ground_truth import GroundTruth, GroundTruthFilter
-from builders.curation.filters.grounding import Grounding, GroundingFilter
-from builders.curation.filters.localizability import Localizability, LocalizabilityFilter
+from builders.curation.filters.geoclip import GeoclipFilter, GeoclipSettings
+from builders.curation.filters.ground_truth import GroundTruthFilter, GroundTruthSettings
+from builders.curation.filters.grounding import GroundingFilter, GroundingSettings
+from builders.curation.filters.localizability import LocalizabilityFilter, LocalizabilitySettings
 from mp16_reason.plugins import Registry, kind_of
 
 # (section of ``curation:``, filter) in the order they run.
 ORDER: tuple[tuple[str, type[Filter]], ...] = (
-    ("localizability", Localizability),
-    ("ground_truth", GroundTruth),
-    ("agreement", Agreement),
-    ("geoclip", Geoclip),
-    ("grounding", Grounding),
+    ("localizability", LocalizabilityFilter),
+    ("ground_truth", GroundTruthFilter),
+    ("agreement", AgreementFilter),
+    ("geoclip", GeoclipFilter),
+    ("grounding", GroundingFilter),
 )
 
 ENTRY_POINTS = "mp16_reason.filters"
@@ -86,19 +86,19 @@ __all__ = [
     "ENTRY_POINTS",
     "ORDER",
     "AddedFilter",
-    "Agreement",
     "AgreementFilter",
+    "AgreementSettings",
     "Answers",
     "Filter",
     "FilterSettings",
-    "Geoclip",
     "GeoclipFilter",
-    "GroundTruth",
+    "GeoclipSettings",
     "GroundTruthFilter",
-    "Grounding",
+    "GroundTruthSettings",
     "GroundingFilter",
-    "Localizability",
+    "GroundingSettings",
     "LocalizabilityFilter",
+    "LocalizabilitySettings",
     "added_from",
     "kinds",
     "register",

@@ -13,7 +13,7 @@ from mp16_reason.matching import city_match, country_match
 from mp16_reason.schema import TeacherAnswer
 
 
-class AgreementFilter(FilterSettings):
+class AgreementSettings(FilterSettings):
     level: Literal["country", "city"] = "city"
     min_similarity: float = Field(default=0.5, ge=-1.0, le=1.0, description="mean cosine between reasonings")
     embedding_model: str = Field(
@@ -22,9 +22,9 @@ class AgreementFilter(FilterSettings):
     )
 
 
-class Agreement(Filter):
+class AgreementFilter(Filter):
     stage = "agreement"
-    settings: AgreementFilter
+    settings: AgreementSettings
 
     def applies(self, a: Answers) -> bool:
         return self.settings.enabled and len(a.parsed) >= 2

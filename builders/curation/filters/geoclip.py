@@ -14,7 +14,7 @@ from mp16_reason.matching import city_match, country_match
 from mp16_reason.schema import TeacherAnswer
 
 
-class GeoclipFilter(FilterSettings):
+class GeoclipSettings(FilterSettings):
     """Checks that use a coordinate teacher (``kind: geoclip``) when the recipe has one."""
 
     max_km: float | None = Field(
@@ -29,9 +29,9 @@ class GeoclipFilter(FilterSettings):
     )
 
 
-class Geoclip(Filter):
+class GeoclipFilter(Filter):
     stage = "geoclip"
-    settings: GeoclipFilter
+    settings: GeoclipSettings
 
     def applies(self, a: Answers) -> bool:
         g = self.settings

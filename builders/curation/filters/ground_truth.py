@@ -14,15 +14,15 @@ from mp16_reason.matching import city_match, country_match
 from mp16_reason.schema import Sample, TeacherAnswer
 
 
-class GroundTruthFilter(FilterSettings):
+class GroundTruthSettings(FilterSettings):
     level: Literal["country", "city"] = "city"
     max_km: float = Field(default=25.0, gt=0, description="a teacher's coordinates this close to the truth agree")
     require: Literal["all", "any"] = Field(default="any", description="teachers that must agree with the truth")
 
 
-class GroundTruth(Filter):
+class GroundTruthFilter(Filter):
     stage = "ground-truth"
-    settings: GroundTruthFilter
+    settings: GroundTruthSettings
 
     def matches(self, a: TeacherAnswer, s: Sample) -> bool:
         near = a.lat is not None and a.lon is not None

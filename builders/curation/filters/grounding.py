@@ -11,7 +11,7 @@ from builders.curation.filters.base import Answers, Filter, FilterSettings
 from mp16_reason.schema import Entity, TeacherAnswer
 
 
-class GroundingFilter(FilterSettings):
+class GroundingSettings(FilterSettings):
     model: str = Field(
         default="nvidia/segformer-b2-finetuned-ade-512-512",
         description="semantic segmentation model (transformers; ADE20K-style labels): a path or a Hub id",
@@ -23,9 +23,9 @@ class GroundingFilter(FilterSettings):
     )
 
 
-class Grounding(Filter):
+class GroundingFilter(Filter):
     stage = "grounding"
-    settings: GroundingFilter
+    settings: GroundingSettings
     _matcher = None
 
     def matcher(self):

@@ -9,7 +9,7 @@ from pydantic import Field
 from builders.curation.filters.base import Answers, Filter, FilterSettings
 
 
-class LocalizabilityFilter(FilterSettings):
+class LocalizabilitySettings(FilterSettings):
     rule: Literal["all", "any", "mean"] = Field(
         default="all", description="all/any: every/some judging teacher says localizable; mean: by score alone"
     )
@@ -23,9 +23,9 @@ class LocalizabilityFilter(FilterSettings):
         return mean >= self.min_score and agreed, mean
 
 
-class Localizability(Filter):
+class LocalizabilityFilter(Filter):
     stage = "localizability"
-    settings: LocalizabilityFilter
+    settings: LocalizabilitySettings
 
     def check(self, a: Answers) -> str | None:
         judges, s = a.judges, self.settings
