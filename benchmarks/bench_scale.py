@@ -119,7 +119,7 @@ INGEST = (
 import json, resource, shutil, sys, time
 sys.path.insert(0, {root!r})
 t = time.perf_counter()
-from builders.plane.pipeline import Build
+from builders.build import Build
 from builders.recipe import load_recipe
 out = {path!r} + ".ingest-out"
 shutil.rmtree(out, ignore_errors=True)
@@ -216,7 +216,7 @@ def bench_units(rows: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from builders.plane.pipeline import Build
+    from builders.build import Build
     from builders.recipe import load_recipe
     from builders.sources import image_sources, index_path
 

@@ -32,11 +32,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builders.plane.workfolder import UNIT_SCHEMA, unit_path, write_unit  # noqa: E402
 from builders.recipe import load_recipe  # noqa: E402
+from builders.teacher_stage import TeacherStage  # noqa: E402
 from builders.teachers.cache import ReplyCache  # noqa: E402
 from builders.teachers.prompt import messages  # noqa: E402
-from builders.teachers.stage import TeacherStage  # noqa: E402
+from builders.workfolder import UNIT_SCHEMA, unit_path, write_unit  # noqa: E402
 from mp16_reason.jpeg import jpeg_data_url  # noqa: E402
 from mp16_reason.schema import BuildInfo, ImageInfo, Sample, to_json_bytes  # noqa: E402
 

@@ -149,9 +149,9 @@ def build(
         from builders.plane.distributor import warm_up
 
         warm_up()  # the workers' imports now overlap with the rest of ours
-    from builders.plane.pipeline import BuildError
-    from builders.plane.pipeline import build as run_build
-    from builders.plane.pipeline import estimate as run_estimate
+    from builders.build import BuildError
+    from builders.build import build as run_build
+    from builders.build import estimate as run_estimate
 
     try:
         if estimate:
@@ -416,7 +416,7 @@ def cache_export_requests(recipe: str, target: str, build_out: str | None, path:
     Then `mp16-reason cache import-results results.jsonl` and `mp16-reason build RECIPE --offline`. The cache
     remembers what each custom_id asks, so import into the same cache (--cache) that this read.
     """
-    from builders.plane.pipeline import export_requests
+    from builders.build import export_requests
     from builders.recipe import RecipeError, load_recipe
 
     try:

@@ -18,8 +18,7 @@ from builders.curation.filters import (
     GroundTruthSettings,
     LocalizabilitySettings,
 )
-from builders.plane.images import ResampleFilter
-from builders.spec import Spec
+from builders.spec import ResampleFilter, Spec
 from builders.teachers.base import TeacherSettings
 from mp16_reason.schema import SCHEMA_VERSION
 

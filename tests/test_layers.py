@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mp16_reason", "builders", "globe_train")
 
 
-def imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, anywhere in it, as dotted absolute names."""
+def imports(path: Path, tree: ast.Module | None = None) -> set[str]:
+    """Every module ``path`` (or its parsed ``tree``) imports, anywhere in it, as dotted absolute names."""
     module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module.removesuffix(".__init__")
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree or ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -71,3 +71,50 @@ def test_no_module_imports_one_that_imports_it_back():
     for start in g:
         visit(start, [start])
     assert not {min(c[i:] + c[:i] for i in range(len(c))) for c in cycles}
+
+
+# builders/, bottom to top: what every layer may lean on, the rooms, the recipe they make up, the rooms that take
+# the recipe, and the orchestration (the build, the teacher stage's driving, preflight, the CLI). A module imports
+# only its own layer or those below; TYPE_CHECKING imports (types only) are left out.
+BUILDERS_LAYERS = (
+    {"builders.spec", "builders.stops", "builders.threads", "builders.workfolder"},
+    {"builders.sources", "builders.audit", "builders.teachers", "builders.curation", "builders.publish"},
+    {"builders.recipe"},
+    {"builders.plane", "builders.sample"},
+    {"builders.build", "builders.teacher_stage", "builders.preflight", "builders.cli", "builders.__init__"},
+)
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """What ``path`` imports when it runs: ``imports`` without its ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = [ast.Pass()]
+    return imports(path, tree)
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    room = ".".join(parts[:2])
+    for i, layer in enumerate(BUILDERS_LAYERS):
+        if room in layer or module in layer:
+            return i
+    raise AssertionError(f"{module}: in no layer of BUILDERS_LAYERS (add it where it belongs)")
+
+
+def test_builders_rooms_import_only_downward_and_no_two_rooms_import_each_other():
+    upward, rooms = [], {}
+    for path in (ROOT / "builders").rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for target in runtime_imports(path):
+            if not target.startswith("builders.") or target == "builders":
+                continue
+            if layer_of(target) > layer_of(module):
+                upward.append(f"{module} -> {target}")
+            mine, theirs = ".".join(module.split(".")[:2]), ".".join(target.split(".")[:2])
+            if mine != theirs:
+                rooms.setdefault(mine, set()).add(theirs)
+    assert not upward, upward
+    both_ways = sorted({tuple(sorted((a, b))) for a, bs in rooms.items() for b in bs if a in rooms.get(b, set())})
+    assert not both_ways, both_ways

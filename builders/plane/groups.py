@@ -19,8 +19,8 @@ from scipy.sparse.csgraph import connected_components
 
 from builders.audit.hashes import N_WINDOWS
 from builders.plane.split import split_of
-from builders.plane.workfolder import read_unit, unit_path, write_atomic
 from builders.recipe import Recipe
+from builders.workfolder import read_unit, unit_path, write_atomic
 from mp16_reason.storage import Location
 
 GROUPS = "groups.parquet"

@@ -20,11 +20,12 @@ import io
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from builders.audit.hashes import Thumbnail, grey_thumbnail, hash_thumbnails
+from builders.spec import ResampleFilter
 from mp16_reason.jpeg import fit_budget
 
 
@@ -92,7 +93,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 # Downscaling filters by their Pillow names; box averages each output pixel's area (OpenCV's INTER_AREA).
-ResampleFilter = Literal["box", "bilinear", "hamming", "bicubic", "lanczos"]
 RESAMPLE = {name: Image.Resampling[name.upper()] for name in get_args(ResampleFilter)}
 
 

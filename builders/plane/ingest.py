@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 
 from builders.plane import csvrecords
 from builders.plane.units import LABEL_COLUMNS
-from builders.plane.workfolder import REJECTION_WORK_SCHEMA
 from builders.recipe import InputSpec
+from builders.workfolder import REJECTION_WORK_SCHEMA
 from mp16_reason.coords import coerce_coordinates
 from mp16_reason.storage import Location, location
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builders.plane.workfolder import (
+from builders.workfolder import (
     FOLD_REJECTED,
     REJECTION_WORK_SCHEMA,
     curated_path,

@@ -19,16 +19,16 @@ from threadpoolctl import threadpool_limits
 from builders.audit import hashes
 from builders.plane.images import ImageRejected, PreparedImage, add_hashes, keep_image_memory, prepare
 from builders.plane.split import split_key, split_of
-from builders.plane.workfolder import (
+from builders.recipe import Recipe
+from builders.sources import Fetcher, FetchError, HttpClient, Source, image_sources
+from builders.threads import ordered_map
+from builders.workfolder import (
     INGEST,
     UnitWriter,
     read_unit,
     tar_member_bytes,
     unit_path,
 )
-from builders.recipe import Recipe
-from builders.sources import Fetcher, FetchError, HttpClient, Source, image_sources
-from builders.threads import ordered_map
 from mp16_reason.gazetteer import default_gazetteer
 from mp16_reason.schema import BuildInfo, Entity, ImageInfo, Sample, SourceLabels, TeacherAnswer, to_json_bytes
 from mp16_reason.schema import ImageSource as SchemaImageSource

@@ -28,11 +28,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from builders.plane.workfolder import read_unit, unit_path
 from builders.teachers.base import TeacherFailure, TeacherSettings, Usage
 from builders.teachers.cache import CachedReply, ReplyCache
 from builders.teachers.online import OpenAITeacher, endpoint, no_answer
 from builders.teachers.prompt import reply_problem
+from builders.workfolder import read_unit, unit_path
 from mp16_reason.storage import Location
 
 ENDPOINT = "/v1/chat/completions"

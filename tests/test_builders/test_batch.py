@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from helpers import MODELS, scripted_replies, teacher_recipe
 from teacher_server import TeacherServer, image_of
 
+from builders.build import build, estimate
 from builders.cli import main
-from builders.plane.pipeline import build, estimate
 from builders.teachers.batch import BatchRunner
 from builders.teachers.cache import ReplyCache
 from builders.teachers.online import request_body
@@ -191,7 +191,7 @@ def test_a_batch_created_before_a_kill_is_found_not_submitted_again(sample_input
     _, reply, _, _ = online
     with BatchServer(reply, delay_s=0.1) as server:
         recipe = _batch_recipe(sample_input, tmp_path / "out", server.url, tmp_path / "cache.sqlite")
-        from builders.plane.pipeline import Build, prepare
+        from builders.build import Build, prepare
 
         build_ = Build(recipe, progress=False)
         with build_.locked("test"):
@@ -227,8 +227,8 @@ def test_estimate_prices_batch_teachers_at_half_or_their_own_price(sample_input,
     )
     assert online.sha256() == half.sha256() == own.sha256()  # how replies are asked for is not what they are
 
-    from builders.plane.pipeline import Build, prepare
-    from builders.teachers.stage import estimate as teacher_estimate
+    from builders.build import Build, prepare
+    from builders.teacher_stage import estimate as teacher_estimate
 
     build_ = Build(online, progress=False)
     with build_.locked("test"):

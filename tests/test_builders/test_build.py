@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from helpers import sample_recipe
 from hub_servers import free_port
 
+from builders.build import BuildError, build, sample_key
 from builders.cli import main
-from builders.plane.pipeline import BuildError, build, sample_key
 from builders.recipe import RecipeError, load_recipe
 from builders.sample.scenes import near_copies, write_sample
 from mp16_reason import schema
@@ -476,7 +476,7 @@ def test_the_same_inputs_elsewhere_build_identical_shards(sample_input_60, refer
     assert str(sample_input_60) not in json.dumps(there["recipe"])  # no location in what the hash covers
     # A changed byte is another input: another hash.
     (moved / "metadata.csv").write_text((moved / "metadata.csv").read_text() + "\n")
-    from builders.plane.pipeline import Build
+    from builders.build import Build
 
     assert Build(sample_recipe(moved, tmp_path / "third")).sha != here["recipe_sha256"]
 

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from helpers import sample_recipe, scripted_replies, teacher_recipe
 from teacher_server import TeacherServer
 
+from builders.build import BuildError, build
 from builders.cli import main
-from builders.plane.pipeline import BuildError, build
 from builders.publish.validate import validate_build
 from builders.sample.scenes import near_copies
 from mp16_reason.schema import from_json_bytes

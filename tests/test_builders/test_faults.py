@@ -23,9 +23,9 @@ from hub_servers import free_port
 from image_server import SlowImages, url_metadata
 from teacher_server import TeacherServer
 
+from builders.build import BuildError, build
 from builders.cli import main
 from builders.plane.lock import BuildLock, LockHeld, NoConditionalWrites
-from builders.plane.pipeline import BuildError, build
 from builders.publish.validate import validate_build
 from builders.stops import BuildWarning
 from mp16_reason.storage import Location

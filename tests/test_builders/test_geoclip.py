@@ -17,8 +17,8 @@ import webdataset as wds
 from helpers import scripted_replies, teacher_recipe
 from teacher_server import TeacherServer
 
+from builders.build import build
 from builders.curation.curator import Curator
-from builders.plane.pipeline import build
 from builders.publish.card import write_card
 from builders.recipe import CurationSpec, Recipe
 from builders.teachers.base import Job

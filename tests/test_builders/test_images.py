@@ -149,7 +149,7 @@ def test_fork_server_preload_loads_the_gazetteer():
 def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
     import pyarrow as pa
 
-    from builders.plane.workfolder import write_atomic
+    from builders.workfolder import write_atomic
     from mp16_reason.atomic import atomic_path
 
     target = tmp_path / "t.parquet"
@@ -264,7 +264,7 @@ def test_streaming_ingest_matches_a_plain_reading_of_the_csv(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from builders.plane.pipeline import Build
+    from builders.build import Build
     from builders.plane.split import shuffle_key
     from builders.recipe import load_recipe
 
@@ -369,7 +369,7 @@ def test_a_truncated_jpeg_that_fits_is_rejected():
 def test_unit_files_are_written_a_batch_at_a_time(tmp_path):
     import pyarrow as pa
 
-    from builders.plane.workfolder import UnitWriter, read_unit
+    from builders.workfolder import UnitWriter, read_unit
 
     path = tmp_path / "unit-000000.arrow"
     rows = [

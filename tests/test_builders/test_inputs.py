@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import sample_recipe, teacher_recipe
 
-from builders.plane.pipeline import BuildError, build
+from builders.build import BuildError, build
 
 pytest.importorskip("openai")
 SECRET = "sk-live-THIS-MUST-NOT-LEAK-5a4b3c"

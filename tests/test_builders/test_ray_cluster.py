@@ -17,7 +17,7 @@ from helpers import sample_recipe
 from image_server import SlowImages, url_metadata
 from s3_server import rclone, upload
 
-from builders.plane.pipeline import build
+from builders.build import build
 from mp16_reason.storage import Location
 
 pytestmark = [

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from builders.plane.pipeline import build
+from builders.build import build
 from builders.publish.card import write_card
 from builders.recipe import load_recipe
 

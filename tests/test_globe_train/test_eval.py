@@ -419,7 +419,7 @@ def test_csv_benchmarks_and_their_errors(tmp_path):
 
 
 def test_mp16_reason_test_from_a_local_build(tmp_path):
-    from builders.plane.pipeline import build
+    from builders.build import build
     from builders.sample.scenes import write_sample
 
     write_sample(tmp_path / "in", 30)

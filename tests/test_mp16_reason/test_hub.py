@@ -20,8 +20,8 @@ from helpers import sample_recipe
 from hub_servers import HubWriteServer, OlahHub, olah_cli
 from PIL import Image
 
+from builders.build import build
 from builders.cli import main
-from builders.plane.pipeline import build
 from builders.publish.card import MAP_PATH, write_card
 from builders.publish.upload import publish, repo_paths
 from builders.publish.validate import ValidationFailed, validate_build

@@ -12,7 +12,7 @@ import pytest
 from helpers import sample_recipe
 from s3_server import KEY, SECRET, rclone, upload
 
-from builders.plane.pipeline import build
+from builders.build import build
 from mp16_reason.storage import Location, StorageError
 
 pytestmark = pytest.mark.skipif(rclone() is None, reason="rclone not installed: run scripts/setup.sh")

@@ -22,12 +22,12 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from builders.curation.curator import Curator
-from builders.plane.workfolder import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
 from builders.recipe import Recipe
 from builders.stops import BuildStopped
 from builders.teachers.base import Job, Teacher, TeacherFailed, TeacherFailure, TeacherSettings, Usage
 from builders.teachers.cache import CachedReply, ReplyCache, claim_owner, default_path
 from builders.teachers.online import import_http_stacks
+from builders.workfolder import UNIT_SCHEMA, curated_path, read_unit, tar_member_bytes, unit_path, write_unit
 from mp16_reason.manifest import DEFAULT_CONFIG, LOCALIZABILITY_CONFIG
 from mp16_reason.schema import Sample, TeacherAnswer, from_json_bytes, to_json_bytes
 from mp16_reason.storage import Location, location

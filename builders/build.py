@@ -30,7 +30,10 @@ from builders.plane.lock import BuildLock
 from builders.plane.shards import FOLD_REJECTED, ShardProcess, ShardProcessError, sample_key
 from builders.plane.split import shuffle_order
 from builders.plane.units import UnitTask, process_unit
-from builders.plane.workfolder import (
+from builders.recipe import Recipe
+from builders.stops import BuildStopped
+from builders.teachers.prompt import PROMPT_VERSION
+from builders.workfolder import (
     INGEST,
     INGEST_REJECTED,
     RECIPE,
@@ -39,9 +42,6 @@ from builders.plane.workfolder import (
     unit_path,
     write_atomic,
 )
-from builders.recipe import Recipe
-from builders.stops import BuildStopped
-from builders.teachers.prompt import PROMPT_VERSION
 from mp16_reason.manifest import NAME, SHARD_FOLDERS, Manifest, read_manifest
 from mp16_reason.storage import Location
 
@@ -261,7 +261,7 @@ class Build:
 
     def _distill(self, n_rows: int) -> None:
         if self.recipe.teachers:  # imported here: the teacher stage needs the build extra (openai)
-            from builders.teachers.stage import TeacherStage
+            from builders.teacher_stage import TeacherStage
 
             TeacherStage(self.recipe, self.work, self.progress, self.log).run(self._n_units(n_rows))
 
@@ -311,7 +311,7 @@ class Build:
             "shards": entries,
         }
         if self.recipe.teachers:
-            from builders.teachers.stage import teacher_totals
+            from builders.teacher_stage import teacher_totals
 
             data["prompt_version"] = PROMPT_VERSION
             usage = teacher_totals(self.work, self._n_units(n_rows), self.recipe.teachers)
@@ -407,9 +407,9 @@ def export_requests(recipe: Recipe, out: str, overwrite: bool = False, progress:
     """Prepare the images, then write the Batch API request line of every teacher reply the cache lacks."""
     if not recipe.teachers:
         return ["this recipe has no teachers: there are no requests to export"]
-    from builders.plane.workfolder import curated_path
+    from builders.teacher_stage import open_cache
     from builders.teachers.batch import export_requests as write_requests
-    from builders.teachers.stage import open_cache
+    from builders.workfolder import curated_path
 
     b = Build(recipe, progress=progress)
     with b.locked("mp16-reason cache export-requests"):
@@ -432,7 +432,7 @@ def estimate(recipe: Recipe, overwrite: bool = False, progress: bool = True) -> 
     would send: requests, tokens and cost per teacher, cached replies left out."""
     if not recipe.teachers:
         return ["this recipe has no teachers: the build sends no requests"]
-    from builders.teachers.stage import estimate as teacher_estimate
+    from builders.teacher_stage import estimate as teacher_estimate
 
     b = Build(recipe, progress=progress)
     with b.locked("mp16-reason build --estimate"):
