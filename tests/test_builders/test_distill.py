@@ -234,7 +234,11 @@ def test_teacher_stage_through_transformers_serve(served, tiny_model, sample_inp
         "max_pixels": 112 * 112,
     }
     recipe = sample_recipe(
-        sample_input, tmp_path / "o", teachers=[teacher], limit=4, **{"distill.cache": str(tmp_path / "c.sqlite")}
+        sample_input,
+        tmp_path / "o",
+        teachers=[teacher],
+        limit=4,
+        **{"distill.cache": str(tmp_path / "c.sqlite"), "curation.grounding.model": "bundled:scene-segmenter"},
     )
     with pytest.raises(BuildError, match=r"teacher 'tiny' .*replies was no answer \(last: (neither a JSON|empty)"):
         build(recipe, progress=False, log=print)
