@@ -8,16 +8,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, create_model, field_validator, model_validator
 
-from builders.curation.filters import (
-    AddedFilter,
-    AgreementSettings,
-    GeoclipSettings,
-    GroundingSettings,
-    GroundTruthSettings,
-    LocalizabilitySettings,
-)
+from builders.curation.filters import ORDER, AddedFilter
 from builders.spec import ResampleFilter, Spec
 from builders.teachers.base import TeacherSettings
 from mp16_reason.schema import SCHEMA_VERSION
@@ -140,19 +133,14 @@ class DistillSpec(_Spec):
     offline: bool = Field(default=False, description="send nothing: replies missing from the cache are quarantined")
 
 
-class CurationSpec(_Spec):
+class _CurationBase(_Spec):
     min_teachers: int | None = Field(
         default=None, ge=1, description="parsed answers an image needs (default: every teacher's)"
     )
-    localizability: LocalizabilitySettings = Field(default_factory=LocalizabilitySettings)
-    ground_truth: GroundTruthSettings = Field(default_factory=GroundTruthSettings)
-    agreement: AgreementSettings = Field(default_factory=AgreementSettings)
-    grounding: GroundingSettings = Field(default_factory=GroundingSettings)
-    geoclip: GeoclipSettings = Field(default_factory=GeoclipSettings)
     filters: list[SerializeAsAny[AddedFilter]] = Field(
         default_factory=list,
         description="filters other packages add (entry point group mp16_reason.filters), each entry picked by its "
-        "kind, run in this order before (run: first) or after (run: last) the ones above",
+        "kind, run in this order before (run: first) or after (run: last) the shipped ones",
     )
 
     @field_validator("filters", mode="before")
@@ -161,6 +149,15 @@ class CurationSpec(_Spec):
         from builders.curation.filters import added_from
 
         return [added_from(f) for f in value] if isinstance(value, list) else value
+
+
+# ``curation:``: the settings above, and a section for each shipped filter, in the order they run (made from
+# builders.curation.filters.ORDER, so a shipped filter needs no edit here).
+CurationSpec = create_model(
+    "CurationSpec",
+    __base__=_CurationBase,
+    **{section: (f.settings_class, Field(default_factory=f.settings_class)) for section, f in ORDER},
+)
 
 
 class RaySpec(_Spec):

@@ -19,7 +19,8 @@ from builders.curation.filters.grounding import GroundingFilter, GroundingSettin
 from builders.curation.filters.localizability import LocalizabilityFilter, LocalizabilitySettings
 from mp16_reason.plugins import Registry, kind_of
 
-# (section of ``curation:``, filter) in the order they run.
+# (section of ``curation:``, filter) in the order they run. A shipped filter is its module and a line here: the
+# recipe's ``curation:`` gains its section (its ``settings_class``) from this list.
 ORDER: tuple[tuple[str, type[Filter]], ...] = (
     ("localizability", LocalizabilityFilter),
     ("ground_truth", GroundTruthFilter),

@@ -24,6 +24,7 @@ class AgreementSettings(FilterSettings):
 
 class AgreementFilter(Filter):
     stage = "agreement"
+    settings_class = AgreementSettings  # its section of ``curation:``
     settings: AgreementSettings
 
     def applies(self, a: Answers) -> bool:

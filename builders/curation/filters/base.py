@@ -50,6 +50,7 @@ class Filter:
     """``stage`` names it in rejections; ``check`` returns the reason an image is dropped, or None."""
 
     stage: ClassVar[str] = ""
+    settings_class: ClassVar[type[FilterSettings]] = FilterSettings  # a shipped filter's section of ``curation:``
 
     def __init__(self, settings: FilterSettings, curation) -> None:
         self.settings, self.curation = settings, curation  # its own section, and the whole of ``curation:``

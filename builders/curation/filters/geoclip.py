@@ -31,6 +31,7 @@ class GeoclipSettings(FilterSettings):
 
 class GeoclipFilter(Filter):
     stage = "geoclip"
+    settings_class = GeoclipSettings  # its section of ``curation:``
     settings: GeoclipSettings
 
     def applies(self, a: Answers) -> bool:

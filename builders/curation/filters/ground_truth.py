@@ -22,6 +22,7 @@ class GroundTruthSettings(FilterSettings):
 
 class GroundTruthFilter(Filter):
     stage = "ground-truth"
+    settings_class = GroundTruthSettings  # its section of ``curation:``
     settings: GroundTruthSettings
 
     def matches(self, a: TeacherAnswer, s: Sample) -> bool:

@@ -25,6 +25,7 @@ class GroundingSettings(FilterSettings):
 
 class GroundingFilter(Filter):
     stage = "grounding"
+    settings_class = GroundingSettings  # its section of ``curation:``
     settings: GroundingSettings
     _matcher = None
 

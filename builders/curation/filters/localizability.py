@@ -25,6 +25,7 @@ class LocalizabilitySettings(FilterSettings):
 
 class LocalizabilityFilter(Filter):
     stage = "localizability"
+    settings_class = LocalizabilitySettings  # its section of ``curation:``
     settings: LocalizabilitySettings
 
     def check(self, a: Answers) -> str | None:
