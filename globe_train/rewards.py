@@ -208,9 +208,14 @@ def register(
     _REWARDS.register(Reward(factory, text) if factory else _plain(reward, name, text), name)
 
 
-def rewards() -> dict[str, Reward]:
-    """Every reward a recipe may name: the shipped ones and those other packages add (entry points read once)."""
+def kinds() -> dict[str, Reward]:
+    """Every reward a recipe may name, by name: the shipped ones and those other packages add (entry points read
+    once). The registries all read alike: ``register``, ``kinds()`` and one function that resolves a recipe's
+    entries (here :func:`get_reward_funcs`)."""
     return _REWARDS.items()
+
+
+rewards = kinds  # the name the training code and plug-ins have used
 
 
 def get_reward_funcs(args, num_generations: int = 1) -> list:

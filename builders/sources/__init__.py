@@ -34,14 +34,14 @@ def register(kind: type[Source]) -> type[Source]:
     return _ADDED.register(kind)
 
 
-def kinds() -> list[type[Source]]:
-    """Every kind, in the order locations are matched: registered ones, then the shipped ones."""
-    return [*_ADDED.items().values(), *_BUILT_IN]
+def kinds() -> dict[str, type[Source]]:
+    """Every kind by name, in the order locations are matched: registered ones, then the shipped ones."""
+    return {**_ADDED.items(), **{k.kind: k for k in _BUILT_IN if k.kind not in _ADDED.items()}}
 
 
 def source_for(location: str, position: int = 0) -> Source:
     """The source a location names: the first kind that claims it (by suffix or scheme)."""
-    return next(k for k in kinds() if k.matches(location))(position, location)
+    return next(k for k in kinds().values() if k.matches(location))(position, location)
 
 
 def image_sources(locations: list[str]) -> list[Source]:

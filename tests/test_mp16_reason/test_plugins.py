@@ -68,3 +68,17 @@ def test_a_settings_class_without_a_kind_default_is_refused_by_name():
     assert kind_of(Mine) == "mine"
     with pytest.raises(ValueError, match="Nameless: give its kind field a default"):
         kind_of(Nameless)
+
+
+def test_the_four_registries_have_one_shape():
+    """register, kinds() (name -> kind, in the order tried) and a resolver, in each."""
+    from builders.curation import filters
+    from builders.sources import kinds as source_kinds
+    from builders.teachers import registry as teachers
+    from globe_train import rewards
+
+    for module in (teachers, filters, rewards):
+        assert callable(module.register) and isinstance(module.kinds(), dict)
+    assert list(source_kinds())[-1] == "folder"  # the catch-all, tried last
+    assert all(isinstance(name, str) for name in source_kinds())
+    assert {"openai", "geoclip"} <= set(teachers.kinds()) and "geo_accuracy" in rewards.kinds()
