@@ -39,8 +39,9 @@ def _changed(before: dict, after: dict, prefix: str) -> bool:
     return any(not before[k].equal(after[k]) for k in keys)
 
 
-def _grpo(tiny_model: Path, build: Path, out: Path, *extra: str) -> Path:
-    argv = [
+def _grpo_argv(tiny_model: Path, build: Path, out: Path, *extra: str) -> list[str]:
+    """A short tiny-cpu GRPO run's flags (extra ones last, so they win)."""
+    return [
         "--recipe",
         "tiny-cpu",
         "--model_name_or_path",
@@ -59,6 +60,10 @@ def _grpo(tiny_model: Path, build: Path, out: Path, *extra: str) -> Path:
         "false",
         *extra,
     ]
+
+
+def _grpo(tiny_model: Path, build: Path, out: Path, *extra: str) -> Path:
+    argv = _grpo_argv(tiny_model, build, out, *extra)
     return grpo.main(*parse(grpo.ARGS, argv))
 
 
@@ -237,20 +242,7 @@ def test_training_is_quiet_one_progress_line_and_each_warning_once(tiny_model, s
         "globe_train.cli",
         "train",
         "grpo",
-        "--recipe",
-        "tiny-cpu",
-        "--model_name_or_path",
-        str(tiny_model),
-        "--rm_model",
-        str(tiny_model),
-        "--dataset_name",
-        str(sample_build),
-        "--output_dir",
-        str(tmp_path / "run"),
-        "--max_steps",
-        "4",
-        "--max_completion_length",
-        "16",
+        *_grpo_argv(tiny_model, sample_build, tmp_path / "run", "--max_steps", "4"),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
