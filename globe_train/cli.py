@@ -9,6 +9,7 @@ from typing import ClassVar
 import click
 
 from mp16_reason.cli import ExtrasGroup, require
+from mp16_reason.reach import HubUnreachable
 
 
 class _GlobeGroup(ExtrasGroup):
@@ -222,7 +223,7 @@ def eval_cmd(
                 concurrency,
             )
         report = evaluate(bench, predictor, out, bootstrap=bootstrap, seed=seed, progress=not quiet, exclude=exclude)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, HubUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
     if report["n"] == 0:
         raise click.ClickException(f"{benchmark}: no items to evaluate")
@@ -290,7 +291,7 @@ def _train_command(method: str):
             raise click.ClickException(str(exc)) from None
         try:
             out = module.main(*parsed)
-        except (RecipeError, DatasetError) as exc:  # contradictory settings, unusable data; the rest keeps its trace
+        except (RecipeError, DatasetError, HubUnreachable) as exc:  # settings, data, the Hub; the rest keeps its trace
             raise click.ClickException(str(exc)) from None
         end_distributed()
         click.echo(f"saved {out}; its model card: {card_hint(out)}")

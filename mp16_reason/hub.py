@@ -48,9 +48,9 @@ def load(
         return datasets.load_dataset(str(path), config, split=split, streaming=streaming, revision=revision, **kwargs)
     from huggingface_hub import constants
 
-    from .reach import HubUnreachable, require_hub
+    from .reach import USE_A_BUILD, HubUnreachable, require_hub
 
-    instead = "pass path= a build folder (local, or s3://... with its credentials)"
+    instead = USE_A_BUILD
     if not constants.HF_HUB_OFFLINE:
         require_hub(f"load {repo_id}", instead)
     try:

@@ -105,9 +105,9 @@ def hub_manifest(repo_id: str, revision: str | None = None) -> Manifest:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from .reach import require_hub
+    from .reach import USE_A_BUILD, require_hub
 
-    instead = "pass path= a build folder (local, or s3://... with its credentials) to read a copy"
+    instead = USE_A_BUILD
     if constants.HF_HUB_OFFLINE:
         try:
             local = hf_hub_download(repo_id, NAME, repo_type="dataset", revision=revision, local_files_only=True)

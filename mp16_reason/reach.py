@@ -4,6 +4,12 @@ traceback."""
 
 from __future__ import annotations
 
+# What reads a copy of the dataset instead of the Hub's, in each of the ways users ask for it.
+USE_A_BUILD = (
+    "read a build folder instead, local or s3://... (path= in Python, --data for globe eval, --dataset_name for "
+    "globe train)"
+)
+
 
 class HubUnreachable(ConnectionError):
     """The Hub cannot be asked here (offline mode, no answer); the message names what to use instead."""

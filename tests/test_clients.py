@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,19 @@ def test_eval_pins_a_hub_benchmarks_revision_and_records_it(fresh, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert report["dataset"] == {"hub_id": "globe/mp16-reason", "revision": sha} and report["n"] == len(ids)
+
+
+def test_eval_of_the_hubs_test_set_offline_says_what_to_use_in_one_line(tmp_path):
+    """Offline, the Hub's MP16-Reason-Test is one line naming the build-folder flag, at once."""
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": "a", "text": ""}\n')
+    started = time.monotonic()
+    err = _one_line_error(
+        cli(
+            ["globe_train.cli", "eval", "mp16-reason-test", "--predictions", str(preds), "--out", "o"],
+            tmp_path,
+            HF_HUB_OFFLINE="1",
+        )
+    )
+    assert "HF_HUB_OFFLINE is set" in err and "--data for globe eval" in err and err.count("\n") == 1
+    assert time.monotonic() - started < 30  # the interpreter and its imports; no retries

@@ -96,8 +96,8 @@ def test_validate_card_load_and_stream_on_s3(s3_build, s3, local_build, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["load"] == seen["stream"] == len(expected)
-    assert "HF_HUB_OFFLINE is set" in seen["err"] and "pass path=" in seen["err"] and "\n" not in seen["err"]
-    assert "pass path=" in seen["err2"] and seen["s"] < 10
+    assert "HF_HUB_OFFLINE is set" in seen["err"] and "path= in Python" in seen["err"] and "\n" not in seen["err"]
+    assert "--data for globe eval" in seen["err2"] and seen["s"] < 10
     for name in ("manifest.json", "README.md", "rejections.parquet"):
         text = Location(f"{s3_build}/{name}").read_bytes()
         assert SECRET.encode() not in text and KEY.encode() not in text
