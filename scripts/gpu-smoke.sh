@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's run path on a GPU machine, at toy size: install [train,gpu] from requirements/gpu.txt into .venv-gpu,
+# The paper's run path on a GPU machine, at toy size: install [train,gpu] (from the ranges) into .venv-gpu,
 # build the offline sample and the tiny random Qwen2.5-VL, then
 #   1. GRPO steps with vLLM generation in the training process (colocate), in bf16;
 #   2. one GRPO step under DeepSpeed ZeRO-3 (accelerate launch, the paper recipe's accelerate config);
@@ -21,10 +21,12 @@ step() { echo "gpu-smoke: $* ($(date +%T))"; }
 if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import vllm, deepspeed, trl" 2>/dev/null; then
   step "using $venv as it is"
 else
-  step "installing [train,gpu] from requirements/gpu.txt into $venv"
+  # From the ranges, on the GPU machine itself: vLLM brings the CUDA torch and image stack it pins, which
+  # have no place in a lock the CPU machines read.
+  step "installing [train,gpu] into $venv"
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q --require-hashes --no-deps -r requirements/gpu.txt
+  "$venv/bin/python" -m pip install -q ".[train,gpu]"
 fi
 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
 export PATH="$PWD/$venv/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -21,13 +21,6 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 from packaging.version import Version
 
 SIMPLE = "https://pypi.org/simple/{}/"
-# Why a lock holds torchvision, which .venv never does (no CPU torchvision exists for its torch 2.13.0).
-NOTES = {
-    "stock": "torchvision 0.29.1 beside torch 2.14.1 (PyPI's CUDA build, which also runs on a CPU): the one pair "
-    "that imports on the CPU machines; this environment exists to load our checkpoints as users' machines do.",
-    "gpu": "For GPU machines only (scripts/gpu-smoke.sh): vLLM pins torch and a CUDA-only torchvision, which does "
-    "not import beside the CPU torch; never install this lock on a machine without a GPU.",
-}
 
 
 def pypi_hashes(name: str, version: Version) -> set[str]:
@@ -78,8 +71,6 @@ def main(out: str, *reports: str) -> None:
         "# Written by scripts/lock.sh from pyproject.toml's ranges; do not edit by hand.",
         f"# {len(locked)} packages for CPython {sys.version_info.major}.{sys.version_info.minor} on Linux x86_64.",
     ]
-    if note := NOTES.get(Path(out).stem):
-        lines.append(f"# {note}")
     for name in sorted(locked):
         version, hashes = locked[name]
         lines.append(f"{name}=={version} \\")

@@ -3,8 +3,6 @@
 # install the project into it, editable. A fresh clone installs the same set on any day; scripts/lock.sh
 # re-resolves the lock, scripts/test-latest.sh tests the newest releases the ranges allow.
 #   TEST_HUB=0    skip .venv-olah, the read-only Hub the tests serve datasets from (its tests then skip)
-#   TEST_STOCK=1  also make .venv-stock (5.5 GB: stock transformers beside a CUDA torch and torchvision), where
-#                 the tests load our checkpoints as a user's machine does; CI sets it, without it those tests skip
 #   PYTHON=python3.12 picks another interpreter (the lock is made for CPython 3.11 on Linux x86_64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +21,5 @@ locked .venv requirements/dev.txt
 # would downgrade ours).
 if [ "${TEST_HUB:-1}" != "0" ] && [ ! -x .venv-olah/bin/olah-cli ]; then
   locked .venv-olah requirements/olah.txt
-fi
-if [ "${TEST_STOCK:-0}" = "1" ] && [ ! -x .venv-stock/bin/python ]; then
-  locked .venv-stock requirements/stock.txt
 fi
 echo "mp16-reason installed in .venv ($(.venv/bin/python -c 'import mp16_reason; print(mp16_reason.__version__)'))"
