@@ -20,8 +20,8 @@ How a coordinate is labelled
 4. A point farther than ``city_max_km`` (30 km) from any populated place gets no city, and farther than
    ``country_max_km`` (150 km) no country either: open sea is not given a place.
 
-The index is built once (a few seconds) and cached as parquet under ``$MP16_REASON_CACHE`` (default
-``~/.cache/mp16_reason``).
+The index is built once (a few seconds) and cached as uncompressed Arrow files under ``$MP16_REASON_CACHE``
+(default ``~/.cache/mp16_reason``), which every process memory-maps.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
+import pyarrow.feather as feather
 from scipy.spatial import cKDTree
 
-from .atomic import atomic_file
+from .atomic import atomic_path
 from .coords import check_coordinate, coerce_coordinates
 from .distance import EARTH_RADIUS_KM, haversine_km
 from .names import country_code, country_table, normalize
@@ -194,6 +195,33 @@ class ForwardMatch:
         return asdict(self)
 
 
+class Text:
+    """A string column as Arrow keeps it: offsets and UTF-8 bytes, no Python object per string.
+
+    A NumPy object array of GeoNames' 170k names takes ~12 MB of Python objects, and a build's forked workers
+    would each copy the pages they touch (reading a string changes its reference count). Indexed like an array:
+    one position gives a ``str``, an array of positions an object array of them.
+    """
+
+    def __init__(self, values: pa.Array | pa.ChunkedArray) -> None:
+        if isinstance(values, pa.ChunkedArray):  # one chunk is taken as it is: combining would copy it
+            values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self._values[int(index)].as_py()
+        return self._values.take(np.asarray(index)).to_numpy(zero_copy_only=False)
+
+    def __eq__(self, other: object) -> np.ndarray:  # type: ignore[override]
+        return pc.equal(self._values, other).to_numpy(zero_copy_only=False)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Gazetteer:
     """Reverse and forward geocoding over GeoNames, fully offline. Build once, query in batches."""
 
@@ -214,12 +242,12 @@ class Gazetteer:
         self._cache = Path(cache) if cache else cache_dir()
         places = self._load("places")
         self.geonames_id = places.column("geonames_id").to_numpy()
-        self.name = np.asarray(places.column("name").to_pylist(), dtype=object)
+        self.name = Text(places.column("name"))
         self.lat = places.column("lat").to_numpy()
         self.lon = places.column("lon").to_numpy()
         self.population = places.column("population").to_numpy()
-        self.country_code = np.asarray(places.column("country_code").to_pylist(), dtype=object)
-        self.admin1 = np.asarray(places.column("admin1").to_pylist(), dtype=object)
+        self.country_code = Text(places.column("country_code"))
+        self.admin1 = Text(places.column("admin1"))
         self.city_index = places.column("city_index").to_numpy().astype(np.int64)
         self._tree = cKDTree(_unit_vectors(self.lat, self.lon))
         countries = country_table()
@@ -232,14 +260,17 @@ class Gazetteer:
         return f"v{INDEX_VERSION}-p{self._min_population}-{versions}"
 
     def _load(self, which: str) -> pa.Table:
-        path = self._cache / f"gazetteer-{self._version_tag()}-{which}.parquet"
+        """The index's ``places`` or ``names`` table, memory-mapped: its pages are the file's, shared by every
+        process that maps it and resident only where read (reading it as parquet costs each process ~60 MB)."""
+        path = self._cache / f"gazetteer-{self._version_tag()}-{which}.arrow"
         if not path.exists():
             places, names = build_index(self._min_population)
             stem = self._cache / f"gazetteer-{self._version_tag()}"
             for part, table in (("names", names), ("places", places)):
-                with atomic_file(f"{stem}-{part}.parquet") as fh:
-                    pq.write_table(table, fh)
-        return pq.read_table(path)
+                with atomic_path(f"{stem}-{part}.arrow") as tmp:
+                    # One record batch: its columns are then read in place, never joined into a copy.
+                    feather.write_feather(table, str(tmp), compression="uncompressed", chunksize=table.num_rows)
+        return feather.read_table(str(path), memory_map=True)
 
     @functools.cached_property
     def _names(self) -> tuple[np.ndarray, np.ndarray]:

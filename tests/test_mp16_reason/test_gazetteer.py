@@ -159,3 +159,23 @@ def test_forward_reverse_round_trip(gaz):
         if checked == 60:
             break
     assert checked == 60
+
+
+def test_index_is_memory_mapped_text_not_objects(gaz):
+    """The index is read through a memory map (its pages are the cache file's, shared by every worker a build
+    forks) and its names stay Arrow strings: no Python object per place, whose pages a worker would copy."""
+    import pyarrow as pa
+
+    from mp16_reason.gazetteer import Gazetteer, Text
+
+    before = pa.total_allocated_bytes()
+    again = Gazetteer()
+    assert pa.total_allocated_bytes() - before < 1 << 20  # a parquet read would allocate the table (~12 MB)
+    for column in (again.name, again.country_code, again.admin1):
+        assert isinstance(column, Text) and len(column) == len(again.lat)
+    paris = int(np.flatnonzero(again.geonames_id == 2988507)[0])
+    assert again.name[paris] == "Paris" and again.country_code[paris] == "FR"
+    picked = again.name[np.array([paris, paris])]
+    assert picked.dtype == object and picked.tolist() == ["Paris", "Paris"]
+    french = again.country_code == "FR"
+    assert french.dtype == bool and french[paris] and 1000 < french.sum() < len(french)
