@@ -61,3 +61,7 @@ class HashingFile:
         self.sha256.update(data)
         self.size += len(data)
         return self.fh.write(data)
+
+    def writelines(self, parts) -> None:
+        for data in parts:
+            self.write(data)

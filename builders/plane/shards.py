@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from builders.threads import Behind
 from builders.workfolder import (
     FOLD_REJECTED,
     REJECTION_WORK_SCHEMA,
@@ -71,27 +72,41 @@ class TarWriter:
         self.fh, self.owner, self.mtime, self.offset = fh, owner, mtime, 0
 
     def write(self, key: str, members: dict[str, Any]) -> None:
+        parts = []
         for ext in sorted(members):
             data = memoryview(members[ext])
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = data.nbytes, self.mtime, 0o444
             info.uname = info.gname = self.owner
             pad = -data.nbytes % tarfile.BLOCKSIZE
-            self.fh.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
-            self.fh.write(data)
-            self.fh.write(tarfile.NUL * pad)
+            parts += (info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"), data, tarfile.NUL * pad)
             self.offset += tarfile.BLOCKSIZE + data.nbytes + pad
+        self.fh.writelines(parts)
 
     def close(self) -> None:
         """The end: two zero blocks, then zeros to a whole record (as tarfile ends an archive)."""
         size = tar_file_bytes(self.offset)
-        self.fh.write(tarfile.NUL * (size - self.offset))
+        self.fh.writelines([tarfile.NUL * (size - self.offset)])
         self.offset = size
 
 
+class _Later:
+    """A file whose writes are made on a :class:`~builders.threads.Behind` thread, in order."""
+
+    def __init__(self, fh, behind: Behind) -> None:
+        self.fh, self.behind = fh, behind
+
+    def writelines(self, parts: list) -> None:
+        self.behind(self.fh.writelines, parts)
+
+
 class _Shard:
-    def __init__(self, out: Location, path: str, split: str, config: str) -> None:
-        self.final = out / path
+    """One shard. Its bytes are hashed, written and committed on the fold's ``behind`` thread (hashing and
+    writes let go of the GIL), so they overlap the reading of units and the tar headers; its entry is
+    complete once that thread has caught up."""
+
+    def __init__(self, out: Location, path: str, split: str, config: str, behind: Behind) -> None:
+        self.final, self.behind = out / path, behind
         self.entry: dict[str, Any] = {"path": path, "split": split, "samples": 0}
         if config != DEFAULT_CONFIG:
             self.entry["config"] = config
@@ -99,7 +114,7 @@ class _Shard:
         if not self.final.exists():  # else complete from an earlier run: its bytes are already these
             self.file = ExitStack()  # the shard stays open across many units; close() commits it
             self.hashed = HashingFile(self.file.enter_context(self.final.commit()))
-            self.writer = TarWriter(self.hashed)
+            self.writer = TarWriter(_Later(self.hashed, behind))
 
     def add(self, key: str, jpg: Any, js: bytes) -> None:
         self.entry["samples"] += 1
@@ -111,9 +126,12 @@ class _Shard:
             self.entry.update(bytes=self.final.size(), sha256=file_sha256(self.final))
             return self.entry
         self.writer.close()
+        self.behind(self._commit)
+        return self.entry
+
+    def _commit(self) -> None:
         self.file.close()  # flush, fsync, rename into place (or complete the upload)
         self.entry.update(bytes=self.hashed.size, sha256=self.hashed.sha256.hexdigest())
-        return self.entry
 
 
 def plan_counts(sizes: np.ndarray, max_bytes: int, multiple_of: int) -> list[int]:
@@ -289,6 +307,7 @@ class ShardFold:
             group: plan_counts(np.concatenate([s for _, _, s in parts]), self.max_bytes, self.multiple_of)
             for group, parts in self.kept.items()
         }
+        self.behind = Behind()
         writers = {group: _GroupWriter(self, group, counts) for group, counts in plans.items()}
         by_unit: dict[int, list[tuple[tuple[str, str], np.ndarray]]] = {}
         for group, parts in self.kept.items():
@@ -320,6 +339,7 @@ class ShardFold:
                 if progress is not None:
                     progress(len(at))
         entries = [e for w in writers.values() for e in w.close()]
+        self.behind.close()  # every shard committed, its entry complete
         write_hashes(hashes, self.out)
         tables = [t.cast(REJECTION_WORK_SCHEMA) for t in self.rejected]
         tables.append(pa.Table.from_pylist(self.duplicates, schema=REJECTION_WORK_SCHEMA))
@@ -344,7 +364,7 @@ class _GroupWriter:
                 self.entries.append(self.shard.close())
             path = f"{self.folder}/{self.split}-{self.index:06d}.tar"
             (self.fold.out / self.folder).mkdir()
-            self.shard = _Shard(self.fold.out, path, self.split, self.config)
+            self.shard = _Shard(self.fold.out, path, self.split, self.config, self.fold.behind)
             self.index += 1
         self.shard.add(sample_key(sample_id), jpg, js)
 

@@ -108,6 +108,34 @@ def test_ordered_map_keeps_order_and_bounds_work_in_flight():
     assert seen == [i * i for i in range(60)]
 
 
+def test_behind_runs_calls_in_order_bounded_and_raises_their_error():
+    import threading
+
+    from builders.threads import Behind
+
+    done, gate = [], threading.Event()
+    behind = Behind(depth=4)
+    behind(gate.wait)
+    for i in range(4):
+        behind(done.append, i)
+    blocked = threading.Thread(target=behind, args=(done.append, 4))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive() and done == []  # the caller waits once it is `depth` calls ahead
+    gate.set()
+    blocked.join()
+    behind.close()
+    assert done == [0, 1, 2, 3, 4]
+
+    failing = Behind()
+    failing(done.append, 5)
+    failing(lambda: 1 / 0)
+    failing(done.append, 6)  # after the error: dropped
+    with pytest.raises(ZeroDivisionError):
+        failing.close()
+    assert done[-1] == 5
+
+
 def test_prepare_on_threads_equals_serial():
     from concurrent.futures import ThreadPoolExecutor
 
