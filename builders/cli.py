@@ -3,7 +3,10 @@ group of ``mp16_reason.cli`` (which holds what needs only the consumer package).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -511,5 +514,28 @@ def cache_info(path: str | None) -> None:
             click.echo(f"  {model} ({version}, {origin}): {n:,}")
 
 
+def run() -> None:
+    """The ``mp16-reason`` program: :func:`main`, then an exit that skips tearing down the interpreter.
+
+    Freeing every object of pandas, pyarrow and datasets one by one takes ~0.4 s after a build has finished,
+    for memory the system takes back at once. Output is flushed and exit handlers run first (logging, the
+    process pools', Ray's), as in a normal exit. Tests call :func:`main`, which exits the usual way.
+    """
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    if not isinstance(code, int):  # a message (sys.exit("...")) is printed and exits 1, as Python does
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`) or stream
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()

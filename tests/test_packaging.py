@@ -41,4 +41,4 @@ def test_the_wheel_holds_every_tracked_file_of_the_packages(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert not wanted - names, f"missing from the wheel (add them to package-data): {sorted(wanted - names)}"
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "mp16-reason = builders.cli:main" in entry_points and "globe = globe_train.cli:main" in entry_points
+    assert "mp16-reason = builders.cli:run" in entry_points and "globe = globe_train.cli:main" in entry_points

@@ -83,3 +83,24 @@ def test_package_exports_load_on_first_use():
         "    raise AssertionError('unknown names must raise AttributeError')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_program_exit_flushes_output_runs_exit_handlers_and_keeps_the_code():
+    """``mp16-reason`` as a program ends without tearing the interpreter down; what a normal exit does still
+    happens: output written, exit handlers run, the exit code kept."""
+    program = (
+        "import atexit, sys; atexit.register(lambda: print('handler ran', flush=True)); "
+        "sys.argv = ['mp16-reason', *sys.argv[1:]]; from builders.cli import run; run()"
+    )
+
+    def program_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=120)
+
+    done = program_run("geocode", "48.8584", "2.2945", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["city"] == "Paris"
+    assert done.stdout.splitlines()[-1] == "handler ran"
+    usage = program_run("build")
+    assert usage.returncode == 2 and "RECIPE" in usage.stderr and "handler ran" in usage.stdout
+    refused = program_run("geocode", "--name", "Zzzqxx, Nowhere")
+    assert refused.returncode == 1 and "no place called" in refused.stderr and "handler ran" in refused.stdout
