@@ -137,8 +137,13 @@ def _binary(values: tuple[bytes | None, ...]) -> pa.Array:
 
 
 def read_unit(path: Path | Location, columns: list[str] | None = None) -> pa.Table:
-    """A unit file: through a memory map on a local disk, read whole from an object store."""
+    """A unit file: through a memory map on a local disk, read whole from an object store.
+
+    Columns are picked from the whole table: mapping every column costs nothing, where Arrow's own column
+    selection reads the picked ones batch by batch (~15 ms a unit instead of ~1)."""
     path = location(path)
     if path.local is not None:
-        return feather.read_table(str(path.local), columns=columns, memory_map=True)
-    return feather.read_table(pa.BufferReader(path.read_bytes()), columns=columns)
+        table = feather.read_table(str(path.local), memory_map=True)
+    else:
+        table = feather.read_table(pa.BufferReader(path.read_bytes()))
+    return table if columns is None else table.select(columns)
