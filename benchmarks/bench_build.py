@@ -12,6 +12,12 @@ pandas, so it runs from its own virtual environment (created on first use in --i
 Both tools pay a few CPU-seconds of start-up (interpreters, imports, worker pools) that a real build never
 notices; 3,000 images (~30 s a side) keep that from deciding the ratio. ``--images 1000`` shows it.
 
+A ratio is only as good as the machine was quiet. Before and after each pair of runs the script measures how
+many cores the machine keeps busy with nothing of ours running, and during each run how many went to anything
+but the tool, the image server and itself (the machine's busy time from /proc/stat less theirs); a pair where
+either exceeds 0.25 cores is printed but left out of the ratio. The load average is printed too, but it cannot
+decide this: it counts the tools' own processes, and each keeps every core busy by itself.
+
     python benchmarks/bench_build.py [--case large|mp16] [--images 3000] [--repeats 3] [--rss-images 1000 10000]
 """
 
@@ -29,11 +35,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+OTHERS = 0.25  # cores that other work may keep busy during a counted run
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int], blur: float = 0.0, quality: int = 92) -> None:
@@ -100,48 +109,74 @@ def _serve_files(folder: str) -> None:
 
 
 @contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    """The image server in its own process; yields its base URL."""
+def serve(folder: Path) -> Iterator[tuple[str, int]]:
+    """The image server in its own process; yields its base URL and its pid."""
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        yield proc.stdout.readline().strip()
+        yield proc.stdout.readline().strip(), proc.pid
     finally:
         proc.stdin.close()
         proc.wait()
         proc.stdout.close()
 
 
-def _tree_memory_mb(root: int) -> tuple[float, float]:
-    """RSS of the largest process in ``root``'s tree, and the tree's total PSS (Linux /proc), in MB.
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) a process has spent so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class TreeSampler:
+    """Samples a process tree (Linux /proc): each process's peak RSS (the kernel's own high-water mark), CPU
+    seconds and, every ``pss_every`` samples, the tree's total PSS.
 
     PSS counts a page shared by n processes as 1/n in each, so pages that forked workers share with their
-    parent (preloaded modules and data) count once, as they take memory once.
+    parent (preloaded modules and data) count once, as they take memory once. It is the one costly read (the
+    kernel walks each process's page tables), hence taken less often.
     """
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while we looked
-        children.setdefault(ppid, []).append(int(entry))
-    tree, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        tree.append(pid)
-        stack.extend(children.get(pid, []))
-    rss, pss = [0.0], 0.0
-    for pid in tree:
-        try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
-        except (OSError, ValueError):
-            continue
-        rss.append(int(fields["Rss"].split()[0]) / 1024)
-        pss += int(fields["Pss"].split()[0]) / 1024
-    return max(rss), pss
+
+    def __init__(self, root: int, pss_every: int = 5) -> None:
+        self.root, self.pss_every, self.samples = root, pss_every, 0
+        self.peak_rss: dict[int, float] = {}  # MB
+        self.cpu: dict[int, float] = {}  # seconds
+        self.peak_pss = 0.0  # MB
+
+    def sample(self) -> None:
+        children: dict[int, list[int]] = {}
+        cpu: dict[int, float] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended while we looked
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tree, stack = [], [self.root]
+        while stack:
+            pid = stack.pop()
+            tree.append(pid)
+            stack.extend(children.get(pid, []))
+        pss = 0.0
+        self.samples += 1
+        for pid in tree:
+            self.cpu[pid] = max(self.cpu.get(pid, 0.0), cpu.get(pid, 0.0))
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                hwm = int(status.split("VmHWM:", 1)[1].split()[0]) / 1024
+                if self.samples % self.pss_every == 0:
+                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                    pss += int(rollup.split("\nPss:", 1)[1].split()[0]) / 1024
+            except (OSError, IndexError, ValueError):
+                continue  # gone, or a zombie without memory
+            self.peak_rss[pid] = max(self.peak_rss.get(pid, 0.0), hwm)
+        self.peak_pss = max(self.peak_pss, pss)
 
 
 def machine_cpu_s() -> float:
@@ -150,22 +185,39 @@ def machine_cpu_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
-def run_timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
-    """Wall seconds, the peak RSS (MB) of the largest process and the peak PSS of the whole process tree.
+def busy_cores(seconds: float = 2.0) -> float:
+    """How many cores the machine keeps busy while nothing of the benchmark runs (the image server idles)."""
+    before = machine_cpu_s()
+    time.sleep(seconds)
+    return (machine_cpu_s() - before) / seconds
 
-    The tree is sampled every 0.2 s (a scan of /proc takes ~3 ms of CPU, which both tools would pay for):
-    worker processes need not be direct children (fork servers, pools).
+
+@dataclass
+class Run:
+    wall: float  # seconds
+    largest_mb: float  # peak RSS of the largest process
+    all_mb: float  # peak PSS of the whole tree
+    cpu_s: float = 0.0  # CPU of the tool's processes
+    machine_cpu_s: float = 0.0  # CPU of the whole machine meanwhile
+    others: float = 0.0  # cores kept busy by anything but the tool, the image server and this script
+
+
+def run_timed(cmd: list[str], env: dict | None = None) -> Run:
+    """Wall seconds, the peak RSS (MB) of the largest process, the peak PSS of the whole process tree and the
+    tree's CPU seconds.
+
+    The tree is sampled every 0.2 s by :class:`TreeSampler`: worker processes need not be direct children
+    (fork servers, pools). A process's CPU and peak RSS are its last sample's, so each leaves out at most its
+    last 0.2 s.
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak_one = peak_all = 0.0
+    tree = TreeSampler(proc.pid)
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak_one, peak_all
         while not stop.wait(0.2):
-            one, total = _tree_memory_mb(proc.pid)
-            peak_one, peak_all = max(peak_one, one), max(peak_all, total)
+            tree.sample()
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -175,10 +227,21 @@ def run_timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, fl
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"command failed: {' '.join(cmd)}\n{err[-3000:]}")
-    return wall, peak_one, peak_all
+    return Run(wall, max(tree.peak_rss.values(), default=0.0), tree.peak_pss, sum(tree.cpu.values()))
 
 
-def ours(base_url: str, n: int, work: Path, size: tuple[int, int], keep: bool = False) -> tuple[float, float, float]:
+def measured(server: int, what: Callable[[], Run]) -> Run:
+    """``what()``, with the CPU that anything else on the machine spent meanwhile, in cores: the machine's
+    busy time less the tool's, the image server's and this script's own (its sampler)."""
+    machine, served, mine = machine_cpu_s(), process_cpu_s(server), time.process_time()
+    run = what()
+    run.machine_cpu_s = machine_cpu_s() - machine
+    ours = run.cpu_s + process_cpu_s(server) - served + time.process_time() - mine
+    run.others = max(0.0, run.machine_cpu_s - ours) / run.wall
+    return run
+
+
+def ours(base_url: str, n: int, work: Path, size: tuple[int, int], keep: bool = False) -> Run:
     meta = work / f"ours-{n}.csv"
     with meta.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -213,7 +276,7 @@ def ours(base_url: str, n: int, work: Path, size: tuple[int, int], keep: bool = 
     return run_timed(cmd)
 
 
-def img2dataset(venv: Path, base_url: str, n: int, work: Path, keep: bool = False) -> tuple[float, float, float]:
+def img2dataset(venv: Path, base_url: str, n: int, work: Path, keep: bool = False) -> Run:
     exe = venv / "bin" / "img2dataset"
     if not exe.exists():
         print(f"installing img2dataset into {venv} ...", flush=True)
@@ -279,28 +342,37 @@ def main() -> None:
     size = (640, 480) if keep else (args.width, args.height)
     folder = work / (f"mp16-{size[0]}x{size[1]}" if keep else f"images-{size[0]}x{size[1]}")
     make_images(folder, args.images, size, *((0.7, 90) if keep else ()))  # mp16: ~80 KB, as MP-16's photos
-    runs: dict[str, list[tuple[float, float, float]]] = {"img2dataset": [], "mp16-reason": []}
-    cpu: dict[str, list[float]] = {"img2dataset": [], "mp16-reason": []}
+    runs: dict[str, list[Run]] = {"img2dataset": [], "mp16-reason": []}
     sizes = [p.stat().st_size for p in sorted(folder.iterdir())[: args.images]]
     print(f"{args.images} JPEGs of {size[0]}x{size[1]}, {statistics.mean(sizes) / 1024:.0f} KB on average", flush=True)
     cores = os.cpu_count() or 1
-    loads: list[tuple[float, float]] = []  # 1-minute load average before and after each pair of runs
-    with serve(folder) as url:
+    # A pair of runs counts only if the machine was quiet before and after it (a 2 s window with nothing of
+    # ours running) and nothing else took more than OTHERS cores during either run. The load average cannot
+    # say this: it counts the tools' own processes, and each keeps every core busy by itself.
+    quiet: list[bool] = []
+    with serve(folder) as (url, server):
+        background = [busy_cores()]
         for rep in range(args.repeats):
-            load_before = os.getloadavg()[0]
             # Alternate which tool goes first: a machine whose speed drifts favours neither.
             order = ("img2dataset", "mp16-reason") if rep % 2 == 0 else ("mp16-reason", "img2dataset")
+            load = os.getloadavg()[0]
             for name in order:
-                before = machine_cpu_s()
-                if name == "img2dataset":
-                    runs[name].append(img2dataset(Path(args.i2d_venv), url, args.images, work, keep))
-                else:
-                    runs[name].append(ours(url, args.images, work, size, keep))
-                cpu[name].append(machine_cpu_s() - before)
-            loads.append((load_before, os.getloadavg()[0]))
-            pair = runs["img2dataset"][-1][0] / runs["mp16-reason"][-1][0]
+                tool = (
+                    (lambda: img2dataset(Path(args.i2d_venv), url, args.images, work, keep))
+                    if name == "img2dataset"
+                    else (lambda: ours(url, args.images, work, size, keep))
+                )
+                runs[name].append(measured(server, tool))
+            background.append(busy_cores())
+            i2d, our = runs["img2dataset"][-1], runs["mp16-reason"][-1]
+            others = max(i2d.others, our.others)
+            quiet.append(max(background[-2:]) <= OTHERS and others <= OTHERS)
             print(
-                f"  run {rep + 1}/{args.repeats}: ratio {pair:.2f}x, load {loads[-1][0]:.1f} -> {loads[-1][1]:.1f}",
+                f"  run {rep + 1}/{args.repeats}: ratio {i2d.wall / our.wall:.2f}x;"
+                f" machine busy before {background[-2]:.2f} and after {background[-1]:.2f} cores,"
+                f" others during the runs {i2d.others:.2f} (img2dataset) and {our.others:.2f} (ours) cores;"
+                f" load average {load:.1f} -> {os.getloadavg()[0]:.1f}"
+                + ("" if quiet[-1] else f"  LOADED: more than {OTHERS} cores in other hands, left out"),
                 flush=True,
             )
     what = "kept as they are (they fit)" if keep else "smaller side 512, quality 90"
@@ -310,23 +382,19 @@ def main() -> None:
     )
     print("                 img/s   wall s   machine CPU per image   peak memory: largest process (RSS), all (PSS)")
     for name, results in runs.items():
-        wall = statistics.median(r[0] for r in results)
-        one, total = max(r[1] for r in results), max(r[2] for r in results)
-        per_image = statistics.median(cpu[name]) / args.images * 1e3
+        wall = statistics.median(r.wall for r in results)
+        one, total = max(r.largest_mb for r in results), max(r.all_mb for r in results)
+        per_image = statistics.median(r.machine_cpu_s for r in results) / args.images * 1e3
         print(
             f"  {name}   {args.images / wall:8.1f}   {wall:6.1f}   {per_image:8.2f} ms   {one:6.0f} MB, {total:6.0f} MB"
         )
-    # Each tool runs 2 processes, so a load near the core count is the run itself; more means something else ran
-    # beside it, and a ratio from that run says nothing about the tools.
-    quiet = [max(pair) <= cores + 0.5 for pair in loads]
-    print(
-        f"  machine load (1 min) before -> after each pair of runs, {cores} cores: "
-        + ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in loads)
-    )
-    ratios = [i2d[0] / our[0] for (i2d, our), ok in zip(zip(runs["img2dataset"], runs["mp16-reason"]), quiet) if ok]
+    one = {name: max(r.largest_mb for r in results) for name, results in runs.items()}
+    print(f"  largest process, ours / img2dataset: {one['mp16-reason'] / one['img2dataset']:.2f}x  (goal <= 1.2x)")
+    pairs = zip(runs["img2dataset"], runs["mp16-reason"], quiet)
+    ratios = [i2d.wall / our.wall for i2d, our, ok in pairs if ok]
     goal = 2.5 if keep else 1.45
     if not ratios:
-        print(f"  no ratio: the load exceeded the {cores} cores in every run; run it again on a quiet machine")
+        print(f"  no ratio: every run shared the {cores} cores with other work; run it again on a quiet machine")
     else:
         spread = f" (runs: {min(ratios):.2f}-{max(ratios):.2f}x)" if len(ratios) > 1 else ""
         left = f", {len(quiet) - len(ratios)} loaded run(s) left out" if len(ratios) < len(quiet) else ""
@@ -334,10 +402,10 @@ def main() -> None:
     if args.rss_images:
         print("\npeak memory of our build by input size (320x240 images; should stay flat): largest RSS, all PSS")
         make_images(work / "small-320x240", max(args.rss_images), (320, 240))
-        with serve(work / "small-320x240") as url:
+        with serve(work / "small-320x240") as (url, _):
             for n in args.rss_images:
-                wall, one, total = ours(url, n, work, (320, 240))
-                print(f"  {n:>7,} images   {n / wall:8.1f} img/s   {one:6.0f} MB, {total:6.0f} MB")
+                run = ours(url, n, work, (320, 240))
+                print(f"  {n:>7,} images   {n / run.wall:8.1f} img/s   {run.largest_mb:6.0f} MB, {run.all_mb:6.0f} MB")
 
 
 if __name__ == "__main__":
