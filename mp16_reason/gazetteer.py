@@ -285,6 +285,33 @@ class Gazetteer:
         invalid row (NaN, out of range, not a number) gets its reason there instead of failing the batch.
         Text is "" where unknown (as in the records), numbers are null.
         """
+        columns, has_city = self._reverse(lat, lon)
+        text = {k: pd.Series(v, dtype=object) for k, v in columns.items() if v.dtype == object}  # Python strings
+        out = pd.DataFrame(
+            {
+                **columns,
+                **text,
+                "geonames_id": pd.array(columns["geonames_id"], dtype="Int64"),
+                "place_geonames_id": pd.array(columns["place_geonames_id"], dtype="Int64"),
+            }
+        )
+        out.loc[~has_city, ["geonames_id", "place_geonames_id"]] = pd.NA
+        return out
+
+    def reverse_records(self, lat, lon) -> list[dict]:
+        """:meth:`reverse_batch`'s rows as dicts of plain Python values (None for a missing id), made
+        without a DataFrame: a build's worker labels each unit's few hundred points this way, for a tenth of
+        the CPU."""
+        columns, has_city = self._reverse(lat, lon)
+        values = {k: v.tolist() for k, v in columns.items()}
+        for key in ("geonames_id", "place_geonames_id"):
+            values[key] = [v if city else None for v, city in zip(values[key], has_city.tolist())]
+        names = list(values)
+        return [dict(zip(names, row)) for row in zip(*values.values())]
+
+    def _reverse(self, lat, lon) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The columns of :meth:`reverse_batch` as arrays (ids 0 where there is no city), and which rows
+        have a city."""
         lat_f, lon_f, errors = coerce_coordinates(lat, lon)
         ok = errors == ""
         n = lat_f.size
@@ -299,31 +326,23 @@ class Gazetteer:
         ci = np.maximum(city, 0)
         city_km = np.where(has_city, haversine_km(lat_f, lon_f, self.lat[ci], self.lon[ci]), np.nan)
         pi = np.maximum(place, 0)
-        codes = np.where(has_country, self.country_code[pi], "")
-        admin1 = np.where(has_country, self.admin1[pi], "")
-
-        def text(values) -> pd.Series:  # plain Python strings
-            return pd.Series(values, dtype=object)
-
-        out = pd.DataFrame(
-            {
-                "lat": lat_f,
-                "lon": lon_f,
-                "country_code": text(codes),
-                "country": text([self._country_name.get(c, "") if c else "" for c in codes]),
-                "continent": text([self._continent.get(c, "") if c else "" for c in codes]),
-                "admin1": text(admin1),
-                "city": text(np.where(has_city, self.name[ci], "")),
-                "geonames_id": pd.array(np.where(has_city, self.geonames_id[ci], 0), dtype="Int64"),
-                "city_distance_km": city_km,
-                "place": text(np.where(has_city, self.name[pi], "")),
-                "place_geonames_id": pd.array(np.where(has_city, self.geonames_id[pi], 0), dtype="Int64"),
-                "place_distance_km": place_km,
-                "error": text(errors),
-            }
-        )
-        out.loc[~has_city, ["geonames_id", "place_geonames_id"]] = pd.NA
-        return out
+        codes = np.where(has_country, self.country_code[pi], "").astype(object)
+        columns = {
+            "lat": lat_f,
+            "lon": lon_f,
+            "country_code": codes,
+            "country": np.array([self._country_name.get(c, "") if c else "" for c in codes], dtype=object),
+            "continent": np.array([self._continent.get(c, "") if c else "" for c in codes], dtype=object),
+            "admin1": np.where(has_country, self.admin1[pi], "").astype(object),
+            "city": np.where(has_city, self.name[ci], "").astype(object),
+            "geonames_id": np.where(has_city, self.geonames_id[ci], 0),
+            "city_distance_km": city_km,
+            "place": np.where(has_city, self.name[pi], "").astype(object),
+            "place_geonames_id": np.where(has_city, self.geonames_id[pi], 0),
+            "place_distance_km": place_km,
+            "error": np.asarray(errors, dtype=object),
+        }
+        return columns, has_city
 
     def reverse(self, lat: object, lon: object) -> Place:
         """Label one coordinate; raises :class:`~mp16_reason.coords.InvalidCoordinateError` on bad input."""

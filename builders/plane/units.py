@@ -252,7 +252,7 @@ def process_unit(task: UnitTask) -> tuple[int, int, int]:
     rows = _ingest_file(task.work_dir).read_row_group(task.index).to_pylist()
     stages = Stages(recipe, task.recipe_sha256)
     # One dict a row, made once: a DataFrame row lookup per image costs more than the rest of its record.
-    places = stages.gaz.reverse_batch([r["lat"] for r in rows], [r["lon"] for r in rows]).to_dict("records")
+    places = stages.gaz.reverse_records([r["lat"] for r in rows], [r["lon"] for r in rows])
     # Downloads wait on the network and get fetch.threads; decoding is CPU work and gets two threads: more
     # would only trade the GIL back and forth (16 decoding threads cost ~12 % more CPU an image).
     threads = recipe.fetch.threads if not stages.sources or any(s.network for s in stages.sources) else 4

@@ -179,3 +179,27 @@ def test_index_is_memory_mapped_text_not_objects(gaz):
     assert picked.dtype == object and picked.tolist() == ["Paris", "Paris"]
     french = again.country_code == "FR"
     assert french.dtype == bool and french[paris] and 1000 < french.sum() < len(french)
+
+
+def test_reverse_records_are_reverse_batch_rows(gaz):
+    """The worker's path (plain dicts) against the DataFrame's rows: real MP-16-like points, open sea, the
+    poles and invalid input, value for value (None where the DataFrame has a missing id)."""
+    import math
+
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    lat = [*rng.uniform(-60, 70, 300).tolist(), 0.0, 90.0, -90.0, float("nan"), 95.0, 48.8584]
+    lon = [*rng.uniform(-180, 180, 300).tolist(), -30.0, 0.0, 180.0, 2.0, 2.0, 2.2945]
+    frame = gaz.reverse_batch(lat, lon)
+    records = gaz.reverse_records(lat, lon)
+    assert len(records) == len(frame)
+    for want, got in zip(frame.to_dict("records"), records):
+        want = {k: None if v is pd.NA else v for k, v in want.items()}
+        assert list(got) == list(want)
+        for key, value in want.items():
+            if isinstance(value, float) and math.isnan(value):
+                assert isinstance(got[key], float) and math.isnan(got[key])
+            else:
+                assert got[key] == value and type(got[key]) is type(value), (key, got[key], value)
+    assert sum(r["city"] != "" for r in records) > 20 and records[-1]["city"] == "Paris"
