@@ -4,6 +4,9 @@ import tarfile
 
 import datasets
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from mp16_reason import schema
 
@@ -132,3 +135,29 @@ def test_nulls_in_first_rows_do_not_change_types(tmp_path):
     assert ds.features["json"]["geonames_id"] == datasets.Value("int64")
     assert ds[7]["json"]["geonames_id"] == 123 and ds[0]["json"]["geonames_id"] is None
     assert ds[7]["json"]["entities"][0]["text"] == "sign"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.floats(-90, 90),
+    st.floats(-180, 180),
+    st.one_of(st.none(), st.floats(0, 20_000)),
+    st.one_of(st.none(), st.floats(0, 1)),
+    st.text(max_size=30),
+)
+def test_json_member_reads_back_as_pythons_json_of_the_record(lat, lon, km, score, city):
+    """The member pydantic writes against json.dumps of model_dump, the way it was written before: the same
+    text but for small numbers' notation, and the same values read back."""
+    rec = schema.validate(_record(lat=lat, lon=lon, city=city, city_distance_km=km, localizability=score))
+    ours = schema.to_json_bytes(rec)
+    reference = json.dumps(rec.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert json.loads(ours) == json.loads(reference)
+    assert b" " not in ours.replace(city.encode(), b"") and ours.decode("utf-8")
+    if all(v is None or v == 0 or abs(v) >= 1e-4 for v in (lat, lon, km, score)):
+        assert ours == reference.encode("utf-8")
+
+
+def test_json_member_refuses_nan():
+    rec = schema.validate(_record())
+    with pytest.raises(ValidationError):
+        rec.lat = float("nan")
