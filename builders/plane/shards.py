@@ -65,9 +65,9 @@ def file_sha256(path: Location) -> str:
 class TarWriter:
     """WebDataset samples written straight into a tar file: the bytes webdataset's ``TarWriter`` writes for
     them (tarfile's pax format, which is plain ustar headers for short ASCII names; members in extension order,
-    mode 0444, a fixed owner and time), for a fraction of the
-    CPU. Its stream mode moves each image through 10 KB chunks, several copies and calls a chunk; here a member
-    is a header, its data as it is (any buffer: an Arrow value is never copied into ``bytes``) and padding.
+    mode 0444, a fixed owner and time), for a fraction of the CPU. Its stream mode moves each image through
+    10 KB chunks, several copies and calls a chunk; here a member is a header, its data as it is (any buffer:
+    an Arrow value is never copied into ``bytes``) and padding.
 
     Headers differ only in name and size, so each is a copy of one made by ``tarfile`` with those two fields
     and the checksum (the sum of the header's bytes) put in; ``tarfile`` makes the rare one whose name or size
