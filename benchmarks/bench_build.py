@@ -122,13 +122,18 @@ def serve(folder: Path) -> Iterator[tuple[str, int]]:
         proc.stdout.close()
 
 
+def _stat(pid: int | str) -> tuple[int, float]:
+    """A process's parent and the CPU seconds (user and system) it has spent so far, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user and system) a process has spent so far; 0 once it is gone."""
+    """CPU seconds a process has spent so far; 0 once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return _stat(pid)[1]
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class TreeSampler:
@@ -153,11 +158,10 @@ class TreeSampler:
             if not entry.isdigit():
                 continue
             try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                parent, cpu[int(entry)] = _stat(entry)
             except OSError:
                 continue  # the process ended while we looked
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            children.setdefault(parent, []).append(int(entry))
         tree, stack = [], [self.root]
         while stack:
             pid = stack.pop()
@@ -197,8 +201,9 @@ class Run:
     wall: float  # seconds
     largest_mb: float  # peak RSS of the largest process
     all_mb: float  # peak PSS of the whole tree
-    cpu_s: float = 0.0  # CPU of the tool's processes
-    machine_cpu_s: float = 0.0  # CPU of the whole machine meanwhile
+    cpu_s: float  # CPU of the tool's processes
+    machine_cpu_s: float  # CPU of the whole machine meanwhile
+    script_cpu_s: float  # CPU of this script meanwhile (its sampler)
     others: float = 0.0  # cores kept busy by anything but the tool, the image server and this script
 
 
@@ -210,7 +215,7 @@ def run_timed(cmd: list[str], env: dict | None = None) -> Run:
     (fork servers, pools). A process's CPU and peak RSS are its last sample's, so each leaves out at most its
     last 0.2 s.
     """
-    t0 = time.perf_counter()
+    machine, mine, t0 = machine_cpu_s(), time.process_time(), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     tree = TreeSampler(proc.pid)
     stop = threading.Event()
@@ -227,17 +232,19 @@ def run_timed(cmd: list[str], env: dict | None = None) -> Run:
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"command failed: {' '.join(cmd)}\n{err[-3000:]}")
-    return Run(wall, max(tree.peak_rss.values(), default=0.0), tree.peak_pss, sum(tree.cpu.values()))
+    peak_rss = max(tree.peak_rss.values(), default=0.0)
+    busy, own = machine_cpu_s() - machine, time.process_time() - mine
+    return Run(wall, peak_rss, tree.peak_pss, sum(tree.cpu.values()), busy, own)
 
 
 def measured(server: int, what: Callable[[], Run]) -> Run:
-    """``what()``, with the CPU that anything else on the machine spent meanwhile, in cores: the machine's
-    busy time less the tool's, the image server's and this script's own (its sampler)."""
-    machine, served, mine = machine_cpu_s(), process_cpu_s(server), time.process_time()
+    """``what()``, with the cores that anything else on the machine kept busy while its command ran: the
+    machine's busy time less the tool's, the image server's and this script's own (its sampler). The server
+    idles outside the command, so its CPU is taken around the whole call."""
+    served = process_cpu_s(server)
     run = what()
-    run.machine_cpu_s = machine_cpu_s() - machine
-    ours = run.cpu_s + process_cpu_s(server) - served + time.process_time() - mine
-    run.others = max(0.0, run.machine_cpu_s - ours) / run.wall
+    accounted = run.cpu_s + process_cpu_s(server) - served + run.script_cpu_s
+    run.others = max(0.0, run.machine_cpu_s - accounted) / run.wall
     return run
 
 

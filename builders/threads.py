@@ -32,8 +32,8 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Itera
 class Behind:
     """Calls run in order on a thread of their own, at most ``depth`` behind the caller.
 
-    For work that lets go of the GIL (hashing, file writes, fsync): it then overlaps the caller's own. An error
-    is raised to the caller at its next call or at :meth:`close`; the calls queued after it are dropped.
+    For work that lets go of the GIL (hashing, file writes, fsync): it then overlaps the caller's own. The first
+    error is raised to the caller at its next call and at :meth:`close`; every call after it is dropped.
     """
 
     def __init__(self, depth: int = 64) -> None:
@@ -54,8 +54,7 @@ class Behind:
 
     def _raise(self) -> None:
         if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            raise self._error
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:

@@ -286,17 +286,9 @@ class Gazetteer:
         Text is "" where unknown (as in the records), numbers are null.
         """
         columns, has_city = self._reverse(lat, lon)
-        text = {k: pd.Series(v, dtype=object) for k, v in columns.items() if v.dtype == object}  # Python strings
-        out = pd.DataFrame(
-            {
-                **columns,
-                **text,
-                "geonames_id": pd.array(columns["geonames_id"], dtype="Int64"),
-                "place_geonames_id": pd.array(columns["place_geonames_id"], dtype="Int64"),
-            }
-        )
-        out.loc[~has_city, ["geonames_id", "place_geonames_id"]] = pd.NA
-        return out
+        for key in ("geonames_id", "place_geonames_id"):  # null where there is no city
+            columns[key] = pd.arrays.IntegerArray(columns[key].astype(np.int64), ~has_city)
+        return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v for k, v in columns.items()})
 
     def reverse_records(self, lat, lon) -> list[dict]:
         """:meth:`reverse_batch`'s rows as dicts of plain Python values (None for a missing id), made
@@ -326,18 +318,18 @@ class Gazetteer:
         ci = np.maximum(city, 0)
         city_km = np.where(has_city, haversine_km(lat_f, lon_f, self.lat[ci], self.lon[ci]), np.nan)
         pi = np.maximum(place, 0)
-        codes = np.where(has_country, self.country_code[pi], "").astype(object)
+        codes = np.where(has_country, self.country_code[pi], "")  # Text gives object arrays: Python strings
         columns = {
             "lat": lat_f,
             "lon": lon_f,
             "country_code": codes,
             "country": np.array([self._country_name.get(c, "") if c else "" for c in codes], dtype=object),
             "continent": np.array([self._continent.get(c, "") if c else "" for c in codes], dtype=object),
-            "admin1": np.where(has_country, self.admin1[pi], "").astype(object),
-            "city": np.where(has_city, self.name[ci], "").astype(object),
+            "admin1": np.where(has_country, self.admin1[pi], ""),
+            "city": np.where(has_city, self.name[ci], ""),
             "geonames_id": np.where(has_city, self.geonames_id[ci], 0),
             "city_distance_km": city_km,
-            "place": np.where(has_city, self.name[pi], "").astype(object),
+            "place": np.where(has_city, self.name[pi], ""),
             "place_geonames_id": np.where(has_city, self.geonames_id[pi], 0),
             "place_distance_km": place_km,
             "error": np.asarray(errors, dtype=object),

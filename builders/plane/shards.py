@@ -77,8 +77,9 @@ class TarWriter:
     def __init__(self, fh, owner: str = "mp16", mtime: int = TAR_MTIME) -> None:
         self.fh, self.owner, self.mtime, self.offset = fh, owner, mtime, 0
         self.template = self._tarfile_header("", 0)
-        # tarfile's checksum: the header's bytes summed, its own 8 bytes counted as spaces
-        self.template_sum = 8 * 32 + sum(self.template[:148]) + sum(self.template[156:])
+        # tarfile's checksum: the header's bytes summed, its own 8 bytes counted as spaces; here without the
+        # name (empty, zeros) and size fields, which each header adds
+        self.base_sum = 8 * 32 + sum(self.template[:124]) + sum(self.template[136:148]) + sum(self.template[156:])
 
     def _tarfile_header(self, name: str, size: int) -> bytes:
         info = tarfile.TarInfo(name)
@@ -94,7 +95,7 @@ class TarWriter:
         header = bytearray(self.template)
         header[: len(encoded)] = encoded
         header[124:136] = digits
-        checksum = self.template_sum + sum(encoded) + sum(digits) - sum(self.template[124:136])
+        checksum = self.base_sum + sum(encoded) + sum(digits)
         header[148:155] = b"%06o\0" % checksum
         return bytes(header)
 

@@ -128,10 +128,12 @@ def test_behind_runs_calls_in_order_bounded_and_raises_their_error():
     assert done == [0, 1, 2, 3, 4]
 
     failing = Behind()
-    failing(done.append, 5)
-    failing(lambda: 1 / 0)
-    failing(done.append, 6)  # after the error: dropped
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(ZeroDivisionError):  # at the call after the error, or at close: whichever comes first
+        failing(done.append, 5)
+        failing(lambda: 1 / 0)
+        failing(done.append, 6)
+        failing.close()
+    with pytest.raises(ZeroDivisionError):  # the error stays: nothing after it ever runs
         failing.close()
     assert done[-1] == 5
 
