@@ -119,13 +119,18 @@ def quiet_libraries() -> None:
 
 
 def end_distributed() -> None:
-    """Tear the process group down before the interpreter does. Left to interpreter exit, gloo's worker threads
-    can outlive it and abort a run that has already finished and saved (``terminate called without an active
-    exception``, SIGABRT). Called only after a run succeeds: a rank that failed must not wait on the others."""
+    """Tear the process group down, its threads with it, before the interpreter does. Left to interpreter exit,
+    gloo's threads can outlive it and abort a run that has already finished and saved (``terminate called
+    without an active exception``, SIGABRT). ``destroy_process_group`` alone does not end them: the trainer's
+    DDP wrapper still holds the group, through reference cycles, until a garbage collection frees it. Called
+    only after a run succeeds, once the trainer is out of scope: a rank that failed must not wait on the others."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()  # the last holder of the group goes here, and the group's destructor joins its threads
 
 
 class JsonlLogs(TrainerCallback):

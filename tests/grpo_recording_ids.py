@@ -8,7 +8,7 @@ import os
 
 from globe_train import rewards
 from globe_train.grpo import ARGS, main
-from globe_train.runs import parse
+from globe_train.runs import end_distributed, parse
 
 
 def record_ids(completions: list, id: list[str], **kwargs) -> list[float]:
@@ -20,3 +20,4 @@ def record_ids(completions: list, id: list[str], **kwargs) -> list[float]:
 if __name__ == "__main__":
     rewards.register("record_ids", record_ids)
     main(*parse(ARGS))
+    end_distributed()  # as globe train does

@@ -7,6 +7,7 @@ GLOBE reward functions, plus ``record_ids``, which appends the sample ids it is 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -52,4 +53,7 @@ if __name__ == "__main__":
     )
     trainer.train()
     # As torch.distributed's documentation asks: without it gloo's threads may abort the finished process at exit.
+    # The trainer's DDP wrapper holds the group through reference cycles: freed, the group ends its threads.
+    del trainer
     torch.distributed.destroy_process_group()
+    gc.collect()
