@@ -1,4 +1,4 @@
-"""CPU per image download: our ``HttpClient`` (kept-alive ``http.client`` connections) against urllib3's pool
+"""CPU per image download: our ``HttpClient`` (kept-alive connections, responses read by hand) against urllib3's pool
 manager (what the build used before, and what ``requests`` sits on), in one run, over one kept-alive loopback
 connection to a server in another process answering an ~85 KB JPEG-sized body (MP-16's photos).
 

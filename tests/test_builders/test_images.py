@@ -108,6 +108,30 @@ def test_ordered_map_keeps_order_and_bounds_work_in_flight():
     assert seen == [i * i for i in range(60)]
 
 
+def test_ordered_map_raises_an_error_in_its_place_and_leaves_no_thread():
+    import threading
+
+    from builders.threads import ordered_map
+
+    def work(i: int) -> int:
+        if i == 7:
+            raise ValueError(f"bad item {i}")
+        return i
+
+    before = threading.active_count()
+    got = []
+    with pytest.raises(ValueError, match="bad item 7"):
+        for value in ordered_map(work, range(40), threads=4):
+            got.append(value)
+    assert got == list(range(7)) and threading.active_count() == before  # everything before it, in order
+
+    early = ordered_map(work, range(6), threads=4)  # a consumer that stops early
+    assert next(early) == 0
+    early.close()
+    assert threading.active_count() == before
+    assert list(ordered_map(work, [], threads=4)) == [] and threading.active_count() == before
+
+
 def test_behind_runs_calls_in_order_bounded_and_raises_their_error():
     import threading
 
