@@ -20,11 +20,11 @@ MAX_HEADERS = 100
 class Connection:
     """One kept-alive HTTP/1.1 connection that GETs and reads the whole response.
 
-    Status line and headers are split by hand: ``http.client`` hands them to the ``email`` package's
-    parser, which at MP-16's ~85 KB photos was two thirds of the client's CPU an image (a download
-    thread's time holds the worker's GIL). What a GET of an image needs is kept: interim 1xx responses
-    skipped, bodies by ``Content-Length``, chunked or to the close, and whether the server will close.
-    Errors are ``http.client``'s own (``RemoteDisconnected``, ``IncompleteRead``, ``BadStatusLine`` ...).
+    Status line and headers are split by hand: ``http.client`` hands them to the ``email`` package's parser,
+    which took ~7-9 % of a build worker's GIL time at MP-16's ~85 KB photos. What a GET of an image needs is
+    kept: interim 1xx responses skipped, bodies by ``Content-Length``, chunked or to the close, and whether
+    the server will close. Errors are ``http.client``'s own (``RemoteDisconnected``, ``IncompleteRead``,
+    ``BadStatusLine`` ...).
     """
 
     def __init__(self, scheme: str, netloc: str, timeout_s: float, tls: ssl.SSLContext | None) -> None:
@@ -136,8 +136,8 @@ class HttpClient:
     Connections are kept alive, one per host in each download thread: MP-16's photos come from a handful of
     Flickr hosts, so most requests skip the TCP and TLS handshakes that a connection per image would pay. They
     are :class:`Connection`, a GET and its response on a socket: a pooling layer (urllib3's pool manager, with
-    its per-request retry and URL bookkeeping) or even ``http.client``'s header parsing costs as much CPU as
-    the rest of a download, ~0.1 ms an image, a sizeable share of the whole build at MP-16's small photos.
+    its per-request retry and URL bookkeeping) takes several times the client CPU a download needs
+    (``benchmarks/bench_http.py``), a sizeable share of the whole build at MP-16's small photos.
     Redirects are followed (up to five). Flickr answers many deleted photos with a redirect to a "photo
     unavailable" image (HTTP 200): a final URL matching ``placeholder_urls`` is a failure, not an image.
     """
@@ -181,7 +181,8 @@ class HttpClient:
             if parts.scheme not in ("http", "https"):
                 raise FetchError(f"not an http(s) URL: {url}")
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            if not (target + parts.netloc).isascii() or any(c <= " " or c == "\x7f" for c in target + parts.netloc):
+            sent = target + parts.netloc  # urlsplit has dropped CR, LF and tab already
+            if not (sent.isascii() and sent.isprintable()) or " " in sent:
                 raise FetchError(f"URL with spaces, control or non-ASCII characters (percent-encode them): {url!r}")
             for fresh in (False, True):
                 conn = self._connection(parts.scheme, parts.netloc)

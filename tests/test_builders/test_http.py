@@ -161,8 +161,10 @@ def test_chunked_bodies_to_the_close_and_http10_over_a_real_socket():
 @pytest.mark.parametrize(
     "url",
     [
-        "http://127.0.0.1:9/a.jpg\r\nX-Injected: 1",
-        "http://127.0.0.1:9/a b.jpg",
+        "http://127.0.0.1:9/a.jpg X-Injected: 1",  # CR and LF themselves urlsplit drops
+        "http://127.0.0.1:9/a\x00.jpg",
+        "http://127.0.0.1:9/a\x7f.jpg",
+        "http://127.0.0.1:9/a\x1b.jpg",
         "http://127.0.0.1:9/caf\u00e9.jpg",
     ],
 )
