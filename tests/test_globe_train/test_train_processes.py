@@ -181,7 +181,7 @@ def test_hub_dataset_each_prompt_once(sample_build, tmp_path, loader):
 
 
 FINISHED_RUN = """
-import glob, os, torch, torch.distributed as dist
+import glob, json, os, sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from globe_train.runs import end_distributed
 
@@ -203,7 +203,9 @@ dist.init_process_group("gloo")
 train()
 end_distributed()
 threads = sorted(open(f).read().strip() for f in glob.glob("/proc/self/task/*/comm"))
-print(f"rank {os.environ['RANK']} threads after end_distributed: {threads}", flush=True)
+# one file a rank: both ranks share the launcher's stdout, where their lines can interleave
+with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump(threads, f)
 """
 
 
@@ -225,10 +227,11 @@ def test_a_finished_run_ends_the_groups_threads_in_every_process(tmp_path):
         "--master_port",
         str(free_port()),
         str(script),
+        str(tmp_path),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = [line for line in proc.stdout.splitlines() if "threads after end_distributed" in line]
-    assert len(lines) == 2, proc.stdout
-    for line in lines:
-        assert "gloo" not in line, line
+    for rank in (0, 1):
+        threads = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert threads, f"rank {rank} listed no threads"
+        assert not [t for t in threads if "gloo" in t], f"rank {rank} threads after end_distributed: {threads}"
