@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import importlib.metadata as md
 import json
+import threading
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,7 +31,7 @@ from builders.plane.ingest import ingest
 from builders.plane.lock import BuildLock
 from builders.plane.shards import FOLD_REJECTED, ShardProcess, ShardProcessError, sample_key
 from builders.plane.split import shuffle_order
-from builders.plane.units import UnitTask, process_unit
+from builders.plane.tasks import UnitTask, run_unit
 from builders.recipe import Recipe
 from builders.stops import BuildStopped
 from builders.teachers.prompt import PROMPT_VERSION
@@ -235,10 +237,12 @@ class Build:
 
         hand_over()
         rejected = 0
+        # The card's front matter, the build's last step, needs datasets and huggingface_hub (~0.3 s of imports
+        # that would be the build's alone at its end); the workers, each held to a core by its GIL, leave some
+        # of the machine free now.
+        import_soon("builders.publish.card", "datasets.info", "datasets.utils.metadata")
         ray = self.recipe.ray.model_dump()
-        for index, n_ok, n_rej in distributor.run(
-            process_unit, tasks, self.recipe.workers, self.recipe.distributor, ray
-        ):
+        for index, n_ok, n_rej in distributor.run(run_unit, tasks, self.recipe.workers, self.recipe.distributor, ray):
             committed.add(index)
             hand_over()
             rejected += n_rej
@@ -387,6 +391,18 @@ class Build:
                 return self._write_shards(shards, bar)
         except ShardProcessError as exc:
             raise BuildError(str(exc)) from None
+
+
+def import_soon(*modules: str) -> None:
+    """Import ``modules`` on a thread of their own, ahead of their use. A module that fails to import is left
+    to its use, which raises the error where it can be reported."""
+
+    def run() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    threading.Thread(target=run, name="import-soon").start()
 
 
 def build(recipe: Recipe, overwrite: bool = False, progress: bool = True, log=print) -> Summary:

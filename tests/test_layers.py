@@ -1,9 +1,12 @@
 """The packages stack: ``mp16_reason`` at the bottom, ``builders`` and ``globe_train`` on it, neither importing
-the other, and no module of a package importing one that imports it back (lazy imports included)."""
+the other, and no module of a package importing one that imports it back (lazy imports included; imports for
+types alone make no cycle)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,14 +33,15 @@ def imports(path: Path, tree: ast.Module | None = None) -> set[str]:
     return found
 
 
-def graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports."""
+def graph(runtime: bool = False) -> dict[str, set[str]]:
+    """module -> the project modules it imports (``runtime``: those it imports when it runs, not for types)."""
     files = {
         ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
         for pkg in PACKAGES
         for p in (ROOT / pkg).rglob("*.py")
     }
-    return {m: {i for i in imports(p) if i in files and i != m} for m, p in files.items()}
+    found = runtime_imports if runtime else imports
+    return {m: {i for i in found(p) if i in files and i != m} for m, p in files.items()}
 
 
 @pytest.mark.parametrize(
@@ -58,7 +62,9 @@ def test_packages_stack(package, forbidden):
 
 
 def test_no_module_imports_one_that_imports_it_back():
-    g = graph()
+    """No cycle among the imports that run; a module may name another's type (``if TYPE_CHECKING:``) that
+    imports it back when called, as ``plane/tasks.py`` runs ``plane/units.py``'s work."""
+    g = graph(runtime=True)
     cycles = set()
 
     def visit(node: str, path: list[str]) -> None:
@@ -118,3 +124,15 @@ def test_builders_rooms_import_only_downward_and_no_two_rooms_import_each_other(
     assert not upward, upward
     both_ways = sorted({tuple(sorted((a, b))) for a, bs in rooms.items() for b in bs if a in rooms.get(b, set())})
     assert not both_ways, both_ways
+
+
+def test_the_build_process_leaves_the_image_stack_to_its_workers():
+    """The build's own process imports neither Pillow nor the gazetteer (scipy, pandas): its workers' fork
+    server preloads them, and the build starts its first units once both are ready, not after both in turn."""
+    code = (
+        "import sys, builders.cli, builders.build\n"
+        "print(sorted(m for m in ('PIL.Image', 'mp16_reason.gazetteer', 'scipy.spatial', 'builders.plane.units')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

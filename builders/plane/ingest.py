@@ -25,10 +25,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from builders.plane import csvrecords
-from builders.plane.units import LABEL_COLUMNS
 from builders.recipe import InputSpec
 from builders.workfolder import REJECTION_WORK_SCHEMA
 from mp16_reason.coords import coerce_coordinates
+from mp16_reason.schema import SourceLabels
 from mp16_reason.storage import Location, location
 
 # Candidate source columns for each of our fields, in order of preference (matched case-insensitively).
@@ -40,7 +40,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "url": ("url", "image_url", "URL"),
     "author": ("author", "owner"),
     "license": ("license",),
-    **{f"label_{c}": (c,) for c in LABEL_COLUMNS},
+    **{f"label_{c}": (c,) for c in SourceLabels.model_fields},  # the input's own labels
     # The official release's training CSV, as its training code reads it.
     "response": ("response", "reasoning"),
     "solution": ("solution",),

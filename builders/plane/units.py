@@ -12,6 +12,7 @@ import itertools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
@@ -35,17 +36,10 @@ from mp16_reason.schema import ImageSource as SchemaImageSource
 from mp16_reason.schema import Source as RecordSource
 from mp16_reason.storage import Location, location
 
+if TYPE_CHECKING:
+    from builders.plane.tasks import UnitTask
+
 LABEL_COLUMNS = tuple(SourceLabels.model_fields)  # the input's own labels, kept as label_* columns
-
-
-@dataclass(frozen=True)
-class UnitTask:
-    """Unit ``index`` is row group ``index`` of ``ingest.parquet`` (written with one group per unit)."""
-
-    index: int
-    recipe: dict
-    recipe_sha256: str
-    work_dir: str
 
 
 RELEASE_TEACHER = "globe-release"

@@ -1,0 +1,27 @@
+"""What the build hands its workers: a unit's task, and the function that runs one.
+
+Light on purpose. The build's own process imports it and never the image stack behind it
+(:mod:`builders.plane.units`: Pillow, the gazetteer, scipy, pandas), which the workers have preloaded: the
+build then starts its workers ~0.8 s sooner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """Unit ``index`` is row group ``index`` of ``ingest.parquet`` (written with one group per unit)."""
+
+    index: int
+    recipe: dict
+    recipe_sha256: str
+    work_dir: str
+
+
+def run_unit(task: UnitTask) -> tuple[int, int, int]:
+    """:func:`builders.plane.units.process_unit`, imported where it runs."""
+    from builders.plane.units import process_unit
+
+    return process_unit(task)
