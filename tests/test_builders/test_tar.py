@@ -73,3 +73,29 @@ def test_tar_headers_at_the_name_and_size_boundaries(key_length, size):
     non-ASCII ones (pax records too) and sizes with more octal digits."""
     items = [("k" * key_length, b"\xff" * size, b"{}"), ("é" * key_length, b"", b"")]
     assert ours(items) == reference(items)
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=samples, batch=st.sampled_from([1, 600, 20_000, 1 << 22]), seed=st.integers(0, 2**16))
+def test_a_shard_handed_over_in_batches_is_webdatasets_bytes_and_hash(tmp_path_factory, spec, batch, seed):
+    """A shard's parts go to its hashing and writing threads a batch at a time; whatever the batch size, its
+    file is webdataset's bytes for the same samples and its entry names their size and sha256."""
+    import hashlib
+
+    from builders.plane.shards import _Shard, _Threads
+    from mp16_reason.storage import location
+
+    rnd = random.Random(seed)
+    items = [(key, rnd.randbytes(a), rnd.randbytes(b)) for key, a, b in spec]
+    out = location(tmp_path_factory.mktemp("shard"))
+    (out / "data").mkdir()
+    threads = _Threads()
+    shard = _Shard(out, "data/train-000000.tar", "train", "default", threads)
+    shard.later.batch_bytes = batch
+    for key, jpg, js in items:
+        shard.add(key, jpg, js)
+    entry = shard.close()
+    threads.close()
+    written = (out / "data/train-000000.tar").read_bytes()
+    assert written == reference(items)
+    assert entry["bytes"] == len(written) and entry["sha256"] == hashlib.sha256(written).hexdigest()
