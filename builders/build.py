@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import importlib.metadata as md
 import json
 import threading
@@ -240,7 +239,7 @@ class Build:
         # The card's front matter, the build's last step, needs datasets and huggingface_hub (~0.3 s of imports
         # that would be the build's alone at its end); the workers, each held to a core by its GIL, leave some
         # of the machine free now.
-        import_soon("builders.publish.card", "datasets.info", "datasets.utils.metadata")
+        threading.Thread(target=_preload_card, name="preload-card").start()
         ray = self.recipe.ray.model_dump()
         for index, n_ok, n_rej in distributor.run(run_unit, tasks, self.recipe.workers, self.recipe.distributor, ray):
             committed.add(index)
@@ -393,16 +392,13 @@ class Build:
             raise BuildError(str(exc)) from None
 
 
-def import_soon(*modules: str) -> None:
-    """Import ``modules`` on a thread of their own, ahead of their use. A module that fails to import is left
-    to its use, which raises the error where it can be reported."""
+def _preload_card() -> None:
+    """The card's imports, ahead of :meth:`Build._finish`. One that fails is left to its use there, which
+    raises the error where it is reported."""
+    with contextlib.suppress(Exception):
+        from builders.publish.card import preload
 
-    def run() -> None:
-        for name in modules:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-
-    threading.Thread(target=run, name="import-soon").start()
+        preload()
 
 
 def build(recipe: Recipe, overwrite: bool = False, progress: bool = True, log=print) -> Summary:

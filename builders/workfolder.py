@@ -16,10 +16,13 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
+from mp16_reason.schema import SourceLabels
 from mp16_reason.storage import Location, location
 
 RECIPE = "recipe.json"
 INGEST = "ingest.parquet"
+# the input's own labels, which ingest keeps as label_* columns of INGEST for the units' records
+LABEL_COLUMNS = tuple(SourceLabels.model_fields)
 INGEST_REJECTED = "ingest-rejected.parquet"
 FOLD_REJECTED = "fold-rejected.parquet"  # the units' rejections and the duplicates, as the shard fold found them
 

@@ -136,3 +136,20 @@ def test_the_build_process_leaves_the_image_stack_to_its_workers():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_cards_preload_imports_all_its_front_matter_needs(sample_build):
+    """A build imports the card's modules (``card.preload``) while its workers run; the front matter it writes
+    at its end must then import nothing more of ``datasets``."""
+    code = (
+        "import sys\n"
+        "from builders.publish.card import card_data, preload\n"
+        "from mp16_reason.manifest import read_manifest\n"
+        "preload()\n"
+        "before = set(sys.modules)\n"
+        f"manifest = read_manifest({str(sample_build)!r})\n"
+        "card_data(manifest, manifest.totals.written).to_yaml()\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] == 'datasets'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

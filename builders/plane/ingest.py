@@ -26,9 +26,8 @@ import pyarrow.parquet as pq
 
 from builders.plane import csvrecords
 from builders.recipe import InputSpec
-from builders.workfolder import REJECTION_WORK_SCHEMA
+from builders.workfolder import LABEL_COLUMNS, REJECTION_WORK_SCHEMA
 from mp16_reason.coords import coerce_coordinates
-from mp16_reason.schema import SourceLabels
 from mp16_reason.storage import Location, location
 
 # Candidate source columns for each of our fields, in order of preference (matched case-insensitively).
@@ -40,7 +39,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "url": ("url", "image_url", "URL"),
     "author": ("author", "owner"),
     "license": ("license",),
-    **{f"label_{c}": (c,) for c in SourceLabels.model_fields},  # the input's own labels
+    **{f"label_{c}": (c,) for c in LABEL_COLUMNS},
     # The official release's training CSV, as its training code reads it.
     "response": ("response", "reasoning"),
     "solution": ("solution",),

@@ -1,8 +1,8 @@
 """What the build hands its workers: a unit's task, and the function that runs one.
 
 Light on purpose. The build's own process imports it and never the image stack behind it
-(:mod:`builders.plane.units`: Pillow, the gazetteer, scipy, pandas), which the workers have preloaded: the
-build then starts its workers ~0.8 s sooner.
+(:mod:`builders.plane.units`: Pillow, the gazetteer, scipy), which the workers' fork server preloads: the
+build's own imports take half as long (~0.7 s against ~1.45 s), and no longer hold back its first units.
 """
 
 from __future__ import annotations

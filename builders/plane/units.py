@@ -25,6 +25,7 @@ from builders.sources import Fetcher, FetchError, HttpClient, Source, image_sour
 from builders.threads import ordered_map
 from builders.workfolder import (
     INGEST,
+    LABEL_COLUMNS,
     UnitWriter,
     read_unit,
     tar_member_bytes,
@@ -38,8 +39,6 @@ from mp16_reason.storage import Location, location
 
 if TYPE_CHECKING:
     from builders.plane.tasks import UnitTask
-
-LABEL_COLUMNS = tuple(SourceLabels.model_fields)  # the input's own labels, kept as label_* columns
 
 
 RELEASE_TEACHER = "globe-release"
