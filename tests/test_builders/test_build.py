@@ -247,6 +247,63 @@ def test_fold_over_a_finished_build_reproduces_its_manifest(build_dir, request):
     assert shard_digests(out) == before
 
 
+def _fold_copy(built: Path, out: Path):
+    """A fold over a copy of a finished build's units, into ``out`` (which holds no shard yet)."""
+    import shutil
+
+    from builders.plane.shards import ShardFold
+
+    manifest = json.loads((built / "manifest.json").read_text())
+    shutil.copytree(built / ".work", out / ".work")
+    spec = manifest["recipe"]["shards"]
+    fold = ShardFold(out, out / ".work", spec["max_bytes"], False, spec["multiple_of"])
+    for unit in range(len(list((out / ".work" / "units").glob("unit-*.arrow")))):
+        fold.add(unit)
+    return fold, manifest
+
+
+def test_shards_written_by_two_processes_are_one_process_shards(reference, tmp_path):
+    """The fork that writes every other shard changes no byte: shards, entries, hashes and rejections are those of
+    one process writing them all, and the progress told adds up to every sample, each once."""
+    built = reference[0]
+    results = {}
+    for parts in (1, 2):
+        out = tmp_path / f"parts-{parts}"
+        fold, manifest = _fold_copy(built, out)
+        told: list[int] = []
+        entries = fold.finish(told.append, parts=parts)
+        assert sum(told) == manifest["totals"]["written"]
+        results[parts] = (
+            entries,
+            shard_digests(out),
+            pd.read_parquet(out / "hashes.parquet"),
+            pd.read_parquet(out / ".work" / "fold-rejected.parquet"),
+        )
+    assert len(results[1][0]) > 2  # shards for both writers
+    assert results[2][0] == results[1][0] == manifest["shards"]
+    assert results[2][1] == results[1][1] == shard_digests(built)
+    pd.testing.assert_frame_equal(results[2][2], results[1][2])
+    pd.testing.assert_frame_equal(results[2][3], results[1][3])
+
+
+def test_a_failing_second_shard_writer_fails_the_fold(reference, tmp_path, monkeypatch):
+    """An error in the fork is raised here, named; the shards it did not write are not published."""
+    from builders.plane import shards
+
+    parent, add = os.getpid(), shards._Shard.add
+
+    def add_in_parent_only(self, *args):
+        if os.getpid() != parent:
+            raise OSError("disk full")
+        add(self, *args)
+
+    monkeypatch.setattr(shards._Shard, "add", add_in_parent_only)
+    fold, _ = _fold_copy(reference[0], tmp_path)
+    with pytest.raises(RuntimeError, match="second shard writer failed: OSError: disk full"):
+        fold.finish(parts=2)
+    assert not (tmp_path / "manifest.json").exists()
+
+
 def test_shard_process_exits_when_the_build_is_killed(sample_input_60, tmp_path):
     """The shard process must not outlive a killed build: it could otherwise still be writing beside a rerun."""
     script = (
