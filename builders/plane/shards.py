@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import os
 import re
+import sys
 import tarfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -380,17 +381,18 @@ class ShardFold:
         """Plan every split's shards and write them, one pass over the units; ``progress`` (a callable) is told
         how many samples were written as it goes.
 
-        On a local disk the shards are written by two processes, this one and a fork of it, each taking every
-        other shard of a split (``parts``: how many; 1 writes them all here). This last stretch is the build's
-        alone (the workers are done), and in one process its hashing, tar headers and writes take the GIL in
-        turn: 10,000 MP-16-shaped photos (850 MB) took 1.3-1.4 s in one, 0.75-0.85 s in two. On object storage
-        the one process writes them all (a fork would share its connections)."""
+        On a local disk (Linux) the shards are written by two processes, this one and a fork of it, each taking
+        every other shard of a split (``parts``: how many; 1 writes them all here). This last stretch is the
+        build's alone (the workers are done), and in one process its hashing, tar headers and writes take the
+        GIL in turn: 10,000 MP-16-shaped photos (850 MB) took 1.3-1.4 s in one, 0.75-0.85 s in two. On object
+        storage the one process writes them all (a fork would share its connections)."""
         plans = {
-            group: plan_counts(np.concatenate([s for _, _, s in parts]), self.max_bytes, self.multiple_of)
-            for group, parts in self.kept.items()
+            group: plan_counts(np.concatenate([s for _, _, s in kept]), self.max_bytes, self.multiple_of)
+            for group, kept in self.kept.items()
         }
-        if parts is None:
-            parts = 2 if self.out.local is not None and sum(map(len, plans.values())) > 1 else 1
+        if parts is None:  # a fork without exec: Linux only (macOS's system libraries are not safe to fork)
+            forks = sys.platform.startswith("linux") and self.out.local is not None
+            parts = 2 if forks and sum(map(len, plans.values())) > 1 else 1
         helpers = [_Helper(self, plans, part, parts) for part in range(1, parts)]
         hashes: list[pa.Table] = []
 
