@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import os
 import re
+import signal
 import sys
 import tarfile
 from contextlib import ExitStack
@@ -402,9 +403,14 @@ class ShardFold:
             if progress is not None:
                 progress(n)
 
-        entries = self._write(plans, 0, parts, told, hashes)
-        for helper in helpers:
-            entries += helper.result(progress)
+        try:
+            entries = self._write(plans, 0, parts, told, hashes)
+            for helper in helpers:
+                entries += helper.result(progress)
+        except BaseException:
+            for helper in helpers:  # no writer outlives the fold; its half-written shard goes at the next run
+                helper.stop()
+            raise
         write_hashes(hashes, self.out)
         tables = [t.cast(REJECTION_WORK_SCHEMA) for t in self.rejected]
         tables.append(pa.Table.from_pylist(self.duplicates, schema=REJECTION_WORK_SCHEMA))
@@ -417,11 +423,19 @@ class ShardFold:
         self.threads = _Threads()
         writers = {group: _GroupWriter(self, group) for group in plans}
         ends = {group: np.cumsum(counts) for group, counts in plans.items()}  # each shard's last sample, + 1
-        met = dict.fromkeys(plans, 0)  # samples of each group before this unit
         by_unit: dict[int, list[tuple[tuple[str, str], np.ndarray]]] = {}
         for group, group_parts in self.kept.items():
             for unit, at, _ in group_parts:
                 by_unit.setdefault(unit, []).append((group, at))
+        try:
+            entries = self._write_units(by_unit, ends, part, parts, progress, writers, hashes)
+        finally:
+            self.threads.close()  # every shard hashed, written and committed (or, on an error, what was asked)
+        return entries
+
+    def _write_units(self, by_unit: dict, ends: dict, part: int, parts: int, progress, writers: dict, hashes) -> list:
+        """The pass over the units of :meth:`_write`; returns the entries of the shards written."""
+        met = dict.fromkeys(ends, 0)  # samples of each group before this unit
         for unit in self.units:
             chosen = []
             for group, at in by_unit.get(unit, []):
@@ -452,9 +466,7 @@ class ShardFold:
                     hashes.append(taken)
                 if progress is not None:
                     progress(len(ks))
-        entries = [e for w in writers.values() for e in w.close()]
-        self.threads.close()  # every shard hashed, written and committed
-        return entries
+        return [e for w in writers.values() for e in w.close()]
 
 
 class _Helper:
@@ -496,6 +508,14 @@ class _Helper:
             self.conn.close()
             os.waitpid(self.pid, 0)
         return self.entries
+
+    def stop(self) -> None:
+        """End the helper now (if it has not ended) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.conn.close()
 
     def _receive(self, progress) -> None:
         try:

@@ -297,11 +297,19 @@ def test_a_failing_second_shard_writer_fails_the_fold(reference, tmp_path, monke
             raise OSError("disk full")
         add(self, *args)
 
+    helpers, init = [], shards._Helper.__init__
+
+    def init_seen(self, *args):
+        init(self, *args)
+        helpers.append(self.pid)
+
     monkeypatch.setattr(shards._Shard, "add", add_in_parent_only)
+    monkeypatch.setattr(shards._Helper, "__init__", init_seen)
     fold, _ = _fold_copy(reference[0], tmp_path)
     with pytest.raises(RuntimeError, match="second shard writer failed: OSError: disk full"):
         fold.finish(parts=2)
     assert not (tmp_path / "manifest.json").exists()
+    assert len(helpers) == 1 and not Path(f"/proc/{helpers[0]}").exists()  # ended and reaped: no zombie left
 
 
 def test_shard_process_exits_when_the_build_is_killed(sample_input_60, tmp_path):
