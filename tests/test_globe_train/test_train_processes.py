@@ -181,7 +181,8 @@ def test_hub_dataset_each_prompt_once(sample_build, tmp_path, loader):
 
 
 FINISHED_RUN = """
-import glob, json, os, sys, torch, torch.distributed as dist
+import faulthandler, glob, json, os, sys, torch, torch.distributed as dist
+faulthandler.dump_traceback_later(90, exit=True)  # a rank that hangs says where, on stderr, and ends
 from torch.nn.parallel import DistributedDataParallel
 from globe_train.runs import end_distributed
 
@@ -229,8 +230,9 @@ def test_a_finished_run_ends_the_groups_threads_in_every_process(tmp_path):
         str(script),
         str(tmp_path),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+    listed = sorted(p.name for p in tmp_path.glob("rank*.json"))  # which ranks got past end_distributed
+    assert proc.returncode == 0, f"ranks that listed their threads: {listed}\n{proc.stderr[-4000:]}"
     for rank in (0, 1):
         threads = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert threads, f"rank {rank} listed no threads"
