@@ -443,8 +443,8 @@ class ShardFold:
                 met[group] += len(at)
                 mine = shard % parts == part
                 chosen.append((group, at, at[mine].tolist(), shard[mine].tolist()))
-            if not any(ks for _, _, ks, _ in chosen) and hashes is None:
-                continue
+            if not chosen or (hashes is None and not any(ks for _, _, ks, _ in chosen)):
+                continue  # nothing kept here, or nothing for this writer (the hashes are the first writer's)
             columns = ["row", "id", "json", *HASH_COLUMNS]
             final = self._rows(unit, [*columns, "pos"] if self.curated else [*columns, "jpg"])
             jpgs = read_unit(unit_path(self.work, unit), ["jpg"]).column("jpg") if self.curated else final["jpg"]
