@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import os
 import re
 import signal
@@ -34,6 +33,7 @@ from builders.threads import Behind
 from builders.workfolder import (
     FOLD_REJECTED,
     REJECTION_WORK_SCHEMA,
+    binary_views,
     curated_path,
     read_unit,
     unit_path,
@@ -276,20 +276,6 @@ HASHES_SCHEMA = pa.schema(
 )
 
 
-def binary_views(column: pa.ChunkedArray) -> list[memoryview]:
-    """A binary column's values as views of its buffers (a unit's images: nothing is copied), one a row, null
-    rows as empty views. Far cheaper than a scalar a row (``column[k].as_buffer()``)."""
-    views: list[memoryview] = []
-    for chunk in column.chunks:
-        n = len(chunk)
-        if not n:
-            continue
-        offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset : chunk.offset + n + 1].tolist()
-        data = memoryview(chunk.buffers()[2] or b"")
-        views += [data[a:b] for a, b in itertools.pairwise(offsets)]
-    return views
-
-
 def with_split(js: bytes, split: str) -> bytes:
     """A record's JSON with its split set (split.group_by may move a sample); unchanged when it is already."""
     from mp16_reason.schema import from_json_bytes, to_json_bytes
@@ -493,6 +479,7 @@ class _Helper:
                 os._exit(code)
         child.close()
         self.entries: list[dict] | None = None
+        self.reaped = False
 
     def poll(self, progress) -> None:
         """Pass on the progress reported so far (does not wait)."""
@@ -505,16 +492,20 @@ class _Helper:
             while self.entries is None:
                 self._receive(progress)
         finally:
-            self.conn.close()
-            os.waitpid(self.pid, 0)
+            self._reap()
         return self.entries
 
     def stop(self) -> None:
         """End the helper now (if it has not ended) and reap it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
+        if not self.reaped:  # a reaped pid may already be another process's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        if not self.reaped:
             os.waitpid(self.pid, 0)
+            self.reaped = True
         self.conn.close()
 
     def _receive(self, progress) -> None:

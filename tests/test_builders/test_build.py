@@ -228,16 +228,10 @@ def test_shard_process_failure_is_reported_and_resumable(sample_input_60, refere
 @pytest.mark.slow
 def test_fold_over_a_finished_build_reproduces_its_manifest(build_dir, request):
     """Shards already on disk are kept, their entries recomputed; every input row is counted once."""
-    from builders.plane.shards import ShardFold
-
     out = request.getfixturevalue(build_dir)
     out = out[0] if isinstance(out, tuple) else out
-    manifest = json.loads((out / "manifest.json").read_text())
     before = shard_digests(out)
-    spec = manifest["recipe"]["shards"]
-    fold = ShardFold(out, out / ".work", spec["max_bytes"], "teachers" in manifest, spec["multiple_of"])
-    n_units = len(list((out / ".work" / "units").glob("unit-*.arrow")))
-    rows = sum(fold.add(unit) for unit in range(n_units))
+    fold, manifest, rows = _folded(out)
     entries = fold.finish()
     rejected = pd.read_parquet(out / ".work" / "fold-rejected.parquet")
     at_ingest = len(pd.read_parquet(out / ".work" / "ingest-rejected.parquet"))
@@ -247,24 +241,40 @@ def test_fold_over_a_finished_build_reproduces_its_manifest(build_dir, request):
     assert shard_digests(out) == before
 
 
-def _fold_copy(built: Path, out: Path):
-    """A fold over a copy of a finished build's units, into ``out`` (which holds no shard yet)."""
-    import shutil
-
+def _folded(out: Path, built: Path | None = None):
+    """A shard fold into ``out`` over its units, made by the recipe of the finished build ``built`` (``out``
+    itself by default), every unit taken in: the fold, that build's manifest and the rows folded."""
     from builders.plane.shards import ShardFold
 
-    manifest = json.loads((built / "manifest.json").read_text())
-    shutil.copytree(built / ".work", out / ".work")
+    manifest = json.loads(((built or out) / "manifest.json").read_text())
     spec = manifest["recipe"]["shards"]
-    fold = ShardFold(out, out / ".work", spec["max_bytes"], False, spec["multiple_of"])
-    for unit in range(len(list((out / ".work" / "units").glob("unit-*.arrow")))):
-        fold.add(unit)
+    fold = ShardFold(out, out / ".work", spec["max_bytes"], "teachers" in manifest, spec["multiple_of"])
+    n_units = len(list((out / ".work" / "units").glob("unit-*.arrow")))
+    return fold, manifest, sum(fold.add(unit) for unit in range(n_units))
+
+
+def _fold_copy(built: Path, out: Path):
+    """A fold over a copy of ``built``'s units, into ``out``, which holds no shard yet."""
+    import shutil
+
+    shutil.copytree(built / ".work", out / ".work")
+    fold, manifest, _ = _folded(out, built)
     return fold, manifest
 
 
-def test_shards_written_by_two_processes_are_one_process_shards(reference, tmp_path):
+def test_shards_written_by_two_processes_are_one_process_shards(reference, tmp_path, monkeypatch):
     """The fork that writes every other shard changes no byte: shards, entries, hashes and rejections are those of
     one process writing them all, and the progress told adds up to every sample, each once."""
+    from builders.plane import shards
+
+    forked, result = [], shards._Helper.result
+
+    def result_seen(self, progress):
+        entries = result(self, progress)
+        forked.extend(e["path"] for e in entries)
+        return entries
+
+    monkeypatch.setattr(shards._Helper, "result", result_seen)
     built = reference[0]
     results = {}
     for parts in (1, 2):
@@ -279,7 +289,8 @@ def test_shards_written_by_two_processes_are_one_process_shards(reference, tmp_p
             pd.read_parquet(out / "hashes.parquet"),
             pd.read_parquet(out / ".work" / "fold-rejected.parquet"),
         )
-    assert len(results[1][0]) > 2  # shards for both writers
+    odd = [e["path"] for e in results[1][0] if int(e["path"].rsplit("-", 1)[1].removesuffix(".tar")) % 2]
+    assert odd and sorted(forked) == sorted(odd)  # the fork wrote every other shard of each split, no more
     assert results[2][0] == results[1][0] == manifest["shards"]
     assert results[2][1] == results[1][1] == shard_digests(built)
     pd.testing.assert_frame_equal(results[2][2], results[1][2])

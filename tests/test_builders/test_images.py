@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from builders.recipe import RecipeError, load_recipe
@@ -440,3 +442,21 @@ def test_unit_files_are_written_a_batch_at_a_time(tmp_path):
         sink.add(rows[0])
         raise RuntimeError("killed mid-unit")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unit-000000.arrow"]  # nothing half-written
+
+
+@given(
+    st.lists(st.lists(st.one_of(st.none(), st.binary(max_size=40)), max_size=12), max_size=5),
+    st.integers(0, 6),
+    st.integers(0, 6),
+)
+def test_binary_views_are_pyarrows_own_values(chunks, start, stop):
+    """The unit reader's views against pyarrow's value a row, over chunks, nulls, empty values and a sliced
+    column (whose chunks start inside their buffers)."""
+    import pyarrow as pa
+
+    from builders.workfolder import binary_views
+
+    column = pa.chunked_array([pa.array(c, pa.binary()) for c in chunks], pa.binary())
+    column = column.slice(min(start, len(column)), stop * 3)
+    expected = [b"" if v is None else v for v in column.to_pylist()]
+    assert [bytes(v) for v in binary_views(column)] == expected
