@@ -15,6 +15,11 @@ before the runs. Both tools pay a few CPU-seconds of start-up (interpreters, imp
 real build never notices; 3,000 images (~30 s a side) keep that from deciding the ratio. ``--images 1000``
 shows it.
 
+In the large case the script also measures the physical limit before each tool's run: Pillow alone decoding,
+box-resizing and encoding the same photos (quality 90) in 2 processes, from memory. Each tool's rate is
+printed as a share of it: what it spends on anything but the codec (the network, records, files, and for ours
+the hashes) is the rest. No tool that decodes and encodes with Pillow or libjpeg-turbo can pass it.
+
 A ratio is only as good as the machine was quiet. Before and after each pair of runs the script measures how
 many cores the machine keeps busy with nothing of ours running, and during each run how many went to anything
 but the tool, the image server and itself (the machine's busy time from /proc/stat less theirs); a pair where
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import io
 import os
 import random
 import shutil
@@ -46,6 +52,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 OTHERS = 0.25  # cores that other work may keep busy during a counted run
+LIMIT_IMAGES = 1500  # photos the physical limit is measured on (~10 s): enough to time, short enough to repeat
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int], blur: float = 0.0, quality: int = 92) -> None:
@@ -251,6 +258,60 @@ def measured(server: int, what: Callable[[], Run]) -> Run:
     return run
 
 
+def budget(size: tuple[int, int]) -> int:
+    """The pixel budget that makes the smaller side 512, keeping the ratio: img2dataset's ``keep_ratio``."""
+    short = min(size)
+    return (size[0] * 512 // short) * (size[1] * 512 // short)
+
+
+def _floor_process(paths: list[Path], quality: int, max_pixels: int, ready, out) -> None:
+    from mp16_reason.jpeg import fit_budget
+
+    datas = [p.read_bytes() for p in paths]
+    ready.wait()  # every process starts its clock together, its photos already in memory
+    t0 = time.perf_counter()
+    for data in datas:
+        img = Image.open(io.BytesIO(data))
+        size = fit_budget(*img.size, max_pixels)
+        img.draft("RGB", size)
+        img = img.resize(size, Image.Resampling.BOX)
+        img.save(io.BytesIO(), format="JPEG", quality=quality, optimize=False)
+    out.put(time.perf_counter() - t0)
+
+
+def physical_limit(folder: Path, n: int, size: tuple[int, int], processes: int = 2) -> float:
+    """Images a second that Pillow alone decodes, box-resizes and encodes (quality 90) in ``processes``
+    processes, from memory: no network, no records, no files, no hashes. What both tools do to each photo at
+    the least, so each tool's rate as a share of it says how much of the machine went elsewhere."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # this script holds no threads between runs
+    paths = sorted(folder.iterdir())[:n]
+    ready, out = ctx.Barrier(processes), ctx.Queue()
+    procs = [
+        ctx.Process(target=_floor_process, args=(paths[i::processes], 90, budget(size), ready, out))
+        for i in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    slowest = max(out.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    return n / slowest
+
+
+def share(run: Run, n: int, limit: float) -> float:
+    """A run's rate (``n`` images) as a share of the physical limit measured beside it."""
+    return n / run.wall / limit
+
+
+def _median_share(runs: dict, limits: dict, quiet: list[bool], n: int, name: str) -> str:
+    """One tool's median share of the physical limit over the counted pairs, with its range."""
+    shares = [share(run, n, limit) for run, limit, ok in zip(runs[name], limits[name], quiet) if ok]
+    spread = f" (runs {min(shares):.0%}-{max(shares):.0%})" if len(shares) > 1 else ""
+    return f"{statistics.median(shares):.0%}{spread}"
+
+
 def ours(base_url: str, n: int, work: Path, size: tuple[int, int], keep: bool = False) -> Run:
     meta = work / f"ours-{n}.csv"
     with meta.open("w", newline="") as fh:
@@ -258,8 +319,6 @@ def ours(base_url: str, n: int, work: Path, size: tuple[int, int], keep: bool = 
         w.writerow(["id", "lat", "lon", "url"])
         for i in range(n):
             w.writerow([f"img{i:06d}", 48.8566 + i * 1e-4, 2.3522, f"{base_url}/{i:06d}.jpg"])
-    short = min(size)
-    budget = (size[0] * 512 // short) * (size[1] * 512 // short)  # smaller side 512, as img2dataset keep_ratio
     out = work / f"ours-{n}-{size[0]}x{size[1]}"
     shutil.rmtree(out, ignore_errors=True)  # a finished build would be left alone
     cmd = [
@@ -275,7 +334,7 @@ def ours(base_url: str, n: int, work: Path, size: tuple[int, int], keep: bool = 
         "2",
         "--unit-size",
         "250",
-        *(() if keep else ("--max-pixels", str(budget))),  # keep: the default budget, which the images fit
+        *(() if keep else ("--max-pixels", str(budget(size)))),  # keep: the default budget, which the images fit
         "--jpeg-quality",
         "90",
         "--test-fraction",
@@ -366,6 +425,8 @@ def main() -> None:
     # ours running) and nothing else took more than OTHERS cores during either run. The load average cannot
     # say this: it counts the tools' own processes, and each keeps every core busy by itself.
     quiet: list[bool] = []
+    # The large case's physical limit (img/s), measured just before each tool's run: the machine's speed drifts
+    limits: dict[str, list[float]] = {"img2dataset": [], "mp16-reason": []}
     with serve(folder) as (url, server):
         background = [busy_cores()]
         for rep in range(args.repeats):
@@ -373,6 +434,8 @@ def main() -> None:
             order = ("img2dataset", "mp16-reason") if rep % 2 == 0 else ("mp16-reason", "img2dataset")
             load = os.getloadavg()[0]
             for name in order:
+                if not keep:
+                    limits[name].append(physical_limit(folder, min(args.images, LIMIT_IMAGES), size))
                 tool = (
                     (lambda: img2dataset(Path(args.i2d_venv), url, args.images, work, keep))
                     if name == "img2dataset"
@@ -383,8 +446,16 @@ def main() -> None:
             i2d, our = runs["img2dataset"][-1], runs["mp16-reason"][-1]
             others = max(i2d.others, our.others)
             quiet.append(max(background[-2:]) <= OTHERS and others <= OTHERS)
+            shares = (
+                f" (of the physical limit measured before each: ours"
+                f" {share(our, args.images, limits['mp16-reason'][-1]):.0%} of {limits['mp16-reason'][-1]:.0f} img/s,"
+                f" img2dataset {share(i2d, args.images, limits['img2dataset'][-1]):.0%}"
+                f" of {limits['img2dataset'][-1]:.0f} img/s)"
+                if not keep
+                else ""
+            )
             print(
-                f"  run {rep + 1}/{args.repeats}: ratio {i2d.wall / our.wall:.2f}x;"
+                f"  run {rep + 1}/{args.repeats}: ratio {i2d.wall / our.wall:.2f}x{shares};"
                 f" machine busy before {background[-2]:.2f} and after {background[-1]:.2f} cores,"
                 f" others during the runs {i2d.others:.2f} (img2dataset) and {our.others:.2f} (ours) cores;"
                 f" load average {load:.1f} -> {os.getloadavg()[0]:.1f}"
@@ -406,8 +477,8 @@ def main() -> None:
         )
     one = {name: max(r.largest_mb for r in results) for name, results in runs.items()}
     print(f"  largest process, ours / img2dataset: {one['mp16-reason'] / one['img2dataset']:.2f}x  (goal <= 1.2x)")
-    pairs = zip(runs["img2dataset"], runs["mp16-reason"], quiet)
-    ratios = [i2d.wall / our.wall for i2d, our, ok in pairs if ok]
+    pairs_all = list(zip(runs["img2dataset"], runs["mp16-reason"], quiet))
+    ratios = [i2d.wall / our.wall for i2d, our, ok in pairs_all if ok]
     goal = 2.5 if keep else 1.45
     if not ratios:
         print(f"  no ratio: every run shared the {cores} cores with other work; run it again on a quiet machine")
@@ -415,6 +486,14 @@ def main() -> None:
         spread = f" (runs: {min(ratios):.2f}-{max(ratios):.2f}x)" if len(ratios) > 1 else ""
         left = f", {len(quiet) - len(ratios)} loaded run(s) left out" if len(ratios) < len(quiet) else ""
         print(f"  ratio (ours / img2dataset): {statistics.median(ratios):.2f}x{spread}{left}  (goal >= {goal}x)")
+    if not keep and ratios:
+        every = [limit for name in limits for limit, ok in zip(limits[name], quiet) if ok]
+        print(
+            f"  physical limit (Pillow decode, box resize and encode alone, 2 processes, from memory):"
+            f" {min(every):.0f}-{max(every):.0f} img/s; each tool's rate as a share of the one measured before"
+            f" its run: ours {_median_share(runs, limits, quiet, args.images, 'mp16-reason')},"
+            f" img2dataset {_median_share(runs, limits, quiet, args.images, 'img2dataset')}"
+        )
     if args.rss_images:
         print("\npeak memory of our build by input size (320x240 images; should stay flat): largest RSS, all PSS")
         make_images(work / "small-320x240", max(args.rss_images), (320, 240))

@@ -10,6 +10,7 @@ unit's prepared rows); ``curated/unit-NNNNNN.arrow`` (after the teacher stage); 
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,24 @@ def binary_views(column: pa.ChunkedArray) -> list[memoryview]:
         data = memoryview(chunk.buffers()[2] or b"")
         views += [data[a:b] for a, b in itertools.pairwise(offsets)]
     return views
+
+
+def drop_cached(path: Path | Location) -> None:
+    """Let the kernel drop a local file's cached pages: a unit read for the last time. Its pages (written and
+    fsynced by a worker, so clean) then serve the next writes, where the page cache would otherwise grow by a
+    whole build's units before it gives any back. Pages still mapped are kept; on object storage, on a
+    platform without ``posix_fadvise`` or when the file is gone this does nothing."""
+    local = location(path).local
+    if local is None or not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(local, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def read_unit(path: Path | Location, columns: list[str] | None = None) -> pa.Table:

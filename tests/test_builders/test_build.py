@@ -297,6 +297,81 @@ def test_shards_written_by_two_processes_are_one_process_shards(reference, tmp_p
     pd.testing.assert_frame_equal(results[2][3], results[1][3])
 
 
+@pytest.mark.parametrize("parts", [1, 2])
+def test_the_fold_drops_each_unit_from_the_cache_once_every_writer_is_past_it(reference, tmp_path, monkeypatch, parts):
+    """Every unit but the last UNITS_IN_FLIGHT is dropped from the page cache, once each and in order, by this
+    process only, and only when it and the fork have both handed units UNITS_IN_FLIGHT further on to their
+    threads; the shards are those of the build all the same."""
+    from builders.plane import shards
+
+    parent, dropped, forgets = os.getpid(), [], []
+    init = shards._Forget.__init__
+
+    def init_seen(self, *args):
+        init(self, *args)
+        forgets.append(self)
+
+    def forget(self, unit):
+        assert os.getpid() == parent, "the fork dropped a unit"  # raised in the fork, it fails the fold
+        (state,) = forgets
+        dropped.append((unit, min([state.at, *(h.at for h in state.helpers)])))
+
+    monkeypatch.setattr(shards._Forget, "__init__", init_seen)
+    monkeypatch.setattr(shards.ShardFold, "forget", forget)
+    fold, _ = _fold_copy(reference[0], tmp_path)
+    fold.finish(parts=parts)
+    assert len(forgets[0].helpers) == parts - 1
+    assert len(fold.units) > shards.UNITS_IN_FLIGHT + 1
+    assert [unit for unit, _ in dropped] == fold.units[: -shards.UNITS_IN_FLIGHT]
+    for position, (_, slowest) in enumerate(dropped):
+        assert slowest - shards.UNITS_IN_FLIGHT >= position
+    assert shard_digests(tmp_path) == shard_digests(reference[0])
+
+
+def _resident_pages(path: Path) -> int:
+    """How many of a file's pages are in the page cache (mincore over a private mapping of it)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        pages = -(-size // mmap.PAGESIZE)
+        vec = (ctypes.c_ubyte * pages)()
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        return sum(v & 1 for v in vec)
+
+
+def _filesystem(path: Path) -> str:
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return max((m for m in mounts if str(path).startswith(m[1])), key=lambda m: len(m[1]))[2]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and /proc/self/mounts are Linux's")
+def test_drop_cached_lets_the_kernel_drop_a_units_pages(tmp_path):
+    """A unit written, synced and read is cached; once dropped, none of its pages is, and it reads back the same.
+    Where the filesystem is memory (tmpfs), there is no disk copy to fall back on and the pages stay."""
+    from builders.workfolder import drop_cached
+
+    path = tmp_path / "unit-000000.arrow"
+    data = os.urandom(4 << 20)
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    assert path.read_bytes() == data
+    pages = -(-len(data) // os.sysconf("SC_PAGE_SIZE"))
+    assert _resident_pages(path) > pages // 2
+    drop_cached(path)
+    if _filesystem(tmp_path) == "tmpfs":
+        pytest.skip("tmpfs keeps its pages: they are the file")
+    assert _resident_pages(path) == 0
+    assert path.read_bytes() == data
+    drop_cached(tmp_path / "gone.arrow")  # a missing file: nothing to do, no error
+
+
 def test_a_failing_second_shard_writer_fails_the_fold(reference, tmp_path, monkeypatch):
     """An error in the fork is raised here, named; the shards it did not write are not published."""
     from builders.plane import shards
