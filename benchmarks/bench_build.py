@@ -18,7 +18,7 @@ shows it.
 In the large case the script also measures the physical limit before each tool's run: Pillow alone decoding,
 box-resizing and encoding the same photos (quality 90) in 2 processes, from memory. Each tool's rate is
 printed as a share of it: what it spends on anything but the codec (the network, records, files, and for ours
-the hashes) is the rest. No tool that decodes and encodes with Pillow or libjpeg-turbo can pass it.
+the hashes) is the rest. A build that decodes, resizes and encodes with Pillow cannot pass it.
 
 A ratio is only as good as the machine was quiet. Before and after each pair of runs the script measures how
 many cores the machine keeps busy with nothing of ours running, and during each run how many went to anything
