@@ -414,7 +414,13 @@ class ShardFold:
         return sorted(entries, key=lambda e: e["path"])
 
     def _write(
-        self, plans: dict, part: int, parts: int, progress, hashes: list[pa.Table] | None, passed=None
+        self,
+        plans: dict,
+        part: int,
+        parts: int,
+        progress,
+        hashes: list[pa.Table] | None,
+        passed: Callable[[int], None] | None = None,
     ) -> list[dict]:
         """Write the shards whose number within their split is ``part`` modulo ``parts``, streaming the units
         once, in order; with ``hashes``, also collect every published sample's hashes there."""
@@ -483,9 +489,9 @@ class _Forget:
     """Drops each unit's cached pages (:func:`~builders.workfolder.drop_cached`) once every writer has passed
     it: read for the last time, its pages then hold the shards' bytes. Without this the page cache grows by a
     build's units and then by its shards too, and fresh pages are dear in a virtual machine that hands freed
-    memory back to its host (~3 ms of CPU a MB written here, against ~0.35 ms into pages just freed). A unit
-    goes ``UNITS_IN_FLIGHT`` units behind the slowest writer: the kernel keeps pages still mapped, and a
-    writer's threads may still hold views of the last few units."""
+    memory back to its host (~3 ms of CPU a MB written into them, against ~0.35 ms into pages just freed:
+    benchmarks/README.md). A unit goes ``UNITS_IN_FLIGHT`` units behind the slowest writer: the kernel keeps
+    pages still mapped, and a writer's threads may still hold views of the last few units."""
 
     def __init__(self, fold: ShardFold, helpers: list[_Helper]) -> None:
         self.fold, self.helpers, self.at, self.next = fold, helpers, -1, 0
