@@ -123,12 +123,18 @@ def end_distributed() -> None:
     gloo's threads can outlive it and abort a run that has already finished and saved (``terminate called
     without an active exception``, SIGABRT). ``destroy_process_group`` alone does not end them: the trainer's
     DDP wrapper still holds the group, through reference cycles, until a garbage collection frees it. Called
-    only after a run succeeds, once the trainer is out of scope: a rank that failed must not wait on the others."""
+    only after a run succeeds, once the trainer is out of scope: a rank that failed must not wait on the others.
+
+    A barrier first. The group's destructor joins gloo's worker threads while holding the GIL, and a worker
+    still letting go of a finished collective may need the GIL for it (tensors whose Python objects it now
+    owns): one rank of a test run hung there, in ``gc.collect``, with the other rank done. Waiting in the
+    barrier (without the GIL) lets every rank's collectives finish and their workers release them first."""
     import gc
 
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
         gc.collect()  # the last holder of the group goes here, and the group's destructor joins its threads
 
