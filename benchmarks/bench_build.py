@@ -52,6 +52,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 OTHERS = 0.25  # cores that other work may keep busy during a counted run
+QUALITY = 90  # JPEG quality of every re-encode: ours, img2dataset's and the physical limit's
 LIMIT_IMAGES = 1500  # photos the physical limit is measured on (~10 s): enough to time, short enough to repeat
 
 
@@ -289,7 +290,7 @@ def physical_limit(folder: Path, n: int, size: tuple[int, int], processes: int =
     paths = sorted(folder.iterdir())[:n]
     ready, out = ctx.Barrier(processes), ctx.Queue()
     procs = [
-        ctx.Process(target=_floor_process, args=(paths[i::processes], 90, budget(size), ready, out))
+        ctx.Process(target=_floor_process, args=(paths[i::processes], QUALITY, budget(size), ready, out))
         for i in range(processes)
     ]
     for proc in procs:
@@ -336,7 +337,7 @@ def ours(base_url: str, n: int, work: Path, size: tuple[int, int], keep: bool = 
         "250",
         *(() if keep else ("--max-pixels", str(budget(size)))),  # keep: the default budget, which the images fit
         "--jpeg-quality",
-        "90",
+        str(QUALITY),
         "--test-fraction",
         "0",
         "--quiet",
@@ -371,7 +372,7 @@ def img2dataset(venv: Path, base_url: str, n: int, work: Path, keep: bool = Fals
             else ("--image_size", "512", "--resize_mode", "keep_ratio")
         ),
         "--encode_quality",
-        "90",
+        str(QUALITY),
         "--processes_count",
         "2",
         "--thread_count",

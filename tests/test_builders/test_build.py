@@ -301,11 +301,19 @@ def test_shards_written_by_two_processes_are_one_process_shards(reference, tmp_p
 def test_the_fold_drops_each_unit_from_the_cache_once_every_writer_is_past_it(reference, tmp_path, monkeypatch, parts):
     """Every unit but the last UNITS_IN_FLIGHT is dropped from the page cache, once each and in order, by this
     process only, and only when it and the fork have both handed units UNITS_IN_FLIGHT further on to their
-    threads; the shards are those of the build all the same."""
+    threads; the shards are those of the build all the same. The fork is slowed down, so that a drop that did
+    not wait for it would come while it is behind."""
+    import time
+
     from builders.plane import shards
 
     parent, dropped, forgets = os.getpid(), [], []
-    init = shards._Forget.__init__
+    init, write_unit = shards._Forget.__init__, shards.ShardFold._write_unit
+
+    def write_unit_slowly_in_the_fork(self, *args):
+        if os.getpid() != parent:
+            time.sleep(0.05)
+        write_unit(self, *args)
 
     def init_seen(self, *args):
         init(self, *args)
@@ -318,6 +326,7 @@ def test_the_fold_drops_each_unit_from_the_cache_once_every_writer_is_past_it(re
 
     monkeypatch.setattr(shards._Forget, "__init__", init_seen)
     monkeypatch.setattr(shards.ShardFold, "forget", forget)
+    monkeypatch.setattr(shards.ShardFold, "_write_unit", write_unit_slowly_in_the_fork)
     fold, _ = _fold_copy(reference[0], tmp_path)
     fold.finish(parts=parts)
     assert len(forgets[0].helpers) == parts - 1
