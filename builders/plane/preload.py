@@ -5,6 +5,7 @@ CPU each, otherwise paid once per worker). Imported only by the fork server (``d
 """
 
 import atexit
+import contextlib
 import os
 import sys
 
@@ -28,8 +29,9 @@ def leave_at_once() -> None:
     process holding it has exited, and the server holds the build's stdout and stderr. It has nothing to
     finalize (it writes no file, and its children end with ``os._exit``), so its streams are flushed and it
     exits."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # none, or a reader gone: nothing left to keep
+            stream.flush()
     os._exit(0)
 
 
