@@ -267,13 +267,11 @@ def budget(size: tuple[int, int]) -> int:
     return (size[0] * 512 // short) * (size[1] * 512 // short)
 
 
-def _floor_process(paths: list[Path], quality: int, max_pixels: int, ready, out) -> None:
+def _floor_process(paths: list[Path], max_pixels: int, ready, out) -> None:
     from builders.plane.images import keep_image_memory
     from mp16_reason.jpeg import fit_budget
 
-    # glibc set to keep freed image buffers, as in our workers: otherwise every frame pays its page faults again
-    # (~20 % more CPU on this machine), a cost of the allocator's defaults, not of the codec
-    keep_image_memory()
+    keep_image_memory()  # as our workers do: see the module docstring
     datas = [p.read_bytes() for p in paths]
     ready.wait()  # every process starts its clock together, its photos already in memory
     t0 = time.perf_counter()
@@ -282,7 +280,7 @@ def _floor_process(paths: list[Path], quality: int, max_pixels: int, ready, out)
         size = fit_budget(*img.size, max_pixels)
         img.draft("RGB", size)
         img = img.resize(size, Image.Resampling.BOX)
-        img.save(io.BytesIO(), format="JPEG", quality=quality, optimize=False)
+        img.save(io.BytesIO(), format="JPEG", quality=QUALITY, optimize=False)
     out.put(time.perf_counter() - t0)
 
 
@@ -296,7 +294,7 @@ def physical_limit(folder: Path, n: int, size: tuple[int, int], processes: int =
     paths = sorted(folder.iterdir())[:n]
     ready, out = ctx.Barrier(processes), ctx.Queue()
     procs = [
-        ctx.Process(target=_floor_process, args=(paths[i::processes], QUALITY, budget(size), ready, out))
+        ctx.Process(target=_floor_process, args=(paths[i::processes], budget(size), ready, out))
         for i in range(processes)
     ]
     for proc in procs:
@@ -484,8 +482,8 @@ def main() -> None:
         )
     one = {name: max(r.largest_mb for r in results) for name, results in runs.items()}
     print(f"  largest process, ours / img2dataset: {one['mp16-reason'] / one['img2dataset']:.2f}x  (goal <= 1.2x)")
-    pairs_all = list(zip(runs["img2dataset"], runs["mp16-reason"], quiet))
-    ratios = [i2d.wall / our.wall for i2d, our, ok in pairs_all if ok]
+    pairs = zip(runs["img2dataset"], runs["mp16-reason"], quiet)
+    ratios = [i2d.wall / our.wall for i2d, our, ok in pairs if ok]
     goal = 2.5 if keep else 1.45
     if not ratios:
         print(f"  no ratio: every run shared the {cores} cores with other work; run it again on a quiet machine")
