@@ -369,7 +369,7 @@ class Build:
         try:
             grouped = bool(self.recipe.split.group_by)
             if not self.recipe.teachers and not grouped:
-                with ShardProcess(*args, curated=False) as shards:
+                with ShardProcess(*args, curated=False, workers=self.recipe.workers) as shards:
                     return self._units(n_rows, shards)
             self._units(n_rows)
             if grouped:  # every unit first: a group's split needs all of its members
@@ -377,13 +377,13 @@ class Build:
 
                 regroup(self.recipe, self.work, self._n_units(n_rows), self.progress, self.log)
             if not self.recipe.teachers:
-                with ShardProcess(*args, curated=False) as shards:
+                with ShardProcess(*args, curated=False, workers=self.recipe.workers) as shards:
                     bar = tqdm(total=n_rows, unit="img", desc="plan shards", disable=not self.progress)
                     for unit in range(self._n_units(n_rows)):
                         bar.update(shards.add(unit))
                     return self._write_shards(shards, bar)
             self._distill(n_rows)
-            with ShardProcess(*args, curated=True) as shards:
+            with ShardProcess(*args, curated=True, workers=self.recipe.workers) as shards:
                 bar = tqdm(total=n_rows, unit="img", desc="plan shards", disable=not self.progress)
                 for unit in range(self._n_units(n_rows)):
                     bar.update(shards.add(unit))

@@ -8,8 +8,9 @@ them. Everything the fold decides depends on the units alone, so a resumed build
 shard already on disk (written whole, then renamed) is kept and not rewritten.
 
 The fold runs in a process of its own (:class:`ShardProcess`), beside the workers that prepare images; once
-they are done, on a local disk, a fork of it writes every other shard of each split, and each unit's pages
-leave the page cache once both have read it (:class:`_Forget`), so that the shards are written into them.
+they are done, on a local disk, forks of it share the writing (:func:`shard_writers`), and each unit's pages
+leave the page cache once every writer has read it (:class:`_Forget`), so that the shards are written into
+them.
 """
 
 from __future__ import annotations
@@ -279,6 +280,20 @@ HASHES_SCHEMA = pa.schema(
 )
 
 
+def local_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def shard_writers(n_shards: int, workers: int) -> int:
+    """How many processes write the shards at a build's end: one per worker the build ran, as far as this
+    machine has the cores (a Ray build's workers may be elsewhere), and at least two, the number that paid on
+    two cores, where the workers held a core each; never more than there are shards. At MP16-Pro's size the
+    shards are ~400 GB written and hashed after the last unit, ~0.5 GB/s a writer here: two writers would
+    leave every other core idle for minutes."""
+    return max(1, min(n_shards, max(2, min(workers, local_cores()))))
+
+
 def with_split(js: bytes, split: str) -> bytes:
     """A record's JSON with its split set (split.group_by may move a sample); unchanged when it is already."""
     from mp16_reason.schema import from_json_bytes, to_json_bytes
@@ -316,9 +331,10 @@ class ShardFold:
         max_bytes: int,
         curated: bool,
         multiple_of: int = 24,
+        workers: int = 2,
     ) -> None:
         self.out, self.work, self.max_bytes, self.curated = location(out), location(work), max_bytes, curated
-        self.multiple_of = multiple_of
+        self.multiple_of, self.workers = multiple_of, workers
         self.rejected: list[pa.Table] = []
         self.duplicates: list[dict] = []
         self.seen: dict[tuple[str, str], str] = {}
@@ -377,18 +393,19 @@ class ShardFold:
         """Plan every split's shards and write them, one pass over the units; ``progress`` (a callable) is told
         how many samples were written as it goes.
 
-        On a local disk (Linux) the shards are written by two processes, this one and a fork of it, each taking
-        every other shard of a split (``parts``: how many; 1 writes them all here). This last stretch is the
-        build's alone (the workers are done), and in one process its hashing, tar headers and writes take the
-        GIL in turn: 10,000 MP-16-shaped photos (850 MB) took 1.3-1.4 s in one, 0.75-0.85 s in two. On object
-        storage the one process writes them all (a fork would share its connections)."""
+        On a local disk (Linux) the shards are written by :func:`shard_writers` processes, this one and forks
+        of it, part ``p`` of ``parts`` taking the shards numbered ``p`` modulo ``parts`` in each split
+        (``parts=1`` writes them all here). This last stretch is the build's alone (the workers are done), and
+        in one process its hashing, tar headers and writes take the GIL in turn: 10,000 MP-16-shaped photos
+        (850 MB) took 1.3-1.4 s in one, 0.75-0.85 s in two. On object storage the one process writes them all
+        (a fork would share its connections)."""
         plans = {
             group: plan_counts(np.concatenate([s for _, _, s in kept]), self.max_bytes, self.multiple_of)
             for group, kept in self.kept.items()
         }
         if parts is None:  # a fork without exec: Linux only (macOS's system libraries are not safe to fork)
             forks = sys.platform.startswith("linux") and self.out.local is not None
-            parts = 2 if forks and sum(map(len, plans.values())) > 1 else 1
+            parts = shard_writers(sum(map(len, plans.values())), self.workers) if forks else 1
         helpers = [_Helper(self, plans, part, parts) for part in range(1, parts)]
         forget = _Forget(self, helpers)
         hashes: list[pa.Table] = []
@@ -534,6 +551,7 @@ class _Helper:
             finally:
                 os._exit(code)
         child.close()
+        self.name = f"shard writer {part + 1} of {parts}"
         self.entries: list[dict] | None = None
         self.reaped = False
         self.at = -1  # the last unit (its position in the pass) the helper has handed to its threads
@@ -570,9 +588,9 @@ class _Helper:
         try:
             kind, payload = self.conn.recv()
         except EOFError:
-            raise RuntimeError("the second shard writer died") from None
+            raise RuntimeError(f"{self.name} died") from None
         if kind == "error":
-            raise RuntimeError(f"the second shard writer failed: {payload}")
+            raise RuntimeError(f"{self.name} failed: {payload}")
         if kind == "done":
             self.entries = payload
         elif kind == "at":
@@ -614,7 +632,7 @@ class _GroupWriter:
 
 
 def _shard_process_main(
-    todo, results, out: str, work: str, max_bytes: int, multiple_of: int, curated: bool, env: dict
+    todo, results, out: str, work: str, max_bytes: int, multiple_of: int, curated: bool, workers: int, env: dict
 ) -> None:
     """The shard process: fold each unit index it is sent (None ends), reporting rows as it goes, then write
     the shards, reporting samples. It holds only the reading end of ``todo``, so if the build is killed the
@@ -631,7 +649,7 @@ def _shard_process_main(
             raise SystemExit(0) from None
 
     try:
-        fold = ShardFold(out, work, max_bytes, curated, multiple_of)
+        fold = ShardFold(out, work, max_bytes, curated, multiple_of, workers)
         while (unit := next_unit()) is not None:
             results.send(("rows", fold.add(unit)))
         unit = None
@@ -654,15 +672,18 @@ class ShardProcess:
     Leaving the ``with`` block on an error stops the child; its half-written shard is removed on the next run.
     """
 
-    def __init__(self, out: Location, work: Location, max_bytes: int, multiple_of: int, curated: bool) -> None:
+    def __init__(
+        self, out: Location, work: Location, max_bytes: int, multiple_of: int, curated: bool, workers: int = 2
+    ) -> None:
         from builders.plane.distributor import process_context
 
         ctx = process_context()
+        env = dict(os.environ)
         child_todo, self._todo = ctx.Pipe(duplex=False)
         self._results, child_results = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=_shard_process_main,
-            args=(child_todo, child_results, str(out), str(work), max_bytes, multiple_of, curated, dict(os.environ)),
+            args=(child_todo, child_results, str(out), str(work), max_bytes, multiple_of, curated, workers, env),
             name="mp16-reason-shards",
             daemon=True,
         )

@@ -262,42 +262,98 @@ def _fold_copy(built: Path, out: Path):
     return fold, manifest
 
 
-def test_shards_written_by_two_processes_are_one_process_shards(reference, tmp_path, monkeypatch):
-    """The fork that writes every other shard changes no byte: shards, entries, hashes and rejections are those of
-    one process writing them all, and the progress told adds up to every sample, each once."""
+@pytest.mark.parametrize("parts", [2, 3])
+def test_shards_written_by_several_processes_are_one_process_shards(reference, tmp_path, monkeypatch, parts):
+    """The forks that share the writing change no byte: shards, entries, hashes and rejections are those of one
+    process writing them all, each fork wrote the shards of its part (their number modulo ``parts``) and no
+    other, and the progress told adds up to every sample, each once."""
     from builders.plane import shards
 
     forked, result = [], shards._Helper.result
 
     def result_seen(self, progress):
         entries = result(self, progress)
-        forked.extend(e["path"] for e in entries)
+        forked.append([e["path"] for e in entries])
         return entries
 
     monkeypatch.setattr(shards._Helper, "result", result_seen)
     built = reference[0]
     results = {}
-    for parts in (1, 2):
-        out = tmp_path / f"parts-{parts}"
+    for n in (1, parts):
+        out = tmp_path / f"parts-{n}"
         fold, manifest = _fold_copy(built, out)
         told: list[int] = []
-        entries = fold.finish(told.append, parts=parts)
+        entries = fold.finish(told.append, parts=n)
         assert sum(told) == manifest["totals"]["written"]
-        results[parts] = (
+        results[n] = (
             entries,
             shard_digests(out),
             pd.read_parquet(out / "hashes.parquet"),
             pd.read_parquet(out / ".work" / "fold-rejected.parquet"),
         )
-    odd = [e["path"] for e in results[1][0] if int(e["path"].rsplit("-", 1)[1].removesuffix(".tar")) % 2]
-    assert odd and sorted(forked) == sorted(odd)  # the fork wrote every other shard of each split, no more
-    assert results[2][0] == results[1][0] == manifest["shards"]
-    assert results[2][1] == results[1][1] == shard_digests(built)
-    pd.testing.assert_frame_equal(results[2][2], results[1][2])
-    pd.testing.assert_frame_equal(results[2][3], results[1][3])
+
+    def number(path: str) -> int:
+        return int(path.rsplit("-", 1)[1].removesuffix(".tar"))
+
+    assert len(forked) == parts - 1
+    for part, paths in enumerate(forked, start=1):
+        assert paths and {number(p) % parts for p in paths} == {part}
+    not_first = [e["path"] for e in results[1][0] if number(e["path"]) % parts]
+    assert sorted(p for paths in forked for p in paths) == sorted(not_first)  # the forks wrote those, no more
+    assert results[parts][0] == results[1][0] == manifest["shards"]
+    assert results[parts][1] == results[1][1] == shard_digests(built)
+    pd.testing.assert_frame_equal(results[parts][2], results[1][2])
+    pd.testing.assert_frame_equal(results[parts][3], results[1][3])
 
 
-@pytest.mark.parametrize("parts", [1, 2])
+@pytest.mark.parametrize(("workers", "cores", "writers"), [(1, 8, 2), (2, 1, 2), (3, 8, 3), (6, 4, 4), (64, 16, 16)])
+def test_shard_writers_follow_the_build_workers_within_the_cores(monkeypatch, workers, cores, writers):
+    """One writer a worker, as far as the cores go, at least two, and never more than the shards."""
+    from builders.plane import shards
+
+    monkeypatch.setattr(shards, "local_cores", lambda: cores)
+    assert shards.shard_writers(1000, workers) == writers
+    assert shards.shard_writers(3, workers) == min(3, writers)
+    assert shards.shard_writers(1, workers) == 1
+
+
+def test_a_fold_writes_with_as_many_processes_as_its_workers_allow(reference, tmp_path, monkeypatch):
+    """Unasked, a fold on a local disk takes :func:`shard_writers` of its workers: three workers on a machine of
+    four cores, three writers; the shards are the build's all the same."""
+    from builders.plane import shards
+
+    helpers, init = [], shards._Helper.__init__
+
+    def init_seen(self, fold, plans, part, parts):
+        init(self, fold, plans, part, parts)
+        helpers.append((part, parts))
+
+    monkeypatch.setattr(shards, "local_cores", lambda: 4)
+    monkeypatch.setattr(shards._Helper, "__init__", init_seen)
+    fold, manifest = _fold_copy(reference[0], tmp_path)
+    fold.workers = 3
+    assert fold.finish() == manifest["shards"]
+    assert helpers == [(1, 3), (2, 3)]
+    assert shard_digests(tmp_path) == shard_digests(reference[0])
+
+
+def test_a_build_gives_its_shard_process_its_workers(sample_input_60, tmp_path, monkeypatch):
+    """The recipe's workers reach the shard process, which sizes its writers by them."""
+    from builders import build as build_module
+
+    class Seen(Exception):
+        pass
+
+    def recorded(*args, **kwargs):
+        raise Seen(kwargs.get("workers"))
+
+    monkeypatch.setattr(build_module, "ShardProcess", recorded)
+    with pytest.raises(Seen) as seen:
+        build(sample_recipe(sample_input_60, tmp_path / "out", workers=3), progress=False)
+    assert seen.value.args == (3,)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
 def test_the_fold_drops_each_unit_from_the_cache_once_every_writer_is_past_it(reference, tmp_path, monkeypatch, parts):
     """Every unit but the last UNITS_IN_FLIGHT is dropped from the page cache, once each and in order, by this
     process only, and only when it and the fork have both handed units UNITS_IN_FLIGHT further on to their
@@ -401,7 +457,7 @@ def test_a_failing_second_shard_writer_fails_the_fold(reference, tmp_path, monke
     monkeypatch.setattr(shards._Shard, "add", add_in_parent_only)
     monkeypatch.setattr(shards._Helper, "__init__", init_seen)
     fold, _ = _fold_copy(reference[0], tmp_path)
-    with pytest.raises(RuntimeError, match="second shard writer failed: OSError: disk full"):
+    with pytest.raises(RuntimeError, match="shard writer 2 of 2 failed: OSError: disk full"):
         fold.finish(parts=2)
     assert not (tmp_path / "manifest.json").exists()
     assert len(helpers) == 1 and not Path(f"/proc/{helpers[0]}").exists()  # ended and reaped: no zombie left
