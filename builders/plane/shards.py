@@ -22,7 +22,7 @@ import re
 import signal
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -406,7 +406,9 @@ class ShardFold:
         if parts is None:  # a fork without exec: Linux only (macOS's system libraries are not safe to fork)
             forks = sys.platform.startswith("linux") and self.out.local is not None
             parts = shard_writers(sum(map(len, plans.values())), self.workers) if forks else 1
-        helpers = [_Helper(self, plans, part, parts) for part in range(1, parts)]
+        helpers: list[_Helper] = []
+        for part in range(1, parts):
+            helpers.append(_Helper(self, plans, part, parts, tuple(helpers)))
         forget = _Forget(self, helpers)
         hashes: list[pa.Table] = []
 
@@ -418,8 +420,7 @@ class ShardFold:
 
         try:
             entries = self._write(plans, 0, parts, told, hashes, forget.passed)
-            for helper in helpers:
-                entries += helper.result(progress)
+            entries += _results(helpers, progress)
         except BaseException:
             for helper in helpers:  # no writer outlives the fold; its half-written shard goes at the next run
                 helper.stop()
@@ -530,15 +531,18 @@ class _Forget:
 class _Helper:
     """A fork of the shard process that writes part ``part`` of ``parts`` of the shards (:meth:`ShardFold._write`)
     and sends back its progress and entries. It stops with an error at its next unit if this process is gone
-    (its pipe is broken), so it never outlives a killed build by more than a unit."""
+    (its pipe is broken), so it never outlives a killed build by more than a unit. ``earlier`` are the helpers
+    forked before it, whose pipes' reading ends it closes: a pipe breaks only once no reader holds it."""
 
-    def __init__(self, fold: ShardFold, plans: dict, part: int, parts: int) -> None:
+    def __init__(self, fold: ShardFold, plans: dict, part: int, parts: int, earlier: Sequence[_Helper] = ()) -> None:
         import multiprocessing.connection as mpc
 
         self.conn, child = mpc.Pipe(duplex=False)
         self.pid = os.fork()
         if self.pid == 0:  # the child: write, report, exit without running this process's cleanup
             self.conn.close()
+            for helper in earlier:
+                helper.conn.close()
             code = 0
             try:
                 written, passed = (lambda n: child.send(("written", n))), (lambda i: child.send(("at", i)))
@@ -562,14 +566,13 @@ class _Helper:
         while self.entries is None and self.conn.poll():
             self._receive(progress)
 
-    def result(self, progress) -> list[dict]:
-        """Wait for the helper's entries."""
-        try:
-            while self.entries is None:
-                self._receive(progress)
-        finally:
-            self._reap()
-        return self.entries
+    def take(self, progress) -> bool:
+        """Receive the helper's next message (waiting for it); True once its entries are in, and it is reaped."""
+        self._receive(progress)
+        if self.entries is None:
+            return False
+        self._reap()
+        return True
 
     def stop(self) -> None:
         """End the helper now (if it has not ended) and reap it."""
@@ -599,6 +602,28 @@ class _Helper:
                 self.moved()
         elif progress is not None:
             progress(payload)
+
+
+def _results(helpers: list[_Helper], progress) -> list[dict]:
+    """Every helper's entries, each message taken as it comes: waiting on one helper while another's pipe
+    filled up with progress would hold that one up."""
+    import multiprocessing.connection as mpc
+
+    entries: list[dict] = []
+    waiting = {}
+    for helper in helpers:
+        if helper.entries is None:
+            waiting[helper.conn] = helper
+        else:  # its entries came in through ``poll`` while this process wrote
+            helper._reap()
+            entries += helper.entries
+    while waiting:
+        for conn in mpc.wait(list(waiting)):
+            helper = waiting[conn]
+            if helper.take(progress):
+                del waiting[conn]
+                entries += helper.entries
+    return entries
 
 
 class _GroupWriter:

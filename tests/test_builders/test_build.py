@@ -269,14 +269,14 @@ def test_shards_written_by_several_processes_are_one_process_shards(reference, t
     other, and the progress told adds up to every sample, each once."""
     from builders.plane import shards
 
-    forked, result = [], shards._Helper.result
+    forked, gather = [], shards._results
 
-    def result_seen(self, progress):
-        entries = result(self, progress)
-        forked.append([e["path"] for e in entries])
+    def results_seen(helpers, progress):
+        entries = gather(helpers, progress)
+        forked.extend([e["path"] for e in helper.entries] for helper in helpers)
         return entries
 
-    monkeypatch.setattr(shards._Helper, "result", result_seen)
+    monkeypatch.setattr(shards, "_results", results_seen)
     built = reference[0]
     results = {}
     for n in (1, parts):
@@ -324,8 +324,8 @@ def test_a_fold_writes_with_as_many_processes_as_its_workers_allow(reference, tm
 
     helpers, init = [], shards._Helper.__init__
 
-    def init_seen(self, fold, plans, part, parts):
-        init(self, fold, plans, part, parts)
+    def init_seen(self, fold, plans, part, parts, *earlier):
+        init(self, fold, plans, part, parts, *earlier)
         helpers.append((part, parts))
 
     monkeypatch.setattr(shards, "local_cores", lambda: 4)
@@ -335,6 +335,68 @@ def test_a_fold_writes_with_as_many_processes_as_its_workers_allow(reference, tm
     assert fold.finish() == manifest["shards"]
     assert helpers == [(1, 3), (2, 3)]
     assert shard_digests(tmp_path) == shard_digests(reference[0])
+
+
+def test_a_fold_takes_each_writers_result_as_it_comes(reference, tmp_path, monkeypatch):
+    """With three writers, the fold takes whichever fork reports first: the second fork's end reaches it while
+    the first fork still runs (here the first waits for exactly that, up to 10 s, and the second starts late,
+    after this process has written its own part). Waiting on the forks in turn would have held up the
+    second, its pipe full of progress, behind the first."""
+    import time
+
+    from builders.plane import shards
+
+    parent, flag, write = os.getpid(), tmp_path / "second-fork-done", shards.ShardFold._write
+    done, receive = [], shards._Helper._receive
+
+    def write_in_turn(self, plans, part, parts, *args):
+        if os.getpid() != parent and part == 2:
+            time.sleep(1.0)
+        entries = write(self, plans, part, parts, *args)
+        if os.getpid() != parent and part == 1:
+            deadline = time.monotonic() + 10
+            while not flag.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return entries
+
+    def receive_seen(self, progress):
+        receive(self, progress)
+        if self.entries is not None and self.name not in done:
+            done.append(self.name)
+            if self.name == "shard writer 3 of 3":
+                flag.touch()
+
+    monkeypatch.setattr(shards.ShardFold, "_write", write_in_turn)
+    monkeypatch.setattr(shards._Helper, "_receive", receive_seen)
+    out = tmp_path / "out"
+    fold, manifest = _fold_copy(reference[0], out)
+    assert fold.finish(parts=3) == manifest["shards"]
+    assert done == ["shard writer 3 of 3", "shard writer 2 of 3"]
+    assert shard_digests(out) == shard_digests(reference[0])
+
+
+def test_a_writer_holds_no_other_writers_pipe(reference, tmp_path, monkeypatch):
+    """Each fork closes the reading ends of the pipes of the forks made before it, so that a writer's pipe
+    breaks (and the writer stops) as soon as the shard process is gone, not once every later fork is."""
+    from builders.plane import shards
+
+    parent, helpers, init, write = os.getpid(), [], shards._Helper.__init__, shards.ShardFold._write
+
+    def init_seen(self, *args):
+        init(self, *args)
+        helpers.append(self)  # in this process only: a fork is made inside ``init``, before this line
+
+    def write_checked(self, plans, part, parts, *args):
+        if os.getpid() != parent:
+            held = [h.name for h in helpers if not h.conn.closed]
+            assert len(helpers) == part - 1 and not held, f"part {part} holds the pipes of {held}"
+        return write(self, plans, part, parts, *args)
+
+    monkeypatch.setattr(shards._Helper, "__init__", init_seen)
+    monkeypatch.setattr(shards.ShardFold, "_write", write_checked)
+    fold, manifest = _fold_copy(reference[0], tmp_path)
+    assert fold.finish(parts=3) == manifest["shards"]
+    assert len(helpers) == 2
 
 
 def test_a_build_gives_its_shard_process_its_workers(sample_input_60, tmp_path, monkeypatch):
