@@ -365,11 +365,12 @@ class Build:
     def _units_and_shards(self, n_rows: int) -> list[dict]:
         """Shards are written while the units are prepared, or after the teacher stage, whose curated units
         they take."""
-        args = (self.out, self.work, self.recipe.shards.max_bytes, self.recipe.shards.multiple_of)
+        spec = self.recipe.shards
+        args = (self.out, self.work, spec.max_bytes, spec.multiple_of, self.recipe.workers)
         try:
             grouped = bool(self.recipe.split.group_by)
             if not self.recipe.teachers and not grouped:
-                with ShardProcess(*args, curated=False, workers=self.recipe.workers) as shards:
+                with ShardProcess(*args, curated=False) as shards:
                     return self._units(n_rows, shards)
             self._units(n_rows)
             if grouped:  # every unit first: a group's split needs all of its members
@@ -377,13 +378,13 @@ class Build:
 
                 regroup(self.recipe, self.work, self._n_units(n_rows), self.progress, self.log)
             if not self.recipe.teachers:
-                with ShardProcess(*args, curated=False, workers=self.recipe.workers) as shards:
+                with ShardProcess(*args, curated=False) as shards:
                     bar = tqdm(total=n_rows, unit="img", desc="plan shards", disable=not self.progress)
                     for unit in range(self._n_units(n_rows)):
                         bar.update(shards.add(unit))
                     return self._write_shards(shards, bar)
             self._distill(n_rows)
-            with ShardProcess(*args, curated=True, workers=self.recipe.workers) as shards:
+            with ShardProcess(*args, curated=True) as shards:
                 bar = tqdm(total=n_rows, unit="img", desc="plan shards", disable=not self.progress)
                 for unit in range(self._n_units(n_rows)):
                     bar.update(shards.add(unit))

@@ -567,8 +567,10 @@ class _Helper:
             self._receive(progress)
 
     def take(self, progress) -> bool:
-        """Receive the helper's next message (waiting for it); True once its entries are in, and it is reaped."""
-        self._receive(progress)
+        """Receive the helper's next message (waiting for it) unless its entries are in (:meth:`poll` may have
+        taken them); True once they are, and it is reaped."""
+        if self.entries is None:
+            self._receive(progress)
         if self.entries is None:
             return False
         self._reap()
@@ -610,14 +612,9 @@ def _results(helpers: list[_Helper], progress) -> list[dict]:
     import multiprocessing.connection as mpc
 
     entries: list[dict] = []
-    waiting = {}
-    for helper in helpers:
-        if helper.entries is None:
-            waiting[helper.conn] = helper
-        else:  # its entries came in through ``poll`` while this process wrote
-            helper._reap()
-            entries += helper.entries
+    waiting = {helper.conn: helper for helper in helpers}
     while waiting:
+        # a helper that has sent its entries has exited: its pipe is at its end, so ready too
         for conn in mpc.wait(list(waiting)):
             helper = waiting[conn]
             if helper.take(progress):
@@ -698,7 +695,7 @@ class ShardProcess:
     """
 
     def __init__(
-        self, out: Location, work: Location, max_bytes: int, multiple_of: int, curated: bool, workers: int = 2
+        self, out: Location, work: Location, max_bytes: int, multiple_of: int, workers: int, curated: bool
     ) -> None:
         from builders.plane.distributor import process_context
 

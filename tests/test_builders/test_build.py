@@ -401,13 +401,17 @@ def test_a_writer_holds_no_other_writers_pipe(reference, tmp_path, monkeypatch):
 
 def test_a_build_gives_its_shard_process_its_workers(sample_input_60, tmp_path, monkeypatch):
     """The recipe's workers reach the shard process, which sizes its writers by them."""
+    import inspect
+
     from builders import build as build_module
+
+    real = build_module.ShardProcess
 
     class Seen(Exception):
         pass
 
     def recorded(*args, **kwargs):
-        raise Seen(kwargs.get("workers"))
+        raise Seen(inspect.signature(real).bind(*args, **kwargs).arguments["workers"])
 
     monkeypatch.setattr(build_module, "ShardProcess", recorded)
     with pytest.raises(Seen) as seen:
@@ -532,7 +536,7 @@ def test_shard_process_exits_when_the_build_is_killed(sample_input_60, tmp_path)
         "from pathlib import Path\n"
         "from builders.plane.shards import ShardProcess\n"
         "if __name__ == '__main__':\n"
-        "    p = ShardProcess(Path(sys.argv[1]), Path(sys.argv[1]) / '.work', 150_000, 24, curated=False)\n"
+        "    p = ShardProcess(Path(sys.argv[1]), Path(sys.argv[1]) / '.work', 150_000, 24, 2, curated=False)\n"
         "    print(p._proc.pid, flush=True)\n"
         "    time.sleep(600)\n"
     )
