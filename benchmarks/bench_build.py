@@ -34,12 +34,14 @@ decide this: it counts the tools' own processes, and each keeps every core busy 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import io
 import os
 import random
+import selectors
 import shutil
+import socket
+import stat
 import statistics
 import subprocess
 import sys
@@ -80,45 +82,122 @@ def make_images(folder: Path, n: int, size: tuple[int, int], blur: float = 0.0, 
         img.save(path, quality=quality)
 
 
+def _open_file(root: int, name: str) -> int:
+    """A descriptor of the regular file ``name`` directly in the folder ``root``, or -1."""
+    if "/" in name or name in ("", ".", ".."):
+        return -1
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=root)
+    except OSError:
+        return -1
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return -1
+
+
+class _Connection:
+    """One client connection of the image server: requests received and not yet answered, and what is left of
+    the answer being sent (a non-blocking socket can take part of it and then have to wait)."""
+
+    __slots__ = ("close", "fd", "head", "left", "offset", "pending", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.pending, self.head, self.fd, self.offset, self.left = sock, b"", b"", -1, 0, 0
+        self.close = False
+
+    def send(self) -> bool:
+        """Sends what is left of the answer, its head and then its file; False if the socket filled first."""
+        try:
+            while self.head:  # MSG_MORE: the head waits for the file's first bytes, to leave in one segment
+                self.head = self.head[self.sock.send(self.head, socket.MSG_MORE if self.left else 0) :]
+            while self.left:
+                sent = os.sendfile(self.sock.fileno(), self.fd, self.offset, self.left)
+                self.offset, self.left = self.offset + sent, self.left - sent
+        except BlockingIOError:
+            return False
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        return True
+
+    def answer(self, root: int) -> bool:
+        """Answers each complete request received, in turn; False if an answer must wait for the socket."""
+        while not self.close and (end := self.pending.find(b"\r\n\r\n")) >= 0:
+            head, self.pending = self.pending[:end], self.pending[end + 4 :]
+            name = head.split(b" ", 2)[1].decode().lstrip("/")
+            self.close = b"connection: close" in head.lower()
+            how = b"close" if self.close else b"keep-alive"
+            self.fd = _open_file(root, name)
+            if self.fd >= 0:
+                self.offset, self.left = 0, os.fstat(self.fd).st_size
+                self.head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n" % self.left
+            else:
+                self.head = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
+            self.head += b"Connection: %s\r\n\r\n" % how
+            if not self.send():
+                return False
+        return True
+
+
 def _serve_files(folder: str) -> None:
     """The image server (its own process): GET /NAME answers the file with sendfile. Connections are kept
     open between requests unless the client asks to close them (urllib does; connection pools do not), as
-    web servers do. It stands for remote image hosts, so it should take as little of this machine's CPU as it
-    can; http.server's thread per request and Python copy loop took ~1.5 ms of CPU an image."""
-    root = Path(folder)
+    web servers do.
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                name = head.split(b" ", 2)[1].decode().lstrip("/")
-                close = b"connection: close" in head.lower()
-                path = root / name
-                how = b"close" if close else b"keep-alive"
-                if "/" in name or not path.is_file():
-                    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: %s\r\n\r\n" % how)
+    It stands for remote image hosts, whose CPU is not the client's, so it should take as little of this
+    machine's as it can: one thread waiting on every socket at once (epoll), each answer a head and a
+    sendfile. ``http.server``'s thread per request and Python copy loop took ~1.5 ms of CPU an image, and an
+    asyncio server with the same sendfile ~0.27 ms (10 % of ours on MP-16-shaped photos)."""
+    root = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)  # a deep backlog: no SYN drops
+    listener.setblocking(False)
+    events = selectors.DefaultSelector()
+    events.register(listener, selectors.EVENT_READ)
+    events.register(sys.stdin, selectors.EVENT_READ)  # closed by the parent: the server's end
+    print(f"http://127.0.0.1:{listener.getsockname()[1]}", flush=True)
+
+    def drop(conn: _Connection) -> None:
+        events.unregister(conn.sock)
+        conn.sock.close()
+        if conn.fd >= 0:
+            os.close(conn.fd)
+
+    while True:
+        for key, _ in events.select():
+            if key.fileobj is sys.stdin:
+                return
+            if key.fileobj is listener:
+                while True:
+                    try:
+                        sock, _ = listener.accept()
+                    except BlockingIOError:
+                        break
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    events.register(sock, selectors.EVENT_READ, _Connection(sock))
+                continue
+            conn: _Connection = key.data
+            try:
+                if conn.head or conn.left:  # writable again: the rest of an answer
+                    if not conn.send():
+                        continue
+                    events.modify(conn.sock, selectors.EVENT_READ, conn)
                 else:
-                    size = path.stat().st_size
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n"
-                        % (size, how)
-                    )
-                    with path.open("rb") as fh:
-                        await asyncio.get_running_loop().sendfile(writer.transport, fh)
-                await writer.drain()
-                if close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError, IndexError, asyncio.CancelledError):
-            pass  # the client closed the connection, or the server is stopping
-        finally:
-            writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)  # a deep backlog: no SYN drops
-        print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
-
-    asyncio.run(main())
+                    try:
+                        data = conn.sock.recv(65536)
+                    except BlockingIOError:
+                        continue  # woken for nothing
+                    if not data:
+                        drop(conn)
+                        continue
+                    conn.pending += data
+                if not conn.answer(root):
+                    events.modify(conn.sock, selectors.EVENT_WRITE, conn)
+                elif conn.close:
+                    drop(conn)
+            except (ConnectionError, IndexError, UnicodeDecodeError):
+                drop(conn)  # a client gone, or a request that is not one
 
 
 @contextmanager
