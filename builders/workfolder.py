@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
+from mp16_reason.atomic import start_writeback
 from mp16_reason.schema import SourceLabels
 from mp16_reason.storage import Location, location
 
@@ -102,7 +103,8 @@ class UnitWriter:
 
     def __enter__(self) -> UnitWriter:
         self._commit = self.path.commit_path()
-        self._writer = pa.ipc.new_file(str(self._commit.__enter__()), UNIT_SCHEMA)
+        self._file = pa.OSFile(str(self._commit.__enter__()), "wb")
+        self._writer = pa.ipc.new_file(self._file, UNIT_SCHEMA)
         return self
 
     def add(self, values: tuple) -> None:
@@ -120,11 +122,16 @@ class UnitWriter:
             ]
             self._writer.write_batch(pa.record_batch(arrays, schema=UNIT_SCHEMA))
             self.rows = []
+            if self.path.local is not None:  # the disk takes the unit as it is written: the commit's fsync,
+                start_writeback(self._file.fileno())  # which the worker waits for, has the last batch left
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self._flush()
-        self._writer.close()
+        try:
+            self._writer.close()
+        finally:
+            self._file.close()
         self._commit.__exit__(exc_type, exc, tb)
 
 

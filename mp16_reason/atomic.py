@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +39,33 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     with atomic_path(path) as tmp, open(tmp, mode) as fh:
         yield fh
         fh.flush()
+
+
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writing the range's dirty pages, wait for nothing
+
+
+@functools.cache
+def _sync_file_range():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # a libc without it
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return call
+
+
+def start_writeback(fd: int) -> bool:
+    """Start writing a file's dirty pages to disk now, without waiting; whether the kernel took the request
+    (Linux only; elsewhere, or for what is not a file on a disk, nothing happens and the fsync does it all).
+
+    A file written whole and then fsynced is only then handed to the disk, and the fsync waits for all of it:
+    24 files of 36 MB, each fsynced as it was finished, took 1.0-7.8 s here. Called as the bytes are written,
+    the disk takes them meanwhile and the fsync waits for the last few: 0.54-0.59 s. It guarantees nothing;
+    the fsync still does."""
+    call = _sync_file_range()
+    return call is not None and call(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0  # 0, 0: the whole file
 
 
 def remove_stale(folder: str | Path) -> None:

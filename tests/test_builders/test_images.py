@@ -444,6 +444,25 @@ def test_unit_files_are_written_a_batch_at_a_time(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unit-000000.arrow"]  # nothing half-written
 
 
+def test_a_unit_file_is_handed_to_the_disk_a_batch_at_a_time(tmp_path, monkeypatch):
+    """Each batch written starts the writeback of the file being written, so that the commit's fsync, which
+    the worker waits for, has only the last batch left to write."""
+    import os
+
+    import builders.workfolder as workfolder
+
+    seen = []
+    monkeypatch.setattr(workfolder, "start_writeback", lambda fd: seen.append(os.fstat(fd)))
+    path = tmp_path / "unit-000000.arrow"
+    rows = [(i, f"id{i}", "ok", "", "", "train", "sha", b"j" * 5000, b"{}", 1024, "", "", b"", b"") for i in range(10)]
+    with workfolder.UnitWriter(path, batch_rows=4) as sink:
+        for row in rows:
+            sink.add(row)
+    assert len(seen) == 3  # 4 + 4 + 2 rows
+    assert {s.st_ino for s in seen} == {path.stat().st_ino}  # the temporary that became the unit
+    assert seen[0].st_size >= 4 * 5000 and seen[0].st_size < seen[1].st_size < seen[2].st_size <= path.stat().st_size
+
+
 @given(
     st.lists(st.lists(st.one_of(st.none(), st.binary(max_size=40)), max_size=12), max_size=5),
     st.integers(0, 6),

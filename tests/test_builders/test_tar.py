@@ -99,3 +99,35 @@ def test_a_shard_handed_over_in_batches_is_webdatasets_bytes_and_hash(tmp_path_f
     written = (out / "data/train-000000.tar").read_bytes()
     assert written == reference(items)
     assert entry["bytes"] == len(written) and entry["sha256"] == hashlib.sha256(written).hexdigest()
+
+
+def test_a_local_shard_is_handed_to_the_disk_as_its_batches_are_written(tmp_path, monkeypatch):
+    """Each batch written starts the writeback of the shard's file (so its commit's fsync finds the disk's
+    work done); a file that is not local (here, in memory) is never asked for a descriptor."""
+    import os
+
+    from builders.plane import shards
+    from builders.threads import Behind
+    from mp16_reason.storage import location
+
+    seen = []
+    monkeypatch.setattr(shards, "start_writeback", lambda fd: seen.append(os.fstat(fd)))
+    out = location(tmp_path)
+    (out / "data").mkdir()
+    threads = shards._Threads()
+    shard = shards._Shard(out, "data/train-000000.tar", "train", "default", threads)
+    shard.later.batch_bytes = 30_000
+    for i in range(10):
+        shard.add(f"k{i}", b"j" * 10_000, b"{}")
+    shard.close()
+    threads.close()
+    final = tmp_path / "data/train-000000.tar"
+    assert len(seen) >= 4 and {st.st_ino for st in seen} == {final.stat().st_ino}
+    assert [st.st_size for st in seen] == sorted(st.st_size for st in seen)
+    asked, hasher, behind = len(seen), Behind(), Behind()
+    later = shards._Later(io.BytesIO(), hasher, behind, local=False, batch_bytes=1)
+    later.writelines([b"abc"])
+    later.flush()
+    hasher.close()
+    behind.close()
+    assert later.fh.getvalue() == b"abc" and len(seen) == asked  # no descriptor asked of a BytesIO
