@@ -236,10 +236,6 @@ class Build:
 
         hand_over()
         rejected = 0
-        # The card's front matter, the build's last step, needs datasets and huggingface_hub (~0.3 s of imports
-        # that would be the build's alone at its end); the workers, each held to a core by its GIL, leave some
-        # of the machine free now.
-        threading.Thread(target=_preload_card, name="preload-card").start()
         ray = self.recipe.ray.model_dump()
         for index, n_ok, n_rej in distributor.run(run_unit, tasks, self.recipe.workers, self.recipe.distributor, ray):
             committed.add(index)
@@ -367,6 +363,10 @@ class Build:
         they take."""
         spec = self.recipe.shards
         args = (self.out, self.work, spec.max_bytes, spec.multiple_of, self.recipe.workers)
+        # The card's front matter, the build's last step, needs datasets and huggingface_hub (~0.3 s of imports
+        # that would be the build's alone at its end). Started here, they take the core that this process
+        # leaves free while the fork server finishes its preload (a shard process or worker waits for it).
+        threading.Thread(target=_preload_card, name="preload-card").start()
         try:
             grouped = bool(self.recipe.split.group_by)
             if not self.recipe.teachers and not grouped:

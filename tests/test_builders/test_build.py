@@ -419,6 +419,28 @@ def test_a_build_gives_its_shard_process_its_workers(sample_input_60, tmp_path, 
     assert seen.value.args == (3,)
 
 
+def test_the_cards_imports_start_before_the_build_waits_for_its_shard_process(sample_input_60, tmp_path, monkeypatch):
+    """Starting the shard process waits for the fork server's preload; the card's imports are already under
+    way on a thread of their own by then, on the core this process would otherwise leave idle."""
+    import threading
+
+    from builders import build as build_module
+
+    started = threading.Event()
+
+    class Seen(Exception):
+        pass
+
+    def shard_process(*args, **kwargs):
+        raise Seen(started.wait(10))  # set by the thread, which may not have run yet
+
+    monkeypatch.setattr(build_module, "_preload_card", started.set)
+    monkeypatch.setattr(build_module, "ShardProcess", shard_process)
+    with pytest.raises(Seen) as seen:
+        build(sample_recipe(sample_input_60, tmp_path / "out"), progress=False)
+    assert seen.value.args == (True,)
+
+
 @pytest.mark.parametrize("parts", [1, 2, 3])
 def test_the_fold_drops_each_unit_from_the_cache_once_every_writer_is_past_it(reference, tmp_path, monkeypatch, parts):
     """Every unit but the last UNITS_IN_FLIGHT is dropped from the page cache, once each and in order, by this
