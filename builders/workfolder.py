@@ -98,6 +98,7 @@ class UnitWriter:
 
     def __init__(self, path: Path | Location, batch_rows: int = 32) -> None:
         self.path, self.batch_rows = location(path), batch_rows
+        self.local = self.path.local is not None
         self.rows: list[tuple] = []
         self.ok = self.total = 0
 
@@ -122,7 +123,7 @@ class UnitWriter:
             ]
             self._writer.write_batch(pa.record_batch(arrays, schema=UNIT_SCHEMA))
             self.rows = []
-            if self.path.local is not None:  # the disk takes the unit as it is written: the commit's fsync,
+            if self.local:  # the disk takes the unit as it is written: the commit's fsync,
                 start_writeback(self._file.fileno())  # which the worker waits for, has the last batch left
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -104,7 +104,7 @@ def strip_metadata(jpeg: bytes) -> bytes:
     JFIF, ICC profile (APP2) and Adobe (APP14) segments stay byte for byte. Unchanged when it has none."""
     if jpeg[:2] != b"\xff\xd8":
         return jpeg
-    keep, i, dropped = [b"\xff\xd8"], 2, False
+    keep, i, dropped = [(0, 2)], 2, False  # spans, cut out only if a segment goes: most photos keep all
     while i + 4 <= len(jpeg):
         if jpeg[i] != 0xFF:
             return jpeg  # not the marker structure expected: leave it alone
@@ -113,21 +113,23 @@ def strip_metadata(jpeg: bytes) -> bytes:
             i += 1
             continue
         if marker == 0xDA:  # start of scan: the rest is image data
-            keep.append(jpeg[i:])
+            keep.append((i, len(jpeg)))
             break
-        length = int.from_bytes(jpeg[i + 2 : i + 4], "big")
-        segment = jpeg[i : i + 2 + length]
+        end = i + 2 + int.from_bytes(jpeg[i + 2 : i + 4], "big")
         metadata = marker == 0xFE or (0xE1 <= marker <= 0xEF and marker != 0xEE)
-        if marker == 0xE2 and segment[4 : 4 + len(_APP2_ICC)] == _APP2_ICC:
+        if marker == 0xE2 and jpeg[i + 4 : min(end, i + 4 + len(_APP2_ICC))] == _APP2_ICC:
             metadata = False
         if metadata:
             dropped = True
         else:
-            keep.append(segment)
-        i += 2 + length
+            keep.append((i, end))
+        i = end
     else:
         return jpeg
-    return b"".join(keep) if dropped else jpeg
+    if not dropped:
+        return jpeg
+    view = memoryview(jpeg)
+    return b"".join(view[a:b] for a, b in keep)
 
 
 def prepare(

@@ -393,6 +393,41 @@ def test_a_jpeg_that_fits_keeps_its_image_data_and_loses_its_metadata():
         assert not prepare(data, 320 * 240).reencoded  # greyscale and progressive are served as they are
 
 
+_SEGMENTS = st.lists(
+    st.tuples(
+        st.sampled_from([0xE0, 0xE1, 0xE2, 0xE3, 0xED, 0xEE, 0xEF, 0xFE, 0xDB, 0xC0, 0xC4]),
+        st.one_of(st.binary(max_size=40), st.just(b"ICC_PROFILE\x00" + b"icc"), st.just(b"ICC_PRO")),
+        st.booleans(),  # a fill byte before the marker
+    ),
+    max_size=8,
+)
+
+
+@given(_SEGMENTS, st.binary(max_size=300))
+def test_metadata_segments_go_and_every_other_byte_stays(segments, scan):
+    """Against a JPEG built from its segments: the output is SOI, each segment that is not metadata (EXIF, XMP,
+    IPTC, comments; an APP2 ICC profile and APP14 stay) byte for byte and in order, then the scan as it was;
+    the very input object when nothing goes."""
+    from builders.plane.images import strip_metadata
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+    def metadata(marker: int, payload: bytes) -> bool:
+        if marker == 0xE2:
+            return not payload.startswith(b"ICC_PROFILE\x00")
+        return marker == 0xFE or (0xE1 <= marker <= 0xEF and marker != 0xEE)
+
+    sos = segment(0xDA, b"\x01\x01\x00") + scan
+    jpeg = b"\xff\xd8" + b"".join(b"\xff" * fill + segment(m, p) for m, p, fill in segments) + sos
+    kept = [(m, p) for m, p, _ in segments if not metadata(m, p)]
+    got = strip_metadata(jpeg)
+    if len(kept) == len(segments):
+        assert got is jpeg
+    else:
+        assert got == b"\xff\xd8" + b"".join(segment(m, p) for m, p in kept) + sos
+
+
 @pytest.mark.parametrize(
     ("case", "data", "budget", "kw"),
     [
