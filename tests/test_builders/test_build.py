@@ -399,46 +399,31 @@ def test_a_writer_holds_no_other_writers_pipe(reference, tmp_path, monkeypatch):
     assert len(helpers) == 2
 
 
-def test_a_build_gives_its_shard_process_its_workers(sample_input_60, tmp_path, monkeypatch):
-    """The recipe's workers reach the shard process, which sizes its writers by them."""
+def test_a_build_starts_its_shard_process_with_its_workers_and_the_cards_imports_under_way(
+    sample_input_60, tmp_path, monkeypatch
+):
+    """The recipe's workers reach the shard process, which sizes its writers by them. Starting it waits for
+    the fork server's preload; the card's imports are already under way by then, on a thread of their own, on
+    the core this process would otherwise leave idle."""
     import inspect
-
-    from builders import build as build_module
-
-    real = build_module.ShardProcess
-
-    class Seen(Exception):
-        pass
-
-    def recorded(*args, **kwargs):
-        raise Seen(inspect.signature(real).bind(*args, **kwargs).arguments["workers"])
-
-    monkeypatch.setattr(build_module, "ShardProcess", recorded)
-    with pytest.raises(Seen) as seen:
-        build(sample_recipe(sample_input_60, tmp_path / "out", workers=3), progress=False)
-    assert seen.value.args == (3,)
-
-
-def test_the_cards_imports_start_before_the_build_waits_for_its_shard_process(sample_input_60, tmp_path, monkeypatch):
-    """Starting the shard process waits for the fork server's preload; the card's imports are already under
-    way on a thread of their own by then, on the core this process would otherwise leave idle."""
     import threading
 
     from builders import build as build_module
 
-    started = threading.Event()
+    real, card_imports = build_module.ShardProcess, threading.Event()
 
     class Seen(Exception):
         pass
 
     def shard_process(*args, **kwargs):
-        raise Seen(started.wait(10))  # set by the thread, which may not have run yet
+        workers = inspect.signature(real).bind(*args, **kwargs).arguments["workers"]
+        raise Seen(workers, card_imports.wait(10))  # set by the thread, which may not have run yet
 
-    monkeypatch.setattr(build_module, "_preload_card", started.set)
+    monkeypatch.setattr(build_module, "_preload_card", card_imports.set)
     monkeypatch.setattr(build_module, "ShardProcess", shard_process)
     with pytest.raises(Seen) as seen:
-        build(sample_recipe(sample_input_60, tmp_path / "out"), progress=False)
-    assert seen.value.args == (True,)
+        build(sample_recipe(sample_input_60, tmp_path / "out", workers=3), progress=False)
+    assert seen.value.args == (3, True)
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3])
