@@ -311,12 +311,39 @@ def with_split(js: bytes, split: str) -> bytes:
     return js if sample.split == split else to_json_bytes(sample.model_copy(update={"split": split}))
 
 
-def write_hashes(parts: list[pa.Table], out: Location) -> None:
+HASH_ROWS = 1 << 14  # samples a row group of hashes.parquet: ~4 MB held at most
+
+
+class HashesWriter:
     """``hashes.parquet``: every published sample's id, split, sha256, author and window hashes, what
-    ``mp16-reason audit`` reads instead of the images."""
-    table = pa.concat_tables([t.cast(HASHES_SCHEMA) for t in parts]) if parts else HASHES_SCHEMA.empty_table()
-    with (out / HASHES).commit_path() as tmp:
-        pq.write_table(table, str(tmp))
+    ``mp16-reason audit`` reads instead of the images. Written as the shard pass goes, a row group every
+    ``rows`` samples, and committed by :meth:`close` (:meth:`abort` leaves nothing): holding them all until
+    the end took ~0.26 KB a sample in Arrow tables, 1.2 GB at MP16-Pro's size."""
+
+    def __init__(self, out: Location, rows: int | None = None) -> None:
+        self._stack = ExitStack()
+        path = self._stack.enter_context((out / HASHES).commit_path())
+        self._writer = self._stack.enter_context(pq.ParquetWriter(str(path), HASHES_SCHEMA))
+        self.rows, self._parts, self._held = rows or HASH_ROWS, [], 0
+
+    def append(self, table: pa.Table) -> None:
+        self._parts.append(table.cast(HASHES_SCHEMA))
+        self._held += table.num_rows
+        if self._held >= self.rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._parts:
+            self._writer.write_table(pa.concat_tables(self._parts), row_group_size=self.rows)
+            self._parts, self._held = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._stack.close()  # the writer's footer, then the commit
+
+    def abort(self) -> None:
+        """Close without committing (called while an error is handled): the temporary goes."""
+        self._stack.__exit__(*sys.exc_info())
 
 
 class ShardFold:
@@ -419,7 +446,7 @@ class ShardFold:
         for part in range(1, parts):
             helpers.append(_Helper(self, plans, part, parts, tuple(helpers)))
         forget = _Forget(self, helpers)
-        hashes: list[pa.Table] = []
+        hashes = HashesWriter(self.out)
 
         def told(n: int) -> None:
             for helper in helpers:
@@ -433,8 +460,9 @@ class ShardFold:
         except BaseException:
             for helper in helpers:  # no writer outlives the fold; its half-written shard goes at the next run
                 helper.stop()
+            hashes.abort()
             raise
-        write_hashes(hashes, self.out)
+        hashes.close()
         tables = [t.cast(REJECTION_WORK_SCHEMA) for t in self.rejected]
         tables.append(pa.Table.from_pylist(self.duplicates, schema=REJECTION_WORK_SCHEMA))
         write_atomic(pa.concat_tables(tables), self.work / FOLD_REJECTED)
@@ -446,7 +474,7 @@ class ShardFold:
         part: int,
         parts: int,
         progress,
-        hashes: list[pa.Table] | None,
+        hashes: HashesWriter | None,
         passed: Callable[[int], None] | None = None,
     ) -> list[dict]:
         """Write the shards whose number within their split is ``part`` modulo ``parts``, streaming the units

@@ -317,6 +317,54 @@ def test_shard_writers_follow_the_build_workers_within_the_cores(monkeypatch, wo
     assert shards.shard_writers(1, workers) == 1
 
 
+def test_the_fold_writes_the_hashes_as_it_goes_and_commits_them_only_when_done(reference, tmp_path, monkeypatch):
+    """hashes.parquet is written a row group at a time during the pass (4 samples here), so the fold holds a row
+    group's hashes, not a build's; its rows are the build's own, in order. A pass that fails leaves neither the
+    file nor its temporary."""
+    import pyarrow.parquet as pq
+
+    from builders.plane import shards
+
+    built = reference[0]
+    monkeypatch.setattr(shards, "HASH_ROWS", 4)
+    units, flushes = [], []
+    write_unit, flush = shards.ShardFold._write_unit, shards.HashesWriter._flush
+
+    def counted(self, unit, *args):
+        units.append(unit)
+        return write_unit(self, unit, *args)
+
+    def flush_seen(self):
+        flushes.append(len(units))
+        return flush(self)
+
+    monkeypatch.setattr(shards.ShardFold, "_write_unit", counted)
+    monkeypatch.setattr(shards.HashesWriter, "_flush", flush_seen)
+    fold, manifest = _fold_copy(built, tmp_path / "small-groups")
+    fold.finish(parts=1)
+    assert len(units) > 2 and flushes[0] < len(units)  # the first row group went before the last unit
+    written = pq.ParquetFile(tmp_path / "small-groups" / "hashes.parquet")
+    assert written.metadata.num_rows == manifest["totals"]["written"]
+    assert written.read().to_pandas().equals(pd.read_parquet(built / "hashes.parquet"))
+
+    monkeypatch.setattr(shards.HashesWriter, "_flush", flush)
+    units.clear()
+
+    def fails_at_the_third(self, unit, *args):
+        units.append(unit)
+        if len(units) == 3:
+            raise OSError("disk full")
+        return write_unit(self, unit, *args)
+
+    monkeypatch.setattr(shards.ShardFold, "_write_unit", fails_at_the_third)
+    out = tmp_path / "failed"
+    fold, _ = _fold_copy(built, out)
+    with pytest.raises(OSError, match="disk full"):
+        fold.finish(parts=1)
+    assert not (out / "hashes.parquet").exists()
+    assert not [p.name for p in out.iterdir() if "hashes" in p.name]
+
+
 def test_a_fold_writes_with_as_many_processes_as_its_workers_allow(reference, tmp_path, monkeypatch):
     """Unasked, a fold on a local disk takes :func:`shard_writers` of its workers: three workers on a machine of
     four cores, three writers; the shards are the build's all the same."""
