@@ -22,13 +22,19 @@ more CPU here, a cost of the allocator, not of the codec). Each tool's rate is
 printed as a share of it: what it spends on anything but the codec (the network, records, files, and for ours
 the hashes) is the rest. A build that decodes, resizes and encodes with Pillow cannot pass it.
 
+Each tool also runs on a third as many photos (``--small-images``) right after each full run. The difference
+between the two runs is its cost per photo without its start-up and finish, the rate a build of millions of
+photos approaches; the script prints it and its ratio beside the whole runs', and how many seconds each tool
+pays once per build (start-up and finish).
+
 A ratio is only as good as the machine was quiet. Before and after each pair of runs the script measures how
 many cores the machine keeps busy with nothing of ours running, and during each run how many went to anything
 but the tool, the image server and itself (the machine's busy time from /proc/stat less theirs); a pair where
 either exceeds 0.25 cores is printed but left out of the ratio. The load average is printed too, but it cannot
 decide this: it counts the tools' own processes, and each keeps every core busy by itself.
 
-    python benchmarks/bench_build.py [--case large|mp16] [--images 3000] [--repeats 3] [--rss-images 1000 10000]
+    python benchmarks/bench_build.py [--case large|mp16] [--images 3000] [--small-images 1000] [--repeats 3]
+        [--rss-images 1000 10000]
 """
 
 from __future__ import annotations
@@ -393,8 +399,21 @@ def share(run: Run, n: int, limit: float) -> float:
 def _median_share(runs: dict, limits: dict, quiet: list[bool], n: int, name: str) -> str:
     """One tool's median share of the physical limit over the counted pairs, with its range."""
     shares = [share(run, n, limit) for run, limit, ok in zip(runs[name], limits[name], quiet) if ok]
-    spread = f" (runs {min(shares):.0%}-{max(shares):.0%})" if len(shares) > 1 else ""
-    return f"{statistics.median(shares):.0%}{spread}"
+    return _median_range(shares, "{:.0%}")
+
+
+def _median_range(values: list[float], fmt: str) -> str:
+    """The median, and the range when there is more than one value."""
+    spread = f" (runs {fmt.format(min(values))}-{fmt.format(max(values))})" if len(values) > 1 else ""
+    return f"{fmt.format(statistics.median(values))}{spread}"
+
+
+def per_photo(full: Run, small: Run, n: int, n_small: int) -> tuple[float, float, float]:
+    """From a run of ``n`` photos and one of ``n_small``, the line through the two: a tool's seconds per photo
+    beyond what it pays once per build, that once-per-build cost (start-up and finish), and the machine's CPU
+    seconds per photo beyond its own once-per-build share."""
+    each = (full.wall - small.wall) / (n - n_small)
+    return each, full.wall - each * n, (full.machine_cpu_s - small.machine_cpu_s) / (n - n_small)
 
 
 def ours(base_url: str, n: int, work: Path, size: tuple[int, int], keep: bool = False) -> Run:
@@ -476,6 +495,12 @@ def main() -> None:
     ap.add_argument(
         "--repeats", type=int, default=3, help="alternating runs of each tool; medians are reported (machines drift)"
     )
+    ap.add_argument(
+        "--small-images",
+        type=int,
+        help="photos of each tool's second run in a pair, for its cost per photo (default: a third of --images; "
+        "0: no second run)",
+    )
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--height", type=int, default=768)
     ap.add_argument(
@@ -503,6 +528,10 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", warm], check=True)
     print(f"gazetteer index ready ({time.perf_counter() - t0:.1f} s)", flush=True)
     runs: dict[str, list[Run]] = {"img2dataset": [], "mp16-reason": []}
+    small = args.images // 3 if args.small_images is None else args.small_images
+    if not 0 <= small < args.images:
+        ap.error(f"--small-images {small} must be below --images {args.images} (0: no second run)")
+    small_runs: dict[str, list[Run]] = {"img2dataset": [], "mp16-reason": []}
     sizes = [p.stat().st_size for p in sorted(folder.iterdir())[: args.images]]
     print(f"{args.images} JPEGs of {size[0]}x{size[1]}, {statistics.mean(sizes) / 1024:.0f} KB on average", flush=True)
     cores = os.cpu_count() or 1
@@ -521,15 +550,18 @@ def main() -> None:
             for name in order:
                 if not keep:
                     limits[name].append(physical_limit(folder, min(args.images, LIMIT_IMAGES), size))
-                tool = (
-                    (lambda: img2dataset(Path(args.i2d_venv), url, args.images, work, keep))
-                    if name == "img2dataset"
-                    else (lambda: ours(url, args.images, work, size, keep))
-                )
-                runs[name].append(measured(server, tool))
+
+                def tool(n: int, name: str = name) -> Run:
+                    if name == "img2dataset":
+                        return img2dataset(Path(args.i2d_venv), url, n, work, keep)
+                    return ours(url, n, work, size, keep)
+
+                runs[name].append(measured(server, lambda: tool(args.images)))
+                if small:  # right after the full run: the two sizes see the same machine
+                    small_runs[name].append(measured(server, lambda: tool(small)))
             background.append(busy_cores())
             i2d, our = runs["img2dataset"][-1], runs["mp16-reason"][-1]
-            others = max(i2d.others, our.others)
+            others = max(i2d.others, our.others, *(r[-1].others for r in small_runs.values() if r))
             quiet.append(max(background[-2:]) <= OTHERS and others <= OTHERS)
             shares = (
                 f" (of the physical limit measured before each: ours"
@@ -539,6 +571,9 @@ def main() -> None:
                 if not keep
                 else ""
             )
+            if small:
+                each = {name: per_photo(runs[name][-1], small_runs[name][-1], args.images, small)[0] for name in runs}
+                shares += f"; per photo {each['img2dataset'] / each['mp16-reason']:.2f}x"
             print(
                 f"  run {rep + 1}/{args.repeats}: ratio {i2d.wall / our.wall:.2f}x{shares};"
                 f" machine busy before {background[-2]:.2f} and after {background[-1]:.2f} cores,"
@@ -579,6 +614,34 @@ def main() -> None:
             f" its run: ours {_median_share(runs, limits, quiet, args.images, 'mp16-reason')},"
             f" img2dataset {_median_share(runs, limits, quiet, args.images, 'img2dataset')}"
         )
+    if small and ratios:
+        print(
+            f"  per photo, beyond what each pays once a build (the line through its runs of {args.images} and"
+            f" {small} photos; what a build of millions approaches):"
+        )
+        counted = {  # per counted pair: (seconds a photo, seconds once a build, CPU a photo, the physical limit)
+            name: [
+                (*per_photo(full, part, args.images, small), limit)
+                for full, part, limit, ok in zip(
+                    runs[name], small_runs[name], limits[name] or [0.0] * len(quiet), quiet
+                )
+                if ok
+            ]
+            for name in runs
+        }
+        for name, lines in counted.items():
+            rates = [1 / each for each, _, _, _ in lines]
+            share_text = ""
+            if not keep:
+                shares = [1 / each / limit for each, _, _, limit in lines]
+                share_text = f", {_median_range(shares, '{:.0%}')} of the physical limit"
+            print(
+                f"    {name}: {_median_range(rates, '{:.1f}')} img/s{share_text},"
+                f" machine CPU {_median_range([cpu * 1e3 for _, _, cpu, _ in lines], '{:.2f}')} ms a photo;"
+                f" once a build {_median_range([fixed for _, fixed, _, _ in lines], '{:.1f}')} s"
+            )
+        pairs_each = zip(counted["img2dataset"], counted["mp16-reason"])
+        print(f"    ratio (ours / img2dataset): {_median_range([i[0] / o[0] for i, o in pairs_each], '{:.2f}x')}")
     if args.rss_images:
         print("\npeak memory of our build by input size (320x240 images; should stay flat): largest RSS, all PSS")
         make_images(work / "small-320x240", max(args.rss_images), (320, 240))
