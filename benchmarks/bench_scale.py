@@ -7,12 +7,16 @@ MP-16-style ids (``9e/13/1052462958.jpg``), Nominatim-style label columns.
     python benchmarks/bench_scale.py ingest [--rows 4654532]
     python benchmarks/bench_scale.py units  [--rows 4654532]
     python benchmarks/bench_scale.py build  [--rows 4654532] [--images 2000] [--workers 2]
+    python benchmarks/bench_scale.py fold   [--rows 4654532]
 
 ``ingest`` reads the same file with ``pandas.read_csv(dtype=str)`` (what the landed reader did first) and runs
 our whole ingest stage (read, check coordinates and ids, pre-shuffle, commit ``ingest.parquet``), each in a
 fresh process. ``units``
 times a unit's source set-up against a tar of as many members, against loading its member index per unit.
-``build`` runs the whole build and checks that every row is accounted for.
+``build`` runs the whole build and checks that every row is accounted for. ``fold`` takes the shard stage alone
+over units of as many published samples (tiny generated images, each distinct) and a tenth as many, each in a
+fresh process, and prints its peak memory and what each sample adds to it: what it keeps of every sample
+(its image's SHA-256 and id, for exact duplicates) is all that should grow.
 """
 
 from __future__ import annotations
@@ -313,7 +317,8 @@ def bench_build(rows: int, n_images: int, workers: int) -> None:
         str(workers),
         "--quiet",
     ]
-    wall, peak_one, peak_all = run_timed(cmd)
+    run = run_timed(cmd)
+    wall, peak_one, peak_all = run.wall, run.largest_mb, run.all_mb
     manifest = json.loads((out / "manifest.json").read_text())
     t = manifest["totals"]
     rejections = (out / "rejections.parquet").stat().st_size / 1e6
@@ -326,9 +331,98 @@ def bench_build(rows: int, n_images: int, workers: int) -> None:
     )
 
 
+UNIT_ROWS = 1000
+
+
+def make_units(rows: int) -> Path:
+    """A work folder of ``rows`` published samples in units of :data:`UNIT_ROWS`: 100-byte images (each its
+    own, so none is a duplicate), MP-16-style ids and the hashes' 160 bytes, as the workers write them."""
+    import hashlib
+
+    from builders.workfolder import UnitWriter, tar_member_bytes, unit_path
+
+    out = WORK / f"fold-{rows}"
+    work = out / ".work"
+    done = work / "units-made"
+    if done.exists():
+        return out
+    ids = mp16_ids(rows)
+    rng = np.random.default_rng(0)
+    for u in range(-(-rows // UNIT_ROWS)):
+        first, last = u * UNIT_ROWS, min(rows, (u + 1) * UNIT_ROWS)
+        images = rng.integers(0, 256, (last - first, 100), dtype=np.uint8)
+        codes = rng.integers(0, 256, (last - first, 160), dtype=np.uint8)
+        with UnitWriter(unit_path(work, u), batch_rows=UNIT_ROWS) as sink:
+            for k, row in enumerate(range(first, last)):
+                jpg, js = images[k].tobytes(), b'{"id": "%s"}' % ids[row].encode()
+                sha = hashlib.sha256(jpg).hexdigest()
+                size = tar_member_bytes(len(jpg), len(js))
+                sink.add(
+                    (
+                        row,
+                        ids[row],
+                        "ok",
+                        "",
+                        "",
+                        "train",
+                        sha,
+                        jpg,
+                        js,
+                        size,
+                        ids[row],
+                        "",
+                        codes[k, :80].tobytes(),
+                        codes[k, 80:].tobytes(),
+                    )
+                )
+    done.touch()
+    return out
+
+
+FOLD = (
+    PEAK
+    + """
+import json, shutil, sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from builders.plane.shards import ShardFold
+out = Path({out!r})
+for name in ("data", "hashes.parquet"):
+    shutil.rmtree(out / name, ignore_errors=True) if name == "data" else (out / name).unlink(missing_ok=True)
+t = time.perf_counter()
+base = peak_mb()
+fold = ShardFold(out, out / ".work", 1 << 30, False, 24, workers=1)
+for unit in range({units}):
+    fold.add(unit)
+taken = peak_mb()
+entries = fold.finish(parts=1)
+print(json.dumps({{"wall": time.perf_counter() - t, "base_mb": base, "taken_mb": taken, "rss_mb": peak_mb(),
+                   "written": sum(e["samples"] for e in entries)}}))
+"""
+)
+
+
+def bench_fold(rows: int) -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    print(f"the shard fold over units of published samples, each size in a fresh process (units of {UNIT_ROWS:,})")
+    peaks = {}
+    for n in (rows // 10, rows):
+        out = make_units(n)
+        r = _child(FOLD.format(root=root, out=str(out), units=-(-n // UNIT_ROWS)))
+        assert r["written"] == n, r
+        peaks[n] = r["rss_mb"]
+        print(
+            f"  {n:>10,} samples  {r['wall']:6.1f} s  peak {r['rss_mb']:6.0f} MB"
+            f" (start {r['base_mb']:.0f} MB, every unit taken in {r['taken_mb']:.0f} MB)"
+        )
+    small, large = rows // 10, rows
+    slope = (peaks[large] - peaks[small]) * 1024 / (large - small)
+    print(f"  each sample adds {slope:.2f} KB to the peak: {slope * 1e6 / 1024:,.0f} MB a million samples")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["ingest", "units", "build"])
+    ap.add_argument("what", choices=["ingest", "units", "build", "fold"])
     ap.add_argument("--rows", type=int, default=MP16PRO_ROWS)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
@@ -337,6 +431,8 @@ def main() -> None:
         bench_ingest(args.rows)
     elif args.what == "units":
         bench_units(args.rows)
+    elif args.what == "fold":
+        bench_fold(args.rows)
     else:
         bench_build(args.rows, args.images, args.workers)
 
