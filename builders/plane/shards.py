@@ -451,7 +451,7 @@ class ShardFold:
         for part in range(1, parts):
             helpers.append(_Helper(self, plans, part, parts, tuple(helpers)))
         forget = _Forget(self, helpers)
-        hashes = HashesWriter(self.out)
+        hashes: HashesWriter | None = None
 
         def told(n: int) -> None:
             for helper in helpers:
@@ -460,12 +460,14 @@ class ShardFold:
                 progress(n)
 
         try:
+            hashes = HashesWriter(self.out)
             entries = self._write(plans, 0, parts, told, hashes, forget.passed)
             entries += _results(helpers, progress)
         except BaseException:
             for helper in helpers:  # no writer outlives the fold; its half-written shard goes at the next run
                 helper.stop()
-            hashes.abort()
+            if hashes is not None:
+                hashes.abort()
             raise
         hashes.close()
         tables = [t.cast(REJECTION_WORK_SCHEMA) for t in self.rejected]

@@ -365,6 +365,30 @@ def test_the_fold_writes_the_hashes_as_it_goes_and_commits_them_only_when_done(r
     assert not [p.name for p in out.iterdir() if "hashes" in p.name]
 
 
+def test_a_fold_whose_hashes_file_cannot_be_opened_leaves_no_writer_running(reference, tmp_path, monkeypatch):
+    """The hashes file is opened inside the block that stops the forks on an error: if it cannot be, the fork
+    writing the other part has been stopped and reaped by the time the error is raised."""
+    from builders.plane import shards
+
+    pids, init = [], shards._Helper.__init__
+
+    def recorded(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        pids.append(self.pid)
+
+    def refused(out, rows=None):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(shards._Helper, "__init__", recorded)
+    monkeypatch.setattr(shards, "HashesWriter", refused)
+    fold, _ = _fold_copy(reference[0], tmp_path / "out")
+    with pytest.raises(OSError, match="read-only"):
+        fold.finish(parts=2)
+    assert len(pids) == 1
+    with pytest.raises(ChildProcessError):  # reaped: no child of this process by that pid is left
+        os.waitpid(pids[0], os.WNOHANG)
+
+
 def test_a_fold_writes_with_as_many_processes_as_its_workers_allow(reference, tmp_path, monkeypatch):
     """Unasked, a fold on a local disk takes :func:`shard_writers` of its workers: three workers on a machine of
     four cores, three writers; the shards are the build's all the same."""
