@@ -619,29 +619,21 @@ def main() -> None:
             f"  per photo, beyond what each pays once a build (the line through its runs of {args.images} and"
             f" {small} photos; what a build of millions approaches):"
         )
-        counted = {  # per counted pair: (seconds a photo, seconds once a build, CPU a photo, the physical limit)
-            name: [
-                (*per_photo(full, part, args.images, small), limit)
-                for full, part, limit, ok in zip(
-                    runs[name], small_runs[name], limits[name] or [0.0] * len(quiet), quiet
-                )
-                if ok
-            ]
-            for name in runs
-        }
-        for name, lines in counted.items():
-            rates = [1 / each for each, _, _, _ in lines]
+        counted = [i for i, ok in enumerate(quiet) if ok]
+        each = {}  # per tool, per counted pair: (seconds a photo, seconds once a build, machine CPU a photo)
+        for name in runs:
+            each[name] = [per_photo(runs[name][i], small_runs[name][i], args.images, small) for i in counted]
             share_text = ""
             if not keep:
-                shares = [1 / each / limit for each, _, _, limit in lines]
+                shares = [1 / line[0] / limits[name][i] for line, i in zip(each[name], counted)]
                 share_text = f", {_median_range(shares, '{:.0%}')} of the physical limit"
             print(
-                f"    {name}: {_median_range(rates, '{:.1f}')} img/s{share_text},"
-                f" machine CPU {_median_range([cpu * 1e3 for _, _, cpu, _ in lines], '{:.2f}')} ms a photo;"
-                f" once a build {_median_range([fixed for _, fixed, _, _ in lines], '{:.1f}')} s"
+                f"    {name}: {_median_range([1 / line[0] for line in each[name]], '{:.1f}')} img/s{share_text},"
+                f" machine CPU {_median_range([line[2] * 1e3 for line in each[name]], '{:.2f}')} ms a photo;"
+                f" once a build {_median_range([line[1] for line in each[name]], '{:.1f}')} s"
             )
-        pairs_each = zip(counted["img2dataset"], counted["mp16-reason"])
-        print(f"    ratio (ours / img2dataset): {_median_range([i[0] / o[0] for i, o in pairs_each], '{:.2f}x')}")
+        ratios_each = [i[0] / o[0] for i, o in zip(each["img2dataset"], each["mp16-reason"])]
+        print(f"    ratio (ours / img2dataset): {_median_range(ratios_each, '{:.2f}x')}")
     if args.rss_images:
         print("\npeak memory of our build by input size (320x240 images; should stay flat): largest RSS, all PSS")
         make_images(work / "small-320x240", max(args.rss_images), (320, 240))

@@ -387,8 +387,8 @@ sys.path.insert(0, {root!r})
 from pathlib import Path
 from builders.plane.shards import ShardFold
 out = Path({out!r})
-for name in ("data", "hashes.parquet"):
-    shutil.rmtree(out / name, ignore_errors=True) if name == "data" else (out / name).unlink(missing_ok=True)
+shutil.rmtree(out / "data", ignore_errors=True)  # an earlier run's shards would be kept, not written
+(out / "hashes.parquet").unlink(missing_ok=True)
 t = time.perf_counter()
 base = peak_mb()
 fold = ShardFold(out, out / ".work", 1 << 30, False, 24, workers=1)
@@ -405,18 +405,16 @@ print(json.dumps({{"wall": time.perf_counter() - t, "base_mb": base, "taken_mb":
 def bench_fold(rows: int) -> None:
     root = str(Path(__file__).resolve().parents[1])
     print(f"the shard fold over units of published samples, each size in a fresh process (units of {UNIT_ROWS:,})")
-    peaks = {}
-    for n in (rows // 10, rows):
-        out = make_units(n)
-        r = _child(FOLD.format(root=root, out=str(out), units=-(-n // UNIT_ROWS)))
+    sizes, peaks = (rows // 10, rows), []
+    for n in sizes:
+        r = _child(FOLD.format(root=root, out=str(make_units(n)), units=-(-n // UNIT_ROWS)))
         assert r["written"] == n, r
-        peaks[n] = r["rss_mb"]
+        peaks.append(r["rss_mb"])
         print(
             f"  {n:>10,} samples  {r['wall']:6.1f} s  peak {r['rss_mb']:6.0f} MB"
             f" (start {r['base_mb']:.0f} MB, every unit taken in {r['taken_mb']:.0f} MB)"
         )
-    small, large = rows // 10, rows
-    slope = (peaks[large] - peaks[small]) * 1024 / (large - small)
+    slope = (peaks[1] - peaks[0]) * 1024 / (sizes[1] - sizes[0])
     print(f"  each sample adds {slope:.2f} KB to the peak: {slope * 1e6 / 1024:,.0f} MB a million samples")
 
 

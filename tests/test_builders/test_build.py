@@ -376,7 +376,7 @@ def test_a_fold_whose_hashes_file_cannot_be_opened_leaves_no_writer_running(refe
         init(self, *args, **kwargs)
         pids.append(self.pid)
 
-    def refused(out, rows=None):
+    def refused(out):
         raise OSError("read-only file system")
 
     monkeypatch.setattr(shards._Helper, "__init__", recorded)
