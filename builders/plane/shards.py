@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from builders.plane.firstseen import FirstSeen
 from builders.threads import Behind
 from builders.workfolder import (
     FOLD_REJECTED,
@@ -373,9 +374,9 @@ class ShardFold:
         self.multiple_of, self.workers = multiple_of, workers
         self.rejected: list[pa.Table] = []
         self.duplicates: list[dict] = []
-        # config -> the image's SHA-256 (its 32 bytes: the hex text and a (config, hex) key took ~0.1 KB more
-        # a sample) -> the id that had it first; the fold's one record of every sample it has taken
-        self.seen: dict[str, dict[bytes, str]] = {}
+        # config -> every image taken, by its SHA-256, and the id that had it first: the fold's one record of
+        # every sample, ~36 bytes a sample and its id
+        self.seen: dict[str, FirstSeen] = {}
         # (config, split) -> per unit, (unit, the kept rows' positions in it, their sizes)
         self.kept: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray]]] = {}
         self.units: list[int] = []
@@ -406,24 +407,26 @@ class ShardFold:
         if not pc.all(ok).as_py():
             self.rejected.append(final.filter(pc.invert(ok)).select(["row", "id", "stage", "reason"]))
         keep = ok.to_numpy(zero_copy_only=False)
+        rows, ids, splits, shas, sizes = (
+            final.column(c).to_pylist() for c in ("row", "id", "split", "sha256", "tar_bytes")
+        )
+        by_config: dict[str, list[int]] = {}
+        for k in np.flatnonzero(keep).tolist():
+            by_config.setdefault(configs[k], []).append(k)
         picked: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        columns = [final.column(c).to_pylist() for c in ("row", "id", "split", "sha256", "tar_bytes")]
-        for k, (row, sid, split, sha, nbytes) in enumerate(zip(*columns)):
-            if not keep[k]:
-                continue
-            if self.groups is not None:
-                split = self.groups[row]
-            config, digest = configs[k], bytes.fromhex(sha)
+        for config, taken in by_config.items():
             seen = self.seen.get(config)
             if seen is None:
-                seen = self.seen[config] = {}
-            if digest in seen:
-                if config == DEFAULT_CONFIG:  # a duplicate is recorded once, under the default config
-                    reason = f"exact duplicate image of id {seen[digest]!r}"
-                    self.duplicates.append({"row": row, "id": sid, "stage": "dedup", "reason": reason})
-                continue
-            seen[digest] = sid
-            picked.setdefault((config, split), []).append((k, nbytes))
+                seen = self.seen[config] = FirstSeen()
+            firsts = seen.take([bytes.fromhex(shas[k]) for k in taken], [ids[k] for k in taken])
+            for k, first in zip(taken, firsts):
+                if first is not None:
+                    if config == DEFAULT_CONFIG:  # a duplicate is recorded once, under the default config
+                        reason = f"exact duplicate image of id {first!r}"
+                        self.duplicates.append({"row": rows[k], "id": ids[k], "stage": "dedup", "reason": reason})
+                    continue
+                split = self.groups[rows[k]] if self.groups is not None else splits[k]
+                picked.setdefault((config, split), []).append((k, sizes[k]))
         for group, rows in picked.items():
             at, sizes = zip(*rows)
             self.kept.setdefault(group, []).append((unit, np.array(at, np.int32), np.array(sizes, np.int64)))
