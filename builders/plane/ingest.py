@@ -61,10 +61,18 @@ def rejections(rows, ids, stage: str, reasons: list | str) -> pa.Table:
     def constant(text: str) -> pa.DictionaryArray:
         return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([text], pa.string()))
 
-    why = constant(reasons) if isinstance(reasons, str) else pa.array(reasons, pa.string()).dictionary_encode()
+    why = constant(reasons) if isinstance(reasons, str) else _array(reasons, pa.string()).dictionary_encode()
     return pa.table(
-        [pa.array(rows, pa.int64()), pa.array(ids, pa.string()), constant(stage), why], schema=REJECTION_WORK_SCHEMA
+        [_array(rows, pa.int64()), _array(ids, pa.string()), constant(stage), why], schema=REJECTION_WORK_SCHEMA
     )
+
+
+def _array(values, dtype: pa.DataType) -> pa.Array:
+    """``values`` as an Arrow array; a chunked one is combined by Arrow, where ``pa.array`` would convert it
+    through a Python object a value (~3 s a column of 4M rows here)."""
+    if isinstance(values, pa.ChunkedArray):  # one chunk (a filtered column): its buffers, not a copy
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return pa.array(values, dtype)
 
 
 def resolve_columns(columns: list[str], spec: InputSpec) -> dict[str, str]:
@@ -406,10 +414,11 @@ def _locate_images(rows: pa.Table, spec: InputSpec, work_dir: Path | None) -> tu
     if work_dir is None:
         raise ValueError("ingest needs a work folder for the image sources' indexes")
     sources = image_sources(spec.images)
-    ids = rows.column("id").combine_chunks()
-    image = rows.column("image").combine_chunks()
-    refs = pc.if_else(pc.equal(image, ""), ids, image)
+    ids, image = _array(rows.column("id"), pa.string()), _array(rows.column("image"), pa.string())
+    named = pc.not_equal(image, "")
+    refs = pc.if_else(named, image, ids) if pc.any(named).as_py() else ids  # MP16-Pro has ids only
     located = join_sources(refs, ids, sources, work_dir)
+    del ids, image, named, refs  # ~100 MB a column of names at MP16-Pro's size
     for name, column in located.items():
         rows = rows.append_column(name, column)
     if not all(s.indexed for s in sources) or not located:  # a folder is probed when the unit reads it
@@ -417,6 +426,6 @@ def _locate_images(rows: pa.Table, spec: InputSpec, work_dir: Path | None) -> tu
     listed = pa.array(np.zeros(rows.num_rows, dtype=bool))
     for column in located.values():
         listed = pc.or_(listed, pc.is_valid(column))
-    unseen = rows.filter(pc.invert(listed))
+    unseen = rows.select(["row", "id"]).filter(pc.invert(listed))  # the rejections' columns, not every one
     reason = missing_reason(sources)
     return rows.filter(listed), rejections(unseen.column("row"), unseen.column("id"), "fetch", reason)

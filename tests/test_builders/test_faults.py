@@ -586,3 +586,19 @@ def test_the_offline_sample_builds_straight_to_object_storage(s3, tmp_path, monk
     assert not (tmp_path / "s3:").exists()
     remote_manifest = json.loads(Location(remote + "/manifest.json").read_text())
     assert {e["path"]: e["sha256"] for e in remote_manifest["shards"]} == _shards(local)
+
+
+def test_rejections_take_arrow_columns_as_they_are():
+    """Ingest hands its columns to the rejection records as Arrow has them, chunked or empty; the records are
+    those made from lists."""
+    import pyarrow as pa
+
+    from builders.plane.ingest import rejections
+
+    rows, ids = [3, 1, 4], ["a/1.jpg", "b/2.jpg", "c/3.jpg"]
+    chunked = pa.chunked_array([rows[:1], rows[1:]], pa.int64()), pa.chunked_array([ids[:2], ids[2:]])
+    xyx = ["x", "y", "x"]
+    for reasons, listed in (("gone", "gone"), (xyx, xyx), (pa.chunked_array([["x"], ["y", "x"]]), xyx)):
+        assert rejections(*chunked, "fetch", reasons).equals(rejections(rows, ids, "fetch", listed))
+    empty = pa.chunked_array([], pa.int64()), pa.chunked_array([], pa.string())
+    assert rejections(*empty, "fetch", "gone").equals(rejections([], [], "fetch", "gone"))
