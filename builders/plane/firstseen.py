@@ -4,9 +4,8 @@ duplicates are found against, in input order.
 With a dict of digest -> id, each sample added 0.21 KB to the fold, which peaked at 1,186 MB over MP16-Pro's
 4.65M samples; with this record, 0.11 KB and 709 MB (``benchmarks/bench_scale.py fold``). A digest is four
 64-bit words in NumPy columns sorted by the first, with its place among the ids (up to 2^32), which are Arrow
-strings: ~36 bytes a sample and the id's own. The newest digests wait in a dict of
-bounded size and are merged into the columns when it is full, one column at a time, so that a merge holds at
-most one column twice.
+strings: ~36 bytes a sample and the id's own. The newest digests wait in a dict of bounded size and are merged
+into the columns when it is full, one column at a time, so that a merge holds at most one column twice.
 """
 
 from __future__ import annotations
