@@ -22,8 +22,6 @@ DIGEST_BYTES = 32
 
 def _words(digests: Sequence[bytes]) -> np.ndarray:
     """The digests as rows of four 64-bit words (native order: only equality and a consistent sort matter)."""
-    if any(len(d) != DIGEST_BYTES for d in digests):
-        raise ValueError(f"a SHA-256 digest is {DIGEST_BYTES} bytes")
     return np.frombuffer(b"".join(digests), np.uint64).reshape(len(digests), 4)
 
 
@@ -44,6 +42,8 @@ class FirstSeen:
     def take(self, digests: Sequence[bytes], ids: Sequence[str]) -> list[str | None]:
         """Each digest in order: the id that had it first, or None when it is new (it is then recorded with its
         id, and a later one in the same call is its duplicate)."""
+        if any(len(d) != DIGEST_BYTES for d in digests):
+            raise ValueError(f"a SHA-256 digest is {DIGEST_BYTES} bytes")
         found = self._find(digests)
         firsts: list[str | None] = []
         for digest, sid, at in zip(digests, ids, found.tolist()):
@@ -84,6 +84,8 @@ class FirstSeen:
 
     def _merge(self) -> None:
         start = len(self._ordinal)
+        if start + len(self._new) > 1 << 32:
+            raise OverflowError("more than 2^32 distinct images: the record's places are 32-bit")
         words = _words(list(self._new))
         order = np.argsort(words[:, 0], kind="stable")
         words = words[order]

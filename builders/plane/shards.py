@@ -325,17 +325,17 @@ class HashesWriter:
         self._stack = ExitStack()
         path = self._stack.enter_context((out / HASHES).commit_path())
         self._writer = self._stack.enter_context(pq.ParquetWriter(str(path), HASHES_SCHEMA))
-        self.rows, self._parts, self._held = HASH_ROWS, [], 0
+        self._parts, self._held = [], 0
 
     def append(self, table: pa.Table) -> None:
         self._parts.append(table.cast(HASHES_SCHEMA))
         self._held += table.num_rows
-        if self._held >= self.rows:
+        if self._held >= HASH_ROWS:
             self._flush()
 
     def _flush(self) -> None:
         if self._parts:
-            self._writer.write_table(pa.concat_tables(self._parts), row_group_size=self.rows)
+            self._writer.write_table(pa.concat_tables(self._parts), row_group_size=HASH_ROWS)
             self._parts, self._held = [], 0
 
     def close(self) -> None:
@@ -407,7 +407,7 @@ class ShardFold:
         if not pc.all(ok).as_py():
             self.rejected.append(final.filter(pc.invert(ok)).select(["row", "id", "stage", "reason"]))
         keep = ok.to_numpy(zero_copy_only=False)
-        rows, ids, splits, shas, sizes = (
+        row_numbers, ids, splits, shas, tar_bytes = (
             final.column(c).to_pylist() for c in ("row", "id", "split", "sha256", "tar_bytes")
         )
         by_config: dict[str, list[int]] = {}
@@ -423,10 +423,12 @@ class ShardFold:
                 if first is not None:
                     if config == DEFAULT_CONFIG:  # a duplicate is recorded once, under the default config
                         reason = f"exact duplicate image of id {first!r}"
-                        self.duplicates.append({"row": rows[k], "id": ids[k], "stage": "dedup", "reason": reason})
+                        self.duplicates.append(
+                            {"row": row_numbers[k], "id": ids[k], "stage": "dedup", "reason": reason}
+                        )
                     continue
-                split = self.groups[rows[k]] if self.groups is not None else splits[k]
-                picked.setdefault((config, split), []).append((k, sizes[k]))
+                split = self.groups[row_numbers[k]] if self.groups is not None else splits[k]
+                picked.setdefault((config, split), []).append((k, tar_bytes[k]))
         for group, rows in picked.items():
             at, sizes = zip(*rows)
             self.kept.setdefault(group, []).append((unit, np.array(at, np.int32), np.array(sizes, np.int64)))

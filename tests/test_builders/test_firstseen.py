@@ -51,8 +51,10 @@ def test_a_merge_keeps_every_digest_and_its_first_id():
     assert len(record) == 10 and not record._new
 
 
-def test_a_digest_that_is_not_32_bytes_is_refused():
-    record = FirstSeen(recent=1)
+@pytest.mark.parametrize("merged", [False, True])
+def test_a_digest_that_is_not_32_bytes_is_refused_and_nothing_of_its_call_is_taken(merged):
+    record = FirstSeen(recent=1 if merged else 100)
     record.take([digest(0, False)], ["a"])
     with pytest.raises(ValueError, match="32 bytes"):
-        record.take([b"short"], ["b"])
+        record.take([digest(1, False), b"short"], ["b", "c"])
+    assert len(record) == 1 and record.take([digest(1, False)], ["d"]) == [None]
